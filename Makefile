@@ -1,0 +1,41 @@
+# One command each: `make demo` (set up + run the main job), `make test` (set up + run the tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/demo.yaml
+RUN ?= runs/demo
+
+# LPIPS's SqueezeNet weights: use ../shared/weights/torch when it is there and TORCH_HOME is unset
+# (elsewhere torchvision downloads them into ~/.cache/torch by itself).
+SHARED_TORCH := $(abspath ../shared/weights/torch)
+ifeq ($(origin TORCH_HOME),undefined)
+ifneq ($(wildcard $(SHARED_TORCH)/hub/checkpoints/*.pth),)
+export TORCH_HOME := $(SHARED_TORCH)
+endif
+endif
+
+.PHONY: install demo test bench clean-runs lock
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[test]'
+	@touch $@
+
+demo: install
+	$(BIN)/stylex run $(CONFIG) --out $(RUN)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[bench]'
+	$(BIN)/python benchmarks/train_step.py
+
+lock:  # refresh the pinned versions from the current environment
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^stylexlib' > requirements.lock
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,3 @@
+"""StylEx workbench: explain image classifiers through StyleSpace attributes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""Dataclass configs: YAML load/save and dotted ``key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Which images to explain and how they are labelled and split."""
+
+    source: str = "synthetic"  # "synthetic" (embedded default) or "folder"
+    resolution: int = 32  # power of two; images are square
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # synthetic ------------------------------------------------------------
+    num_images: int = 6000
+    label_rule: str = "mouth_curve > 0"  # pandas expression over factors: bool -> 2 classes, int -> class index
+    class_names: list[str] = field(default_factory=lambda: ["frown", "smile"])
+    spurious_factor: str | None = "glasses"  # binary nuisance factor planted to agree with the label
+    spurious_agreement: float = 0.9  # fraction of train/val images where it equals the label
+    spurious_agreement_test: float = 0.5  # in the test split (0.5 = no correlation)
+    # folder ------------------------------------------------------------------
+    root: str = ""  # dataset folder; relative paths are resolved against the config file's folder
+    labels_csv: str | None = None  # CSV inside root with a `file` column; None = use <class>/<file> folders
+    file_column: str = "file"
+    label_column: str | None = None  # CSV column holding the label; None = class folder name
+    filter: str | None = None  # pandas query on the CSV, e.g. "age >= 18"
+    max_images: int | None = None  # keep a seeded random subset (quick runs)
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier to explain: trained here, or the user's own."""
+
+    source: str = "train"  # "train", a TorchScript file, or "package.module:factory"
+    input_size: int | None = None  # resize inputs to this size inside the wrapper (user models)
+    mean: list[float] | None = None  # per-channel normalisation applied to [0, 1] images (user models)
+    std: list[float] | None = None
+    num_classes: int | None = None  # checked against the data when given
+    width: int = 32  # channels of the first conv block of the built-in CNN
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    augment: bool = True  # random horizontal flips
+    seed: int = 0
+
+
+@dataclass
+class StylexConfig:
+    """StylEx model sizes, losses and training schedule (defaults: paper weights)."""
+
+    latent_dim: int = 128
+    mapping_layers: int = 4
+    channel_base: int = 2048  # channels(res) = min(channel_base // res, channel_max)
+    channel_max: int = 128
+    condition_on: str = "probs"  # "probs" or "logits" of the classifier, concatenated to w
+    steps: int = 2000
+    batch_size: int = 16
+    lr_g: float = 2e-3
+    lr_d: float = 2e-3
+    lr_e: float = 2e-3
+    beta1: float = 0.0
+    beta2: float = 0.99
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    pl_weight: float = 0.0  # path-length regularisation weight (0 disables)
+    pl_every: int = 4
+    ema_half_life_images: float = 2000.0
+    weight_adv: float = 1.0
+    weight_l1: float = 1.0  # paper: reconstruction L1
+    weight_lpips: float = 0.1  # paper: LPIPS
+    weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
+    weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
+    encoder_every: int = 1  # run the encoder (reconstruction) path every N steps, random path otherwise
+    lpips_net: str = "squeeze"
+    sample_every: int = 250
+    checkpoint_every: int = 250
+    time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    channels_last: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as ``config.yaml`` in every run folder."""
+
+    name: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    stylex: StylexConfig = field(default_factory=StylexConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form keys for later stages
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain dicts/lists (YAML- and JSON-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "") -> Any:
+    """Build a dataclass config from a dict, with an error naming any unknown or mistyped key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(_unknown_key_message(path, key, names))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(value or {}, hint, path)
+        else:
+            kwargs[key] = _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        try:
+            cfg = from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if cfg.data.root and not Path(cfg.data.root).is_absolute():
+            candidate = (path.parent / cfg.data.root).resolve()
+            if candidate.exists():
+                cfg.data.root = str(candidate)
+    else:
+        cfg = Config()
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply dotted overrides such as ``data.resolution=64`` (values parsed as YAML)."""
+    raw = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. data.resolution=64")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                names = list(node) if isinstance(node, dict) else []
+                raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, names))
+            node = node[part]
+        leaf = parts[-1]
+        if not isinstance(node, dict) or (leaf not in node and node is not raw.get("extra")):
+            names = list(node) if isinstance(node, dict) else []
+            raise ConfigError(_unknown_key_message(key, leaf, names))
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    return from_dict(raw)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from .io import write_text
+
+    return write_text(path, dump_config(cfg))
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _unknown_key_message(path: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+    return f"unknown config key '{path}'{hint}"
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check a value against a field's type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if hint is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
+    return value

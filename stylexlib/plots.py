@@ -1,0 +1,110 @@
+"""Figures shared by the notebooks: image grids, training curves, confusion matrices, calibration."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .io import atomic_write
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a figure as PNG atomically."""
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def to_hwc(images: torch.Tensor) -> np.ndarray:
+    """uint8 NCHW or float [-1, 1] NCHW -> uint8 NHWC numpy."""
+    if images.dtype != torch.uint8:
+        images = images.detach().float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(
+    images: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    size: float = 1.3,
+    suptitle: str | None = None,
+) -> plt.Figure:
+    """A grid of images with optional per-image titles."""
+    pics = to_hwc(images)
+    n = len(pics)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1.25 if titles else 1.0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(pics[i], interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: list[dict], keys: Sequence[tuple[str, str]] | None = None) -> plt.Figure:
+    """Line plots of per-epoch (or per-step) history; ``keys`` pairs up train/validation columns."""
+    keys = keys or [("train_loss", "val_loss"), ("train_accuracy", "val_accuracy")]
+    x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, group in zip(axes.flat, keys):
+        for key in group:
+            ax.plot(x, [h[key] for h in history], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str = "confusion matrix") -> plt.Figure:
+    """Heat map of counts[true, predicted] with the numbers written in."""
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="black" if counts[i, j] < counts.max() / 2 else "white")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(confidence: np.ndarray, accuracy: np.ndarray, count: np.ndarray, ece: float) -> plt.Figure:
+    """Calibration: accuracy against confidence per bin, with the bin sizes."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    bins = len(count)
+    centers = (np.arange(bins) + 0.5) / bins
+    used = count > 0
+    ax.bar(centers[used], accuracy[used], width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.plot(confidence[used], accuracy[used], "o", color="C1", label="bin mean confidence")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def histograms(columns: dict[str, np.ndarray], ncols: int = 4) -> plt.Figure:
+    """One histogram per named column (e.g. the synthetic factors)."""
+    names = list(columns)
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 2.3 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        ax.hist(np.asarray(columns[name], dtype=float), bins=30, color="C0")
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from stylexlib.config import Config, ConfigError, apply_overrides, dump_config, load_config, save_config
+
+
+def test_defaults_and_roundtrip(tmp_path: Path) -> None:
+    cfg = Config()
+    path = save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(path) == cfg
+    assert "label_rule" in dump_config(cfg)
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = apply_overrides(
+        Config(),
+        ["data.resolution=64", "classifier.lr=1e-3", "data.class_names=[a, b]", "data.spurious_factor=null",
+         "name=x", "classifier.lr=1", "extra.anything=3"],
+    )
+    assert cfg.data.resolution == 64 and cfg.data.class_names == ["a", "b"] and cfg.data.spurious_factor is None
+    assert cfg.classifier.lr == 1.0 and isinstance(cfg.classifier.lr, float)
+    assert cfg.name == "x" and cfg.extra == {"anything": 3}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.reslution=64", "did you mean 'resolution'"),
+        ("dta.resolution=64", "unknown config key 'dta'"),
+        ("data.resolution=big", "data.resolution: expected int"),
+        ("data.resolution", "must look like key=value"),
+        ("classifier.augment=3", "classifier.augment: expected bool"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides(Config(), [override])
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  resolutoin: 32\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'data.resolutoin'"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_relative_data_root_resolves_against_config_file(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "cfgs").mkdir()
+    path = tmp_path / "cfgs" / "c.yaml"
+    path.write_text("data:\n  source: folder\n  root: ../images\n")
+    assert load_config(path).data.root == str((tmp_path / "images").resolve())
+
+
+def test_shipped_configs_load() -> None:
+    for path in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"):
+        load_config(path)

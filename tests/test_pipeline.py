@@ -1,0 +1,115 @@
+"""The papermill runner: stage discovery, skip/force, failure reporting, config safety, the CLI."""
+from pathlib import Path
+
+import nbformat as nbf
+import pytest
+
+from stylexlib.cli import main
+from stylexlib.config import ConfigError
+from stylexlib.io import read_json
+from stylexlib.pipeline import StageFailed, discover_stages, run_pipeline, select_stages, stage_parameters
+
+
+def _notebook(path: Path, *cells: str) -> None:
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbf.v4.new_code_cell('run_dir = "unset"  # where to write\nfactor = 2  # a stage parameter')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbf.v4.new_code_cell(c) for c in cells]
+    nbf.write(nb, path)
+
+
+COUNT = (
+    "from pathlib import Path\n"
+    "p = Path(run_dir) / 'count_{name}.txt'\n"
+    "p.write_text(str(int(p.read_text()) + 1 if p.exists() else 1))\n"
+    "from stylexlib.run import open_run\n"
+    "open_run(run_dir).log_metrics({name}_value=factor)"
+)
+
+
+@pytest.fixture
+def notebooks(tmp_path: Path) -> Path:
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "01_first.ipynb", COUNT.format(name="first"))
+    _notebook(folder / "02_second.ipynb", COUNT.format(name="second"))
+    (folder / "notes.ipynb").write_text("{}")  # not numbered: ignored
+    return folder
+
+
+def _count(run: Path, name: str) -> int:
+    path = run / f"count_{name}.txt"
+    return int(path.read_text()) if path.exists() else 0
+
+
+def test_discovery_and_selection(notebooks: Path) -> None:
+    stages = discover_stages(notebooks)
+    assert [s.name for s in stages] == ["01_first", "02_second"]
+    assert [s.name for s in select_stages(stages, ["2"])] == ["02_second"]
+    assert [s.name for s in select_stages(stages, ["first", "02_second"])] == ["01_first", "02_second"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        select_stages(stages, ["07"])
+    params = stage_parameters(stages[0])
+    assert set(params) == {"run_dir", "factor"} and params["factor"]["help"] == "a stage parameter"
+
+
+def test_run_skip_force_and_metrics(notebooks: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_pipeline(None, ["name=t"], run, notebook_dir=notebooks, progress=False)
+    assert (_count(run, "first"), _count(run, "second")) == (1, 1)
+    assert read_json(run / "metrics.json") == {"first_value": 2, "second_value": 2}
+    assert (run / "notebooks" / "02_second.ipynb").exists() and (run / "config.yaml").exists()
+
+    run_pipeline(None, ["name=t"], run, notebook_dir=notebooks, progress=False)  # all finished: skipped
+    assert (_count(run, "first"), _count(run, "second")) == (1, 1)
+
+    run_pipeline(None, ["name=t"], run, only=["02"], force=True, notebook_dir=notebooks, progress=False)
+    assert (_count(run, "first"), _count(run, "second")) == (1, 2)
+
+    run_pipeline(None, ["name=t"], run, only=["01"], force=True, notebook_dir=notebooks, progress=False)
+    state = read_json(run / "stages.json")
+    assert "02_second" not in state  # a re-run stage makes later stages stale
+    run_pipeline(None, ["name=t"], run, notebook_dir=notebooks, progress=False)
+    assert (_count(run, "first"), _count(run, "second")) == (2, 3)
+
+
+def test_changed_config_needs_force(notebooks: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_pipeline(None, ["name=a"], run, only=["01"], notebook_dir=notebooks, progress=False)
+    with pytest.raises(ConfigError, match="changed: name"):
+        run_pipeline(None, ["name=b"], run, notebook_dir=notebooks, progress=False)
+    run_pipeline(None, ["name=b"], run, force=True, only=["01"], notebook_dir=notebooks, progress=False)
+    assert "name: b" in (run / "config.yaml").read_text() and _count(run, "first") == 2
+
+
+def test_failure_names_notebook_cell_and_copy(notebooks: Path, tmp_path: Path, capsys) -> None:
+    _notebook(notebooks / "03_broken.ipynb", "x = 1", "raise ValueError('bad thing happened')")
+    run = tmp_path / "run"
+    with pytest.raises(StageFailed) as info:
+        run_pipeline(None, [], run, notebook_dir=notebooks, progress=False)
+    message = str(info.value)
+    assert "03_broken" in message and "ValueError: bad thing happened" in message
+    assert str(run / "notebooks" / "03_broken.ipynb") in message and info.value.executed.exists()
+    assert read_json(run / "stages.json")["03_broken"]["status"] == "failed"
+
+    code = main(["run", "unused.yaml", "--out", str(run), "--notebooks", str(notebooks)])
+    assert code == 2 and "config file not found" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: demo\n")
+    code = main(["run", str(cfg), "--out", str(tmp_path / "run2"), "--notebooks", str(notebooks)])
+    err = capsys.readouterr().err
+    assert code == 1 and "03_broken failed in cell" in err and "executed notebook:" in err
+
+
+def test_cli_params_and_config(notebooks: Path, capsys) -> None:
+    assert main(["params", "--notebooks", str(notebooks), "01"]) == 0
+    out = capsys.readouterr().out
+    assert "01_first" in out and "factor = 2  # a stage parameter" in out
+    assert main(["config", "--set", "data.resolution=64"]) == 0
+    assert "resolution: 64" in capsys.readouterr().out
+    assert main(["config", "--set", "data.nope=1"]) == 2
+    assert "unknown config key 'data.nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--force" in capsys.readouterr().out
