@@ -1,0 +1,6 @@
+"""StylEx networks: generator with explicit StyleSpace, encoder, conditional discriminator."""
+from .discriminator import Discriminator
+from .encoder import Encoder
+from .stylegan2 import Generator, MappingNetwork, SynthesisState, channels_at
+
+__all__ = ["Discriminator", "Encoder", "Generator", "MappingNetwork", "SynthesisState", "channels_at"]

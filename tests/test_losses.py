@@ -1,0 +1,118 @@
+"""Loss terms: adversarial, R1, path length, KL, reconstruction, LPIPS loading."""
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from stylexlib import losses
+from stylexlib.config import StylexConfig
+from stylexlib.models import Discriminator, Generator
+
+TINY = StylexConfig(channel_base=256, channel_max=32, latent_dim=32)
+SHARED_TORCH_HOME = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "torch"
+
+
+def test_adversarial_losses() -> None:
+    real, fake = torch.tensor([5.0, 4.0]), torch.tensor([-5.0, -6.0])
+    assert losses.d_logistic_loss(real, fake) < 0.05  # D is right: small loss
+    assert losses.g_nonsaturating_loss(fake) > 4.0  # G is fooled nowhere: large loss
+
+
+def test_r1_positive_and_zero_for_constant_d() -> None:
+    D = Discriminator(16, 2, TINY)
+    images = torch.randn(4, 3, 16, 16, requires_grad=True)
+    probs = torch.full((4, 2), 0.5)
+    penalty = losses.d_r1_loss(D(images, probs), images)
+    assert penalty > 0
+    penalty.backward()
+    assert D.trunk.from_rgb.weight.grad is not None
+    flat_images = torch.randn(4, 3, 16, 16, requires_grad=True)
+    constant = (flat_images * 0).sum(dim=(1, 2, 3)) + 1.0
+    assert losses.d_r1_loss(constant, flat_images) == 0
+
+
+def test_path_length_runs() -> None:
+    G = Generator(16, 2, TINY)
+    w = G.mapping(torch.randn(4, TINY.latent_dim))
+    c = torch.full((4, 2), 0.5)
+    images = G(w, c)
+    loss, mean, lengths = losses.g_path_length_loss(images, w, 0.0)
+    assert lengths.shape == (4,) and (lengths > 0).all()
+    assert torch.isclose(mean, 0.01 * lengths.mean()) and not mean.requires_grad
+    loss.backward()
+    assert G.affine.weight.grad is not None
+
+
+def test_classifier_kl() -> None:
+    logits = torch.randn(5, 3)
+    assert losses.classifier_kl_loss(logits, logits.clone()).abs() < 1e-6
+    rec = torch.randn(5, 3, requires_grad=True)
+    kl = losses.classifier_kl_loss(logits, rec)
+    assert kl > 0
+    kl.backward()
+    assert rec.grad is not None
+
+
+def test_weighted_sum_uses_config_weights() -> None:
+    weights = losses.loss_weights(StylexConfig())
+    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0}
+    total = losses.weighted_sum({"l1": torch.tensor(2.0), "lpips": torch.tensor(3.0)}, weights)
+    assert torch.isclose(total, torch.tensor(2.3))
+    with pytest.raises(KeyError, match="no weight"):
+        losses.weighted_sum({"unknown": torch.tensor(1.0)}, weights)
+
+
+@pytest.fixture(scope="module")
+def lpips_model() -> torch.nn.Module:
+    if not (SHARED_TORCH_HOME / "hub" / "checkpoints" / losses.LPIPS_TRUNK_CHECKPOINTS["squeeze"]).exists():
+        pytest.skip(f"no squeezenet weights under {SHARED_TORCH_HOME}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(SHARED_TORCH_HOME))
+        return losses.load_lpips("squeeze")
+
+
+def test_lpips_frozen_and_zero_for_identical(lpips_model: torch.nn.Module) -> None:
+    assert not lpips_model.training
+    assert not any(p.requires_grad for p in lpips_model.parameters())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert lpips_model(x, x).abs().max() < 1e-6
+    assert lpips_model(x, -x).mean() > 0.01
+
+
+@pytest.mark.parametrize("resolution", [16, 32])
+def test_lpips_distance_handles_small_images(lpips_model: torch.nn.Module, resolution: int) -> None:
+    x = torch.rand(3, 3, resolution, resolution) * 2 - 1
+    distance = losses.lpips_distance(lpips_model, x, -x)
+    assert distance.shape == (3,) and (distance > 0).all()
+
+
+def test_reconstruction_losses(lpips_model: torch.nn.Module) -> None:
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    w = torch.randn(2, 8)
+    same = losses.reconstruction_losses(x, x.clone(), w, w.clone(), lpips_model)
+    assert set(same) == {"l1", "lpips", "latent"}
+    assert all(value.abs() < 1e-6 for value in same.values())
+    x_rec = (x + 0.1).requires_grad_()
+    diff = losses.reconstruction_losses(x, x_rec, w, w + 0.5, lpips_model)
+    assert torch.isclose(diff["l1"], torch.tensor(0.1)) and torch.isclose(diff["latent"], torch.tensor(0.5))
+    assert diff["lpips"] > 0
+    diff["lpips"].backward()
+    assert x_rec.grad is not None
+
+
+def test_missing_lpips_weights_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network blocked in test")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(RuntimeError) as info:
+        losses.load_lpips("squeeze")
+    message = str(info.value)
+    assert "squeezenet1_1-b8a52dc0.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message and f"TORCH_HOME={tmp_path}" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
