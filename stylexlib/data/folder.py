@@ -1,0 +1,344 @@
+"""Real image datasets: ``<root>/<class>/<image>`` folders or a labels CSV, decoded once and cached."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from ..config import DataConfig
+from ..io import torch_load, torch_save
+from .cache import cache_root
+from .dataset import DataError, ImageDataset, random_split
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+DECODE_WORKERS = 2
+PARALLEL_MIN_FILES = 1000  # below this, starting worker processes costs more than it saves
+CACHE_VERSION = 1  # bump when decoding changes, to invalidate old cache files
+SHOW_NAMES = 5  # file names quoted in a skip warning
+
+
+def load_folder_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) -> ImageDataset:
+    """Load ``cfg.root`` (class folders, or ``cfg.labels_csv``) as square RGB uint8 images.
+
+    Missing, unreadable or unlabelled files are skipped, logged and listed in ``info['skipped']``;
+    the decoded images are cached under :func:`cache_root`, keyed on the files and the config.
+    """
+    root = _check_root(cfg)
+    skipped: list[dict] = []
+    table = _csv_table(root, cfg, skipped) if cfg.labels_csv else _folder_table(root, cfg)
+    table = _stat_files(root, table, skipped)
+    table = _subset(table, cfg.max_images, cfg.seed)
+    _check_classes(table["label"], root)
+    path = cache_root(cache_dir) / f"folder-{_cache_key(root, table, cfg)}.pt"
+    payload = _read_cache(path)
+    if payload is None:
+        payload = _decode_table(root, table, cfg.resolution)
+        torch_save(path, payload)
+    _warn_skipped(payload["skipped"], "unreadable images skipped")
+    info = {
+        "root": str(root),
+        "labels_csv": str(root / cfg.labels_csv) if cfg.labels_csv else None,
+        "label_column": cfg.label_column,
+        "filter": cfg.filter or None,
+        "skipped": skipped + payload["skipped"],
+        "cache": str(path),
+    }
+    return ImageDataset(
+        images=payload["images"],
+        labels=payload["labels"],
+        class_names=payload["class_names"],
+        split=random_split(len(payload["files"]), cfg.val_fraction, cfg.test_fraction, cfg.seed),
+        files=payload["files"],
+        info=info,
+    )
+
+
+def _check_root(cfg: DataConfig) -> Path:
+    """The dataset folder, after checking it and the options that do not depend on its contents."""
+    if not cfg.root:
+        raise DataError("data.root is not set: give the dataset folder (data.root=/path/to/images)")
+    root = Path(cfg.root).expanduser().resolve()
+    if not root.exists():
+        raise DataError(f"dataset folder not found: {root} (check data.root)")
+    if not root.is_dir():
+        raise DataError(f"data.root must be a folder, but {root} is a file")
+    if cfg.label_column and not cfg.labels_csv:
+        raise DataError(f"data.label_column='{cfg.label_column}' needs data.labels_csv (a CSV inside {root})")
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise DataError(f"data.max_images must be a positive number of images, got {cfg.max_images}")
+    if cfg.resolution < 1:
+        raise DataError(f"data.resolution must be a positive image size, got {cfg.resolution}")
+    return root
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def _folder_table(root: Path, cfg: DataConfig) -> pd.DataFrame:
+    """``file``/``label`` rows for every image in ``<root>/<class>/``, hidden and non-image files ignored."""
+    rows = []
+    for name in sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")):
+        files = _images_under(root, name)
+        if not files:
+            log.warning("class folder %s has no images (%s); ignored", root / name, _extensions())
+        rows += [(file, name) for file in files]
+    loose = [e.name for e in os.scandir(root) if e.is_file() and _is_image_name(e.name)]
+    if not rows:
+        where = f"; {len(loose)} images lie directly in it" if loose else ""
+        raise DataError(
+            f"no images found in {root}{where}: expected <root>/<class>/<image> folders ({_extensions()}) "
+            "or a labels CSV (data.labels_csv)"
+        )
+    if loose:
+        shown = loose[:SHOW_NAMES]
+        log.warning("%d images directly in %s are ignored (not in a class folder): %s", len(loose), root, shown)
+    return _apply_filter(pd.DataFrame(rows, columns=["file", "label"]), cfg.filter, f"the file list of {root}")
+
+
+def _images_under(root: Path, folder: str) -> list[str]:
+    """Sorted root-relative POSIX paths of the non-hidden images in ``root/folder`` and its subfolders."""
+    found = []
+    for parent, dirs, files in os.walk(root / folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(parent).relative_to(root).as_posix()
+        found += [f"{rel}/{f}" for f in files if _is_image_name(f)]
+    return sorted(found)
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _extensions() -> str:
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame:
+    """``file``/``label`` rows from the labels CSV, filtered, with unlabelled rows skipped."""
+    csv = root / cfg.labels_csv
+    if not csv.is_file():
+        raise DataError(f"labels CSV not found: {csv} (check data.labels_csv, relative to data.root)")
+    try:
+        frame = pd.read_csv(csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read labels CSV {csv}: {exc}") from exc
+    _check_column(frame, cfg.file_column, "data.file_column", csv)
+    if cfg.label_column:
+        _check_column(frame, cfg.label_column, "data.label_column", csv)
+    frame = _apply_filter(frame, cfg.filter, str(csv))
+    for column in filter(None, [cfg.file_column, cfg.label_column]):
+        frame = _drop_missing_values(frame, column, cfg.file_column, skipped)
+    files = frame[cfg.file_column].astype(str)
+    if cfg.label_column:
+        labels = _integral(frame[cfg.label_column])
+    else:
+        labels = files.map(lambda f: _class_folder(f, csv, cfg.file_column))
+    if not len(files):
+        raise DataError(f"no labelled rows left in {csv} (see the warnings above)")
+    return pd.DataFrame({"file": files.to_numpy(), "label": labels.to_numpy()})
+
+
+def _check_column(frame: pd.DataFrame, column: str, key: str, csv: Path) -> None:
+    if column in frame.columns:
+        return
+    names = [str(c) for c in frame.columns]
+    close = difflib.get_close_matches(column, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise DataError(f"{key}: column '{column}' is not in {csv}{hint}; available columns: {', '.join(names)}")
+
+
+def _apply_filter(frame: pd.DataFrame, expr: str | None, source: str) -> pd.DataFrame:
+    """Rows of ``frame`` kept by the pandas query ``expr`` (all rows when it is empty)."""
+    if not expr:
+        return frame
+    try:
+        kept = frame.query(expr)
+    except Exception as exc:  # pandas raises many types for a bad expression
+        raise DataError(
+            f"data.filter '{expr}' failed on {source}: {type(exc).__name__}: {exc}; "
+            f"columns: {', '.join(map(str, frame.columns))}"
+        ) from exc
+    if kept.empty:
+        raise DataError(f"data.filter '{expr}' kept none of the {len(frame)} rows of {source}")
+    return kept
+
+
+def _drop_missing_values(frame: pd.DataFrame, column: str, file_column: str, skipped: list[dict]) -> pd.DataFrame:
+    """Rows with a value in ``column``; the others are recorded in ``skipped`` and logged."""
+    empty = frame[column].isna()
+    if not empty.any():
+        return frame
+    reason = f"no value in column '{column}'"
+    names = [f"CSV row {i + 2}" if pd.isna(f) else str(f) for i, f in frame.loc[empty, file_column].items()]
+    entries = [{"file": name, "reason": reason} for name in names]
+    _warn_skipped(entries, f"CSV rows with {reason} skipped")
+    skipped += entries
+    return frame[~empty]
+
+
+def _integral(labels: pd.Series) -> pd.Series:
+    """Float labels that are whole numbers (a CSV column with gaps) as ints, so 1.0 is named '1'."""
+    if pd.api.types.is_float_dtype(labels) and (labels % 1 == 0).all():
+        return labels.astype(np.int64)
+    return labels
+
+
+def _class_folder(file: str, csv: Path, file_column: str) -> str:
+    parts = Path(file).parts
+    if len(parts) < 2:
+        raise DataError(
+            f"{csv}: data.label_column is not set, so the class is the folder in column '{file_column}', "
+            f"but '{file}' has no folder; set data.label_column to the CSV's label column"
+        )
+    return parts[0]
+
+
+def _stat_files(root: Path, table: pd.DataFrame, skipped: list[dict]) -> pd.DataFrame:
+    """Rows whose file exists, sorted by file, with its size and mtime; missing files are skipped."""
+    sizes, mtimes, missing = [], [], []
+    for file in table["file"]:
+        try:
+            stat = os.stat(os.path.join(root, file))
+        except OSError:
+            missing.append(file)
+            stat = None
+        sizes.append(stat.st_size if stat else -1)
+        mtimes.append(stat.st_mtime_ns if stat else -1)
+    table = table.assign(size=sizes, mtime=mtimes)
+    if missing:
+        entries = [{"file": f, "reason": f"file not found in {root}"} for f in missing]
+        _warn_skipped(entries, f"files listed but not found in {root} skipped")
+        skipped += entries
+    table = table[table["size"] >= 0]
+    if table.empty:
+        raise DataError(
+            f"none of the {len(missing)} listed files exist in {root} (check data.root / data.file_column)"
+        )
+    return table.sort_values("file", kind="stable").reset_index(drop=True)
+
+
+def _subset(table: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
+    """A seeded random subset of ``max_images`` rows, in file order."""
+    if max_images is None or max_images >= len(table):
+        return table
+    keep = np.sort(np.random.default_rng(seed).choice(len(table), size=max_images, replace=False))
+    return table.iloc[keep].reset_index(drop=True)
+
+
+def _check_classes(labels: pd.Series, root: Path) -> None:
+    names = _class_names(labels)
+    if len(names) < 2:
+        raise DataError(
+            f"only one class ({names[0]}) in {root} after filtering/skipping: "
+            "a classifier needs at least two; check data.label_column / data.filter"
+        )
+
+
+def _class_names(labels: pd.Series) -> list[str]:
+    """Sorted distinct labels (numerically for numbers), as strings."""
+    return [str(v) for v in sorted(labels.unique())]
+
+
+def _warn_skipped(entries: list[dict], what: str) -> None:
+    if entries:
+        names = ", ".join(e["file"] for e in entries[:SHOW_NAMES])
+        more = ", ..." if len(entries) > SHOW_NAMES else ""
+        log.warning("%d %s: %s%s (first reason: %s)", len(entries), what, names, more, entries[0]["reason"])
+
+
+# ---------------------------------------------------------------------------- decoding and cache
+
+
+def _cache_key(root: Path, table: pd.DataFrame, cfg: DataConfig) -> str:
+    """Hash of everything the decoded tensors depend on."""
+    columns = [table["file"], table["size"].tolist(), table["mtime"].tolist(), table["label"].astype(str)]
+    rows = list(zip(*columns))
+    settings = [str(root), cfg.labels_csv, cfg.file_column, cfg.label_column, cfg.filter or None]
+    settings += [cfg.max_images, cfg.seed, cfg.resolution]
+    text = json.dumps([CACHE_VERSION, settings, rows])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cached payload, or None when there is none or it cannot be read (it is then rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch_load(path)
+    except Exception as exc:  # a damaged file or one from an incompatible torch: decode again
+        log.warning("ignoring unreadable cache file %s (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    log.info("loaded %d cached images from %s", len(payload["files"]), path)
+    return payload
+
+
+def _decode_table(root: Path, table: pd.DataFrame, resolution: int) -> dict:
+    """Decode every file of ``table`` into the cache payload (tensors, lists and strings only)."""
+    arrays, skipped = _decode_all([str(root / f) for f in table["file"]], resolution)
+    bad = [index for index, _ in skipped]
+    kept = table.drop(index=bad)
+    if kept.empty:
+        raise DataError(f"none of the {len(table)} images in {root} could be read; first error: {skipped[0][1]}")
+    _check_classes(kept["label"], root)
+    names = _class_names(kept["label"])
+    lookup = {name: i for i, name in enumerate(names)}
+    images = torch.empty((len(kept), 3, resolution, resolution), dtype=torch.uint8)
+    for i, array in enumerate(a for a in arrays if a is not None):
+        images[i] = torch.from_numpy(array).permute(2, 0, 1)
+    return {
+        "images": images,
+        "labels": torch.tensor([lookup[str(v)] for v in kept["label"]], dtype=torch.int64),
+        "class_names": names,
+        "files": kept["file"].tolist(),
+        "skipped": [{"file": table["file"][i], "reason": f"unreadable image: {reason}"} for i, reason in skipped],
+    }
+
+
+def _decode_all(paths: list[str], resolution: int) -> tuple[list[np.ndarray | None], list[tuple[int, str]]]:
+    """Decoded arrays (None where unreadable) and (index, error) for the unreadable files."""
+    jobs = [(p, resolution) for p in paths]
+    workers = min(DECODE_WORKERS, os.cpu_count() or 1)
+    bar = dict(total=len(jobs), desc="decoding images", unit="img", leave=False)
+    if len(jobs) < PARALLEL_MIN_FILES or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        results = [_try_decode(job) for job in tqdm(jobs, **bar)]
+    else:  # fork: the workers need no fresh import of torch
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_try_decode, jobs, chunksize=64), **bar))
+    arrays = [array for array, _ in results]
+    errors = [(i, error) for i, (_, error) in enumerate(results) if error is not None]
+    return arrays, errors
+
+
+def _try_decode(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return _decode_image(*job), None
+    except Exception as exc:  # any failure on one user file is reported, not fatal
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _decode_image(path: str, resolution: int) -> np.ndarray:
+    """One file -> uint8 array (resolution, resolution, 3): centre square crop, LANCZOS resize, RGB."""
+    with Image.open(path) as img:
+        img.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale, still >= resolution
+        rgb = _to_rgb(ImageOps.exif_transpose(img))
+        return np.array(ImageOps.fit(rgb, (resolution, resolution), Image.Resampling.LANCZOS))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white."""
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return img.convert("RGB")

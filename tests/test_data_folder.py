@@ -1,0 +1,211 @@
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylexlib.config import DataConfig
+from stylexlib.data import DataError, load_dataset
+from stylexlib.data import folder
+from stylexlib.data.folder import load_folder_dataset
+
+CATS_VS_DOGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cats_vs_dogs"
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
+
+
+def save_image(path: Path, colour=(200, 40, 40), size=(10, 12), mode="RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour if mode == "RGB" else colour[0]).save(path)
+
+
+@pytest.fixture
+def pets(tmp_path: Path) -> Path:
+    """root/cat/{0..2}.png, root/dog/{0..2}.jpg, a labels.csv with an `age` column, and clutter."""
+    root = tmp_path / "pets"
+    rows = ["file,kind,age"]
+    for kind, ext in [("cat", "png"), ("dog", "jpg")]:
+        for i in range(3):
+            save_image(root / kind / f"{i}.{ext}", COLOURS[kind])
+            rows.append(f"{kind}/{i}.{ext},{kind == 'dog':d},{10 * i}")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "dog" / "._0.jpg").write_bytes(b"AppleDouble")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def config(root: Path, **kwargs) -> DataConfig:
+    return DataConfig(source="folder", root=str(root), resolution=8, val_fraction=0.0, test_fraction=0.0, **kwargs)
+
+
+def load(cfg: DataConfig, tmp_path: Path):
+    return load_folder_dataset(cfg, cache_dir=tmp_path / "cache")
+
+
+def test_class_folders(pets: Path, tmp_path: Path) -> None:
+    data = load_dataset(config(pets), cache_dir=tmp_path / "cache")
+    assert data.class_names == ["cat", "dog"]
+    assert data.images.shape == (6, 3, 8, 8) and data.images.dtype == torch.uint8
+    assert data.files == [f"cat/{i}.png" for i in range(3)] + [f"dog/{i}.jpg" for i in range(3)]
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.images[0, :, 4, 4].tolist() == list(COLOURS["cat"])
+    assert data.info["skipped"] == [] and data.info["labels_csv"] is None
+    assert set(data.info) == {"root", "labels_csv", "label_column", "filter", "skipped", "cache"}
+
+
+def test_csv_labels_filter_and_folder_classes(pets: Path, tmp_path: Path) -> None:
+    data = load(config(pets, labels_csv="labels.csv", label_column="kind", filter="age >= 10"), tmp_path)
+    assert data.class_names == ["0", "1"] and data.class_counts() == {"0": 2, "1": 2}
+    assert data.info["filter"] == "age >= 10" and data.info["label_column"] == "kind"
+    by_folder = load(config(pets, labels_csv="labels.csv"), tmp_path)
+    assert by_folder.class_names == ["cat", "dog"] and len(by_folder) == 6
+
+
+def test_centre_crop_resize_and_grayscale_to_rgb(tmp_path: Path) -> None:
+    root = tmp_path / "shapes"
+    wide = Image.new("RGB", (30, 10), (0, 0, 255))
+    wide.paste((255, 0, 0), (10, 0, 20, 10))  # red centre square between blue side bands
+    (root / "wide").mkdir(parents=True)
+    wide.save(root / "wide" / "a.png")
+    save_image(root / "gray" / "g.png", (77,), mode="L")
+    save_image(root / "gray" / "p.gif", (5,), mode="P")
+    data = load(config(root), tmp_path)
+    assert data.images.shape == (3, 3, 8, 8)
+    red = data.images[data.files.index("wide/a.png")]
+    assert (red[0] > 240).all() and (red[2] < 15).all()  # the blue side bands were cropped away
+    gray = data.images[data.files.index("gray/g.png")]
+    assert (gray == 77).all()
+
+
+def test_max_images_is_a_seeded_subset(pets: Path, tmp_path: Path) -> None:
+    first = load(config(pets, max_images=4, seed=1), tmp_path)
+    again = load(config(pets, max_images=4, seed=1), tmp_path)
+    other = [load(config(pets, max_images=4, seed=s), tmp_path).files for s in range(2, 6)]
+    assert len(first) == 4 and first.files == again.files
+    assert any(files != first.files for files in other)
+
+
+def test_cache_hit_skips_decoding_and_file_change_invalidates(pets: Path, tmp_path: Path, monkeypatch) -> None:
+    first = load(config(pets), tmp_path)
+    assert Path(first.info["cache"]).exists()
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(folder, "_decode_all", no_decoding)
+        second = load(config(pets), tmp_path)
+    assert torch.equal(first.images, second.images) and second.info["cache"] == first.info["cache"]
+
+    save_image(pets / "cat" / "0.png", (0, 255, 0))
+    stamp = time.time() + 5
+    os.utime(pets / "cat" / "0.png", (stamp, stamp))
+    changed = load(config(pets), tmp_path)
+    assert changed.info["cache"] != first.info["cache"]
+    assert changed.images[0, :, 0, 0].tolist() == [0, 255, 0]
+
+
+def test_damaged_cache_file_is_rebuilt(pets: Path, tmp_path: Path, caplog) -> None:
+    first = load(config(pets), tmp_path)
+    Path(first.info["cache"]).write_bytes(b"not a torch file")
+    with caplog.at_level(logging.WARNING):
+        again = load(config(pets), tmp_path)
+    assert "ignoring unreadable cache file" in caplog.text and torch.equal(first.images, again.images)
+
+
+
+def test_missing_and_corrupt_files_are_skipped_and_reported(pets: Path, tmp_path: Path, caplog) -> None:
+    (pets / "dog" / "text.jpg").write_text("I am not a JPEG")
+    jpeg = (pets / "dog" / "0.jpg").read_bytes()
+    (pets / "dog" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    with open(pets / "labels.csv", "a") as csv:
+        csv.write("dog/gone.jpg,1,5\ndog/text.jpg,1,5\ndog/cut.jpg,1,5\ncat/2.png,,5\n")
+    with caplog.at_level(logging.WARNING):
+        data = load(config(pets, labels_csv="labels.csv", label_column="kind"), tmp_path)
+    skipped = {entry["file"]: entry["reason"] for entry in data.info["skipped"]}
+    assert set(skipped) == {"dog/gone.jpg", "dog/text.jpg", "dog/cut.jpg", "cat/2.png"}
+    assert "not found" in skipped["dog/gone.jpg"] and "kind" in skipped["cat/2.png"]
+    assert "cannot identify image" in skipped["dog/text.jpg"] and "truncated" in skipped["dog/cut.jpg"].lower()
+    assert len(data) == 6 and "dog/cut.jpg" not in data.files and data.class_names == ["0", "1"]
+    assert "1 files listed but not found" in caplog.text and "dog/gone.jpg" in caplog.text
+    assert "2 unreadable images skipped: dog/cut.jpg, dog/text.jpg" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a cached load reports the same skips
+        again = load(config(pets, labels_csv="labels.csv", label_column="kind"), tmp_path)
+    assert again.info["skipped"] == data.info["skipped"] and "unreadable images skipped" in caplog.text
+
+
+def test_bad_root_raises_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"not found: .*nowhere \(check data\.root\)"):
+        load(config(tmp_path / "nowhere"), tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match=r"data.root must be a folder.*file.txt"):
+        load(config(tmp_path / "file.txt"), tmp_path)
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "readme.txt").write_text("x")
+    save_image(tmp_path / "empty" / "loose.png")
+    with pytest.raises(DataError, match=r"no images found in .*empty; 1 images lie directly in it"):
+        load(config(tmp_path / "empty"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"labels_csv": "labls.csv"}, r"labels CSV not found: .*labls.csv"),
+        ({"labels_csv": "labels.csv", "label_column": "kinds"},
+         r"data.label_column: column 'kinds' is not in .*labels.csv \(did you mean 'kind'\?\); "
+         r"available columns: file, kind, age"),
+        ({"labels_csv": "labels.csv", "file_column": "path"}, r"data.file_column: column 'path'.*available columns"),
+        ({"labels_csv": "labels.csv", "filter": "agee > 3"}, r"data.filter 'agee > 3' failed .*agee"),
+        ({"labels_csv": "labels.csv", "filter": "age >>= 3"}, r"data.filter 'age >>= 3' failed"),
+        ({"labels_csv": "labels.csv", "filter": "age > 99"}, r"data.filter 'age > 99' kept none of the 6 rows"),
+        ({"labels_csv": "labels.csv", "label_column": "kind", "filter": "kind == 1"},
+         r"only one class \(1\).*needs at least two; check data.label_column / data.filter"),
+        ({"filter": "label == 'cat'"}, r"only one class \(cat\)"),
+        ({"label_column": "kind"}, "data.label_column='kind' needs data.labels_csv"),
+        ({"max_images": 0}, "data.max_images must be a positive"),
+    ],
+)
+def test_bad_config_raises_data_error(pets: Path, tmp_path: Path, overrides: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load(config(pets, **overrides), tmp_path)
+
+
+def test_csv_without_folders_needs_label_column(pets: Path, tmp_path: Path) -> None:
+    save_image(pets / "flat.png")
+    (pets / "flat.csv").write_text("file,kind\nflat.png,0\ncat/0.png,1\n")
+    with pytest.raises(DataError, match=r"'flat.png' has no folder; set data.label_column"):
+        load(config(pets, labels_csv="flat.csv"), tmp_path)
+
+
+def test_all_listed_files_missing_or_unreadable(pets: Path, tmp_path: Path) -> None:
+    (pets / "gone.csv").write_text("file,kind\ncat/x.png,0\ndog/y.png,1\n")
+    with pytest.raises(DataError, match="none of the 2 listed files exist"):
+        load(config(pets, labels_csv="gone.csv", label_column="kind"), tmp_path)
+    for path in pets.glob("*/*.*"):
+        path.write_text("garbage")
+    with pytest.raises(DataError, match="could be read; first error: UnidentifiedImageError"):
+        load(config(pets), tmp_path)
+
+
+def test_single_class_after_skipping_corrupt_files(pets: Path, tmp_path: Path) -> None:
+    for path in (pets / "dog").glob("*.jpg"):
+        path.write_text("garbage")
+    with pytest.raises(DataError, match=r"only one class \(cat\)"):
+        load(config(pets), tmp_path)
+
+
+@pytest.mark.skipif(not CATS_VS_DOGS.exists(), reason="shared datasets are not beside the repository")
+def test_cats_vs_dogs_subset(tmp_path: Path) -> None:
+    cfg = DataConfig(source="folder", root=str(CATS_VS_DOGS), labels_csv="labels.csv", label_column="label",
+                     resolution=32, max_images=200)
+    data = load(cfg, tmp_path)
+    assert data.images.shape == (200, 3, 32, 32) and data.class_names == ["0", "1"]
+    assert min(data.class_counts().values()) > 50 and data.info["skipped"] == []
+    assert sorted(np.unique(data.split)) == ["test", "train", "val"]
+
