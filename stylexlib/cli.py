@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stylex`` console command."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook chatter hides our progress
     try:
         if args.command == "run":
             run_dir = run_pipeline(args.config, args.overrides, args.out, args.only, args.force, args.notebooks, args.kernel)

@@ -84,9 +84,15 @@ class StylexConfig:
     weight_lpips: float = 0.1  # paper: LPIPS
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
-    encoder_every: int = 1  # run the encoder (reconstruction) path every N steps, random path otherwise
+    # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
+    # random path (z -> mapping -> G); "alternate": the encoder path on steps where step % encoder_every == 0,
+    # the random path on the other steps.
+    path_mode: str = "mix"
+    encoder_every: int = 2  # path_mode "alternate" only
     lpips_net: str = "squeeze"
-    sample_every: int = 250
+    precision: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
+    log_every: int = 10  # steps between progress-bar updates and stats.jsonl lines
+    sample_every: int = 250  # steps between preview grids (samples, reconstructions); 0: none
     checkpoint_every: int = 250
     time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"

@@ -1,0 +1,141 @@
+"""What StylEx training leaves in a run folder: the checkpoint, stats.jsonl, and the trained models.
+
+Later stages load the models with :func:`load_stylex`. A checkpoint is one file (``checkpoints/stylex.pt`` in the run folder), written atomically and
+loaded with ``weights_only=True``: it holds only tensors, dicts, lists, numbers and strings.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .classify import load_run_classifier
+from .config import StylexConfig, from_dict
+from .data import ImageDataset, to_float
+from .io import torch_load
+from .losses import classifier_kl_loss, load_lpips, lpips_distance
+from .models import Discriminator, Encoder, Generator
+from .run import Run, pick_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = ("checkpoints", "stylex.pt")
+CHECKPOINT_FORMAT = 1
+STATS_FILE = "stats.jsonl"  # one JSON line per logged training step
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    """Where a run folder keeps its StylEx checkpoint."""
+    return Path(run_dir).joinpath(*CHECKPOINT_FILE)
+
+
+def build_networks(resolution: int, num_classes: int, cfg: StylexConfig) -> tuple[Generator, Encoder, Discriminator]:
+    """Fresh G, E and D for images of ``resolution`` and a classifier with ``num_classes`` outputs."""
+    return (
+        Generator(resolution, num_classes, cfg),
+        Encoder(resolution, cfg.latent_dim, cfg),
+        Discriminator(resolution, num_classes, cfg),
+    )
+
+
+def capture_rng(device: torch.device) -> dict[str, Tensor]:
+    """The global torch RNG states this process uses (CPU, and the current GPU's)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore states from :func:`capture_rng`."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a StylEx checkpoint (``weights_only``) and check its format."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no StylEx checkpoint at {path}; run stage 03_train_stylex first")
+    state = torch_load(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {state.get('format')!r} (expected {CHECKPOINT_FORMAT})")
+    return state
+
+
+@dataclass
+class StylexModels:
+    """The trained StylEx models, frozen and ready for inversion: EMA generator, encoder, classifier."""
+
+    generator: Generator
+    encoder: Encoder
+    classifier: nn.Module
+    cfg: StylexConfig
+    class_names: list[str]
+    step: int
+    device: torch.device
+
+    def condition(self, logits: Tensor) -> Tensor:
+        """The generator's class input for classifier logits: probabilities or logits (``cfg.condition_on``)."""
+        return logits.softmax(dim=1) if self.cfg.condition_on == "probs" else logits
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """uint8 or [-1, 1] images -> float images on the models' device."""
+        return (to_float(images) if images.dtype == torch.uint8 else images.float()).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images -> (w = E(x), c = the classifier's output on x, as the generator takes it)."""
+        x = self.prepare(images)
+        return self.encoder(x), self.condition(self.classifier(x).float())
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, noise_mode: str = "const") -> Tensor:
+        """G(E(x), C(x)) for uint8 or [-1, 1] images."""
+        w, c = self.encode(images)
+        return self.generator(w, c, noise_mode=noise_mode)
+
+
+def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageDataset | None = None) -> StylexModels:
+    """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier."""
+    state = load_checkpoint(checkpoint_path(run.dir))
+    cfg = from_dict(state["config"], StylexConfig, "stylex")
+    device = torch.device(device) if device is not None else pick_device(cfg.device)
+    generator, encoder, _ = build_networks(state["resolution"], state["num_classes"], cfg)
+    generator.load_state_dict(state["G_ema"])
+    encoder.load_state_dict(state["E"])
+    classifier = load_run_classifier(run, data)
+    frozen = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
+    log.info("loaded StylEx models of step %d from %s", state["step"], run.dir)
+    return StylexModels(*frozen, cfg, list(state["class_names"]), int(state["step"]), device)
+
+
+def read_stats(run_dir: str | Path) -> list[dict]:
+    """The records of a run's stats.jsonl (empty when there is none)."""
+    path = Path(run_dir) / STATS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def evaluate_reconstruction(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
+                            batch_size: int = 64) -> dict[str, float]:
+    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x')."""
+    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
+    totals = {"recon_consistency": 0.0, "recon_lpips": 0.0, "recon_l1": 0.0, "recon_kl": 0.0}
+    for batch in images.split(batch_size):
+        x = models.prepare(batch)
+        logits = models.classifier(x).float()
+        rec = models.generator(models.encoder(x), models.condition(logits), noise_mode="const")
+        rec_logits = models.classifier(rec).float()
+        totals["recon_consistency"] += (logits.argmax(1) == rec_logits.argmax(1)).sum().item()
+        totals["recon_lpips"] += lpips_distance(lpips_model, x, rec).sum().item()
+        totals["recon_l1"] += (x - rec).abs().flatten(1).mean(1).sum().item()
+        totals["recon_kl"] += classifier_kl_loss(logits, rec_logits).item() * len(x)
+    return {name: total / max(len(images), 1) for name, total in totals.items()}

@@ -1,0 +1,38 @@
+"""Committed notebooks are clean, and every stage runs end to end at tiny sizes."""
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from stylexlib.io import read_json
+from stylexlib.pipeline import discover_stages, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_clean(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs: clear them"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    assert "run_dir" in tagged[0].source
+    assignments = [line for line in tagged[0].source.splitlines() if line.strip() and not line.startswith("#")]
+    parsed = papermill.inspect_notebook(str(path))
+    assert len(parsed) == len(assignments), f"{path.name}: papermill cannot parse every parameter line"
+
+
+def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
+    run = run_pipeline(REPO / "configs" / "tiny.yaml", out=tmp_path / "tiny", progress=False)
+    state = read_json(run / "stages.json")
+    assert [name for name, s in state.items() if s["status"] == "done"] == [s.name for s in discover_stages()]
+    metrics = read_json(run / "metrics.json")
+    assert metrics["data_num_images"] == 240 and 0 <= metrics["classifier_val_accuracy"] <= 1
+    assert (run / "figures" / "data_examples.png").exists() and (run / "classifier.pt").exists()
+    assert metrics["stylex_steps"] == 4 and metrics["stylex_train_seconds"] > 0 and metrics["stylex_images_per_second"] > 0
+    assert 0 <= metrics["recon_consistency"] <= 1 and metrics["recon_lpips"] > 0 and metrics["recon_l1"] > 0
+    assert (run / "checkpoints" / "stylex.pt").exists() and (run / "figures" / "stylex_losses.png").exists()
+    assert (run / "figures" / "reconstructions_000004.png").exists() and (run / "figures" / "samples_000004.png").exists()

@@ -1,0 +1,166 @@
+"""StylEx training: exact resume, NaN guard, time limit, path modes, loading, evaluation, the CLI."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylexlib import train
+from stylexlib.checkpoint import checkpoint_path, load_checkpoint
+from stylexlib.config import StylexConfig
+from stylexlib.data import ImageDataset
+from stylexlib.losses import load_lpips
+from stylexlib.models.classifier import build_classifier, save_classifier
+from stylexlib.run import open_run
+
+RESOLUTION = 16
+TINY = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
+                    r1_every=2, pl_weight=2.0, pl_every=2, log_every=2, sample_every=0, checkpoint_every=3,
+                    device="cpu", seed=3)
+
+
+def tiny_dataset(n: int = 40) -> ImageDataset:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, RESOLUTION, RESOLUTION), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n) % 2
+    split = np.array(["train"] * (n - n // 5) + ["val"] * (n // 5))
+    return ImageDataset(images, labels, ["even", "odd"], split)
+
+
+@pytest.fixture(scope="module")
+def data() -> ImageDataset:
+    return tiny_dataset()
+
+
+@pytest.fixture(scope="module")
+def classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_classifier(2, RESOLUTION, width=4).eval()
+
+
+@pytest.fixture(scope="module")
+def lpips_model() -> torch.nn.Module:
+    return load_lpips("squeeze")
+
+
+def make_trainer(cfg, data, classifier, lpips_model, out_dir) -> train.StylexTrainer:
+    return train.StylexTrainer(cfg, data, classifier, out_dir=out_dir, lpips_model=lpips_model)
+
+
+def all_state(trainer: train.StylexTrainer) -> dict[str, torch.Tensor]:
+    nets = {"G": trainer.G, "G_ema": trainer.G_ema, "E": trainer.E, "D": trainer.D}
+    state = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
+    for name in ("opt_g", "opt_e", "opt_d"):
+        for index, slots in getattr(trainer, name).state_dict()["state"].items():
+            state.update({f"{name}.{index}.{k}": torch.as_tensor(v) for k, v in slots.items()})
+    state["mean_path_length"] = trainer.mean_path_length
+    return state
+
+
+def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier, lpips_model, monkeypatch) -> None:
+    straight = make_trainer(TINY, data, classifier, lpips_model, tmp_path / "straight")
+    straight.train(progress=False)
+
+    interrupted = make_trainer(TINY, data, classifier, lpips_model, tmp_path / "resumed")
+    real_step = train.StylexTrainer.train_step
+
+    def crash_at_step_5(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(train.StylexTrainer, "train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(progress=False)
+    monkeypatch.setattr(train.StylexTrainer, "train_step", real_step)
+    assert load_checkpoint(checkpoint_path(tmp_path / "resumed"))["step"] == 3
+
+    resumed = make_trainer(TINY, data, classifier, lpips_model, tmp_path / "resumed")
+    assert resumed.resume() and resumed.step == 3
+    summary = resumed.train(progress=False)
+    assert summary.steps == 6 and summary.session_steps == 3
+
+    expected, actual = all_state(straight), all_state(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=f"{name} differs")
+    steps = [record["step"] for record in train.read_stats(tmp_path / "resumed")]
+    assert steps == [2, 4, 6]  # the lines logged after the checkpoint by the interrupted session are dropped
+    assert [r["step"] for r in train.read_stats(tmp_path / "straight")] == steps
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, data, classifier, lpips_model,
+                                                                       monkeypatch) -> None:
+    trainer = make_trainer(TINY, data, classifier, lpips_model, tmp_path)
+    real_loss = train.g_nonsaturating_loss
+
+    def nan_from_step_5(pred):
+        loss = real_loss(pred)
+        return loss * float("nan") if trainer.step >= 4 else loss
+
+    monkeypatch.setattr(train, "g_nonsaturating_loss", nan_from_step_5)
+    with pytest.raises(train.TrainingDiverged, match=r"loss 'g' is nan at step 5.*last good checkpoint \(step 3\)"):
+        trainer.train(progress=False)
+    assert load_checkpoint(checkpoint_path(tmp_path))["step"] == 3
+
+
+def test_time_limit_stops_and_checkpoints(tmp_path, data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, time_limit_minutes=1e-6, sample_every=5)
+    summary = make_trainer(cfg, data, classifier, lpips_model, tmp_path).train(progress=False)
+    assert summary.stopped_by_time_limit and summary.steps == summary.session_steps == 1
+    assert load_checkpoint(summary.checkpoint)["step"] == 1
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["reconstructions_000001.png", "samples_000001.png"]
+
+
+def test_alternate_mode_runs_one_path_per_step(data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
+    encoder_step, random_step = trainer.train_step(), trainer.train_step()
+    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys()
+    assert set(random_step) == {"d", "g", "adv"}
+    with pytest.raises(ValueError, match="path_mode"):
+        make_trainer(dataclasses.replace(TINY, path_mode="both"), data, classifier, lpips_model, None)
+
+
+def test_bf16_autocast_step_is_finite(data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, precision="bf16", condition_on="logits")
+    losses = make_trainer(cfg, data, classifier, lpips_model, None).train_step()
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+def image_folder_run(tmp_path: Path, classifier: torch.nn.Module) -> Path:
+    """A run folder over a tiny two-class image folder, with a saved classifier (what stages 01-02 leave)."""
+    rng = np.random.default_rng(0)
+    for name in ("even", "odd"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    stylex = {f"stylex.{k}={v}" for k, v in dataclasses.asdict(dataclasses.replace(TINY, steps=2)).items()
+              if v is not None}
+    run = open_run(tmp_path / "run", overrides=[
+        "data.source=folder", f"data.root={tmp_path / 'images'}", f"data.resolution={RESOLUTION}",
+        "data.val_fraction=0.25", "data.test_fraction=0", *sorted(stylex)])
+    save_classifier(run.path("classifier.pt"), classifier, ["even", "odd"])
+    return run.dir
+
+
+def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model) -> None:
+    run_dir = image_folder_run(tmp_path, classifier)
+    assert train.main([str(run_dir)]) == 0
+    assert load_checkpoint(checkpoint_path(run_dir))["step"] == 2
+    assert (run_dir / "figures" / "stylex_losses.png").exists()
+
+    models = train.load_stylex(open_run(run_dir), device="cpu")
+    assert models.step == 2 and models.class_names == ["even", "odd"]
+    assert not any(p.requires_grad for p in models.generator.parameters())
+    w, c = models.encode(tiny_dataset(4).images)
+    assert w.shape == (4, TINY.latent_dim) and torch.allclose(c.sum(1), torch.ones(4))
+    metrics = train.evaluate_reconstruction(models, tiny_dataset(10).images, lpips_model, batch_size=4)
+    assert set(metrics) == {"recon_consistency", "recon_lpips", "recon_l1", "recon_kl"}
+    assert 0 <= metrics["recon_consistency"] <= 1 and metrics["recon_lpips"] > 0 and metrics["recon_l1"] > 0
