@@ -17,7 +17,6 @@ from .classify import load_run_classifier
 from .config import StylexConfig, from_dict
 from .data import ImageDataset, to_float
 from .io import torch_load
-from .losses import classifier_kl_loss, load_lpips, lpips_distance
 from .models import Discriminator, Encoder, Generator
 from .run import Run, pick_device
 
@@ -121,21 +120,3 @@ def read_stats(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@torch.no_grad()
-def evaluate_reconstruction(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
-                            batch_size: int = 64) -> dict[str, float]:
-    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x')."""
-    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
-    totals = {"recon_consistency": 0.0, "recon_lpips": 0.0, "recon_l1": 0.0, "recon_kl": 0.0}
-    for batch in images.split(batch_size):
-        x = models.prepare(batch)
-        logits = models.classifier(x).float()
-        rec = models.generator(models.encoder(x), models.condition(logits), noise_mode="const")
-        rec_logits = models.classifier(rec).float()
-        totals["recon_consistency"] += (logits.argmax(1) == rec_logits.argmax(1)).sum().item()
-        totals["recon_lpips"] += lpips_distance(lpips_model, x, rec).sum().item()
-        totals["recon_l1"] += (x - rec).abs().flatten(1).mean(1).sum().item()
-        totals["recon_kl"] += classifier_kl_loss(logits, rec_logits).item() * len(x)
-    return {name: total / max(len(images), 1) for name, total in totals.items()}

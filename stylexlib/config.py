@@ -101,6 +101,43 @@ class StylexConfig:
 
 
 @dataclass
+class InversionConfig:
+    """Stage 04: encode images into (w, c) and StyleSpace; optional per-image refinement of w."""
+
+    num_images: int = 256  # held-out images evaluated (from `split`)
+    split: str = "val"
+    refine_images: int = 16  # images refined by optimisation (0: none)
+    refine_steps: int = 100
+    refine_lr: float = 0.02
+    weight_kl: float = 1.0  # KL(C(x) || C(G(w, c))) next to LPIPS + L1 in the refinement objective
+    batch_size: int = 64
+
+
+@dataclass
+class AttFindConfig:
+    """Stage 05: AttFind (Lang et al. 2021, Alg. 1) over StyleSpace coordinates."""
+
+    num_images: int = 128  # images whose every coordinate is tried (from `split`)
+    split: str = "val"
+    stats_images: int = 2000  # images for the StyleSpace min/max/std (from the train split)
+    shift: str = "minmax"  # "minmax": set the coordinate to its dataset min / max (the paper); "std": +- shift_std * std
+    shift_std: float = 2.0
+    output: str = "probs"  # effects on classifier "probs" or one-vs-rest "logits" (log-odds)
+    include_torgb: bool = False  # also search the toRGB layers' style coordinates
+    top_k: int = 10
+    method: str = "greedy"  # "greedy" coverage (the paper's AttFind) or "ranking" (independent mean effect)
+    max_image_effect: float | None = None  # greedy: an image leaves the pool once covered this much (None: 0.2 probs, 1.0 logits)
+    affected_threshold: float | None = None  # an image counts as affected above this effect (None: 0.05 probs, 0.25 logits)
+    drop_inconsistent: bool = True  # skip images whose reconstruction the classifier labels differently
+    sufficiency_k: int = 10  # flip rate for k = 1..sufficiency_k
+    random_trials: int = 5  # random-coordinate baseline draws per k
+    batch_size: int = 256  # edits per generator + classifier pass
+    fast: bool = True  # prefix-cached batched path (False: the naive reference, one edit per pass)
+    examples_per_attribute: int = 6  # gallery images per attribute
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as ``config.yaml`` in every run folder."""
 
@@ -108,6 +145,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     stylex: StylexConfig = field(default_factory=StylexConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    attfind: AttFindConfig = field(default_factory=AttFindConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form keys for later stages
 
 

@@ -120,10 +120,14 @@ def reconstruction_losses(x: Tensor, x_rec: Tensor, w: Tensor, w_rec: Tensor,
     }
 
 
-def classifier_kl_loss(logits_real: Tensor, logits_rec: Tensor) -> Tensor:
-    """KL(C(x) || C(x')) averaged over the batch, C(x) a fixed (detached) target (Lang et al. 2021, Sec. 3)."""
+def classifier_kl_loss(logits_real: Tensor, logits_rec: Tensor, reduction: str = "mean") -> Tensor:
+    """KL(C(x) || C(x')) averaged over the batch ("mean") or per image ("none"); C(x) a fixed (detached) target.
+
+    Lang et al. 2021, Sec. 3.
+    """
     target = F.log_softmax(logits_real.detach().float(), dim=1)
-    return F.kl_div(F.log_softmax(logits_rec.float(), dim=1), target, reduction="batchmean", log_target=True)
+    kl = F.kl_div(F.log_softmax(logits_rec.float(), dim=1), target, reduction="none", log_target=True).sum(dim=1)
+    return kl if reduction == "none" else kl.mean()
 
 
 def loss_weights(cfg: StylexConfig) -> dict[str, float]:

@@ -34,7 +34,6 @@ from .checkpoint import (
     capture_rng,
     checkpoint_path,
     load_checkpoint,
-    evaluate_reconstruction,
     load_stylex,
     read_stats,
     restore_rng,
@@ -53,6 +52,7 @@ from .distributed import (
     mean_across_ranks,
     shutdown_distributed,
 )
+from .inversion import evaluate_reconstruction
 from .io import atomic_write, torch_save
 from .losses import (
     classifier_kl_loss,

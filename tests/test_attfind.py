@@ -1,0 +1,174 @@
+"""AttFind: fast path equals the naive reference, selection procedures, per-image top-k, sufficiency, resume."""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from stylexlib import attfind
+from stylexlib.attfind import AttributeEditor, Effects, StyleStats
+from stylexlib.checkpoint import StylexModels
+from stylexlib.config import AttFindConfig, StylexConfig
+from stylexlib.models import Encoder, Generator
+from stylexlib.models.classifier import build_classifier
+
+CFG = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+RESOLUTION = 16
+
+
+@pytest.fixture(scope="module")
+def models() -> StylexModels:
+    torch.manual_seed(0)
+    G = Generator(RESOLUTION, 2, CFG).eval().requires_grad_(False)
+    E = Encoder(RESOLUTION, CFG.latent_dim, CFG).eval().requires_grad_(False)
+    C = build_classifier(2, RESOLUTION, width=4).eval().requires_grad_(False)
+    return StylexModels(G, E, C, CFG, ["a", "b"], 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def encoded(models) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.rand(6, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    inverted = attfind.invert(models, images)
+    return inverted.styles, inverted.logits
+
+
+def test_fast_effects_equal_the_naive_reference(models, encoded) -> None:
+    styles, _ = encoded
+    stats = StyleStats.of(styles)
+    coords = torch.arange(0, models.generator.style_dim, 3)  # every layer, a third of the coordinates
+    for mode in ("minmax", "std"):
+        targets = attfind.shift_targets(styles[:2], stats, mode)
+        fast = attfind.edited_logits_fast(models.generator, models.classifier, styles[:2], targets, coords, batch_size=7)
+        naive = attfind.edited_logits_naive(models.generator, models.classifier, styles[:2], targets, coords)
+        assert fast.shape == (2, len(coords), 2, 2)
+        assert (fast - naive).abs().max() < 1e-4
+        assert (fast - naive).abs().max() > 0 or mode == "std"  # guards against comparing a tensor with itself
+
+
+def test_shift_targets_and_apply(encoded) -> None:
+    styles, _ = encoded
+    stats = StyleStats.of(styles)
+    minmax = attfind.shift_targets(styles, stats, "minmax")
+    assert torch.equal(minmax[0, 3], stats.minimum) and torch.equal(minmax[1, 0], stats.maximum)
+    std = attfind.shift_targets(styles, stats, "std", shift_std=1.5)
+    assert torch.allclose(std[1] - styles, 1.5 * stats.std.expand_as(styles))
+    flats = torch.tensor([[5, 9]] * len(styles))
+    directions = torch.tensor([[1, 0]] * len(styles))
+    assert torch.equal(attfind.apply_attributes(styles, minmax, flats, directions, strength=0.0), styles)
+    edited = attfind.apply_attributes(styles, minmax, flats, directions)
+    changed = (edited != styles).any(0).nonzero().flatten().tolist()
+    assert set(changed) <= {5, 9} and torch.equal(edited[:, 5], stats.maximum[5].expand(len(styles)))
+    assert torch.equal(edited[:, 9], stats.minimum[9].expand(len(styles)))
+    with pytest.raises(ValueError, match="attfind.shift"):
+        attfind.shift_targets(styles, stats, "bogus")
+
+
+def planted_effects() -> Effects:
+    """8 images (4 of class 0, 4 of class 1), 5 coordinates; coordinate 2 'up' moves images 0-1 to class 1,
+    coordinate 4 'down' moves images 2-3; every other edit does nothing."""
+    base = torch.tensor([[2.0, -2.0]] * 4 + [[-2.0, 2.0]] * 4)
+    edited = base[:, None, None, :].repeat(1, 5, 2, 1)
+    edited[0:2, 2, 1] = torch.tensor([-2.0, 2.0])
+    edited[2:4, 4, 0] = torch.tensor([-1.0, 1.0])
+    edited[0:4, 1, 0] = torch.tensor([1.5, -1.5])  # a small push everywhere, never a flip
+    return Effects(edited, base, base.clone(), torch.tensor([10, 11, 12, 13, 14]), torch.arange(100, 108))
+
+
+def test_greedy_covers_images_while_ranking_repeats_the_strongest() -> None:
+    effects = planted_effects()
+    greedy = attfind.class_attributes(effects, target=1, k=3, method="greedy", max_image_effect=0.2)
+    assert greedy.loc[0, "flat"] == 12 and greedy.loc[0, "direction"] == "up"
+    assert greedy.loc[1, "flat"] == 14 and greedy.loc[1, "direction"] == "down"  # covers the images 12 left
+    assert greedy.loc[0, "flip_fraction"] == 0.5 and greedy.loc[0, "pool_images"] == 4
+    ranking = attfind.class_attributes(effects, target=1, k=2, method="ranking")
+    assert ranking.loc[0, "flat"] == 12
+    assert ranking["mean_effect"].is_monotonic_decreasing
+    logits = attfind.class_attributes(effects, target=1, k=1, output="logits")
+    assert logits.loc[0, "mean_effect"] == pytest.approx(4.0, abs=1e-5)  # log-odds -4 -> 4 on half the pool
+    with pytest.raises(ValueError, match="attfind.method"):
+        attfind.class_attributes(effects, target=1, method="bogus")
+
+
+def test_image_attributes_rank_edits_that_lower_the_predicted_class() -> None:
+    effects = planted_effects()
+    top = attfind.image_attributes(effects, image=2, k=2)
+    assert top.loc[0, "flat"] == 14 and top.loc[0, "direction"] == "down" and bool(top.loc[0, "flips"])
+    assert top.loc[0, "image_index"] == 102 and top.loc[0, "effect"] > top.loc[1, "effect"]
+    toward = attfind.image_attributes(effects, image=0, k=1, target=1)
+    assert toward.loc[0, "flat"] == 12
+
+
+def test_one_vs_rest_scores_for_several_classes() -> None:
+    logits = torch.tensor([[1.0, 0.0, -1.0]])
+    p = logits.softmax(1)[0]
+    score = attfind.class_score(logits, torch.tensor([0]), "logits")
+    assert score.item() == pytest.approx(torch.log(p[0] / (1 - p[0])).item(), abs=1e-5)
+    assert attfind.class_score(logits, torch.tensor([2]), "probs").item() == pytest.approx(p[2].item())
+
+
+def test_sufficiency_matches_a_direct_computation(models, encoded) -> None:
+    styles, _ = encoded
+    stats = StyleStats.of(styles)
+    targets = attfind.shift_targets(styles, stats)
+    coords = attfind.searched_coordinates(models.generator, include_torgb=False)
+    attributes = pd.DataFrame({"class_index": [0, 0, 1, 1], "rank": [1, 2, 1, 2], "flat": [int(coords[0]), int(coords[3])] * 2,
+                               "direction": ["up", "down", "down", "up"]})
+    table = attfind.sufficiency(models.generator, models.classifier, styles, targets, attributes, coords, max_k=2,
+                                random_trials=2)
+    assert list(table["k"]) == [1, 2]
+    predicted = attfind.predict_styles(models.generator, models.classifier, styles).argmax(1)
+    flats = torch.full((len(styles), 1), int(coords[0]))
+    directions = torch.where(predicted == 1, 1, 0)[:, None]  # class 1 images get class 0's rank-1 edit (up), others down
+    edited = attfind.apply_attributes(styles, targets, flats, directions)
+    expected = (attfind.predict_styles(models.generator, models.classifier, edited).argmax(1) != predicted).float().mean()
+    assert table.loc[0, "flip_rate"] == pytest.approx(float(expected))
+    assert 0 <= table.loc[0, "random_flip_rate"] <= 1
+
+
+def test_effects_resume_after_an_interruption(models, encoded, tmp_path, monkeypatch) -> None:
+    styles, logits = encoded
+    stats = StyleStats.of(styles)
+    cfg = AttFindConfig(batch_size=64)
+    straight = attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, progress=False, chunk=2)
+    real = attfind.edited_logits_fast
+    calls = []
+
+    def crash_on_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attfind, "edited_logits_fast", crash_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, tmp_path / "e.pt", progress=False, chunk=2)
+    monkeypatch.setattr(attfind, "edited_logits_fast", real)
+    resumed_calls = []
+    monkeypatch.setattr(attfind, "edited_logits_fast", lambda *a, **k: resumed_calls.append(1) or real(*a, **k))
+    resumed = attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, tmp_path / "e.pt",
+                                      progress=False, chunk=2)
+    assert len(resumed_calls) == 2  # the first chunk came from the partial file
+    assert torch.allclose(resumed.edited_logits, straight.edited_logits, atol=1e-6)
+    other = dataclasses.replace(cfg, shift="std")  # other settings never reuse the partial file
+    assert attfind._load_partial(tmp_path / "e.rank0.partial.pt", "another key") == []
+    assert attfind.compute_effects(models, styles[:2], logits[:2], torch.arange(2), stats, other, tmp_path / "e.pt",
+                                   progress=False).edited_logits.shape[0] == 2
+
+
+def test_editor_strength_scales_the_shift(models, encoded) -> None:
+    styles, _ = encoded
+    editor = AttributeEditor(models, StyleStats.of(styles))
+    flat = int(attfind.searched_coordinates(models.generator, False)[4])
+    none = editor.edit(styles[:2], flat, "up", strength=0.0)
+    half = editor.edit(styles[:2], flat, "up", strength=0.5)
+    full = editor.edit(styles[:2], flat, "up")
+    assert torch.equal(none, styles[:2])
+    assert torch.allclose(half[:, flat], (styles[:2, flat] + full[:, flat]) / 2)
+    images = editor.render(full)
+    assert images.shape == (2, 3, RESOLUTION, RESOLUTION) and images.abs().max() <= 1
+    probs = editor.probabilities(images)
+    assert torch.allclose(probs.sum(1), torch.ones(2))
+    with pytest.raises(ValueError, match="direction"):
+        editor.edit(styles, flat, "sideways")
