@@ -105,3 +105,13 @@ def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: f
         optimizer.step()
         history.append({"step": step + 1, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
     return w.detach().cpu(), history
+
+
+def pair_titles(models: StylexModels, inputs: Tensor, reconstructions: Tensor) -> list[str]:
+    """Titles 'in <class> p' / 'rec <class> p' for interleaved (input, reconstruction) image pairs."""
+    with torch.no_grad():
+        probs = torch.cat([models.classifier(models.prepare(x)).float().softmax(1).cpu() for x in (inputs, reconstructions)])
+    top, which = probs.max(1)
+    names = [f"{models.class_names[i]} {p:.2f}" for i, p in zip(which.tolist(), top.tolist())]
+    half = len(inputs)
+    return [title for i in range(half) for title in (f"in {names[i]}", f"rec {names[half + i]}")]

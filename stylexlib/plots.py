@@ -47,15 +47,15 @@ def image_grid(
     return fig
 
 
-def training_curves(history: list[dict], keys: Sequence[tuple[str, str]] | None = None) -> plt.Figure:
-    """Line plots of per-epoch (or per-step) history; ``keys`` pairs up train/validation columns."""
+def training_curves(history: list[dict], keys: Sequence[tuple[str, ...]] | None = None, x_key: str = "epoch") -> plt.Figure:
+    """Line plots of per-epoch (or per-step) history, one panel per group of ``keys`` (e.g. train/validation)."""
     keys = keys or [("train_loss", "val_loss"), ("train_accuracy", "val_accuracy")]
-    x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    x = [h.get(x_key, i + 1) for i, h in enumerate(history)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
     for ax, group in zip(axes.flat, keys):
         for key in group:
-            ax.plot(x, [h[key] for h in history], marker="o", label=key)
-        ax.set_xlabel("epoch")
+            ax.plot(x, [h[key] for h in history], marker="o" if len(x) <= 50 else None, label=key)
+        ax.set_xlabel(x_key)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -106,5 +106,21 @@ def histograms(columns: dict[str, np.ndarray], ncols: int = 4) -> plt.Figure:
         ax.set_title(name, fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def flip_rate_curve(table, title: str = "sufficiency: top-k attributes applied together") -> plt.Figure:
+    """Flip rate against k for the found attributes and for k random coordinates (mean +- std of the draws)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot(table["k"], table["flip_rate"], marker="o", label="AttFind top-k")
+    ax.errorbar(table["k"], table["random_flip_rate"], yerr=table["random_flip_std"], marker="s", capsize=3,
+                label="k random coordinates")
+    ax.set_xlabel("k (attributes applied together)")
+    ax.set_ylabel("flip rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
