@@ -15,7 +15,7 @@ export TORCH_HOME := $(SHARED_TORCH)
 endif
 endif
 
-.PHONY: install demo test bench clean-runs lock
+.PHONY: install demo test bench clean-runs lock chromium
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ test: install
 bench: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[bench]'
 	$(BIN)/python benchmarks/train_step.py
+
+# Headless Chromium renders the HTML gallery (stage 06) and runs its test: the Debian/Ubuntu package `chromium`.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "install Chromium (package chromium) for the gallery test" >&2; exit 1; }; \
+	  echo "installing chromium with apt-get (headless gallery rendering)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lock:  # refresh the pinned versions from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^stylexlib' > requirements.lock

@@ -1,0 +1,133 @@
+"""Attribute figures, GIFs and the standalone HTML gallery (rendered in headless Chromium)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylexlib.viz import (AttributeExamples, ChromiumNotFound, dump_dom, find_chromium, load_examples, pair_figure,
+                           save_examples, save_toggle_gif, screenshot_html, summary_figure, write_gallery)
+
+RED, BLUE = (220, 20, 20), (20, 40, 230)
+NAMES = ["frown", "smile"]
+
+
+def solid(color: tuple[int, int, int], k: int, res: int = 16) -> torch.Tensor:
+    """``k`` images of one colour, float in [-1, 1]."""
+    return (torch.tensor(color, dtype=torch.float32).view(1, 3, 1, 1).expand(k, 3, res, res) / 127.5 - 1).clone()
+
+
+def make_examples(num_classes: int = 2, per_class: int = 3, k: int = 4) -> list[AttributeExamples]:
+    """Attributes whose originals are red and changed images blue; p(class) rises by 0.1 * rank."""
+    out = []
+    for c in range(num_classes):
+        for rank in range(1, per_class + 1):
+            p0 = torch.full((k,), 0.3)
+            p1 = p0 + 0.1 * rank
+            probs = lambda p: torch.stack([1 - p, p], 1) if c == 1 else torch.stack([p, 1 - p], 1)  # noqa: E731
+            out.append(AttributeExamples(c, NAMES[c], rank, 100 * c + rank, f"b8.conv1[{rank}] {'up' if rank % 2 else 'down'}",
+                                         0.1 * rank, 0.25 * rank, [10 * rank + i for i in range(k)],
+                                         solid(RED, k), solid(BLUE, k), probs(p0), probs(p1), NAMES))
+    return out
+
+
+def test_examples_are_checked_and_round_trip(tmp_path: Path) -> None:
+    ex = make_examples(1, 1)[0]
+    with pytest.raises(ValueError, match="image indices"):
+        AttributeExamples(**{**ex.to_dict(), "image_indices": [1, 2]})
+    with pytest.raises(ValueError, match="probabilities"):
+        AttributeExamples(**{**ex.to_dict(), "probs_original": torch.rand(4, 3), "probs_changed": torch.rand(4, 3)})
+    back = load_examples(save_examples([ex], tmp_path / "ex.pt"))[0]
+    assert back.label == ex.label and back.image_indices == ex.image_indices and torch.equal(back.changed, ex.changed)
+    p0, p1 = ex.class_probs()
+    assert torch.allclose(p1 - p0, torch.full((4,), 0.1))
+
+
+def test_pair_figure_titles_carry_probabilities() -> None:
+    ex = make_examples(2, 1, k=5)[1]  # class "smile", p 0.3 -> 0.4
+    fig = pair_figure(ex, pairs_per_row=3)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 10
+    titles = [ax.get_title() for ax in shown]
+    assert titles.count("changed\np(smile)=0.40") == 5 and "#10 original\np(smile)=0.30" in titles
+
+
+def test_toggle_gif_alternates_original_and_changed(tmp_path: Path) -> None:
+    path = save_toggle_gif(make_examples(1, 1)[0], tmp_path / "a.gif", max_examples=3)
+    gif = Image.open(path)
+    assert gif.n_frames == 2 and gif.info.get("loop") == 0
+    colours = []
+    for frame in range(2):
+        gif.seek(frame)
+        pixels = np.asarray(gif.convert("RGB")).reshape(-1, 3)
+        colours.append((np.all(np.abs(pixels - RED) < 8, 1).mean(), np.all(np.abs(pixels - BLUE) < 8, 1).mean()))
+    assert colours[0][0] > 0.3 and colours[0][1] == 0 and colours[1][1] > 0.3 and colours[1][0] == 0
+
+
+def test_summary_figure_has_top_rows_per_class() -> None:
+    fig = summary_figure(make_examples(2, 5), top=4, pairs=2)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert len(labels) == 8 and labels[0].startswith("frown #1") and labels[-1].startswith("smile #4")
+    assert sum(1 for ax in fig.axes if ax.images) == 8 * 4
+
+
+def test_gallery_folder_is_self_contained_and_replaced_whole(tmp_path: Path) -> None:
+    out = tmp_path / "gallery"
+    index = write_gallery(make_examples(), out, subtitle="run x")
+    page = index.read_text()
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    assert len(sources) == 6 * (1 + 2 * 4)  # per attribute: a GIF and 4 pairs
+    assert all(not s.startswith(("/", "http", "file:")) and (out / s).is_file() for s in sources)
+    assert "fraction affected" in page and "mean effect <b>+0.3000</b>" in page and "p(smile) = 0.400" in page
+    (out / "images" / "stale.png").write_bytes(b"x")
+    write_gallery(make_examples(1, 1), out)
+    assert not (out / "images" / "stale.png").exists() and len(list((out / "images").glob("*.png"))) == 8
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not written by stylexlib"):
+        write_gallery(make_examples(1, 1), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_missing_chromium_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STYLEX_CHROMIUM", str(tmp_path / "no-such-browser"))
+    assert find_chromium() is None
+    with pytest.raises(ChromiumNotFound, match="apt-get install -y chromium"):
+        screenshot_html(tmp_path / "index.html", tmp_path / "shot.png")
+    assert not (tmp_path / "shot.png").exists()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = find_chromium()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have headless Chromium: .ci/run installs the 'chromium' apt package")
+        pytest.skip("headless Chromium not installed (apt-get install chromium); CI runs this test")
+    return found
+
+
+def test_gallery_renders_with_its_images_in_chromium(tmp_path: Path, chromium: str) -> None:
+    index = write_gallery(make_examples(), tmp_path / "gallery")
+    dom = dump_dom(index)
+    total = len(re.findall(r"<img\b", dom))
+    assert total == 54 and f'data-images-loaded="{total}"' in dom and f'data-images-total="{total}"' in dom
+    shot = Image.open(screenshot_html(index, tmp_path / "shot.png", width=1000, height=1200))
+    pixels = np.asarray(shot.convert("RGB")).reshape(-1, 3).astype(int)
+    assert shot.size == (1000, 1200)
+    red = np.all(np.abs(pixels - RED) < 10, 1).mean()
+    blue = np.all(np.abs(pixels - BLUE) < 10, 1).mean()
+    white = np.all(pixels > 245, 1).mean()
+    assert red > 0.03 and blue > 0.02 and white < 0.9, (red, blue, white)
+
+
+def test_chromium_check_catches_a_missing_image(tmp_path: Path, chromium: str) -> None:
+    index = write_gallery(make_examples(1, 1), tmp_path / "gallery")
+    (tmp_path / "gallery" / "images" / "c0_r01_2_changed.png").unlink()
+    dom = dump_dom(index)
+    assert 'data-images-loaded="8"' in dom and 'data-images-total="9"' in dom and 'class="px broken"' in dom
