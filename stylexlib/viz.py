@@ -122,14 +122,13 @@ def display_scale(resolution: int, target: int = 128) -> int:
 
 
 def caption(pic: Image.Image, text: str, size: int = 12, above: bool = False) -> Image.Image:
-    """The picture with a line of text centred in a white band below (or above) it."""
-    band = size + 8
-    out = Image.new("RGB", (pic.width, pic.height + band), BACKGROUND)
-    out.paste(pic, (0, band if above else 0))
-    draw = ImageDraw.Draw(out)
+    """The picture with a line of text centred in a white band below (or above) it, widened to fit the text."""
     f = font(size)
-    width = draw.textlength(text, font=f)
-    draw.text(((pic.width - width) / 2, (0 if above else pic.height) + 3), text, fill=(0, 0, 0), font=f)
+    width = ImageDraw.Draw(pic).textlength(text, font=f)
+    band = size + 8
+    out = Image.new("RGB", (max(pic.width, math.ceil(width) + 4), pic.height + band), BACKGROUND)
+    out.paste(pic, ((out.width - pic.width) // 2, band if above else 0))
+    ImageDraw.Draw(out).text(((out.width - width) / 2, (0 if above else pic.height) + 3), text, fill=(0, 0, 0), font=f)
     return out
 
 
