@@ -31,6 +31,12 @@ KEY_FILE = "answer_key.csv"
 RESPONSES_FILE = "responses.csv"
 RESPONSE_COLUMNS = ("respondent", "question_id", "answer", "seconds", "answered_at")
 LETTERS = "ABCD"
+_ATTRIBUTE = ["attribute", "class_index", "class_name", "rank", "flat", "direction"]
+CLASSIFICATION_COLUMNS = ["question_id", "study", "file", "A_file", "B_file", "prompt", "options", "correct", *_ATTRIBUTE,
+                          "image_index", "A_is", "B_is", "A_prob", "B_prob", "demo_image_indices"]
+MATCH_COLUMNS = (["question_id", "study", "file", "static_file", "prompt", "options", "correct", *_ATTRIBUTE,
+                  *[f"odd_{c}" for c in _ATTRIBUTE], "image_index"]
+                 + [f"{x}_{c}" for x in LETTERS for c in ("file", "attribute", "class_name", "image_index")])
 
 
 class StudyError(ValueError):
@@ -55,16 +61,20 @@ def _title(width: int, text: str, size: int = 13) -> "Image":
 # --------------------------------------------------------------------------------------------- classification
 def make_classification_study(examples: Sequence[AttributeExamples], out_dir: str | Path, seed: int = 0, demos: int = 3,
                               questions_per_attribute: int = 1, min_gap: float = 0.05) -> pd.DataFrame:
-    """Write the classification study (PNG per question, A/B files, answer_key.csv) and return its key."""
+    """Write the classification study (PNG per question, A/B files, answer_key.csv) and return its key.
+
+    Each question shows up to ``demos`` other examples of its attribute (at least one); attributes whose pairs all
+    change p(class) by less than ``min_gap`` are skipped, so the answer is never a coin toss.
+    """
     rng = np.random.default_rng(seed)
     questions = []
     for ex in [e for group in by_class(examples).values() for e in group]:
         p0, p1 = (p.numpy() for p in ex.class_probs())
         candidates = [i for i in range(ex.num_examples) if abs(p1[i] - p0[i]) >= min_gap]
-        count = min(questions_per_attribute, len(candidates), ex.num_examples - demos)
+        count = min(questions_per_attribute, len(candidates), ex.num_examples - 1)
         if count < 1:
-            log.warning("classification study: skipped %s (%s): needs %d demos + 1 pair with |Δp| >= %.2f",
-                        ex.label, ex.class_name, demos, min_gap)
+            log.warning("classification study: skipped %s (%s): needs 2 examples, one with |Δp| >= %.2f",
+                        ex.label, ex.class_name, min_gap)
             continue
         held = [int(i) for i in rng.choice(candidates, size=count, replace=False)]
         shown = [i for i in range(ex.num_examples) if i not in held][:demos]
@@ -74,7 +84,7 @@ def make_classification_study(examples: Sequence[AttributeExamples], out_dir: st
     with replaced_dir(out_dir) as tmp:
         for number, q in enumerate(order, 1):
             rows.append(_classification_question(*questions[q], f"cls-{number:03d}", tmp))
-        key = pd.DataFrame(rows)
+        key = pd.DataFrame(rows, columns=CLASSIFICATION_COLUMNS)
         _write_key(key, tmp / KEY_FILE)
     return key
 
@@ -135,7 +145,7 @@ def make_match_study(examples: Sequence[AttributeExamples], out_dir: str | Path,
     with replaced_dir(out_dir) as tmp:
         for number, q in enumerate(order, 1):
             rows.append(_match_question(*questions[q], f"match-{number:03d}", tmp))
-        key = pd.DataFrame(rows)
+        key = pd.DataFrame(rows, columns=MATCH_COLUMNS)
         _write_key(key, tmp / KEY_FILE)
     return key
 

@@ -183,6 +183,11 @@ def pair_figure(ex: AttributeExamples, max_examples: int | None = None, pairs_pe
                 size: float = 1.5) -> plt.Figure:
     """The images where the attribute acts most, as original | changed pairs titled with p(class)."""
     k = min(ex.num_examples, max_examples or ex.num_examples)
+    if k == 0:
+        fig, ax = plt.subplots(figsize=(5, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{ex.class_name} #{ex.rank} {ex.label}: no example images", ha="center", va="center")
+        return fig
     rows = max(1, math.ceil(k / pairs_per_row))
     fig, axes = pair_axes(rows, min(k, pairs_per_row), size, height=1.45)
     p_orig, p_changed = ex.class_probs()
@@ -214,6 +219,8 @@ def save_toggle_gif(ex: AttributeExamples, path: str | Path, max_examples: int |
                     scale: int | None = None, duration_ms: int = 700) -> Path:
     """An animated GIF toggling the attribute's examples between original and changed."""
     k = min(ex.num_examples, max_examples or ex.num_examples)
+    if k == 0:
+        raise ValueError(f"attribute {ex.label} of {ex.class_name} has no example images to animate")
     scale = scale or display_scale(ex.originals.shape[-1], 96)
     return save_gif(toggle_frames(ex.originals[:k], ex.changed[:k], scale), path, duration_ms)
 
@@ -231,7 +238,9 @@ def summary_figure(examples: Sequence[AttributeExamples], top: int = 4, pairs: i
             for j, (images, probs) in enumerate(((ex.originals, p_orig), (ex.changed, p_changed))):
                 ax = axes[r, c, j]
                 if c >= ex.num_examples:
-                    ax.axis("off")
+                    ax.set_frame_on(False)  # not axis("off"): the row label stays visible
+                    if c == j == 0:
+                        ax.text(0.05, 0.5, "no examples", fontsize=7, color="0.4", transform=ax.transAxes)
                     continue
                 ax.imshow(to_hwc(images[c:c + 1])[0], interpolation="nearest")
                 ax.set_title(f"{float(probs[c]):.2f}", fontsize=7, color="C3" if j else "black", pad=2)
@@ -292,7 +301,8 @@ def _figure_html(src: str, kind: str, lines: Sequence[str]) -> str:
 def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int | None) -> str:
     k = min(ex.num_examples, max_examples or ex.num_examples)
     gif = f"images/{ex.key}.gif"
-    save_toggle_gif(ex, images_dir / f"{ex.key}.gif", max_examples=k)
+    if k:
+        save_toggle_gif(ex, images_dir / f"{ex.key}.gif", max_examples=k)
     p_orig, p_changed = ex.class_probs()
     pairs = []
     for i in range(k):
@@ -311,9 +321,11 @@ def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int |
             f'<span class="{html.escape(direction)}">({html.escape(direction)})</span></h3>'
             f'<div class="stats">mean effect <b>{ex.mean_effect:+.4f}</b> · fraction affected '
             f'<b>{ex.fraction_affected:.1%}</b> · StyleSpace coordinate {ex.flat} · {k} examples</div>'
-            f'<div class="pairs"><figure><img src="{gif}" alt="toggle original/changed"><figcaption>'
-            f'animated: original ↔ changed</figcaption></figure></div>'
-            f'<div class="pairs">{"".join(pairs)}</div></section>')
+            + (f'<div class="pairs"><figure><img src="{gif}" alt="toggle original/changed"><figcaption>'
+               f'animated: original ↔ changed</figcaption></figure></div><div class="pairs">{"".join(pairs)}</div>'
+               if k else '<p class="stats"><em>No example images: every searched image is already classified as '
+                         'this class.</em></p>')
+            + "</section>")
 
 
 @contextlib.contextmanager

@@ -224,3 +224,13 @@ def test_form_export_through_a_column_mapping(study, tmp_path: Path) -> None:
         read_responses(export, mapping={"Question 1": q1})
     with pytest.raises(StudyError, match="not in the answer key: nope"):
         score_responses(key, pd.DataFrame({"respondent": ["x"], "question_id": ["nope"], "answer": ["A"]}))
+
+
+def test_too_few_examples_give_an_empty_but_valid_key(tmp_path: Path) -> None:
+    few = [AttributeExamples(**{**ex.to_dict(), "image_indices": ex.image_indices[:1], "originals": ex.originals[:1],
+                                "changed": ex.changed[:1], "probs_original": ex.probs_original[:1],
+                                "probs_changed": ex.probs_changed[:1]}) for ex in make_examples()]
+    key = generate_studies(few, tmp_path / "s")
+    assert key.empty and {"correct", "A_is", "odd_attribute", "D_image_index"} <= set(key.columns)
+    table = score_responses(key, simulate_respondent(key, 0.8))
+    assert table[table["study"] == "all"].iloc[0].n == 0

@@ -131,3 +131,17 @@ def test_chromium_check_catches_a_missing_image(tmp_path: Path, chromium: str) -
     (tmp_path / "gallery" / "images" / "c0_r01_2_changed.png").unlink()
     dom = dump_dom(index)
     assert 'data-images-loaded="8"' in dom and 'data-images-total="9"' in dom and 'class="px broken"' in dom
+
+
+def test_an_attribute_without_examples_still_has_its_place(tmp_path: Path) -> None:
+    empty = make_examples(1, 1)[0]
+    empty = AttributeExamples(**{**empty.to_dict(), "rank": 2, "image_indices": [], "originals": empty.originals[:0],
+                                 "changed": empty.changed[:0], "probs_original": empty.probs_original[:0],
+                                 "probs_changed": empty.probs_changed[:0]})
+    assert "no example images" in pair_figure(empty).axes[0].texts[0].get_text()
+    with pytest.raises(ValueError, match="no example images"):
+        save_toggle_gif(empty, tmp_path / "e.gif")
+    page = write_gallery([make_examples(1, 1)[0], empty], tmp_path / "g").read_text()
+    assert "No example images" in page and page.count('<section class="attr"') == 2
+    first = summary_figure([empty]).axes[0]
+    assert first.axison and first.get_ylabel().startswith("frown #2") and first.texts[0].get_text() == "no examples"
