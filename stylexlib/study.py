@@ -223,6 +223,18 @@ def load_answer_key(study_dir: str | Path) -> pd.DataFrame:
     return key.astype({c: "Int64" for c in whole})
 
 
+def export_for_respondents(study_dir: str | Path, dest: str | Path) -> Path:
+    """Copy the form page and the material to ``dest``, without answer keys or responses; returns the form."""
+    study_dir, dest = Path(study_dir), Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} is not empty; choose a new folder for the respondents' copy")
+    for study in STUDIES:
+        if (study_dir / study).exists():
+            shutil.copytree(study_dir / study, dest / study, ignore=shutil.ignore_patterns(KEY_FILE, ".*"))
+    shutil.copy2(study_dir / "index.html", dest / "index.html")
+    return dest / "index.html"
+
+
 def form_page(key: pd.DataFrame, title: str = "StylEx user study") -> str:
     """An offline HTML form with every question; its button downloads the answers as a responses CSV."""
     import html as h
@@ -274,10 +286,21 @@ def normalize_answer(value: object, where: str) -> str | None:
     return match.group(1).upper()
 
 
-def read_responses(path: str | Path, mapping: dict[str, str] | None = None, respondent_column: str | None = None) -> pd.DataFrame:
-    """Responses in the runner's long format; ``mapping`` {form column: question_id} reads a form export (wide)."""
+QUESTION_ID = re.compile(r"\b(?:cls|match)-\d{3}\b")
+
+
+def read_responses(path: str | Path, mapping: dict[str, str] | str | None = None,
+                   respondent_column: str | None = None) -> pd.DataFrame:
+    """Responses in the runner's long format; ``mapping`` {form column: question_id} reads a form export (wide).
+
+    ``mapping="auto"`` maps every column whose title contains a question id (e.g. "cls-003: which image ...").
+    """
     path = Path(path)
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if mapping == "auto":
+        mapping = {c: m.group(0) for c in table.columns if (m := QUESTION_ID.search(c))}
+        if not mapping:
+            raise StudyError(f"{path}: no column title contains a question id like 'cls-001' or 'match-001'")
     if mapping is None:
         for column in RESPONSE_COLUMNS[:3]:
             if column not in table.columns:

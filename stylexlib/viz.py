@@ -361,12 +361,14 @@ def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, ti
     with replaced_dir(out_dir) as tmp:
         images_dir = tmp / "images"
         images_dir.mkdir()
-        nav = " ".join(f'<a href="#class{c}">{html.escape(names[c])} ({len(g)})</a>' for c, g in groups.items())
+        nav = " ".join(f'<a href="#class{c}">{html.escape(name)} ({len(groups.get(c, []))})</a>' for c, name in enumerate(names))
         body = [f"<h1>{html.escape(title)}</h1>", f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "",
                 LEGEND, f"<nav>Classes: {nav}</nav>"]
-        for c, group in groups.items():
-            body.append(f'<h2 id="class{c}">Class “{html.escape(names[c])}”: {len(group)} attributes</h2>')
-            body += [_attribute_html(ex, images_dir, max_examples) for ex in group]
+        for c, name in enumerate(names):
+            group = groups.get(c, [])
+            body.append(f'<h2 id="class{c}">Class “{html.escape(name)}”: {len(group)} attributes</h2>')
+            body += [_attribute_html(ex, images_dir, max_examples) for ex in group] or [
+                '<p class="stats"><em>AttFind selected no attribute for this class.</em></p>']
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
         write_text(tmp / "index.html", page)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stylexlib.study import (StudyError, append_response, generate_studies, load_answer_key, read_responses,
+from stylexlib.study import (StudyError, append_response, export_for_respondents, generate_studies, load_answer_key,
+                             read_responses,
                              score_plot, score_responses, simulate_respondent, wilson_interval)
 from stylexlib.viz import AttributeExamples
 
@@ -234,3 +235,19 @@ def test_too_few_examples_give_an_empty_but_valid_key(tmp_path: Path) -> None:
     assert key.empty and {"correct", "A_is", "odd_attribute", "D_image_index"} <= set(key.columns)
     table = score_responses(key, simulate_respondent(key, 0.8))
     assert table[table["study"] == "all"].iloc[0].n == 0
+
+
+def test_auto_mapping_and_the_respondents_copy(study, tmp_path: Path) -> None:
+    out, key, _ = study
+    export = tmp_path / "form.csv"
+    pd.DataFrame({"Timestamp": ["t"], "cls-002: which image?": ["A"], "match-001 (which differs?)": ["Image D"]}).to_csv(export, index=False)
+    long = read_responses(export, mapping="auto")
+    assert list(zip(long["question_id"], long["answer"])) == [("cls-002", "A"), ("match-001", "D")]
+    pd.DataFrame({"Timestamp": ["t"]}).to_csv(export, index=False)
+    with pytest.raises(StudyError, match="no column title contains a question id"):
+        read_responses(export, mapping="auto")
+    form = export_for_respondents(out, tmp_path / "share")
+    copied = {p.name for p in (tmp_path / "share").rglob("*")}
+    assert "answer_key.csv" not in copied and "responses.csv" not in copied and not any(n.startswith(".") for n in copied)
+    for src in pd.Series(form.read_text().split('src="')[1:]).str.split('"').str[0]:
+        assert (tmp_path / "share" / src).is_file()

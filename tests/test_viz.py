@@ -85,8 +85,9 @@ def test_gallery_folder_is_self_contained_and_replaced_whole(tmp_path: Path) -> 
     assert all(not s.startswith(("/", "http", "file:")) and (out / s).is_file() for s in sources)
     assert "fraction affected" in page and "mean effect <b>+0.3000</b>" in page and "p(smile) = 0.400" in page
     (out / "images" / "stale.png").write_bytes(b"x")
-    write_gallery(make_examples(1, 1), out)
+    page = write_gallery(make_examples(1, 1), out).read_text()
     assert not (out / "images" / "stale.png").exists() and len(list((out / "images").glob("*.png"))) == 8
+    assert '<a href="#class1">smile (0)</a>' in page and "no attribute for this class" in page
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not written by stylexlib"):
