@@ -8,6 +8,7 @@ which one differs? Each study folder holds one PNG/GIF per question, the per-opt
 from __future__ import annotations
 
 import csv
+import html as h
 import io
 import logging
 import re
@@ -19,6 +20,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .io import write_text
 from .viz import AttributeExamples, by_class, caption, display_scale, replaced_dir, save_gif, save_png, stack, to_pil
@@ -52,9 +54,7 @@ def _same_attribute(a: AttributeExamples, b: AttributeExamples) -> bool:
     return a.flat == b.flat and a.label.rsplit(" ", 1)[-1] == b.label.rsplit(" ", 1)[-1]
 
 
-def _title(width: int, text: str, size: int = 13) -> "Image":
-    from PIL import Image
-
+def _title(width: int, text: str, size: int = 13) -> Image.Image:
     return caption(Image.new("RGB", (width, 0), (255, 255, 255)), text, size=size, above=True)
 
 
@@ -237,8 +237,6 @@ def export_for_respondents(study_dir: str | Path, dest: str | Path) -> Path:
 
 def form_page(key: pd.DataFrame, title: str = "StylEx user study") -> str:
     """An offline HTML form with every question; its button downloads the answers as a responses CSV."""
-    import html as h
-
     blocks = []
     for q in key.itertuples():
         radios = " ".join(f'<label><input type="radio" name="{q.question_id}" value="{o}"> {o}</label>' for o in q.options.split("|"))

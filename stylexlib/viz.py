@@ -19,7 +19,6 @@ from typing import Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
