@@ -28,7 +28,8 @@ from .config import AttFindConfig
 from .distributed import SINGLE, DistInfo, gather_objects
 from .inversion import invert
 from .io import torch_load, torch_save
-from .models.stylegan2 import Generator
+from .accelerate import inference_copies
+from .models.stylegan2 import Generator, SynthesisState
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,19 @@ def edited_logits_fast(generator: Generator, classifier: nn.Module, styles: Tens
             state = generator.synthesize_prefix(s, layer)
             edits = single_edits(s, t, coords[positions].to(device))
             logits = torch.cat([
-                classifier(generator.synthesize_from(state.expand(len(chunk)), chunk, layer)).float().cpu()
+                classifier(generator.synthesize_from(_materialise(state, len(chunk)), chunk, layer)).float().cpu()
                 for chunk in edits.split(batch_size)
             ])
             per_image[positions] = logits.view(len(positions), 2, -1)
         results.append(per_image)
     return torch.stack(results)
+
+
+def _materialise(state: SynthesisState, batch: int) -> SynthesisState:
+    """A batch-1 state repeated ``batch`` times as real (channels_last) memory: compiled layers want no zero strides."""
+    x = state.x.expand(batch, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    img = None if state.img is None else state.img.expand(batch, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    return SynthesisState(x, img)
 
 
 @torch.no_grad()
@@ -210,10 +218,13 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
     done = _load_partial(part_file, key)
     bar = tqdm(total=len(mine), initial=len(done), desc="AttFind effects", unit="img",
                disable=not (progress and dist.is_main))
+    if cfg.fast and len(done) < len(mine):
+        fast_generator, fast_classifier = inference_copies(generator, classifier, cfg.compile)
     for start in range(len(done), len(mine), chunk):
         todo = mine[start : start + chunk]
         if cfg.fast:
-            logits = edited_logits_fast(generator, classifier, styles[todo], targets[:, todo], coords, cfg.batch_size)
+            logits = edited_logits_fast(fast_generator, fast_classifier, styles[todo], targets[:, todo], coords,
+                                        cfg.batch_size)
         else:
             logits = edited_logits_naive(generator, classifier, styles[todo], targets[:, todo], coords)
         done.extend(logits.unbind(0))

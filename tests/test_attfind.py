@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from stylexlib import attfind
+from stylexlib.accelerate import inference_copies
 from stylexlib.attfind import AttributeEditor, Effects, StyleStats
 from stylexlib.checkpoint import StylexModels
 from stylexlib.config import AttFindConfig, StylexConfig
@@ -45,6 +46,17 @@ def test_fast_effects_equal_the_naive_reference(models, encoded) -> None:
         assert fast.shape == (2, len(coords), 2, 2)
         assert (fast - naive).abs().max() < 1e-4
         assert (fast - naive).abs().max() > 0 or mode == "std"  # guards against comparing a tensor with itself
+
+
+def test_compiled_channels_last_copies_give_the_same_effects(models, encoded) -> None:
+    styles, _ = encoded
+    targets = attfind.shift_targets(styles[:1], StyleStats.of(styles))
+    coords = torch.arange(0, models.generator.style_dim, 5)
+    G, C = inference_copies(models.generator, models.classifier, compile=True)
+    assert G is not models.generator and G.layers[0] is not models.generator.layers[0]
+    fast = attfind.edited_logits_fast(G, C, styles[:1], targets, coords, batch_size=16)
+    naive = attfind.edited_logits_naive(models.generator, models.classifier, styles[:1], targets, coords)
+    assert (fast - naive).abs().max() < 1e-4
 
 
 def test_shift_targets_and_apply(encoded) -> None:
@@ -130,7 +142,7 @@ def test_sufficiency_matches_a_direct_computation(models, encoded) -> None:
 def test_effects_resume_after_an_interruption(models, encoded, tmp_path, monkeypatch) -> None:
     styles, logits = encoded
     stats = StyleStats.of(styles)
-    cfg = AttFindConfig(batch_size=64)
+    cfg = AttFindConfig(batch_size=64, compile=False)
     straight = attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, progress=False, chunk=2)
     real = attfind.edited_logits_fast
     calls = []

@@ -1,0 +1,88 @@
+"""AttFind speed: the naive reference (one full generator + classifier pass per edit, as public StylEx code)
+against the fast path (prefix cached per layer, edits batched through the suffix), on the same model and images.
+
+Prints JSON: seconds per image for the naive reference and for the fast path, eager (channels_last) and
+compiled (torch.compile per synthesis layer, setup time reported apart), each with its speedup over the naive
+reference and the max absolute difference of the effects (classifier logits) from it.
+
+    python benchmarks/attfind.py                       # demo-sized random models at 32x32
+    python benchmarks/attfind.py --run runs/demo       # the trained models of a run folder
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from stylexlib import attfind
+from stylexlib.accelerate import inference_copies
+from stylexlib.checkpoint import StylexModels, load_stylex
+from stylexlib.config import StylexConfig, load_config
+from stylexlib.models import Encoder, Generator
+from stylexlib.models.classifier import build_classifier
+from stylexlib.run import open_run
+
+
+def random_models(resolution: int, config: str) -> StylexModels:
+    """Untrained models with the sizes of a config (timings do not depend on the weights)."""
+    cfg: StylexConfig = load_config(config).stylex
+    torch.manual_seed(0)
+    nets = (Generator(resolution, 2, cfg), Encoder(resolution, cfg.latent_dim, cfg),
+            build_classifier(2, resolution, load_config(config).classifier.width))
+    nets = [n.eval().requires_grad_(False) for n in nets]
+    return StylexModels(*nets, cfg, ["a", "b"], 0, torch.device("cpu"))
+
+
+def timed(fn) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="run folder with a trained StylEx checkpoint (default: random demo-sized models)")
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--naive-images", type=int, default=2, help="images for the (slow) reference")
+    parser.add_argument("--fast-images", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = load_stylex(open_run(args.run), "cpu") if args.run else random_models(args.resolution, args.config)
+    G, C = models.generator, models.classifier
+    images = torch.rand(max(args.naive_images, args.fast_images), 3, G.resolution, G.resolution,
+                        generator=torch.Generator().manual_seed(0)) * 2 - 1
+    styles = attfind.invert(models, images).styles
+    stats = attfind.StyleStats.of(styles)
+    targets = attfind.shift_targets(styles, stats, "minmax")
+    coords = attfind.searched_coordinates(G, include_torgb=False)
+    n, m = args.naive_images, args.fast_images
+    naive, naive_s = timed(lambda: attfind.edited_logits_naive(G, C, styles[:n], targets[:, :n], coords))
+    report = {
+        "resolution": G.resolution, "coordinates": len(coords), "edits_per_image": 2 * len(coords),
+        "models": "trained run " + args.run if args.run else f"random, sizes of {args.config}",
+        "naive_seconds_per_image": round(naive_s / n, 4),
+    }
+    for name, compile in (("fast_eager", False), ("fast", True)):
+        (fast_G, fast_C), setup_s = timed(lambda: inference_copies(G, C, compile=compile))
+        same = attfind.edited_logits_fast(fast_G, fast_C, styles[:n], targets[:, :n], coords, args.batch_size)
+        _, fast_s = timed(lambda: attfind.edited_logits_fast(fast_G, fast_C, styles[:m], targets[:, :m], coords,
+                                                             args.batch_size))
+        report.update({
+            f"{name}_seconds_per_image": round(fast_s / m, 4), f"{name}_setup_seconds": round(setup_s, 2),
+            f"{name}_speedup": round((naive_s / n) / (fast_s / m), 2),
+            f"{name}_max_abs_difference": float((naive - same).abs().max()),
+        })
+    report.update({"naive_images": n, "fast_images": m, "batch_size": args.batch_size,
+                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "cpu": platform.processor() or platform.machine()})
+    print(json.dumps(report, indent=2))
+
+if __name__ == "__main__":
+    main()
