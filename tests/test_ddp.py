@@ -64,3 +64,56 @@ def test_two_gloo_ranks_stay_in_sync(tmp_path: Path) -> None:
     records = read_stats(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3]  # written once, by rank 0
     assert records[-1]["images"] == 3 * 4 * 2
+
+
+ATTFIND_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from stylexlib import attfind
+    from stylexlib.checkpoint import StylexModels
+    from stylexlib.config import AttFindConfig, StylexConfig
+    from stylexlib.distributed import init_distributed, shutdown_distributed
+    from stylexlib.models import Encoder, Generator
+    from stylexlib.models.classifier import build_classifier
+
+    out = Path(sys.argv[1])
+    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+    torch.manual_seed(0)
+    nets = [Generator(16, 2, cfg), Encoder(16, 16, cfg), build_classifier(2, 16, width=4)]
+    models = StylexModels(*[n.eval().requires_grad_(False) for n in nets], cfg, ["a", "b"], 0, torch.device("cpu"))
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    inverted = attfind.invert(models, images)
+    stats = attfind.StyleStats.of(inverted.styles)
+    info, _ = init_distributed("cpu")
+    effects = attfind.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
+                                      AttFindConfig(compile=False), out / "effects.pt", dist=info, progress=False)
+    torch.save(effects.edited_logits, out / f"attfind_rank{info.rank}.pt")
+    if info.rank == 0:
+        single = attfind.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
+                                         AttFindConfig(compile=False), progress=False)
+        torch.save(single.edited_logits, out / "attfind_single.pt")
+    shutdown_distributed()
+    """
+)
+
+
+def test_attfind_shards_images_over_two_gloo_ranks(tmp_path: Path) -> None:
+    script = tmp_path / "attfind_worker.py"
+    script.write_text(ATTFIND_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1, single = (torch.load(tmp_path / f"attfind_{name}.pt") for name in ("rank0", "rank1", "single"))
+    assert rank0.shape == single.shape == (5, len(rank0[0]), 2, 2)
+    assert torch.equal(rank0, rank1)  # every rank ends with the whole result
+    assert (rank0 - single).abs().max() < 1e-5
+    assert {p.name for p in tmp_path.glob("effects.rank*.partial.pt")} == {"effects.rank0.partial.pt", "effects.rank1.partial.pt"}
+    shards = [torch.load(tmp_path / f"effects.rank{r}.partial.pt")["logits"] for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 2]  # rank 0 took images 0, 2, 4; rank 1 images 1, 3
