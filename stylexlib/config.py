@@ -139,6 +139,19 @@ class AttFindConfig:
 
 
 @dataclass
+class StudyConfig:
+    """Stage 07: user-study material (classification and match-the-change) and its simulated scoring."""
+
+    seed: int = 0
+    top: int = 4  # attributes per class in the studies
+    examples_per_attribute: int = 6
+    demos: int = 3  # example pairs shown before each classification question
+    questions_per_attribute: int = 2
+    min_gap: float = 0.05  # classification pairs need this much difference in p(class) to have a clear answer
+    simulated_accuracy: float = 0.8  # the headless simulated respondent's accuracy
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as ``config.yaml`` in every run folder."""
 
@@ -148,6 +161,7 @@ class Config:
     stylex: StylexConfig = field(default_factory=StylexConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     attfind: AttFindConfig = field(default_factory=AttFindConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form keys for later stages
 
 

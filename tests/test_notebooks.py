@@ -42,3 +42,8 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     for name in ("attributes.csv", "image_attributes.csv", "sufficiency.csv", "effects.pt"):
         assert (run / "attfind" / name).exists(), name
     assert (run / "figures" / "attfind_summary.png").exists()
+    assert (run / "gallery" / "index.html").exists() and (run / "figures" / "gallery_screenshot.png").exists()
+    assert metrics["widget_update_seconds"] > 0 and metrics["gallery_num_attributes"] > 0
+    assert metrics["study_classification_questions"] > 0 and metrics["study_match_questions"] > 0
+    assert (run / "study" / "classification" / "answer_key.csv").exists()
+    assert 0 <= metrics["study_simulated_accuracy"] <= 1
