@@ -16,6 +16,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -279,13 +280,13 @@ def default_thresholds(cfg: AttFindConfig) -> tuple[float, float]:
 
 def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "probs", method: str = "greedy",
                      max_image_effect: float = 0.2, affected_threshold: float = 0.05,
-                     allowed: Tensor | None = None) -> pd.DataFrame:
+                     accept: Callable[[int, int], bool] | None = None) -> pd.DataFrame:
     """The top-``k`` (coordinate, direction) edits that move images of other classes toward class ``target``.
 
     "greedy" is the paper's coverage procedure: pick the edit with the largest mean effect over the images
     still in the pool, add its effect to each image's tally, and drop images whose tally reaches
-    ``max_image_effect``. "ranking" ranks the edits by their mean effect alone. ``allowed`` (K*2,) masks
-    candidates (e.g. a realism filter).
+    ``max_image_effect``. "ranking" ranks the edits by their mean effect alone. ``accept(flat, direction)``,
+    when given, vets each pick (e.g. :func:`realism_check`); a rejected edit is skipped for good.
     """
     if method not in METHODS:
         raise ValueError(f"attfind.method must be one of {METHODS}, got '{method}'")
@@ -295,16 +296,18 @@ def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "
     scores = effects.toward(target, output)[pool].flatten(1)  # (M, K*2), column = coord_position * 2 + direction
     flips = (effects.edited_logits[pool].argmax(-1) == target).flatten(1)
     positive = scores.clamp(min=0)
-    if allowed is not None:
-        positive[:, ~allowed] = -1.0
     picked: list[int] = []
     tally = torch.zeros(len(scores))
-    for _ in range(min(k, scores.shape[1])):
+    for _ in range(scores.shape[1]):
+        if len(picked) == k:
+            break
         active = tally < max_image_effect if method == "greedy" else torch.ones(len(scores), dtype=torch.bool)
         rows = positive[active] if active.any() else positive
         column = int(rows.mean(0).argmax())
-        picked.append(column)
-        tally += positive[:, column].clamp(min=0)
+        usable = accept is None or accept(int(effects.coords[column // 2]), column % 2)
+        if usable:
+            picked.append(column)
+            tally += positive[:, column].clamp(min=0)
         positive[:, column] = -1.0  # never again
     return pd.DataFrame([
         dict(rank=rank + 1, flat=int(effects.coords[column // 2]), direction=DIRECTIONS[column % 2],
@@ -313,6 +316,42 @@ def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "
              flip_fraction=float(flips[:, column].float().mean()), pool_images=len(scores))
         for rank, column in enumerate(picked)
     ])
+
+
+@torch.no_grad()
+def realism_scores(generator: Generator, discriminator: nn.Module, classifier: nn.Module, styles: Tensor,
+                   batch_size: int = 256) -> Tensor:
+    """The discriminator's logit (N,) on G(styles), conditioned on the classifier's probabilities for it."""
+    device = next(generator.parameters()).device
+    scores = []
+    for chunk in styles.split(batch_size):
+        images = generator.synthesize(chunk.to(device))
+        scores.append(discriminator(images, classifier(images).float().softmax(1)).float().cpu())
+    return torch.cat(scores)
+
+
+def realism_check(models: StylexModels, styles: Tensor, targets: Tensor, quantile: float = 0.05,
+                  max_fraction: float = 0.5, batch_size: int = 256) -> Callable[[int, int], bool]:
+    """A vetting function for :func:`class_attributes`: rejects an edit that looks unreal to the discriminator.
+
+    An edit is rejected when more than ``max_fraction`` of the edited images score below the ``quantile``
+    of the unedited reconstructions' scores (both from StylEx's own discriminator).
+    """
+    if models.discriminator is None:
+        raise ValueError("the realism filter needs the discriminator: load the models with load_stylex")
+    score = lambda s: realism_scores(models.generator, models.discriminator, models.classifier, s, batch_size)  # noqa: E731
+    floor = score(styles).quantile(quantile)
+
+    def accept(flat: int, direction: int) -> bool:
+        column = torch.full((len(styles), 1), flat)
+        edited = apply_attributes(styles, targets, column, torch.full_like(column, direction))
+        unreal = (score(edited) < floor).float().mean().item()
+        if unreal > max_fraction:
+            log.info("realism filter: coordinate %d %s rejected (%.0f%% of edits below the floor)", flat,
+                     DIRECTIONS[direction], 100 * unreal)
+        return unreal <= max_fraction
+
+    return accept
 
 
 def image_attributes(effects: Effects, image: int, k: int = 5, output: str = "probs",
@@ -515,13 +554,19 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
 def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats: StyleStats, effects: Effects,
                       styles: Tensor, seconds: float, dist: DistInfo) -> AttFindResult:
     max_effect, affected = default_thresholds(cfg)
-    usable = effects.subset(effects.consistent) if cfg.drop_inconsistent else effects
+    stable = effects.consistent if cfg.drop_inconsistent else torch.ones_like(effects.consistent)
+    usable = effects.subset(stable)
     tables = []
     for index, name in enumerate(models.class_names):
         if not (usable.predicted != index).any():
             log.warning("no image of another class than '%s': no attributes for it", name)
             continue
-        table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected)
+        accept = None
+        if cfg.realism_filter:
+            pool = stable & (effects.predicted != index)
+            accept = realism_check(models, styles[pool], shift_targets(styles[pool], stats, cfg.shift, cfg.shift_std),
+                                   cfg.realism_quantile, cfg.realism_max_fraction, cfg.batch_size)
+        table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected, accept)
         tables.append(table.assign(class_index=index, class_name=name, method=cfg.method))
     attributes = describe(pd.concat(tables, ignore_index=True), models.generator)
     leading = ["class_index", "class_name", "rank", "flat", "layer", "layer_name", "channel", "resolution",

@@ -69,7 +69,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 @dataclass
 class StylexModels:
-    """The trained StylEx models, frozen and ready for inversion: EMA generator, encoder, classifier."""
+    """The trained StylEx models, frozen and ready for inversion: EMA generator, encoder, classifier (and D)."""
 
     generator: Generator
     encoder: Encoder
@@ -78,6 +78,7 @@ class StylexModels:
     class_names: list[str]
     step: int
     device: torch.device
+    discriminator: Discriminator | None = None  # for AttFind's optional realism filter
 
     def condition(self, logits: Tensor) -> Tensor:
         """The generator's class input for classifier logits: probabilities or logits (``cfg.condition_on``)."""
@@ -105,13 +106,16 @@ def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageD
     state = load_checkpoint(checkpoint_path(run.dir))
     cfg = from_dict(state["config"], StylexConfig, "stylex")
     device = torch.device(device) if device is not None else pick_device(cfg.device)
-    generator, encoder, _ = build_networks(state["resolution"], state["num_classes"], cfg)
+    generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)
     generator.load_state_dict(state["G_ema"])
     encoder.load_state_dict(state["E"])
+    discriminator.load_state_dict(state["D"])
     classifier = load_run_classifier(run, data)
-    frozen = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
+    generator, encoder, classifier, discriminator = (
+        m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier, discriminator))
     log.info("loaded StylEx models of step %d from %s", state["step"], run.dir)
-    return StylexModels(*frozen, cfg, list(state["class_names"]), int(state["step"]), device)
+    return StylexModels(generator, encoder, classifier, cfg, list(state["class_names"]), int(state["step"]), device,
+                        discriminator)
 
 
 def read_stats(run_dir: str | Path) -> list[dict]:

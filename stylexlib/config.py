@@ -129,6 +129,9 @@ class AttFindConfig:
     max_image_effect: float | None = None  # greedy: an image leaves the pool once covered this much (None: 0.2 probs, 1.0 logits)
     affected_threshold: float | None = None  # an image counts as affected above this effect (None: 0.05 probs, 0.25 logits)
     drop_inconsistent: bool = True  # skip images whose reconstruction the classifier labels differently
+    realism_filter: bool = False  # reject attributes whose edits the discriminator finds unreal
+    realism_quantile: float = 0.05  # ... an edited image is unreal below this quantile of unedited D scores
+    realism_max_fraction: float = 0.5  # ... and an attribute is rejected when more of its edits are unreal
     sufficiency_k: int = 10  # flip rate for k = 1..sufficiency_k
     random_trials: int = 5  # random-coordinate baseline draws per k
     batch_size: int = 256  # edits per generator + classifier pass

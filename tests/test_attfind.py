@@ -103,6 +103,31 @@ def test_greedy_covers_images_while_ranking_repeats_the_strongest() -> None:
         attfind.class_attributes(effects, target=1, method="bogus")
 
 
+def test_a_vetting_function_skips_rejected_edits() -> None:
+    effects = planted_effects()
+    vetted = []
+    table = attfind.class_attributes(effects, target=1, k=2, accept=lambda flat, d: vetted.append((flat, d)) or flat != 12)
+    assert vetted[0] == (12, 1) and 12 not in table["flat"].tolist() and len(table) == 2
+    assert table.loc[0, "flat"] == 14
+
+
+def test_realism_check_rejects_edits_the_discriminator_finds_unreal(models, encoded) -> None:
+    styles, _ = encoded
+    targets = attfind.shift_targets(styles, StyleStats.of(styles), "std", shift_std=50.0)
+
+    class Brightness(torch.nn.Module):  # "real" = dark: a stand-in discriminator with a known opinion
+        def forward(self, images, probs):
+            return -images.mean(dim=(1, 2, 3))
+
+    with_d = dataclasses.replace(models, discriminator=Brightness())
+    accept = attfind.realism_check(with_d, styles, targets, quantile=0.05, max_fraction=0.5)
+    last = models.generator.style_index.layer_slices[-1]  # the last toRGB layer: a huge shift changes brightness
+    verdicts = {d: [accept(f, d) for f in range(last.start, last.stop)] for d in (0, 1)}
+    assert not all(verdicts[0] + verdicts[1]) and any(verdicts[0] + verdicts[1])
+    with pytest.raises(ValueError, match="discriminator"):
+        attfind.realism_check(models, styles, targets)
+
+
 def test_image_attributes_rank_edits_that_lower_the_predicted_class() -> None:
     effects = planted_effects()
     top = attfind.image_attributes(effects, image=2, k=2)
