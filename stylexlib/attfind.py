@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -106,26 +107,61 @@ def single_edits(styles: Tensor, targets: Tensor, coords: Tensor) -> Tensor:
 
 @torch.no_grad()
 def edited_logits_fast(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
-                       batch_size: int = 256) -> Tensor:
-    """Logits (N, K, 2, C) of every single-coordinate edit: prefix cached per layer, edits batched through the suffix."""
+                       batch_size: int = 256, only: Tensor | None = None) -> Tensor:
+    """Logits (N, K, 2, C) of every single-coordinate edit: prefix cached per layer, edits batched through the suffix.
+
+    ``only`` (N, K, 2) bool restricts the work to those edits (screening); the others are NaN.
+    """
     device = next(generator.parameters()).device
     layer_of = generator.style_index.layer_ids()[coords]
     results: list[Tensor] = []
     for n in range(len(styles)):
         s = styles[n : n + 1].to(device)
         t = targets[:, n].to(device)
-        per_image = torch.empty(len(coords), 2, generator.num_classes)
+        per_image = torch.full((len(coords), 2, generator.num_classes), float("nan"))
         for layer in torch.unique(layer_of).tolist():
             positions = (layer_of == layer).nonzero().flatten()
+            wanted = only[n, positions].flatten() if only is not None else torch.ones(2 * len(positions), dtype=torch.bool)
+            if not wanted.any():
+                continue
             state = generator.synthesize_prefix(s, layer)
-            edits = single_edits(s, t, coords[positions].to(device))
+            edits = single_edits(s, t, coords[positions].to(device))[wanted.to(device)]
             logits = torch.cat([
                 classifier(generator.synthesize_from(_materialise(state, len(chunk)), chunk, layer)).float().cpu()
                 for chunk in edits.split(batch_size)
             ])
-            per_image[positions] = logits.view(len(positions), 2, -1)
+            block = per_image[positions].view(-1, generator.num_classes)  # rows in (coord, direction) order
+            block[wanted] = logits
+            per_image[positions] = block.view(len(positions), 2, -1)
         results.append(per_image)
     return torch.stack(results)
+
+
+def estimated_effects(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
+                      output: str = "probs") -> Tensor:
+    """First-order estimates (N, K, 2, C) of every edit's change of each class's output: gradient x shift."""
+    device = next(generator.parameters()).device
+    estimates = []
+    for n in range(len(styles)):
+        s = styles[n : n + 1].to(device).requires_grad_(True)
+        logits = classifier(generator.synthesize(s)).float()
+        grads = torch.stack([
+            torch.autograd.grad(class_score(logits, torch.tensor([c], device=device), output).sum(), s,
+                                retain_graph=c + 1 < logits.shape[1])[0][0]
+            for c in range(logits.shape[1])
+        ], dim=-1).cpu()  # (S, C)
+        shift = targets[:, n][:, coords] - styles[n, coords]  # (2, K)
+        estimates.append(grads[coords][:, None, :] * shift.T[:, :, None])
+    return torch.stack(estimates)
+
+
+def screen(estimates: Tensor, fraction: float) -> Tensor:
+    """The edits (N, K, 2) bool worth evaluating exactly: per image, the ``fraction`` with the largest |estimate|."""
+    flat = estimates.abs().amax(-1).flatten(1)  # (N, K*2)
+    keep = max(1, math.ceil(fraction * flat.shape[1]))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, flat.topk(keep, dim=1).indices, True)
+    return mask.view(estimates.shape[:-1])
 
 
 def _materialise(state: SynthesisState, batch: int) -> SynthesisState:
@@ -223,9 +259,13 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
         fast_generator, fast_classifier = inference_copies(generator, classifier, cfg.compile)
     for start in range(len(done), len(mine), chunk):
         todo = mine[start : start + chunk]
+        only = None
+        if cfg.screen_fraction is not None:
+            estimates = estimated_effects(generator, classifier, styles[todo], targets[:, todo], coords, cfg.output)
+            only = screen(estimates, cfg.screen_fraction)
         if cfg.fast:
             logits = edited_logits_fast(fast_generator, fast_classifier, styles[todo], targets[:, todo], coords,
-                                        cfg.batch_size)
+                                        cfg.batch_size, only)
         else:
             logits = edited_logits_naive(generator, classifier, styles[todo], targets[:, todo], coords)
         done.extend(logits.unbind(0))
@@ -234,9 +274,9 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
         bar.update(len(todo))
     bar.close()
     edited = _assemble(gather_objects(torch.stack(done) if done else None, dist), len(styles), dist.world_size)
-    with torch.no_grad():
-        base = torch.cat([classifier(generator.synthesize(s.to(next(generator.parameters()).device))).float().cpu()
-                          for s in styles.split(cfg.batch_size)])
+    base = predict_styles(generator, classifier, styles, cfg.batch_size)
+    unevaluated = edited.isnan().any(-1)  # screened out: counted as no effect
+    edited[unevaluated] = base[:, None, None, :].expand_as(edited)[unevaluated]
     return Effects(edited, base, input_logits.float().cpu(), coords, torch.as_tensor(image_indices))
 
 
@@ -254,7 +294,7 @@ def _cache_key(styles: Tensor, coords: Tensor, targets: Tensor, cfg: AttFindConf
     digest = hashlib.sha1()
     for tensor in (styles, coords, targets):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps([cfg.shift, cfg.shift_std, cfg.include_torgb]).encode())
+    digest.update(json.dumps([cfg.shift, cfg.shift_std, cfg.include_torgb, cfg.screen_fraction, cfg.output]).encode())
     return digest.hexdigest()
 
 

@@ -136,6 +136,8 @@ class AttFindConfig:
     random_trials: int = 5  # random-coordinate baseline draws per k
     batch_size: int = 256  # edits per generator + classifier pass
     fast: bool = True  # prefix-cached batched path (False: the naive reference, one edit per pass)
+    screen_fraction: float | None = None  # screened mode: evaluate exactly only this fraction of edits per image,
+    # those with the largest gradient estimate (None: exhaustive)
     compile: bool = True  # fast path: torch.compile the synthesis layers and the classifier (~15-30 s once)
     examples_per_attribute: int = 6  # gallery images per attribute
     seed: int = 0

@@ -59,6 +59,27 @@ def test_compiled_channels_last_copies_give_the_same_effects(models, encoded) ->
     assert (fast - naive).abs().max() < 1e-4
 
 
+def test_screened_mode_evaluates_the_chosen_edits_exactly(models, encoded) -> None:
+    styles, logits = encoded
+    stats = StyleStats.of(styles)
+    exhaustive = attfind.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
+                                         AttFindConfig(compile=False), progress=False)
+    screened = attfind.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
+                                       AttFindConfig(compile=False, screen_fraction=0.25), progress=False)
+    targets = attfind.shift_targets(styles[:3], stats)
+    estimates = attfind.estimated_effects(models.generator, models.classifier, styles[:3], targets, exhaustive.coords)
+    chosen = attfind.screen(estimates, 0.25)
+    assert chosen.shape == (3, len(exhaustive.coords), 2)
+    assert chosen.flatten(1).sum(1).tolist() == [int(torch.tensor(0.25 * chosen[0].numel()).ceil())] * 3
+    assert torch.allclose(screened.edited_logits[chosen], exhaustive.edited_logits[chosen], atol=1e-5)
+    skipped = screened.edited_logits[~chosen]
+    assert torch.equal(skipped, screened.base_logits[:, None, None].expand_as(screened.edited_logits)[~chosen])
+    true_change = exhaustive.toward(1)  # the estimate is first order: it agrees in sign with most real changes
+    estimated = estimates[..., 1]  # class 1 probability
+    big = true_change.abs() > true_change.abs().quantile(0.75)
+    assert (torch.sign(estimated[big]) == torch.sign(true_change[big])).float().mean() > 0.7
+
+
 def test_shift_targets_and_apply(encoded) -> None:
     styles, _ = encoded
     stats = StyleStats.of(styles)
