@@ -3,7 +3,9 @@ against the fast path (prefix cached per layer, edits batched through the suffix
 
 Prints JSON: seconds per image for the naive reference and for the fast path, eager (channels_last) and
 compiled (torch.compile per synthesis layer, setup time reported apart), each with its speedup over the naive
-reference and the max absolute difference of the effects (classifier logits) from it.
+reference and the max absolute difference of the effects (classifier logits) from it; then the screened mode
+(gradient estimates choose ``--screen-fraction`` of the edits, evaluated exactly): its speedup and how many of each
+class's top-10 attributes (greedy selection) it shares with the exhaustive search on the same images.
 
     python benchmarks/attfind.py                       # demo-sized random models at 32x32
     python benchmarks/attfind.py --run runs/demo       # the trained models of a run folder
@@ -21,6 +23,7 @@ from stylexlib import attfind
 from stylexlib.accelerate import inference_copies
 from stylexlib.checkpoint import StylexModels, load_stylex
 from stylexlib.config import StylexConfig, load_config
+from stylexlib.data import load_dataset
 from stylexlib.models import Encoder, Generator
 from stylexlib.models.classifier import build_classifier
 from stylexlib.run import open_run
@@ -48,16 +51,23 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--naive-images", type=int, default=2, help="images for the (slow) reference")
-    parser.add_argument("--fast-images", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--fast-images", type=int, default=16, help="images for the fast paths and the screened agreement")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--screen-fraction", type=float, default=0.1, help="screened mode: edits evaluated exactly")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = load_stylex(open_run(args.run), "cpu") if args.run else random_models(args.resolution, args.config)
+    count = max(args.naive_images, args.fast_images)
+    if args.run:  # the trained models and the run's own validation images
+        run = open_run(args.run)
+        data = load_dataset(run.cfg.data)
+        models = load_stylex(run, "cpu", data)
+        images = data.images[attfind.subset_indices(data, "val", count, seed=0)]
+    else:
+        models = random_models(args.resolution, args.config)
+        images = torch.rand(count, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
     G, C = models.generator, models.classifier
-    images = torch.rand(max(args.naive_images, args.fast_images), 3, G.resolution, G.resolution,
-                        generator=torch.Generator().manual_seed(0)) * 2 - 1
     styles = attfind.invert(models, images).styles
     stats = attfind.StyleStats.of(styles)
     targets = attfind.shift_targets(styles, stats, "minmax")
@@ -79,6 +89,29 @@ def main() -> None:
             f"{name}_speedup": round((naive_s / n) / (fast_s / m), 2),
             f"{name}_max_abs_difference": float((naive - same).abs().max()),
         })
+    # Screened mode: gradient estimates pick a fraction of the edits, evaluated exactly on the compiled path.
+    exhaustive = attfind.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size)
+
+    def screened() -> torch.Tensor:
+        estimates = attfind.estimated_effects(G, C, styles, targets, coords)
+        return attfind.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size,
+                                          attfind.screen(estimates, args.screen_fraction))
+
+    partial, screened_s = timed(screened)
+    base = attfind.predict_styles(G, C, styles)
+    partial = torch.where(partial.isnan(), base[:, None, None, :].expand_as(partial), partial)
+    agreement = []
+    for logits in (exhaustive, partial):
+        effects = attfind.Effects(logits, base, base, coords, torch.arange(len(styles)))
+        agreement.append([{(r.flat, r.direction) for r in attfind.class_attributes(effects, c, 10).itertuples()}
+                          for c in range(base.shape[1]) if (effects.predicted != c).any()])
+    overlap = [len(a & b) / max(len(a), 1) for a, b in zip(*agreement)]
+    report.update({
+        "screen_fraction": args.screen_fraction,
+        "screened_seconds_per_image": round(screened_s / len(styles), 4),
+        "screened_speedup": round((naive_s / n) / (screened_s / len(styles)), 2),
+        "screened_top10_agreement_per_class": [round(o, 2) for o in overlap],
+    })
     report.update({"naive_images": n, "fast_images": m, "batch_size": args.batch_size,
                    "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "cpu": platform.processor() or platform.machine()})

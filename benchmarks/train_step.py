@@ -5,7 +5,8 @@ Measurements, each in its own subprocess (so its peak RSS is its own):
   plain   a plain G+D step with our networks: G forward, D step (logistic loss), G step (non-saturating)
   peer    the same plain step with the `stylegan2_pytorch` package (lucidrains; the base of the public StylEx
           reproduction): its StyleVectorizer, Generator and Discriminator, no augmentation, no attention,
-          network_capacity/fmap_max picked so that G+D parameter counts match ours as closely as possible.
+          network_capacity/fmap_max picked so that G's and D's channel widths at each resolution match ours
+          (the same work per image; both parameter counts are reported).
 
     make bench        # or: python benchmarks/train_step.py --resolution 32 --batch 16
 """
@@ -15,6 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import platform
 import resource
 import statistics
@@ -61,14 +63,35 @@ def peer_networks(peer, resolution: int, cfg: StylexConfig, capacity_g: int, cap
     return mapping, G, D
 
 
-def matched_peer_size(peer, resolution: int, cfg: StylexConfig, ours: int, part: str) -> tuple[int, int]:
-    """(network_capacity, fmap_max) whose peer ``part`` ("G": mapping + G, or "D") is closest to ``ours`` parameters."""
-    def size(capacity: int, fmap_max: int) -> int:
-        mapping, G, D = peer_networks(peer, resolution, cfg, capacity, capacity, fmap_max, fmap_max)
-        return count(mapping, G) if part == "G" else count(D)
+def peer_widths(peer, resolution: int, cfg: StylexConfig, capacity: int, fmap_max: int) -> tuple[list[int], list[int]]:
+    """The peer's generator block widths (low to high resolution) and discriminator block widths (high to low)."""
+    _, G, D = peer_networks(peer, resolution, cfg, capacity, capacity, fmap_max, fmap_max)
+    return [b.conv2.weight.shape[0] for b in G.blocks], [b.conv_res.weight.shape[0] for b in D.blocks]
 
-    sizes = {(c, f): size(c, f) for c in PEER_CAPACITIES for f in PEER_FMAP_MAX}
-    return min(sizes, key=lambda key: (abs(sizes[key] / ours - 1), key))
+
+def our_widths(resolution: int, cfg: StylexConfig) -> tuple[list[int], list[int]]:
+    """Our generator widths per resolution (4 .. R) and discriminator widths (R .. 4), as the peer counts them."""
+    from stylexlib.models.stylegan2 import channels_at
+
+    log2 = int(math.log2(resolution))
+    generator = [channels_at(2**i, cfg) for i in range(2, log2 + 1)]
+    return generator, [channels_at(2**i, cfg) for i in range(log2, 1, -1)]
+
+
+def matched_peer_size(peer, resolution: int, cfg: StylexConfig, part: str) -> tuple[int, int]:
+    """(network_capacity, fmap_max) whose peer ``part`` ("G" or "D") has our channel widths at each resolution.
+
+    Same widths means about the same work per image (parameter counts differ: the peer's style layers are
+    larger); ties and near misses are decided by the summed log-ratio of the widths.
+    """
+    ours = our_widths(resolution, cfg)[0 if part == "G" else 1]
+
+    def mismatch(key: tuple[int, int]) -> float:
+        theirs = peer_widths(peer, resolution, cfg, *key)[0 if part == "G" else 1]
+        pairs = list(zip(ours, theirs))
+        return sum(abs(math.log(a / b)) for a, b in pairs) + abs(len(theirs) - len(ours))
+
+    return min(((c, f) for c in PEER_CAPACITIES for f in PEER_FMAP_MAX), key=lambda key: (mismatch(key), key))
 
 
 def plain_step(generate: Callable[[], torch.Tensor], discriminate: Callable[[torch.Tensor], torch.Tensor],
@@ -107,8 +130,8 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> tuple[Ca
                           lambda images: D(images, probs), real, G.parameters(), D.parameters(), cfg)
         return step, {"params_g": count(G), "params_d": count(D)}
     peer = import_peer()
-    capacity_g, fmap_max_g = matched_peer_size(peer, resolution, cfg, count(Generator(resolution, NUM_CLASSES, cfg)), "G")
-    capacity_d, fmap_max_d = matched_peer_size(peer, resolution, cfg, count(Discriminator(resolution, NUM_CLASSES, cfg)), "D")
+    capacity_g, fmap_max_g = matched_peer_size(peer, resolution, cfg, "G")
+    capacity_d, fmap_max_d = matched_peer_size(peer, resolution, cfg, "D")
     mapping, G, D = peer_networks(peer, resolution, cfg, capacity_g, capacity_d, fmap_max_g, fmap_max_d)
 
     def generate() -> torch.Tensor:

@@ -134,7 +134,7 @@ class AttFindConfig:
     realism_max_fraction: float = 0.5  # ... and an attribute is rejected when more of its edits are unreal
     sufficiency_k: int = 10  # flip rate for k = 1..sufficiency_k
     random_trials: int = 5  # random-coordinate baseline draws per k
-    batch_size: int = 256  # edits per generator + classifier pass
+    batch_size: int = 64  # edits per generator + classifier pass (CPU: 32-128 run fastest)
     fast: bool = True  # prefix-cached batched path (False: the naive reference, one edit per pass)
     screen_fraction: float | None = None  # screened mode: evaluate exactly only this fraction of edits per image,
     # those with the largest gradient estimate (None: exhaustive)
