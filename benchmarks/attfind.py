@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from stylexlib import attfind
+from stylexlib import attfind, effects, selection
 from stylexlib.accelerate import inference_copies
 from stylexlib.checkpoint import StylexModels, load_stylex
 from stylexlib.config import StylexConfig, load_config
@@ -68,12 +68,12 @@ def main() -> None:
         models = random_models(args.resolution, args.config)
         images = torch.rand(count, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
     G, C = models.generator, models.classifier
-    styles = attfind.invert(models, images).styles
-    stats = attfind.StyleStats.of(styles)
-    targets = attfind.shift_targets(styles, stats, "minmax")
-    coords = attfind.searched_coordinates(G, include_torgb=False)
+    styles = effects.invert(models, images).styles
+    stats = effects.StyleStats.of(styles)
+    targets = effects.shift_targets(styles, stats, "minmax")
+    coords = effects.searched_coordinates(G, include_torgb=False)
     n, m = args.naive_images, args.fast_images
-    naive, naive_s = timed(lambda: attfind.edited_logits_naive(G, C, styles[:n], targets[:, :n], coords))
+    naive, naive_s = timed(lambda: effects.edited_logits_naive(G, C, styles[:n], targets[:, :n], coords))
     report = {
         "resolution": G.resolution, "coordinates": len(coords), "edits_per_image": 2 * len(coords),
         "models": "trained run " + args.run if args.run else f"random, sizes of {args.config}",
@@ -81,8 +81,8 @@ def main() -> None:
     }
     for name, compile in (("fast_eager", False), ("fast", True)):
         (fast_G, fast_C), setup_s = timed(lambda: inference_copies(G, C, compile=compile))
-        same = attfind.edited_logits_fast(fast_G, fast_C, styles[:n], targets[:, :n], coords, args.batch_size)
-        _, fast_s = timed(lambda: attfind.edited_logits_fast(fast_G, fast_C, styles[:m], targets[:, :m], coords,
+        same = effects.edited_logits_fast(fast_G, fast_C, styles[:n], targets[:, :n], coords, args.batch_size)
+        _, fast_s = timed(lambda: effects.edited_logits_fast(fast_G, fast_C, styles[:m], targets[:, :m], coords,
                                                              args.batch_size))
         report.update({
             f"{name}_seconds_per_image": round(fast_s / m, 4), f"{name}_setup_seconds": round(setup_s, 2),
@@ -90,21 +90,21 @@ def main() -> None:
             f"{name}_max_abs_difference": float((naive - same).abs().max()),
         })
     # Screened mode: gradient estimates pick a fraction of the edits, evaluated exactly on the compiled path.
-    exhaustive = attfind.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size)
+    exhaustive = effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size)
 
     def screened() -> torch.Tensor:
-        estimates = attfind.estimated_effects(G, C, styles, targets, coords)
-        return attfind.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size,
-                                          attfind.screen(estimates, args.screen_fraction))
+        estimates = effects.estimated_effects(G, C, styles, targets, coords)
+        return effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size,
+                                          effects.screen(estimates, args.screen_fraction))
 
     partial, screened_s = timed(screened)
-    base = attfind.predict_styles(G, C, styles)
+    base = effects.predict_styles(G, C, styles)
     partial = torch.where(partial.isnan(), base[:, None, None, :].expand_as(partial), partial)
     agreement = []
     for logits in (exhaustive, partial):
-        effects = attfind.Effects(logits, base, base, coords, torch.arange(len(styles)))
-        agreement.append([{(r.flat, r.direction) for r in attfind.class_attributes(effects, c, 10).itertuples()}
-                          for c in range(base.shape[1]) if (effects.predicted != c).any()])
+        found = effects.Effects(logits, base, base, coords, torch.arange(len(styles)))
+        agreement.append([{(r.flat, r.direction) for r in selection.class_attributes(found, c, 10).itertuples()}
+                          for c in range(base.shape[1]) if (found.predicted != c).any()])
     overlap = [len(a & b) / max(len(a), 1) for a, b in zip(*agreement)]
     report.update({
         "screen_fraction": args.screen_fraction,

@@ -1,6 +1,6 @@
 """Seconds per AttributeBrowser update (new strength: edit + render + classify + PNG); prints JSON.
 
-Uses the real ``attfind.AttributeEditor`` over untrained networks of the demo widths (random weights cost the
+Uses the real ``AttributeEditor`` over untrained networks of the demo widths (random weights cost the
 same as trained ones) at 64x64 by default, and compares 1 intra-op thread (the browser's default) with
 torch's default thread count: on a busy 2-core machine, 2 threads fighting another process are much slower.
 
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stylexlib.attfind import AttributeEditor, StyleStats
+from stylexlib.editor import AttributeEditor
+from stylexlib.effects import StyleStats
 from stylexlib.checkpoint import StylexModels
 from stylexlib.config import StylexConfig
 from stylexlib.models import Encoder, Generator

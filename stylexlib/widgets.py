@@ -31,7 +31,7 @@ ATTRIBUTE_COLUMNS = ("class_index", "rank", "flat", "direction")
 
 
 class Editor(Protocol):
-    """What the browser needs from ``attfind.AttributeEditor``."""
+    """What the browser needs from ``editor.AttributeEditor``."""
 
     class_names: list[str]
     resolution: int

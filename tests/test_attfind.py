@@ -1,4 +1,4 @@
-"""AttFind: fast path equals the naive reference, selection procedures, per-image top-k, sufficiency, resume."""
+"""AttFind (effects, selection, editor): fast path equals the naive reference, selection procedures, per-image top-k, sufficiency, resume."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from stylexlib import attfind
+from stylexlib import effects, selection
 from stylexlib.accelerate import inference_copies
-from stylexlib.attfind import AttributeEditor, Effects, StyleStats
+from stylexlib.editor import AttributeEditor
+from stylexlib.effects import Effects, StyleStats
 from stylexlib.checkpoint import StylexModels
 from stylexlib.config import AttFindConfig, StylexConfig
 from stylexlib.models import Encoder, Generator
@@ -31,7 +32,7 @@ def models() -> StylexModels:
 @pytest.fixture(scope="module")
 def encoded(models) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.rand(6, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    inverted = attfind.invert(models, images)
+    inverted = effects.invert(models, images)
     return inverted.styles, inverted.logits
 
 
@@ -40,9 +41,9 @@ def test_fast_effects_equal_the_naive_reference(models, encoded) -> None:
     stats = StyleStats.of(styles)
     coords = torch.arange(0, models.generator.style_dim, 3)  # every layer, a third of the coordinates
     for mode in ("minmax", "std"):
-        targets = attfind.shift_targets(styles[:2], stats, mode)
-        fast = attfind.edited_logits_fast(models.generator, models.classifier, styles[:2], targets, coords, batch_size=7)
-        naive = attfind.edited_logits_naive(models.generator, models.classifier, styles[:2], targets, coords)
+        targets = effects.shift_targets(styles[:2], stats, mode)
+        fast = effects.edited_logits_fast(models.generator, models.classifier, styles[:2], targets, coords, batch_size=7)
+        naive = effects.edited_logits_naive(models.generator, models.classifier, styles[:2], targets, coords)
         assert fast.shape == (2, len(coords), 2, 2)
         assert (fast - naive).abs().max() < 1e-4
         assert (fast - naive).abs().max() > 0 or mode == "std"  # guards against comparing a tensor with itself
@@ -50,25 +51,25 @@ def test_fast_effects_equal_the_naive_reference(models, encoded) -> None:
 
 def test_compiled_channels_last_copies_give_the_same_effects(models, encoded) -> None:
     styles, _ = encoded
-    targets = attfind.shift_targets(styles[:1], StyleStats.of(styles))
+    targets = effects.shift_targets(styles[:1], StyleStats.of(styles))
     coords = torch.arange(0, models.generator.style_dim, 5)
     G, C = inference_copies(models.generator, models.classifier, compile=True)
     assert G is not models.generator and G.layers[0] is not models.generator.layers[0]
-    fast = attfind.edited_logits_fast(G, C, styles[:1], targets, coords, batch_size=16)
-    naive = attfind.edited_logits_naive(models.generator, models.classifier, styles[:1], targets, coords)
+    fast = effects.edited_logits_fast(G, C, styles[:1], targets, coords, batch_size=16)
+    naive = effects.edited_logits_naive(models.generator, models.classifier, styles[:1], targets, coords)
     assert (fast - naive).abs().max() < 1e-4
 
 
 def test_screened_mode_evaluates_the_chosen_edits_exactly(models, encoded) -> None:
     styles, logits = encoded
     stats = StyleStats.of(styles)
-    exhaustive = attfind.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
-                                         AttFindConfig(compile=False), progress=False)
-    screened = attfind.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
-                                       AttFindConfig(compile=False, screen_fraction=0.25), progress=False)
-    targets = attfind.shift_targets(styles[:3], stats)
-    estimates = attfind.estimated_effects(models.generator, models.classifier, styles[:3], targets, exhaustive.coords)
-    chosen = attfind.screen(estimates, 0.25)
+    exhaustive = effects.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
+                                         AttFindConfig(), progress=False)
+    screened = effects.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
+                                       AttFindConfig(screen_fraction=0.25), progress=False)
+    targets = effects.shift_targets(styles[:3], stats)
+    estimates = effects.estimated_effects(models.generator, models.classifier, styles[:3], targets, exhaustive.coords)
+    chosen = effects.screen(estimates, 0.25)
     assert chosen.shape == (3, len(exhaustive.coords), 2)
     assert chosen.flatten(1).sum(1).tolist() == [int(torch.tensor(0.25 * chosen[0].numel()).ceil())] * 3
     assert torch.allclose(screened.edited_logits[chosen], exhaustive.edited_logits[chosen], atol=1e-5)
@@ -83,19 +84,19 @@ def test_screened_mode_evaluates_the_chosen_edits_exactly(models, encoded) -> No
 def test_shift_targets_and_apply(encoded) -> None:
     styles, _ = encoded
     stats = StyleStats.of(styles)
-    minmax = attfind.shift_targets(styles, stats, "minmax")
+    minmax = effects.shift_targets(styles, stats, "minmax")
     assert torch.equal(minmax[0, 3], stats.minimum) and torch.equal(minmax[1, 0], stats.maximum)
-    std = attfind.shift_targets(styles, stats, "std", shift_std=1.5)
+    std = effects.shift_targets(styles, stats, "std", shift_std=1.5)
     assert torch.allclose(std[1] - styles, 1.5 * stats.std.expand_as(styles))
     flats = torch.tensor([[5, 9]] * len(styles))
     directions = torch.tensor([[1, 0]] * len(styles))
-    assert torch.equal(attfind.apply_attributes(styles, minmax, flats, directions, strength=0.0), styles)
-    edited = attfind.apply_attributes(styles, minmax, flats, directions)
+    assert torch.equal(effects.apply_attributes(styles, minmax, flats, directions, strength=0.0), styles)
+    edited = effects.apply_attributes(styles, minmax, flats, directions)
     changed = (edited != styles).any(0).nonzero().flatten().tolist()
     assert set(changed) <= {5, 9} and torch.equal(edited[:, 5], stats.maximum[5].expand(len(styles)))
     assert torch.equal(edited[:, 9], stats.minimum[9].expand(len(styles)))
     with pytest.raises(ValueError, match="attfind.shift"):
-        attfind.shift_targets(styles, stats, "bogus")
+        effects.shift_targets(styles, stats, "bogus")
 
 
 def planted_effects() -> Effects:
@@ -111,76 +112,76 @@ def planted_effects() -> Effects:
 
 def test_greedy_covers_images_while_ranking_repeats_the_strongest() -> None:
     effects = planted_effects()
-    greedy = attfind.class_attributes(effects, target=1, k=3, method="greedy", max_image_effect=0.2)
+    greedy = selection.class_attributes(effects, target=1, k=3, method="greedy", max_image_effect=0.2)
     assert greedy.loc[0, "flat"] == 12 and greedy.loc[0, "direction"] == "up"
     assert greedy.loc[1, "flat"] == 14 and greedy.loc[1, "direction"] == "down"  # covers the images 12 left
     assert greedy.loc[0, "flip_fraction"] == 0.5 and greedy.loc[0, "pool_images"] == 4
-    ranking = attfind.class_attributes(effects, target=1, k=2, method="ranking")
+    ranking = selection.class_attributes(effects, target=1, k=2, method="ranking")
     assert ranking.loc[0, "flat"] == 12
     assert ranking["mean_effect"].is_monotonic_decreasing
-    logits = attfind.class_attributes(effects, target=1, k=1, output="logits")
+    logits = selection.class_attributes(effects, target=1, k=1, output="logits")
     assert logits.loc[0, "mean_effect"] == pytest.approx(4.0, abs=1e-5)  # log-odds -4 -> 4 on half the pool
     with pytest.raises(ValueError, match="attfind.method"):
-        attfind.class_attributes(effects, target=1, method="bogus")
+        selection.class_attributes(effects, target=1, method="bogus")
 
 
 def test_a_vetting_function_skips_rejected_edits() -> None:
     effects = planted_effects()
     vetted = []
-    table = attfind.class_attributes(effects, target=1, k=2, accept=lambda flat, d: vetted.append((flat, d)) or flat != 12)
+    table = selection.class_attributes(effects, target=1, k=2, accept=lambda flat, d: vetted.append((flat, d)) or flat != 12)
     assert vetted[0] == (12, 1) and 12 not in table["flat"].tolist() and len(table) == 2
     assert table.loc[0, "flat"] == 14
 
 
 def test_realism_check_rejects_edits_the_discriminator_finds_unreal(models, encoded) -> None:
     styles, _ = encoded
-    targets = attfind.shift_targets(styles, StyleStats.of(styles), "std", shift_std=50.0)
+    targets = effects.shift_targets(styles, StyleStats.of(styles), "std", shift_std=50.0)
 
     class Brightness(torch.nn.Module):  # "real" = dark: a stand-in discriminator with a known opinion
         def forward(self, images, probs):
             return -images.mean(dim=(1, 2, 3))
 
     with_d = dataclasses.replace(models, discriminator=Brightness())
-    accept = attfind.realism_check(with_d, styles, targets, quantile=0.05, max_fraction=0.5)
+    accept = selection.realism_check(with_d, styles, targets, quantile=0.05, max_fraction=0.5)
     last = models.generator.style_index.layer_slices[-1]  # the last toRGB layer: a huge shift changes brightness
     verdicts = {d: [accept(f, d) for f in range(last.start, last.stop)] for d in (0, 1)}
     assert not all(verdicts[0] + verdicts[1]) and any(verdicts[0] + verdicts[1])
     with pytest.raises(ValueError, match="discriminator"):
-        attfind.realism_check(models, styles, targets)
+        selection.realism_check(models, styles, targets)
 
 
 def test_image_attributes_rank_edits_that_lower_the_predicted_class() -> None:
     effects = planted_effects()
-    top = attfind.image_attributes(effects, image=2, k=2)
+    top = selection.image_attributes(effects, image=2, k=2)
     assert top.loc[0, "flat"] == 14 and top.loc[0, "direction"] == "down" and bool(top.loc[0, "flips"])
     assert top.loc[0, "image_index"] == 102 and top.loc[0, "effect"] > top.loc[1, "effect"]
-    toward = attfind.image_attributes(effects, image=0, k=1, target=1)
+    toward = selection.image_attributes(effects, image=0, k=1, target=1)
     assert toward.loc[0, "flat"] == 12
 
 
 def test_one_vs_rest_scores_for_several_classes() -> None:
     logits = torch.tensor([[1.0, 0.0, -1.0]])
     p = logits.softmax(1)[0]
-    score = attfind.class_score(logits, torch.tensor([0]), "logits")
+    score = effects.class_score(logits, torch.tensor([0]), "logits")
     assert score.item() == pytest.approx(torch.log(p[0] / (1 - p[0])).item(), abs=1e-5)
-    assert attfind.class_score(logits, torch.tensor([2]), "probs").item() == pytest.approx(p[2].item())
+    assert effects.class_score(logits, torch.tensor([2]), "probs").item() == pytest.approx(p[2].item())
 
 
 def test_sufficiency_matches_a_direct_computation(models, encoded) -> None:
     styles, _ = encoded
     stats = StyleStats.of(styles)
-    targets = attfind.shift_targets(styles, stats)
-    coords = attfind.searched_coordinates(models.generator, include_torgb=False)
+    targets = effects.shift_targets(styles, stats)
+    coords = effects.searched_coordinates(models.generator, include_torgb=False)
     attributes = pd.DataFrame({"class_index": [0, 0, 1, 1], "rank": [1, 2, 1, 2], "flat": [int(coords[0]), int(coords[3])] * 2,
                                "direction": ["up", "down", "down", "up"]})
-    table = attfind.sufficiency(models.generator, models.classifier, styles, targets, attributes, coords, max_k=2,
+    table = selection.sufficiency(models.generator, models.classifier, styles, targets, attributes, coords, max_k=2,
                                 random_trials=2)
     assert list(table["k"]) == [1, 2]
-    predicted = attfind.predict_styles(models.generator, models.classifier, styles).argmax(1)
+    predicted = effects.predict_styles(models.generator, models.classifier, styles).argmax(1)
     flats = torch.full((len(styles), 1), int(coords[0]))
     directions = torch.where(predicted == 1, 1, 0)[:, None]  # class 1 images get class 0's rank-1 edit (up), others down
-    edited = attfind.apply_attributes(styles, targets, flats, directions)
-    expected = (attfind.predict_styles(models.generator, models.classifier, edited).argmax(1) != predicted).float().mean()
+    edited = effects.apply_attributes(styles, targets, flats, directions)
+    expected = (effects.predict_styles(models.generator, models.classifier, edited).argmax(1) != predicted).float().mean()
     assert table.loc[0, "flip_rate"] == pytest.approx(float(expected))
     assert 0 <= table.loc[0, "random_flip_rate"] <= 1
 
@@ -188,9 +189,9 @@ def test_sufficiency_matches_a_direct_computation(models, encoded) -> None:
 def test_effects_resume_after_an_interruption(models, encoded, tmp_path, monkeypatch) -> None:
     styles, logits = encoded
     stats = StyleStats.of(styles)
-    cfg = AttFindConfig(batch_size=64, compile=False)
-    straight = attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, progress=False, chunk=2)
-    real = attfind.edited_logits_fast
+    cfg = AttFindConfig(batch_size=64)
+    straight = effects.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, progress=False, chunk=2)
+    real = effects.edited_logits_fast
     calls = []
 
     def crash_on_second_chunk(*args, **kwargs):
@@ -199,26 +200,26 @@ def test_effects_resume_after_an_interruption(models, encoded, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attfind, "edited_logits_fast", crash_on_second_chunk)
+    monkeypatch.setattr(effects, "edited_logits_fast", crash_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, tmp_path / "e.pt", progress=False, chunk=2)
-    monkeypatch.setattr(attfind, "edited_logits_fast", real)
+        effects.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, tmp_path / "e.pt", progress=False, chunk=2)
+    monkeypatch.setattr(effects, "edited_logits_fast", real)
     resumed_calls = []
-    monkeypatch.setattr(attfind, "edited_logits_fast", lambda *a, **k: resumed_calls.append(1) or real(*a, **k))
-    resumed = attfind.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, tmp_path / "e.pt",
+    monkeypatch.setattr(effects, "edited_logits_fast", lambda *a, **k: resumed_calls.append(1) or real(*a, **k))
+    resumed = effects.compute_effects(models, styles, logits, torch.arange(6), stats, cfg, tmp_path / "e.pt",
                                       progress=False, chunk=2)
     assert len(resumed_calls) == 2  # the first chunk came from the partial file
     assert torch.allclose(resumed.edited_logits, straight.edited_logits, atol=1e-6)
     other = dataclasses.replace(cfg, shift="std")  # other settings never reuse the partial file
-    assert attfind._load_partial(tmp_path / "e.rank0.partial.pt", "another key") == []
-    assert attfind.compute_effects(models, styles[:2], logits[:2], torch.arange(2), stats, other, tmp_path / "e.pt",
+    assert effects._load_partial(tmp_path / "e.rank0.partial.pt", "another key") == []
+    assert effects.compute_effects(models, styles[:2], logits[:2], torch.arange(2), stats, other, tmp_path / "e.pt",
                                    progress=False).edited_logits.shape[0] == 2
 
 
 def test_editor_strength_scales_the_shift(models, encoded) -> None:
     styles, _ = encoded
     editor = AttributeEditor(models, StyleStats.of(styles))
-    flat = int(attfind.searched_coordinates(models.generator, False)[4])
+    flat = int(effects.searched_coordinates(models.generator, False)[4])
     none = editor.edit(styles[:2], flat, "up", strength=0.0)
     half = editor.edit(styles[:2], flat, "up", strength=0.5)
     full = editor.edit(styles[:2], flat, "up")

@@ -73,7 +73,7 @@ ATTFIND_WORKER = textwrap.dedent(
 
     import torch
 
-    from stylexlib import attfind
+    from stylexlib import effects
     from stylexlib.checkpoint import StylexModels
     from stylexlib.config import AttFindConfig, StylexConfig
     from stylexlib.distributed import init_distributed, shutdown_distributed
@@ -86,15 +86,15 @@ ATTFIND_WORKER = textwrap.dedent(
     nets = [Generator(16, 2, cfg), Encoder(16, 16, cfg), build_classifier(2, 16, width=4)]
     models = StylexModels(*[n.eval().requires_grad_(False) for n in nets], cfg, ["a", "b"], 0, torch.device("cpu"))
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    inverted = attfind.invert(models, images)
-    stats = attfind.StyleStats.of(inverted.styles)
+    inverted = effects.invert(models, images)
+    stats = effects.StyleStats.of(inverted.styles)
     info, _ = init_distributed("cpu")
-    effects = attfind.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
-                                      AttFindConfig(compile=False), out / "effects.pt", dist=info, progress=False)
-    torch.save(effects.edited_logits, out / f"attfind_rank{info.rank}.pt")
+    sharded = effects.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
+                                      AttFindConfig(), out / "effects.pt", dist=info, progress=False)
+    torch.save(sharded.edited_logits, out / f"attfind_rank{info.rank}.pt")
     if info.rank == 0:
-        single = attfind.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
-                                         AttFindConfig(compile=False), progress=False)
+        single = effects.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
+                                         AttFindConfig(), progress=False)
         torch.save(single.edited_logits, out / "attfind_single.pt")
     shutdown_distributed()
     """
