@@ -122,7 +122,8 @@ class AttFindConfig:
     stats_images: int = 2000  # images for the StyleSpace min/max/std (from the train split)
     shift: str = "minmax"  # "minmax": set the coordinate to its dataset min / max (the paper); "std": +- shift_std * std
     shift_std: float = 2.0
-    output: str = "probs"  # effects on classifier "probs" or one-vs-rest "logits" (log-odds)
+    output: str = "logits"  # effects on one-vs-rest "logits" (log-odds: still informative when the classifier is
+    # saturated, as the demo's is) or on classifier "probs"
     include_torgb: bool = False  # also search the toRGB layers' style coordinates
     top_k: int = 10
     method: str = "greedy"  # "greedy" coverage (the paper's AttFind) or "ranking" (independent mean effect)
