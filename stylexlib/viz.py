@@ -260,7 +260,8 @@ edits are made to this reconstruction, so it is the fair reference.</dd>
 direction (<em>up</em> or <em>down</em>) by the AttFind shift; nothing else changes.</dd>
 <dt>p(class)</dt><dd>the classifier's probability for the class on that image; &Delta; is changed minus original.</dd>
 <dt>mean effect</dt><dd>the average change of the classifier's output for the class when the attribute is applied,
-over the images AttFind searched (higher: the attribute pushes the classifier further towards the class).</dd>
+over the images AttFind searched (higher: the attribute pushes the classifier further towards the class), in the
+units of <code>attfind.output</code>: one-vs-rest log-odds (default) or probability.</dd>
 <dt>fraction affected</dt><dd>the share of the searched images on which the attribute moved the classifier's output
 by more than the AttFind threshold.</dd>
 <dt>label</dt><dd><code>layer[channel] direction</code>: the generator layer and style channel of the coordinate.</dd>
