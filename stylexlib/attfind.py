@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .checkpoint import StylexModels
+from .checkpoint import StylexModels, load_stylex
 from .config import AttFindConfig
 from .distributed import SINGLE, DistInfo
 from .editor import AttributeEditor
@@ -22,7 +22,8 @@ from .effects import (DIRECTIONS, Effects, StyleStats, cache_key, compute_effect
                       shift_targets, style_statistics)
 from .inversion import invert
 from .io import atomic_write, torch_load, torch_save
-from .selection import (attribute_label, class_attributes, default_thresholds, describe, image_attributes,
+from .viz import AttributeExamples, attribute_label
+from .selection import (class_attributes, default_thresholds, describe, image_attributes,
                         realism_check, sufficiency, sufficiency_metrics)
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,6 @@ def load_attfind(run) -> AttFindResult:
 
 def load_editor(run, device: torch.device | str | None = None) -> AttributeEditor:
     """An :class:`AttributeEditor` for a run's trained models and StyleSpace statistics."""
-    from .checkpoint import load_stylex
-
     cfg = run.cfg.attfind
     stats_file = run.dir / ATTFIND_DIR / "style_stats.pt"
     if not stats_file.exists():
@@ -155,8 +154,6 @@ def load_editor(run, device: torch.device | str | None = None) -> AttributeEdito
 def collect_examples(run, editor: AttributeEditor, top: int = 4, per_attribute: int = 6,
                      result: AttFindResult | None = None):
     """For each class's top attributes, the images where each acts most, original | changed (AttributeExamples)."""
-    from .viz import AttributeExamples
-
     result = result if result is not None else load_attfind(run)
     effects, output = result.effects, run.cfg.attfind.output
     examples = []
@@ -170,7 +167,7 @@ def collect_examples(run, editor: AttributeEditor, top: int = 4, per_attribute: 
         changed = editor.render(editor.edit(styles, row.flat, row.direction))
         examples.append(AttributeExamples(
             class_index=int(row.class_index), class_name=row.class_name, rank=int(row.rank), flat=int(row.flat),
-            label=attribute_label(row._asdict()), mean_effect=float(row.mean_effect),
+            label=attribute_label(row.layer_name, row.channel, row.direction), mean_effect=float(row.mean_effect),
             fraction_affected=float(row.fraction_affected), image_indices=effects.image_indices[chosen].tolist(),
             originals=originals, changed=changed, probs_original=editor.probabilities(originals),
             probs_changed=editor.probabilities(changed), class_names=list(editor.class_names),
@@ -182,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m stylexlib.attfind RUN_DIR``: AttFind in a run folder (under torchrun: images sharded over ranks)."""
     import argparse
 
-    from .checkpoint import load_stylex
     from .data import load_dataset
     from .distributed import init_distributed, shutdown_distributed
     from .run import open_run

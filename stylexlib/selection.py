@@ -134,11 +134,6 @@ def describe(attributes: pd.DataFrame, generator: Generator) -> pd.DataFrame:
     return pd.concat([attributes.reset_index(drop=True), located], axis=1)
 
 
-def attribute_label(row: pd.Series | dict) -> str:
-    """A short name of an attribute, e.g. ``b16.conv1[12] up``."""
-    return f"{row['layer_name']}[{row['channel']}] {row['direction']}"
-
-
 def sufficiency(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor,
                 attributes: pd.DataFrame, candidates: Tensor, max_k: int = 10, random_trials: int = 5,
                 seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
