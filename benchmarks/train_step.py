@@ -211,7 +211,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only: the peer hard-codes .cuda() elsewhere")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each step function")
     parser.add_argument("--memory-of", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -224,13 +223,11 @@ def main() -> None:
     results = {kind: in_subprocess(kind, args) for kind in KINDS}
     with contextlib.redirect_stdout(sys.stderr):
         steps = {kind: build(kind, cfg, args.resolution, args.batch)[0] for kind in KINDS}
-    if args.compile:
-        steps = {kind: torch.compile(step) for kind, step in steps.items()}
     for kind, rate in interleaved_rates(steps, args.batch, args.steps, args.warmup).items():
         results[kind].update(rate)
     params = {kind: results[kind]["params_g"] + results[kind]["params_d"] for kind in ("plain", "peer")}
     print(json.dumps({
-        "resolution": args.resolution, "batch": args.batch, "threads": args.threads, "compile": args.compile,
+        "resolution": args.resolution, "batch": args.batch, "threads": args.threads,
         "channels_last": cfg.channels_last, "config": args.config, "torch": torch.__version__,
         "machine": platform.machine(), "results": results,
         "plain_vs_peer_speedup": round(results["plain"]["images_per_s"] / results["peer"]["images_per_s"], 2),
