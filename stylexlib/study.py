@@ -15,7 +15,7 @@ import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -58,6 +58,18 @@ def _title(width: int, text: str, size: int = 13) -> Image.Image:
     return caption(Image.new("RGB", (width, 0), (255, 255, 255)), text, size=size, above=True)
 
 
+def _write_study(questions: list[tuple], write_question: Callable[..., dict], prefix: str, columns: Sequence[str],
+                 out_dir: str | Path, rng: np.random.Generator) -> pd.DataFrame:
+    """Write the questions in a seeded random order (ids ``{prefix}-001`` ...) and the answer key; return the key."""
+    rows = []
+    with replaced_dir(out_dir) as tmp:
+        for number, q in enumerate(rng.permutation(len(questions)), 1):
+            rows.append(write_question(*questions[q], f"{prefix}-{number:03d}", tmp))
+        key = pd.DataFrame(rows, columns=columns)
+        _write_key(key, tmp / KEY_FILE)
+    return key
+
+
 # --------------------------------------------------------------------------------------------- classification
 def make_classification_study(examples: Sequence[AttributeExamples], out_dir: str | Path, seed: int = 0, demos: int = 3,
                               questions_per_attribute: int = 1, min_gap: float = 0.05) -> pd.DataFrame:
@@ -79,14 +91,7 @@ def make_classification_study(examples: Sequence[AttributeExamples], out_dir: st
         held = [int(i) for i in rng.choice(candidates, size=count, replace=False)]
         shown = [i for i in range(ex.num_examples) if i not in held][:demos]
         questions += [(ex, h, shown, bool(rng.random() < 0.5)) for h in held]
-    order = rng.permutation(len(questions))
-    rows = []
-    with replaced_dir(out_dir) as tmp:
-        for number, q in enumerate(order, 1):
-            rows.append(_classification_question(*questions[q], f"cls-{number:03d}", tmp))
-        key = pd.DataFrame(rows, columns=CLASSIFICATION_COLUMNS)
-        _write_key(key, tmp / KEY_FILE)
-    return key
+    return _write_study(questions, _classification_question, "cls", CLASSIFICATION_COLUMNS, out_dir, rng)
 
 
 def _classification_question(ex: AttributeExamples, held: int, shown: list[int], changed_first: bool,
@@ -140,14 +145,7 @@ def make_match_study(examples: Sequence[AttributeExamples], out_dir: str | Path,
             cells = [(ex, i) for i in same]
             cells.insert(position, (odd, odd_i))
             questions.append((ex, odd, odd_i, position, cells))
-    order = rng.permutation(len(questions))
-    rows = []
-    with replaced_dir(out_dir) as tmp:
-        for number, q in enumerate(order, 1):
-            rows.append(_match_question(*questions[q], f"match-{number:03d}", tmp))
-        key = pd.DataFrame(rows, columns=MATCH_COLUMNS)
-        _write_key(key, tmp / KEY_FILE)
-    return key
+    return _write_study(questions, _match_question, "match", MATCH_COLUMNS, out_dir, rng)
 
 
 def _match_question(ex: AttributeExamples, odd: AttributeExamples, odd_i: int, position: int,

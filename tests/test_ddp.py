@@ -47,15 +47,20 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_two_gloo_ranks_stay_in_sync(tmp_path: Path) -> None:
+def run_two_gloo_ranks(worker: str, tmp_path: Path) -> None:
+    """Run a worker script under torchrun with 2 CPU ranks; it gets ``tmp_path`` as its argument."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_gloo_ranks_stay_in_sync(tmp_path: Path) -> None:
+    run_two_gloo_ranks(WORKER, tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0["params"], rank1["params"])
     assert not torch.equal(rank0["batches"], rank1["batches"])  # each rank samples its own batches
@@ -102,14 +107,7 @@ ATTFIND_WORKER = textwrap.dedent(
 
 
 def test_attfind_shards_images_over_two_gloo_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "attfind_worker.py"
-    script.write_text(ATTFIND_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_gloo_ranks(ATTFIND_WORKER, tmp_path)
     rank0, rank1, single = (torch.load(tmp_path / f"attfind_{name}.pt") for name in ("rank0", "rank1", "single"))
     assert rank0.shape == single.shape == (5, len(rank0[0]), 2, 2)
     assert torch.equal(rank0, rank1)  # every rank ends with the whole result
