@@ -286,10 +286,12 @@ def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
 
 
 def cache_key(styles: Tensor, coords: Tensor, targets: Tensor, cfg: AttFindConfig) -> str:
+    """A fingerprint of what the effects depend on: the images' styles, the coordinates, shifts and screening."""
     digest = hashlib.sha1()
     for tensor in (styles, coords, targets):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps([cfg.shift, cfg.shift_std, cfg.include_torgb, cfg.screen_fraction, cfg.output]).encode())
+    screening = [cfg.screen_fraction, cfg.output] if cfg.screen_fraction is not None else None  # logits are output-free
+    digest.update(json.dumps([cfg.shift, cfg.shift_std, cfg.include_torgb, screening]).encode())
     return digest.hexdigest()
 
 
