@@ -231,3 +231,13 @@ def test_editor_strength_scales_the_shift(models, encoded) -> None:
     assert torch.allclose(probs.sum(1), torch.ones(2))
     with pytest.raises(ValueError, match="direction"):
         editor.edit(styles, flat, "sideways")
+
+
+def test_cache_key_follows_what_the_effects_depend_on(encoded) -> None:
+    styles, _ = encoded
+    stats = StyleStats.of(styles)
+    coords = torch.arange(5)
+    key = lambda cfg: effects.cache_key(styles, coords, effects.shift_targets(styles, stats, cfg.shift), cfg)  # noqa: E731
+    assert key(AttFindConfig(output="probs")) == key(AttFindConfig(output="logits"))  # effects are logits either way
+    assert key(AttFindConfig(screen_fraction=0.1, output="probs")) != key(AttFindConfig(screen_fraction=0.1))
+    assert key(AttFindConfig(shift="std")) != key(AttFindConfig())
