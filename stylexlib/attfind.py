@@ -75,8 +75,7 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
     indices = subset_indices(data, cfg.split, cfg.num_images, cfg.seed)
     inverted = invert(models, data.images[indices])
     final = run.path(ATTFIND_DIR, "effects.pt")
-    key = cache_key(inverted.styles, searched_coordinates(models.generator, cfg.include_torgb),
-                     shift_targets(inverted.styles, stats, cfg.shift, cfg.shift_std), cfg)
+    key = cache_key(inverted.styles, stats, models.generator, cfg)
     saved = torch_load(final) if final.exists() else {}
     if saved.get("key") == key:
         effects, seconds = Effects(**saved["effects"]), float(saved["seconds_per_image"])

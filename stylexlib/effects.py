@@ -245,7 +245,7 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
     coords = searched_coordinates(generator, cfg.include_torgb)
     targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
     mine = torch.arange(dist.rank, len(styles), dist.world_size)
-    key = cache_key(styles, coords, targets, cfg)
+    key = cache_key(styles, stats, generator, cfg)
     part_file = Path(cache).with_suffix(f".rank{dist.rank}.partial.pt") if cache is not None else None
     done = _load_partial(part_file, key)
     bar = tqdm(total=len(mine), initial=len(done), desc="AttFind effects", unit="img",
@@ -285,8 +285,10 @@ def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
     return out
 
 
-def cache_key(styles: Tensor, coords: Tensor, targets: Tensor, cfg: AttFindConfig) -> str:
+def cache_key(styles: Tensor, stats: StyleStats, generator: Generator, cfg: AttFindConfig) -> str:
     """A fingerprint of what the effects depend on: the images' styles, the coordinates, shifts and screening."""
+    coords = searched_coordinates(generator, cfg.include_torgb)
+    targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
     digest = hashlib.sha1()
     for tensor in (styles, coords, targets):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -233,11 +233,11 @@ def test_editor_strength_scales_the_shift(models, encoded) -> None:
         editor.edit(styles, flat, "sideways")
 
 
-def test_cache_key_follows_what_the_effects_depend_on(encoded) -> None:
+def test_cache_key_follows_what_the_effects_depend_on(models, encoded) -> None:
     styles, _ = encoded
     stats = StyleStats.of(styles)
-    coords = torch.arange(5)
-    key = lambda cfg: effects.cache_key(styles, coords, effects.shift_targets(styles, stats, cfg.shift), cfg)  # noqa: E731
+    key = lambda cfg: effects.cache_key(styles, stats, models.generator, cfg)  # noqa: E731
     assert key(AttFindConfig(output="probs")) == key(AttFindConfig(output="logits"))  # effects are logits either way
     assert key(AttFindConfig(screen_fraction=0.1, output="probs")) != key(AttFindConfig(screen_fraction=0.1))
     assert key(AttFindConfig(shift="std")) != key(AttFindConfig())
+    assert key(AttFindConfig(include_torgb=True)) != key(AttFindConfig())
