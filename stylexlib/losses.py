@@ -125,6 +125,8 @@ def classifier_kl_loss(logits_real: Tensor, logits_rec: Tensor, reduction: str =
 
     Lang et al. 2021, Sec. 3.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"classifier_kl_loss: reduction must be 'mean' or 'none', got '{reduction}'")
     target = F.log_softmax(logits_real.detach().float(), dim=1)
     kl = F.kl_div(F.log_softmax(logits_rec.float(), dim=1), target, reduction="none", log_target=True).sum(dim=1)
     return kl if reduction == "none" else kl.mean()
