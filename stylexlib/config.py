@@ -28,6 +28,7 @@ class DataConfig:
     num_images: int = 6000
     label_rule: str = "mouth_curve > 0"  # pandas expression over factors: bool -> 2 classes, int -> class index
     class_names: list[str] = field(default_factory=lambda: ["frown", "smile"])
+    label_noise: float = 0.0  # fraction of train/val labels flipped to another class (test labels follow the rule)
     spurious_factor: str | None = "glasses"  # binary nuisance factor planted to agree with the label
     spurious_agreement: float = 0.9  # fraction of train/val images where it equals the label
     spurious_agreement_test: float = 0.5  # in the test split (0.5 = no correlation)

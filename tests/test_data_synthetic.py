@@ -142,6 +142,21 @@ def test_dataset_plants_exact_agreement_per_split(tmp_path):
     assert torch.equal(data.images, syn.render(data.factors, 16))
 
 
+def test_label_noise_flips_exactly_its_share_of_train_and_val_labels(tmp_path):
+    cfg = small_cfg(num_images=300, label_noise=0.1, spurious_agreement=0.9)
+    data = syn.make_synthetic_dataset(cfg, cache_dir=tmp_path)
+    rule = syn.apply_label_rule(data.factors, cfg.label_rule)
+    wrong = data.labels.numpy() != rule
+    fitted = ~(data.split == "test")
+    assert wrong[fitted].sum() == round(0.1 * fitted.sum()) and not wrong[~fitted].any()
+    agree = data.factors["glasses"].to_numpy() == data.labels.numpy()  # the shortcut follows the noisy labels
+    assert agree[data.split == "train"].mean() == pytest.approx(0.9, abs=0.01)
+    clean = syn.make_synthetic_dataset(small_cfg(num_images=300), cache_dir=tmp_path)
+    assert clean.info["cache"] != data.info["cache"]
+    with pytest.raises(DataError, match=r"data.label_noise must be in \[0, 0.5\)"):
+        syn.make_synthetic_dataset(small_cfg(label_noise=0.7), cache_dir=tmp_path)
+
+
 def test_dataset_cache_hit_is_identical(tmp_path, monkeypatch):
     first = syn.make_synthetic_dataset(small_cfg(), cache_dir=tmp_path)
     cached = list(tmp_path.glob("synthetic-*.pt"))

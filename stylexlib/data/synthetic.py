@@ -161,6 +161,19 @@ def apply_label_rule(factors: pd.DataFrame, rule: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def add_label_noise(labels: np.ndarray, rows: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Annotation noise: exactly round(rate * n) of the ``rows`` (bool mask) relabelled to another class, seeded."""
+    if not 0.0 <= rate < 0.5:
+        raise DataError(f"data.label_noise must be in [0, 0.5), got {rate}")
+    rng = np.random.default_rng(seed)
+    candidates = np.flatnonzero(rows)
+    noisy = rng.permutation(candidates)[: int(round(rate * len(candidates)))]
+    num_classes = int(labels.max()) + 1
+    out = np.asarray(labels).copy()
+    out[noisy] = (out[noisy] + rng.integers(1, num_classes, len(noisy))) % num_classes
+    return out
+
+
 def plant_spurious(
     factors: pd.DataFrame,
     labels: np.ndarray,
@@ -364,6 +377,7 @@ def make_synthetic_dataset(cfg: DataConfig, cache_dir: str | Path | None = None)
         "label_rule": cfg.label_rule,
         "spurious_factor": cfg.spurious_factor,
         "spurious_agreement": _agreement(factors, labels.numpy(), split, cfg.spurious_factor),
+        "label_noise": cfg.label_noise,
         "cache": str(path),
     }
     return ImageDataset(
@@ -382,6 +396,8 @@ def _build(cfg: DataConfig) -> dict:
     labels = apply_label_rule(factors, cfg.label_rule)
     _class_names(cfg, labels)  # fail before rendering
     split = random_split(cfg.num_images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if cfg.label_noise:
+        labels = add_label_noise(labels, split != "test", cfg.label_noise, cfg.seed + 100)
     if cfg.spurious_factor is not None:
         factors = _plant_per_split(factors, labels, split, cfg)
     return {
@@ -433,6 +449,8 @@ def _cache_key(cfg: DataConfig) -> str:
     spurious = ("spurious_factor", "spurious_agreement", "spurious_agreement_test")
     key = {name: getattr(cfg, name) for name in fields + spurious}
     key["version"] = RENDER_VERSION
+    if cfg.label_noise:
+        key["label_noise"] = cfg.label_noise
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
