@@ -1,0 +1,180 @@
+"""Ground truth for the attributes found on synthetic faces: a CNN that reads every factor off an image.
+
+Every real synthetic face comes with its factors (:data:`stylexlib.data.synthetic.FACTORS`), a generated one does
+not. A probe trained to regress the factors from real faces reads them off a reconstruction and its edit, so each
+attribute can be named by the factor it changes most: a measured check that AttFind found the label rule's factor
+and the planted shortcut (the paper asks human raters instead).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .data import ImageDataset, to_float
+from .data.synthetic import FACTORS, Factor
+from .io import torch_load, torch_save
+from .models.classifier import SmallCNN
+from .viz import AttributeExamples
+
+PROBE_FILE = "factor_probe.pt"
+
+
+class FactorProbe(nn.Module):
+    """``probe(images in [-1, 1]) -> factors (N, F)``, each scaled to [0, 1] by its range (binary: 0 / 1)."""
+
+    def __init__(self, resolution: int, width: int = 16, factors: Sequence[Factor] = FACTORS) -> None:
+        super().__init__()
+        self.names = [f.name for f in factors]
+        self.binary = [f.kind == "binary" for f in factors]
+        self.config = {"resolution": resolution, "width": width}
+        self.net = SmallCNN(len(self.names), resolution, width)
+        self.register_buffer("low", torch.tensor([float(f.low) for f in factors]))
+        self.register_buffer("high", torch.tensor([float(f.high) for f in factors]))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def normalise(self, factors: pd.DataFrame) -> Tensor:
+        """A factor table as the probe's targets (N, F) in [0, 1]."""
+        values = torch.tensor(factors[self.names].to_numpy(dtype=np.float32))
+        return (values - self.low.cpu()) / (self.high - self.low).cpu()
+
+    @torch.no_grad()
+    def read(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """Scaled factor readings (N, F) of float images in [-1, 1] or uint8 images."""
+        self.eval()
+        device = self.low.device
+        parts = [self(to_float(b) if b.dtype == torch.uint8 else b).float().cpu()
+                 for b in images.to(device).split(batch_size)]
+        return torch.cat(parts) if parts else torch.empty(0, len(self.names))
+
+
+def smooth(images: Tensor) -> Tensor:
+    """A 3x3 binomial blur: augments the probe's training images towards a young GAN's soft renders."""
+    kernel = torch.tensor([1.0, 2.0, 1.0], device=images.device)
+    kernel = (kernel[:, None] * kernel[None, :] / 16).expand(images.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
+
+
+def train_factor_probe(data: ImageDataset, epochs: int = 6, width: int = 16, batch_size: int = 128, lr: float = 3e-3,
+                       seed: int = 0, device: torch.device | str = "cpu") -> FactorProbe:
+    """Regress every factor from the train split's faces (MSE on scaled factors, half of each batch blurred)."""
+    if data.factors is None:
+        raise ValueError("the factor probe needs synthetic data with ground-truth factors (data.source: synthetic)")
+    torch.manual_seed(seed)
+    probe = FactorProbe(data.resolution, width).to(device)
+    rows = torch.as_tensor(data.indices("train"))
+    images, targets = data.images[rows], probe.normalise(data.factors.iloc[rows.numpy()])
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(rows) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    order_gen = torch.Generator().manual_seed(seed)
+    probe.train()
+    for _ in tqdm(range(epochs), desc="factor probe"):
+        for batch in torch.randperm(len(rows), generator=order_gen).split(batch_size):
+            x = to_float(images[batch]).to(device)
+            half = len(x) // 2
+            x = torch.cat([smooth(x[:half]), x[half:]])
+            loss = F.mse_loss(probe(x), targets[batch].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return probe.eval()
+
+
+def probe_scores(probe: FactorProbe, data: ImageDataset, split: str = "val") -> pd.DataFrame:
+    """How well the probe reads each factor on held-out faces: R^2 (continuous) or accuracy (binary)."""
+    rows = data.indices(split)
+    read = probe.read(data.images[torch.as_tensor(rows)]).numpy()
+    truth = probe.normalise(data.factors.iloc[rows]).numpy()
+    out = []
+    for k, name in enumerate(probe.names):
+        if probe.binary[k]:
+            score, metric = float(((read[:, k] > 0.5) == (truth[:, k] > 0.5)).mean()), "accuracy"
+        else:
+            score, metric = 1.0 - float(((read[:, k] - truth[:, k]) ** 2).mean() / max(truth[:, k].var(), 1e-12)), "r2"
+        out.append({"factor": name, "metric": metric, "score": score})
+    return pd.DataFrame(out)
+
+
+def save_probe(probe: FactorProbe, path: str | Path) -> Path:
+    return torch_save(path, {"config": probe.config, "state": probe.state_dict()})
+
+
+def load_probe(path: str | Path, device: torch.device | str = "cpu") -> FactorProbe:
+    payload = torch_load(path, map_location="cpu")
+    probe = FactorProbe(**payload["config"])
+    probe.load_state_dict(payload["state"])
+    return probe.to(device).eval()
+
+
+def fit_run_probe(run, data: ImageDataset, device: torch.device | str = "cpu") -> FactorProbe:
+    """The run's probe: loaded from ``factor_probe.pt``, or trained and saved there."""
+    path = run.path(PROBE_FILE)
+    if path.exists():
+        return load_probe(path, device)
+    probe = train_factor_probe(data, seed=run.cfg.data.seed, device=device)
+    save_probe(probe, path)
+    return probe
+
+
+# ---------------------------------------------------------------------------- attributes vs factors
+CONCEPTS = [f.name for f in FACTORS if not f.nuisance]
+
+
+def attribute_factors(probe: FactorProbe, examples: Sequence[AttributeExamples]) -> pd.DataFrame:
+    """Per attribute, the mean change (changed - original) of every scaled factor reading, and the factor changed most.
+
+    Columns: class, rank, label, one column per factor, ``factor`` (the non-nuisance factor with the largest mean
+    |change|) and ``change`` (its signed mean change, in units of the factor's range).
+    """
+    rows = []
+    for ex in examples:
+        delta = (probe.read(ex.changed) - probe.read(ex.originals)).mean(0) if ex.num_examples else torch.zeros(len(probe.names))
+        values = dict(zip(probe.names, delta.tolist()))
+        top = max(CONCEPTS, key=lambda name: abs(values[name]))
+        rows.append({"class": ex.class_name, "rank": ex.rank, "label": ex.label, **values,
+                     "factor": top, "change": values[top]})
+    return pd.DataFrame(rows)
+
+
+def rule_factors(rule: str) -> list[str]:
+    """The factors a label rule (a pandas expression) mentions."""
+    return [name for name in CONCEPTS if re.search(rf"\b{re.escape(name)}\b", rule)]
+
+
+def ground_truth_summary(table: pd.DataFrame, label_rule: str, spurious: str | None) -> dict[str, float]:
+    """Metrics: how many attributes change the label rule's factors / the planted shortcut, and the best rank of each."""
+    label = table["factor"].isin(rule_factors(label_rule))
+    out = {"attributes_on_label_factor": int(label.sum()),
+           "attributes_best_rank_label_factor": float(table.loc[label, "rank"].min()) if label.any() else math.nan}
+    if spurious:
+        hit = table["factor"] == spurious
+        out["attributes_on_spurious_factor"] = int(hit.sum())
+        out["attributes_best_rank_spurious_factor"] = float(table.loc[hit, "rank"].min()) if hit.any() else math.nan
+    return out
+
+
+def factor_heatmap(table: pd.DataFrame) -> plt.Figure:
+    """Attributes (rows) x factors (columns): mean change of each factor reading, red up, blue down."""
+    values = table[CONCEPTS].to_numpy()
+    limit = max(float(np.abs(values).max()), 1e-6)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(CONCEPTS), 0.8 + 0.32 * len(table)))
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(CONCEPTS)), CONCEPTS, rotation=35, ha="right")
+    ax.set_yticks(range(len(table)), [f"{r['class']} #{r['rank']} {r['label']}" for _, r in table.iterrows()], fontsize=8)
+    fig.colorbar(image, ax=ax, label="mean change of the factor reading (fraction of its range)")
+    ax.set_title("Which ground-truth factor does each attribute change?")
+    fig.tight_layout()
+    return fig
