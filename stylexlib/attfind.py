@@ -152,13 +152,14 @@ def load_editor(run, device: torch.device | str | None = None) -> AttributeEdito
 
 def collect_examples(run, editor: AttributeEditor, top: int = 4, per_attribute: int = 6,
                      result: AttFindResult | None = None):
-    """For each class's top attributes, the images where each acts most, original | changed (AttributeExamples)."""
+    """For each class's top attributes, original | changed (AttributeExamples) on the images of other classes where
+    the attribute raises the class's probability most (shown probabilities, whatever ``attfind.output`` selected by)."""
     result = result if result is not None else load_attfind(run)
-    effects, output = result.effects, run.cfg.attfind.output
+    effects = result.effects
     examples = []
     for row in result.attributes[result.attributes["rank"] <= top].itertuples():
         position = int((effects.coords == row.flat).nonzero()[0, 0])
-        score = effects.toward(row.class_index, output)[:, position, DIRECTIONS.index(row.direction)]
+        score = effects.toward(row.class_index, "probs")[:, position, DIRECTIONS.index(row.direction)]
         score[effects.predicted == row.class_index] = float("-inf")
         chosen = score.topk(min(per_attribute, int(torch.isfinite(score).sum()))).indices
         styles = result.styles[chosen]

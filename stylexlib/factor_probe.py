@@ -136,7 +136,7 @@ CONCEPTS = [f.name for f in FACTORS if not f.nuisance]
 def attribute_factors(probe: FactorProbe, examples: Sequence[AttributeExamples]) -> pd.DataFrame:
     """Per attribute, the mean change (changed - original) of every scaled factor reading, and the factor changed most.
 
-    Columns: class, rank, label, one column per factor, ``factor`` (the non-nuisance factor with the largest mean
+    Columns: key, class, rank, label, one column per factor, ``factor`` (the non-nuisance factor with the largest mean
     |change|) and ``change`` (its signed mean change, in units of the factor's range).
     """
     rows = []
@@ -144,9 +144,14 @@ def attribute_factors(probe: FactorProbe, examples: Sequence[AttributeExamples])
         delta = (probe.read(ex.changed) - probe.read(ex.originals)).mean(0) if ex.num_examples else torch.zeros(len(probe.names))
         values = dict(zip(probe.names, delta.tolist()))
         top = max(CONCEPTS, key=lambda name: abs(values[name]))
-        rows.append({"class": ex.class_name, "rank": ex.rank, "label": ex.label, **values,
+        rows.append({"key": ex.key, "class": ex.class_name, "rank": ex.rank, "label": ex.label, **values,
                      "factor": top, "change": values[top]})
     return pd.DataFrame(rows)
+
+
+def factor_notes(table: pd.DataFrame) -> dict[str, str]:
+    """Row notes for :func:`stylexlib.viz.summary_figure`: the factor each attribute changes most, and by how much."""
+    return {row.key: f"changes {row.factor} {row.change:+.2f}" for row in table.itertuples()}
 
 
 def rule_factors(rule: str) -> list[str]:
@@ -154,15 +159,16 @@ def rule_factors(rule: str) -> list[str]:
     return [name for name in CONCEPTS if re.search(rf"\b{re.escape(name)}\b", rule)]
 
 
-def ground_truth_summary(table: pd.DataFrame, label_rule: str, spurious: str | None) -> dict[str, float]:
-    """Metrics: how many attributes change the label rule's factors / the planted shortcut, and the best rank of each."""
-    label = table["factor"].isin(rule_factors(label_rule))
-    out = {"attributes_on_label_factor": int(label.sum()),
-           "attributes_best_rank_label_factor": float(table.loc[label, "rank"].min()) if label.any() else math.nan}
+def ground_truth_summary(table: pd.DataFrame, label_rule: str, spurious: str | None) -> dict[str, int | None]:
+    """Metrics: how many attributes change the label rule's factors / the planted shortcut most, and the best rank
+    among them (None: no such attribute)."""
+    groups = {"label_factor": table["factor"].isin(rule_factors(label_rule))}
     if spurious:
-        hit = table["factor"] == spurious
-        out["attributes_on_spurious_factor"] = int(hit.sum())
-        out["attributes_best_rank_spurious_factor"] = float(table.loc[hit, "rank"].min()) if hit.any() else math.nan
+        groups["spurious_factor"] = table["factor"] == spurious
+    out: dict[str, int | None] = {}
+    for name, hit in groups.items():
+        out[f"attributes_on_{name}"] = int(hit.sum())
+        out[f"attributes_best_rank_{name}"] = int(table.loc[hit, "rank"].min()) if hit.any() else None
     return out
 
 

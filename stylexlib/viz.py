@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -224,8 +224,12 @@ def save_toggle_gif(ex: AttributeExamples, path: str | Path, max_examples: int |
     return save_gif(toggle_frames(ex.originals[:k], ex.changed[:k], scale), path, duration_ms)
 
 
-def summary_figure(examples: Sequence[AttributeExamples], top: int = 4, pairs: int = 3, size: float = 1.1) -> plt.Figure:
-    """The paper's summary: the top attributes of each class, one row each, as original | changed pairs."""
+def summary_figure(examples: Sequence[AttributeExamples], top: int = 4, pairs: int = 3, size: float = 1.1,
+                   notes: Mapping[str, str] | None = None) -> plt.Figure:
+    """The paper's summary: the top attributes of each class, one row each, as original | changed pairs.
+
+    ``notes`` (by :attr:`AttributeExamples.key`) adds a line to a row's label, e.g. the factor it changes.
+    """
     groups = by_class(examples, top)
     rows = [ex for group in groups.values() for ex in group]
     if not rows:
@@ -246,7 +250,9 @@ def summary_figure(examples: Sequence[AttributeExamples], top: int = 4, pairs: i
                 if j:  # a thick edge separates the pairs
                     for spine in ax.spines.values():
                         spine.set_edgecolor("C3")
-        axes[r, 0, 0].set_ylabel(f"{ex.class_name} #{ex.rank}\n{ex.label}", rotation=0, ha="right", va="center", fontsize=8)
+        note = f"\n{notes[ex.key]}" if notes and ex.key in notes else ""
+        axes[r, 0, 0].set_ylabel(f"{ex.class_name} #{ex.rank}\n{ex.label}{note}", rotation=0, ha="right", va="center",
+                                 fontsize=8)
     fig.suptitle("Top attributes per class: original | changed (red), titled with p(class)", fontsize=9)
     return fig
 
