@@ -102,18 +102,20 @@ def single_edits(styles: Tensor, targets: Tensor, coords: Tensor) -> Tensor:
 
 @torch.no_grad()
 def edited_logits_fast(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
-                       batch_size: int = 256, only: Tensor | None = None) -> Tensor:
+                       batch_size: int = 256, only: Tensor | None = None, num_outputs: int | None = None) -> Tensor:
     """Logits (N, K, 2, C) of every single-coordinate edit: prefix cached per layer, edits batched through the suffix.
 
-    ``only`` (N, K, 2) bool restricts the work to those edits (screening); the others are NaN.
+    ``only`` (N, K, 2) bool restricts the work to those edits (screening); the others are NaN. ``classifier`` may be
+    any image head with ``num_outputs`` outputs (default: the generator's number of classes).
     """
     device = next(generator.parameters()).device
+    width = num_outputs or generator.num_classes
     layer_of = generator.style_index.layer_ids()[coords]
     results: list[Tensor] = []
     for n in range(len(styles)):
         s = styles[n : n + 1].to(device)
         t = targets[:, n].to(device)
-        per_image = torch.full((len(coords), 2, generator.num_classes), float("nan"))
+        per_image = torch.full((len(coords), 2, width), float("nan"))
         for layer in torch.unique(layer_of).tolist():
             positions = (layer_of == layer).nonzero().flatten()
             wanted = only[n, positions].flatten() if only is not None else torch.ones(2 * len(positions), dtype=torch.bool)
@@ -125,7 +127,7 @@ def edited_logits_fast(generator: Generator, classifier: nn.Module, styles: Tens
                 classifier(generator.synthesize_from(_materialise(state, len(chunk)), chunk, layer)).float().cpu()
                 for chunk in edits.split(batch_size)
             ])
-            block = per_image[positions].view(-1, generator.num_classes)  # rows in (coord, direction) order
+            block = per_image[positions].view(-1, width)  # rows in (coord, direction) order
             block[wanted] = logits
             per_image[positions] = block.view(len(positions), 2, -1)
         results.append(per_image)

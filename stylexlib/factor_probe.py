@@ -1,9 +1,10 @@
 """Ground truth for the attributes found on synthetic faces: a CNN that reads every factor off an image.
 
 Every real synthetic face comes with its factors (:data:`stylexlib.data.synthetic.FACTORS`), a generated one does
-not. A probe trained to regress the factors from real faces reads them off a reconstruction and its edit, so each
-attribute can be named by the factor it changes most: a measured check that AttFind found the label rule's factor
-and the planted shortcut (the paper asks human raters instead).
+not. A probe trained to regress the factors from real faces reads them off reconstructions and their edits. Applied
+to every StyleSpace coordinate, it maps what each one does to each factor; AttFind's attributes are then named by the
+factor they change most and compared with a random pick and with the best single coordinate: a measured check that
+AttFind found the label rule's factor and the planted shortcut (the paper asks human raters instead).
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, to_float
 from .data.synthetic import FACTORS, Factor
+from .editor import AttributeEditor
+from .effects import DIRECTIONS, edited_logits_fast, searched_coordinates, shift_targets
 from .io import torch_load, torch_save
 from .models.classifier import SmallCNN
-from .viz import AttributeExamples
+from .viz import attribute_label
 
 PROBE_FILE = "factor_probe.pt"
 
@@ -129,24 +132,56 @@ def fit_run_probe(run, data: ImageDataset, device: torch.device | str = "cpu") -
     return probe
 
 
+# ---------------------------------------------------------------------------- every coordinate vs factors
+def coordinate_factor_changes(probe: FactorProbe, editor: AttributeEditor, styles: Tensor,
+                              coords: Tensor | None = None, batch_size: int = 256) -> pd.DataFrame:
+    """What every single-coordinate edit does to the factors: the mean change of each scaled factor reading over the
+    images with ``styles`` (N, S), for each coordinate (default: AttFind's, toRGB excluded) and direction.
+
+    The unbiased reference for the attributes AttFind selects: it says how much any one coordinate can change a
+    factor (the generator's disentanglement) and what a random coordinate does. Columns: flat, direction, label,
+    one per factor.
+    """
+    generator = editor.models.generator
+    coords = coords if coords is not None else searched_coordinates(generator, include_torgb=False)
+    targets = shift_targets(styles, editor.stats, editor.shift, editor.shift_std)
+    head = nn.Sequential(nn.Hardtanh(), probe).eval()  # renders clamped to [-1, 1], as the editor shows them
+    base = probe.read(editor.render(styles))
+    edited = edited_logits_fast(generator, head, styles, targets, coords, batch_size, num_outputs=len(probe.names))
+    change = (edited - base[:, None, None]).mean(0)  # (K, 2, F)
+    rows = []
+    for k, flat in enumerate(coords.tolist()):
+        where = generator.style_index.locate(flat)
+        for d, direction in enumerate(DIRECTIONS):
+            rows.append({"flat": flat, "direction": direction, "label": attribute_label(where.name, where.channel, direction),
+                         **dict(zip(probe.names, change[k, d].tolist()))})
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------- attributes vs factors
+FACTOR_NAMES = [f.name for f in FACTORS]
 CONCEPTS = [f.name for f in FACTORS if not f.nuisance]
 
 
-def attribute_factors(probe: FactorProbe, examples: Sequence[AttributeExamples]) -> pd.DataFrame:
-    """Per attribute, the mean change (changed - original) of every scaled factor reading, and the factor changed most.
+def attribute_factors(changes: pd.DataFrame, attributes: pd.DataFrame) -> pd.DataFrame:
+    """AttFind's attributes (class_index, class_name, rank, flat, direction) named by the factor they change most.
 
-    Columns: key, class, rank, label, one column per factor, ``factor`` (the non-nuisance factor with the largest mean
-    |change|) and ``change`` (its signed mean change, in units of the factor's range).
+    ``changes`` comes from :func:`coordinate_factor_changes`. Columns: key, class, rank, label, one per factor,
+    ``factor`` (the non-nuisance factor with the largest mean |change|) and ``change`` (its signed mean change, in units
+    of the factor's range).
     """
-    rows = []
-    for ex in examples:
-        delta = (probe.read(ex.changed) - probe.read(ex.originals)).mean(0) if ex.num_examples else torch.zeros(len(probe.names))
-        values = dict(zip(probe.names, delta.tolist()))
-        top = max(CONCEPTS, key=lambda name: abs(values[name]))
-        rows.append({"key": ex.key, "class": ex.class_name, "rank": ex.rank, "label": ex.label, **values,
-                     "factor": top, "change": values[top]})
-    return pd.DataFrame(rows)
+    chosen = attributes[["class_index", "class_name", "rank", "flat", "direction"]].merge(
+        changes, on=["flat", "direction"], how="left", validate="many_to_one")
+    if chosen[CONCEPTS].isna().any().any():
+        missing = chosen.loc[chosen[CONCEPTS].isna().any(axis=1), "flat"].tolist()
+        raise ValueError(f"coordinates {missing} of the attributes are not in the coordinate-factor table")
+    top = chosen[CONCEPTS].abs().idxmax(axis=1)
+    return pd.DataFrame({
+        "key": [f"c{c}_r{r:02d}" for c, r in zip(chosen["class_index"], chosen["rank"])],
+        "class": chosen["class_name"], "rank": chosen["rank"], "label": chosen["label"],
+        **{name: chosen[name] for name in FACTOR_NAMES},
+        "factor": top, "change": [chosen.at[i, name] for i, name in top.items()],
+    })
 
 
 def factor_notes(table: pd.DataFrame) -> dict[str, str]:
@@ -159,17 +194,63 @@ def rule_factors(rule: str) -> list[str]:
     return [name for name in CONCEPTS if re.search(rf"\b{re.escape(name)}\b", rule)]
 
 
+def factor_groups(label_rule: str, spurious: str | None) -> dict[str, list[str]]:
+    """The factors to look for: ``label_factor`` (those the label rule mentions) and ``spurious_factor``."""
+    groups = {"label_factor": rule_factors(label_rule), "spurious_factor": [spurious] if spurious else []}
+    return {name: factors for name, factors in groups.items() if factors}
+
+
 def ground_truth_summary(table: pd.DataFrame, label_rule: str, spurious: str | None) -> dict[str, int | None]:
     """Metrics: how many attributes change the label rule's factors / the planted shortcut most, and the best rank
     among them (None: no such attribute)."""
-    groups = {"label_factor": table["factor"].isin(rule_factors(label_rule))}
-    if spurious:
-        groups["spurious_factor"] = table["factor"] == spurious
     out: dict[str, int | None] = {}
-    for name, hit in groups.items():
-        out[f"attributes_on_{name}"] = int(hit.sum())
-        out[f"attributes_best_rank_{name}"] = int(table.loc[hit, "rank"].min()) if hit.any() else None
+    for group, factors in factor_groups(label_rule, spurious).items():
+        hit = table["factor"].isin(factors)
+        out[f"attributes_on_{group}"] = int(hit.sum())
+        out[f"attributes_best_rank_{group}"] = int(table.loc[hit, "rank"].min()) if hit.any() else None
     return out
+
+
+def factor_enrichment(changes: pd.DataFrame, attributes: pd.DataFrame, label_rule: str,
+                      spurious: str | None) -> dict[str, float]:
+    """Do AttFind's attributes change the label rule's factor and the planted shortcut more than chance?
+
+    With ``changes`` from :func:`coordinate_factor_changes` and ``attributes`` (flat, direction per attribute), per
+    group: ``factor_<group>_attfind`` (mean |change| of the selected attributes), ``..._random`` (mean over every
+    coordinate and direction: a random pick), ``..._enrichment`` (their ratio), ``..._attfind_max`` (the most one
+    selected attribute changes it) and ``..._stylespace_max`` (the most any one coordinate changes it). A group of
+    several factors counts each edit's largest |change| among them.
+    """
+    chosen = attributes[["flat", "direction"]].merge(changes, on=["flat", "direction"], how="left")
+    out: dict[str, float] = {}
+    for group, factors in factor_groups(label_rule, spurious).items():
+        everywhere = changes[factors].abs().max(axis=1)
+        selected = chosen[factors].abs().max(axis=1)
+        out[f"factor_{group}_attfind"] = float(selected.mean())
+        out[f"factor_{group}_random"] = float(everywhere.mean())
+        out[f"factor_{group}_enrichment"] = float(selected.mean() / max(everywhere.mean(), 1e-12))
+        out[f"factor_{group}_attfind_max"] = float(selected.max())
+        out[f"factor_{group}_stylespace_max"] = float(everywhere.max())
+    return out
+
+
+def factor_map_figure(changes: pd.DataFrame, attributes: pd.DataFrame, x_factor: str, y_factor: str) -> plt.Figure:
+    """Every coordinate and direction (grey) by its |change| of two factors; AttFind's attributes on top, labelled."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    ax.scatter(changes[x_factor].abs(), changes[y_factor].abs(), s=8, c="0.7", label="every coordinate and direction")
+    chosen = attributes.merge(changes, on=["flat", "direction"], how="left", suffixes=("", "_map"))
+    for (class_name, group), color in zip(chosen.groupby("class_name", sort=False), plt.cm.tab10.colors):
+        ax.scatter(group[x_factor].abs(), group[y_factor].abs(), s=36, color=color, edgecolor="k",
+                   label=f"AttFind: {class_name}")
+        for row in group.itertuples():
+            ax.annotate(f"#{row.rank}", (abs(getattr(row, x_factor)), abs(getattr(row, y_factor))), fontsize=7,
+                        xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel(f"|mean change of {x_factor}| (fraction of its range)")
+    ax.set_ylabel(f"|mean change of {y_factor}| (fraction of its range)")
+    ax.set_title("What each StyleSpace coordinate does to two factors")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def factor_heatmap(table: pd.DataFrame) -> plt.Figure:

@@ -1,4 +1,4 @@
-"""The factor probe: reads the synthetic factors off faces and names the factor an edit changes."""
+"""The factor probe: reads the synthetic factors off faces, maps what every coordinate does, names attributes."""
 from __future__ import annotations
 
 import pandas as pd
@@ -6,25 +6,20 @@ import pytest
 import torch
 
 from stylexlib import factor_probe as fp
-from stylexlib.config import DataConfig
-from stylexlib.data import load_dataset, to_float
-from stylexlib.data import synthetic as syn
-from stylexlib.viz import AttributeExamples
+from stylexlib.checkpoint import StylexModels
+from stylexlib.config import DataConfig, StylexConfig
+from stylexlib.data import load_dataset
+from stylexlib.editor import AttributeEditor
+from stylexlib.effects import StyleStats
+from stylexlib.inversion import invert
+from stylexlib.models import Encoder, Generator
+from stylexlib.models.classifier import build_classifier
 
 
 @pytest.fixture(scope="module")
 def probe_and_data(tmp_path_factory):
     data = load_dataset(DataConfig(num_images=1200, resolution=16), cache_dir=tmp_path_factory.mktemp("cache"))
     return fp.train_factor_probe(data, epochs=20, width=8), data
-
-
-def fake_attribute(factors: pd.DataFrame, name: str, value, rank: int) -> AttributeExamples:
-    """An 'attribute' whose changed images are the same faces re-rendered with one factor set."""
-    originals = to_float(syn.render(factors, 16))
-    changed = to_float(syn.render(syn.intervene(factors, name, value), 16))
-    probs = torch.full((len(factors), 2), 0.5)
-    return AttributeExamples(0, "frown", rank, rank, f"{name} -> {value}", 0.1, 0.5, list(range(len(factors))),
-                             originals, changed, probs, probs, ["frown", "smile"])
 
 
 def test_probe_reads_the_factors_of_held_out_faces(probe_and_data):
@@ -34,24 +29,59 @@ def test_probe_reads_the_factors_of_held_out_faces(probe_and_data):
     assert scores.loc["background_hue", "metric"] == "r2" and scores.loc["background_hue", "score"] > 0.5
 
 
-def test_attributes_are_named_by_the_factor_they_change(probe_and_data, tmp_path):
+def test_coordinate_map_equals_rendering_every_edit(probe_and_data, tmp_path):
     probe, data = probe_and_data
-    val = data.factors.iloc[data.indices("val")]
-    faces = val[val["glasses"] == 0].head(24).reset_index(drop=True)
-    examples = [fake_attribute(faces, "glasses", 1, 1),
-                fake_attribute(faces, "background_hue", 0.0, 2)]
-    table = fp.attribute_factors(probe, examples)
-    assert list(table["factor"]) == ["glasses", "background_hue"]
-    assert fp.factor_notes(table)[examples[0].key].startswith("changes glasses +")
-    assert table.loc[1, "change"] < 0  # hues moved down to 0
-    summary = fp.ground_truth_summary(table, "background_hue > 0.4", "glasses")
-    assert summary == {"attributes_on_label_factor": 1, "attributes_best_rank_label_factor": 2,
-                       "attributes_on_spurious_factor": 1, "attributes_best_rank_spurious_factor": 1}
-    assert fp.ground_truth_summary(table, "mouth_curve > 0", None) == {
-        "attributes_on_label_factor": 0, "attributes_best_rank_label_factor": None}
+    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+    torch.manual_seed(0)
+    models = StylexModels(Generator(16, 2, cfg).eval(), Encoder(16, 16, cfg).eval(),
+                          build_classifier(2, 16, width=4).eval(), cfg, ["frown", "smile"], 0, torch.device("cpu"))
+    styles = invert(models, data.images[:3]).styles
+    editor = AttributeEditor(models, StyleStats.of(styles))
+    coords = torch.arange(0, models.generator.style_dim, 7)
+    changes = fp.coordinate_factor_changes(probe, editor, styles, coords, batch_size=5)
+    assert len(changes) == 2 * len(coords) and list(changes.columns[:3]) == ["flat", "direction", "label"]
+    base = probe.read(editor.render(styles))
+    for row in changes.sample(6, random_state=0).itertuples():
+        expected = (probe.read(editor.render(editor.edit(styles, row.flat, row.direction))) - base).mean(0)
+        assert torch.allclose(torch.tensor([getattr(row, name) for name in probe.names]), expected, atol=1e-5)
+    assert changes[fp.FACTOR_NAMES].abs().to_numpy().max() > 0
     reloaded = fp.load_probe(fp.save_probe(probe, tmp_path / fp.PROBE_FILE))
-    assert torch.equal(reloaded.read(examples[0].changed), probe.read(examples[0].changed))
+    assert torch.equal(reloaded.read(data.images[:4]), probe.read(data.images[:4]))
+
+
+def fake_changes(edits: dict[tuple[int, str], dict[str, float]]) -> pd.DataFrame:
+    """A coordinate-factor table: zero change except the given factors."""
+    rows = [{"flat": flat, "direction": direction, "label": f"b4.conv1[{flat}] {direction}",
+             **{name: moved.get(name, 0.0) for name in fp.FACTOR_NAMES}} for (flat, direction), moved in edits.items()]
+    return pd.DataFrame(rows)
+
+
+def test_attributes_are_named_by_the_factor_they_change_and_compared_with_chance():
+    changes = fake_changes({(0, "up"): {"glasses": 0.3, "mouth_curve": 0.05}, (0, "down"): {"glasses": -0.3},
+                            (1, "down"): {"background_hue": -0.2, "offset_x": 0.9}, (2, "up"): {"mouth_curve": 0.1}})
+    attributes = pd.DataFrame({"class_index": [0, 0, 1], "class_name": ["frown", "frown", "smile"], "rank": [1, 2, 1],
+                               "flat": [0, 1, 2], "direction": ["up", "down", "up"]})
+    table = fp.attribute_factors(changes, attributes)
+    assert list(table["factor"]) == ["glasses", "background_hue", "mouth_curve"]  # nuisance offsets never win
+    assert list(table["key"]) == ["c0_r01", "c0_r02", "c1_r01"] and table.loc[1, "change"] == -0.2
+    assert fp.factor_notes(table)["c0_r01"] == "changes glasses +0.30"
+    assert fp.ground_truth_summary(table, "mouth_curve > 0", "glasses") == {
+        "attributes_on_label_factor": 1, "attributes_best_rank_label_factor": 1,
+        "attributes_on_spurious_factor": 1, "attributes_best_rank_spurious_factor": 1}
+    assert fp.ground_truth_summary(table, "eye_size > 0.5", None) == {
+        "attributes_on_label_factor": 0, "attributes_best_rank_label_factor": None}
+    enrichment = fp.factor_enrichment(changes, attributes, "mouth_curve > 0", "glasses")
+    assert enrichment == pytest.approx({
+        "factor_label_factor_attfind": 0.05, "factor_label_factor_random": 0.0375,
+        "factor_label_factor_enrichment": 0.05 / 0.0375, "factor_label_factor_attfind_max": 0.1,
+        "factor_label_factor_stylespace_max": 0.1,
+        "factor_spurious_factor_attfind": 0.1, "factor_spurious_factor_random": 0.15,
+        "factor_spurious_factor_enrichment": 0.1 / 0.15, "factor_spurious_factor_attfind_max": 0.3,
+        "factor_spurious_factor_stylespace_max": 0.3})
     fp.factor_heatmap(table)
+    fp.factor_map_figure(changes, attributes, "mouth_curve", "glasses")
+    with pytest.raises(ValueError, match=r"coordinates \[7\]"):
+        fp.attribute_factors(changes, attributes.assign(flat=[0, 1, 7]))
 
 
 def test_probe_needs_factors(probe_and_data):

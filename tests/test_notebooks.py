@@ -44,6 +44,8 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert (run / "figures" / "attfind_summary.png").exists()
     assert (run / "gallery" / "index.html").exists() and (run / "figures" / "gallery_screenshot.png").exists()
     assert metrics["widget_update_seconds"] > 0 and metrics["gallery_num_attributes"] > 0
+    assert (run / "attfind" / "coordinate_factors.csv").exists() and (run / "figures" / "factor_map.png").exists()
+    assert metrics["factor_label_factor_random"] > 0 and metrics["factor_spurious_factor_enrichment"] > 0
     assert metrics["study_classification_questions"] > 0 and metrics["study_match_questions"] > 0
     assert (run / "study" / "classification" / "answer_key.csv").exists()
     assert 0 <= metrics["study_simulated_accuracy"] <= 1
