@@ -85,6 +85,7 @@ class StylexConfig:
     weight_lpips: float = 0.1  # paper: LPIPS
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
+    weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
     # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
     # random path (z -> mapping -> G); "alternate": the encoder path on steps where step % encoder_every == 0,
     # the random path on the other steps.

@@ -60,6 +60,7 @@ from .losses import (
     d_r1_loss,
     g_nonsaturating_loss,
     g_path_length_loss,
+    latent_prior_loss,
     load_lpips,
     loss_weights,
     reconstruction_losses,
@@ -134,6 +135,7 @@ class Generated:
     images: Tensor
     probs: Tensor
     w_encoded: Tensor | None  # E(x), when the encoder path ran
+    w_sampled: Tensor | None  # mapping(z), when the random path ran
     reconstructions: Tensor | None
 
 
@@ -228,7 +230,7 @@ class StylexTrainer:
     def _generate(self, x: Tensor, condition: Tensor, probs: Tensor) -> Generated:
         """One batched G forward of both paths: reconstructions G(E(x), c) and samples G(mapping(z), c[perm])."""
         encoder, random = self._paths()
-        latents, conditions, d_probs, w_encoded = [], [], [], None
+        latents, conditions, d_probs, w_encoded, w_sampled = [], [], [], None, None
         if encoder:
             w_encoded = self.E(x)
             latents.append(w_encoded)
@@ -236,11 +238,12 @@ class StylexTrainer:
             d_probs.append(probs)
         if random:
             shuffle = torch.randperm(len(x), device=self.device)
-            latents.append(self.G.mapping(torch.randn(len(x), self.cfg.latent_dim, device=self.device)))
+            w_sampled = self.G.mapping(torch.randn(len(x), self.cfg.latent_dim, device=self.device))
+            latents.append(w_sampled)
             conditions.append(condition[shuffle])
             d_probs.append(probs[shuffle])
         images = self.G(torch.cat(latents), torch.cat(conditions), noise_mode="random")
-        return Generated(images, torch.cat(d_probs), w_encoded, images[: len(x)] if encoder else None)
+        return Generated(images, torch.cat(d_probs), w_encoded, w_sampled, images[: len(x)] if encoder else None)
 
     def _discriminator_step(self, x: Tensor, probs: Tensor, generated: Generated) -> dict[str, float]:
         self.D.requires_grad_(True)
@@ -265,11 +268,20 @@ class StylexTrainer:
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
                 terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
+                if self.cfg.weight_w_prior > 0:
+                    terms["w_prior"] = latent_prior_loss(generated.w_encoded, self._reference_w(generated))
             loss = weighted_sum(terms, loss_weights(self.cfg))
         values = self._checked({"g": loss, **terms})
         nets = [(self.G, self.opt_g)] + ([(self.E, self.opt_e)] if rec is not None else [])
         self._optimize(loss, nets, self.scaler_g)
         return values
+
+    @torch.no_grad()
+    def _reference_w(self, generated: Generated) -> Tensor:
+        """mapping(z) for the W prior: this step's random-path latents, or fresh ones when that path did not run."""
+        if generated.w_sampled is not None:
+            return generated.w_sampled
+        return self.G.mapping(torch.randn(len(generated.w_encoded), self.cfg.latent_dim, device=self.device))
 
     def _path_length_step(self, condition: Tensor) -> dict[str, float]:
         count = max(1, len(condition) // 2)

@@ -58,11 +58,24 @@ def test_classifier_kl() -> None:
 
 def test_weighted_sum_uses_config_weights() -> None:
     weights = losses.loss_weights(StylexConfig())
-    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0}
+    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0, "w_prior": 0.0}
     total = losses.weighted_sum({"l1": torch.tensor(2.0), "lpips": torch.tensor(3.0)}, weights)
     assert torch.isclose(total, torch.tensor(2.3))
     with pytest.raises(KeyError, match="no weight"):
         losses.weighted_sum({"unknown": torch.tensor(1.0)}, weights)
+
+
+def test_latent_prior_is_zero_on_the_mapping_distribution_and_trains_only_the_encoder() -> None:
+    gen = torch.Generator().manual_seed(0)
+    reference = (torch.randn(4096, 8, generator=gen) * 3 + 1).requires_grad_(True)
+    same = torch.randn(4096, 8, generator=gen) * 3 + 1
+    assert losses.latent_prior_loss(same, reference) < 0.01
+    shrunk = (same * 0.25).requires_grad_(True)  # the demo's E(x): a third of the spread, off-centre
+    loss = losses.latent_prior_loss(shrunk, reference)
+    assert loss > 0.3
+    assert torch.isclose(losses.latent_prior_loss(shrunk * 10, reference * 10), loss)  # in units of W's spread
+    loss.backward()
+    assert shrunk.grad is not None and reference.grad is None
 
 
 @pytest.fixture(scope="module")

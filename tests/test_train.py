@@ -121,8 +121,12 @@ def test_alternate_mode_runs_one_path_per_step(data, classifier, lpips_model) ->
     cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0)
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     encoder_step, random_step = trainer.train_step(), trainer.train_step()
-    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys()
+    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys() and "w_prior" not in encoder_step
     assert set(random_step) == {"d", "g", "adv"}
+    with_prior = make_trainer(dataclasses.replace(cfg, weight_w_prior=1.0), data, classifier, lpips_model, None)
+    assert with_prior.train_step()["w_prior"] > 0  # the reference w drawn fresh: no random path on this step
+    mixed = make_trainer(dataclasses.replace(TINY, weight_w_prior=1.0), data, classifier, lpips_model, None)
+    assert mixed.train_step()["w_prior"] > 0
     with pytest.raises(ValueError, match="path_mode"):
         make_trainer(dataclasses.replace(TINY, path_mode="both"), data, classifier, lpips_model, None)
 
