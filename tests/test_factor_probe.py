@@ -9,6 +9,7 @@ from stylexlib import factor_probe as fp
 from stylexlib.checkpoint import StylexModels
 from stylexlib.config import DataConfig, StylexConfig
 from stylexlib.data import load_dataset
+from stylexlib.data import synthetic as syn
 from stylexlib.editor import AttributeEditor
 from stylexlib.effects import StyleStats
 from stylexlib.inversion import invert
@@ -27,6 +28,15 @@ def test_probe_reads_the_factors_of_held_out_faces(probe_and_data):
     scores = fp.probe_scores(probe, data).set_index("factor")
     assert scores.loc["glasses", "metric"] == "accuracy" and scores.loc["glasses", "score"] > 0.9
     assert scores.loc["background_hue", "metric"] == "r2" and scores.loc["background_hue", "score"] > 0.5
+
+
+def test_factor_scores_catch_a_factor_lost_in_reconstruction(probe_and_data):
+    probe, data = probe_and_data
+    truth = data.factors.iloc[data.indices("val")].reset_index(drop=True)
+    hats_everywhere = syn.render(syn.intervene(truth, "hat", 1), 16)  # what the demo's reconstructions did
+    scores = fp.factor_scores(probe, hats_everywhere, truth).set_index("factor")
+    assert scores.loc["hat", "read_mean"] > scores.loc["hat", "truth_mean"] + 0.25
+    assert scores.loc["hat", "score"] < 0.75 and scores.loc["glasses", "score"] > 0.9
 
 
 def test_coordinate_map_equals_rendering_every_edit(probe_and_data, tmp_path):

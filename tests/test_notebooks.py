@@ -38,6 +38,7 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert (run / "figures" / "reconstructions_000004.png").exists() and (run / "figures" / "samples_000004.png").exists()
     assert 0 <= metrics["inversion_consistency"] <= 1 and metrics["inversion_refined_lpips"] > 0
     assert (run / "inversion" / "reconstruction.csv").exists() and (run / "figures" / "inversion_pairs.png").exists()
+    assert (run / "inversion" / "factor_scores.csv").exists() and 0 <= metrics["inversion_factor_hat"] <= 1
     assert 0 <= metrics["flip_rate_top1"] <= 1 and metrics["attfind_seconds_per_image"] > 0
     for name in ("attributes.csv", "image_attributes.csv", "sufficiency.csv", "effects.pt"):
         assert (run / "attfind" / name).exists(), name
