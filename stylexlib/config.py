@@ -85,12 +85,17 @@ class StylexConfig:
     weight_lpips: float = 0.1  # paper: LPIPS
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
+    weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
     weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
     # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
     # random path (z -> mapping -> G); "alternate": the encoder path on steps where step % encoder_every == 0,
     # the random path on the other steps.
     path_mode: str = "mix"
     encoder_every: int = 2  # path_mode "alternate" only
+    # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
+    warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
+    mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
+    augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
     lpips_net: str = "squeeze"
     precision: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
     log_every: int = 10  # steps between progress-bar updates and stats.jsonl lines

@@ -161,6 +161,7 @@ def loss_weights(cfg: StylexConfig) -> dict[str, float]:
         "lpips": cfg.weight_lpips,
         "latent": cfg.weight_latent,
         "kl": cfg.weight_kl,
+        "sample_kl": cfg.weight_sample_kl,
         "w_prior": cfg.weight_w_prior,
     }
 

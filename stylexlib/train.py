@@ -1,8 +1,10 @@
 """StylEx training (Lang et al., ICCV 2021): G, its EMA copy, encoder E, conditional D, frozen classifier C.
 
 One step: a seeded real batch x and C(x); the encoder path x' = G(E(x), C(x)) and/or the random path
-G(mapping(z), C(shuffled x)) (``stylex.path_mode``); a D step (logistic loss, lazy R1); a G+E step
-(adversarial + L1 + LPIPS + latent + KL reconstruction losses, lazy path length); the EMA update.
+G(mapping(z), C(shuffled x)) (``stylex.path_mode``), with optional style mixing; a D step (logistic loss on
+optionally DiffAugmented inputs, lazy R1); a G+E step (adversarial + L1 + LPIPS + latent + KL reconstruction
+losses, lazy path length); the EMA update. The first ``stylex.warmup_steps`` steps train E and G as an autoencoder
+only (reconstruction and KL terms; no D, no random path).
 Single process, or data parallel under ``torchrun`` (see :mod:`stylexlib.distributed`)::
 
     torchrun --nproc_per_node=4 -m stylexlib.train runs/demo
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import plots
+from .augment import diff_augment, parse_policy
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     STATS_FILE,
@@ -163,6 +166,7 @@ class StylexTrainer:
                  device: torch.device | None = None, dist: DistInfo = SINGLE, lpips_model: nn.Module | None = None) -> None:
         if cfg.path_mode not in PATH_MODES:
             raise ValueError(f"stylex.path_mode must be one of {PATH_MODES}, got '{cfg.path_mode}'")
+        parse_policy(cfg.augment)
         self.cfg, self.dist, self.class_names = cfg, dist, list(data.class_names)
         self.device = device or pick_device(cfg.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -172,6 +176,7 @@ class StylexTrainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.E, self.D = build_networks(data.resolution, data.num_classes, cfg)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.style_layers = self.G.style_index.layer_ids()  # layer number of every style coordinate (style mixing)
         for net in (self.G, self.E, self.D, self.G_ema):
             net.to(self.device, memory_format=self.memory_format)
         broadcast_modules([self.G, self.E, self.D, self.G_ema], dist)
@@ -204,6 +209,13 @@ class StylexTrainer:
             logits = self.classifier(x).float()
         probs = logits.softmax(dim=1)
         condition = probs if cfg.condition_on == "probs" else logits
+        if self.warming_up:
+            with self._autocast():
+                generated = self._generate(x, condition, probs)
+            losses = self._generator_step(x, logits, generated)
+            self._update_ema()
+            self.step += 1
+            return losses
         with self._autocast():
             generated = self._generate(x, condition, probs)
         losses = self._discriminator_step(x, probs, generated)
@@ -216,12 +228,19 @@ class StylexTrainer:
         self.step += 1
         return losses
 
+    @property
+    def warming_up(self) -> bool:
+        """True during the reconstruction-first warm-up (``stylex.warmup_steps``)."""
+        return self.step < self.cfg.warmup_steps
+
     def _real_batch(self) -> Tensor:
         x = to_float(self.images[self.sampler.next()]).to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self.memory_format)
 
     def _paths(self) -> tuple[bool, bool]:
         """(encoder path, random path) for the current step."""
+        if self.warming_up:
+            return True, False
         if self.cfg.path_mode == "mix":
             return True, True
         encoder = self.step % self.cfg.encoder_every == 0
@@ -242,20 +261,37 @@ class StylexTrainer:
             latents.append(w_sampled)
             conditions.append(condition[shuffle])
             d_probs.append(probs[shuffle])
-        images = self.G(torch.cat(latents), torch.cat(conditions), noise_mode="random")
+        styles = self.G.styles(torch.cat(latents), torch.cat(conditions))
+        if random and self.cfg.mixing_prob > 0:
+            styles = torch.cat([styles[: len(styles) - len(x)], self._mix_styles(styles[len(styles) - len(x):],
+                                                                                   conditions[-1])])
+        images = self.G.synthesize(styles, noise_mode="random")
         return Generated(images, torch.cat(d_probs), w_encoded, w_sampled, images[: len(x)] if encoder else None)
+
+    def _mix_styles(self, styles: Tensor, condition: Tensor) -> Tensor:
+        """Style mixing (StyleGAN2): with ``mixing_prob``, a sample takes a second latent's styles from a random layer
+        on, so that neighbouring layers cannot rely on each other and StyleSpace channels stay layer-local."""
+        n, layers = len(styles), self.G.style_index.num_layers
+        other = self.G.styles(self.G.mapping(torch.randn(n, self.cfg.latent_dim, device=self.device)), condition)
+        cutoff = torch.randint(1, layers, (n, 1), device=self.device)
+        cutoff = torch.where(torch.rand(n, 1, device=self.device) < self.cfg.mixing_prob, cutoff, layers)
+        return torch.where(self.style_layers.to(self.device)[None] >= cutoff, other, styles)
+
+    def _augment(self, images: Tensor) -> Tensor:
+        return diff_augment(images, self.cfg.augment) if self.cfg.augment else images
 
     def _discriminator_step(self, x: Tensor, probs: Tensor, generated: Generated) -> dict[str, float]:
         self.D.requires_grad_(True)
         with self._autocast():
-            loss = d_logistic_loss(self.D(x, probs), self.D(generated.images.detach(), generated.probs))
+            loss = d_logistic_loss(self.D(self._augment(x), probs),
+                                   self.D(self._augment(generated.images.detach()), generated.probs))
         values = self._checked({"d": loss})
         self._optimize(loss, [(self.D, self.opt_d)], self.scaler_d)
         return values
 
     def _r1_step(self, x: Tensor, probs: Tensor) -> dict[str, float]:
         x = x.detach().requires_grad_(True)
-        penalty = d_r1_loss(self.D(x, probs), x)
+        penalty = d_r1_loss(self.D(self._augment(x), probs), x)
         values = self._checked({"r1": penalty})
         self._optimize(penalty * (self.cfg.r1_gamma / 2 * self.cfg.r1_every), [(self.D, self.opt_d)], self.full_precision)
         return values
@@ -263,13 +299,18 @@ class StylexTrainer:
     def _generator_step(self, x: Tensor, logits: Tensor, generated: Generated) -> dict[str, float]:
         self.D.requires_grad_(False)
         with self._autocast():
-            terms = {"adv": g_nonsaturating_loss(self.D(generated.images, generated.probs))}
+            terms = {} if self.warming_up else {
+                "adv": g_nonsaturating_loss(self.D(self._augment(generated.images), generated.probs))}
             rec = generated.reconstructions
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
                 terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
                 if self.cfg.weight_w_prior > 0:
                     terms["w_prior"] = latent_prior_loss(generated.w_encoded, self._reference_w(generated))
+            if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
+                count = len(generated.w_sampled)  # the samples follow the reconstructions; their condition's probs
+                wanted = generated.probs[-count:].clamp_min(1e-8).log()
+                terms["sample_kl"] = classifier_kl_loss(wanted, self.classifier(generated.images[-count:]))
             loss = weighted_sum(terms, loss_weights(self.cfg))
         values = self._checked({"g": loss, **terms})
         nets = [(self.G, self.opt_g)] + ([(self.E, self.opt_e)] if rec is not None else [])

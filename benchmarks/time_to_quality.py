@@ -1,0 +1,137 @@
+"""Time to quality: what each training variant reaches after every few minutes of StylEx training time.
+
+Every variant trains from the same seed on the same data against the same classifier (trained once into
+``OUT/base``); every ``--every`` minutes of training (evaluation time not counted) it is scored on held-out images:
+reconstructions (LPIPS, L1, classifier consistency, the factor probe's per-factor scores on synthetic data) and random
+samples (KID on LPIPS-backbone features, the classifier's agreement with the conditioning, the probe's per-factor
+distributions against the data's). Writes ``OUT/time_to_quality.json`` (after every evaluation: an interrupted
+benchmark resumes at the next unfinished variant) and ``OUT/time_to_quality.png``; prints the final table as JSON.
+
+    python benchmarks/time_to_quality.py --minutes 20 --every 4 \\
+        --variant baseline= --variant "warmup=stylex.warmup_steps=300;stylex.mixing_prob=0.9"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from stylexlib import plots  # noqa: E402
+from stylexlib.classify import fit_run_classifier, load_run_classifier  # noqa: E402
+from stylexlib.config import apply_overrides  # noqa: E402
+from stylexlib.data import load_dataset  # noqa: E402
+from stylexlib.factor_probe import fit_run_probe  # noqa: E402
+from stylexlib.io import read_json, write_json  # noqa: E402
+from stylexlib.losses import load_lpips  # noqa: E402
+from stylexlib.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
+from stylexlib.run import CONFIG_FILE, open_run  # noqa: E402
+from stylexlib.train import StylexTrainer  # noqa: E402
+
+PLOTTED = [("recon_lpips", "held-out LPIPS (lower is better)"), ("recon_consistency", "classifier consistency"),
+           ("recon_factor_min", "worst factor score on reconstructions"), ("sample_kid", "sample KID (lower is better)"),
+           ("sample_agreement", "samples: C agrees with c"), ("sample_hat_rate_gap", "samples: hat rate - data's")]
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``name=key=value;key=value`` -> (name, overrides); ``name=`` is the config as it is."""
+    name, _, rest = text.partition("=")
+    return name, [item for item in rest.split(";") if item]
+
+
+def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> dict[str, float]:
+    images, rows = heldout_images(data, count)
+    models = trainer.models()
+    factors = data.factors.iloc[rows] if data.factors is not None else None
+    out = reconstruction_quality(models, images, lpips_model, probe, factors)
+    scores = [v for k, v in out.items() if k.startswith("recon_factor_")]
+    if scores:
+        out["recon_factor_min"] = min(scores)
+    out.update(sample_quality(models, images, lpips_model, probe))
+    return out
+
+
+def run_variant(base, name: str, overrides: list[str], minutes: float, every: float, out: Path, data, classifier,
+                probe, lpips_model, count: int) -> list[dict]:
+    cfg = apply_overrides(base.cfg, overrides).stylex
+    cfg.time_limit_minutes, cfg.sample_every, cfg.checkpoint_every, cfg.steps = every, 0, 0, 10**9
+    trainer = StylexTrainer(cfg, data, classifier, out_dir=out / name, lpips_model=lpips_model)
+    records, mark = [], 0.0
+    while mark < minutes - 1e-9:
+        mark = min(mark + every, minutes)
+        trainer.cfg.time_limit_minutes = mark - trainer.train_seconds / 60
+        trainer.train(progress=False)
+        started = time.perf_counter()
+        record = {"variant": name, "overrides": overrides, "minutes": round(trainer.train_seconds / 60, 2),
+                  "steps": trainer.step, "images": trainer.step * cfg.batch_size,
+                  **evaluate(trainer, data, probe, lpips_model, count),
+                  "eval_seconds": round(time.perf_counter() - started, 1)}
+        records.append(record)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+    trainer.save_previews()
+    return records
+
+
+def figure(records: list[dict]) -> plt.Figure:
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for ax, (key, title) in zip(axes.flat, PLOTTED):
+        for name in dict.fromkeys(r["variant"] for r in records):
+            points = [(r["minutes"], r[key]) for r in records if r["variant"] == name and key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        ax.set_title(title)
+        ax.set_xlabel("training minutes")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every variant")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=key=value;key=value (repeatable)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training minutes per variant")
+    parser.add_argument("--every", type=float, default=4.0, help="minutes of training between evaluations")
+    parser.add_argument("--images", type=int, default=512, help="held-out images per evaluation")
+    parser.add_argument("--out", default="runs/time_to_quality")
+    args = parser.parse_args()
+    out = Path(args.out)
+    variants = [parse_variant(v) for v in (args.variant or ["baseline="])]
+    base = open_run(out / "base", args.config, args.overrides) if not (out / "base" / CONFIG_FILE).exists() \
+        else open_run(out / "base")
+    data = load_dataset(base.cfg.data)
+    if not (out / "base" / "classifier.pt").exists() and base.cfg.classifier.source == "train":
+        fit_run_classifier(base, data)
+    classifier = load_run_classifier(base, data)
+    probe = fit_run_probe(base, data) if data.factors is not None else None
+    lpips_model = load_lpips(base.cfg.stylex.lpips_net)
+    results_path = out / "time_to_quality.json"
+    results = read_json(results_path, default={"records": []})
+    results.update({"config": args.config, "overrides": args.overrides, "minutes": args.minutes, "every": args.every,
+                    "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform()}})
+    for name, overrides in variants:
+        done = [r for r in results["records"] if r["variant"] == name]
+        if done and done[-1]["minutes"] >= args.minutes - 0.05 and done[-1]["overrides"] == overrides:
+            continue
+        results["records"] = [r for r in results["records"] if r["variant"] != name]
+        results["records"] += run_variant(base, name, overrides, args.minutes, args.every, out, data, classifier,
+                                          probe, lpips_model, args.images)
+        write_json(results_path, results)
+        plots.save_figure(figure(results["records"]), out / "time_to_quality.png")
+    final = {}
+    for r in results["records"]:
+        final[r["variant"]] = r
+    print(json.dumps(final, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""How good a trained StylEx model is: held-out reconstructions, random samples, and how visible its edits are.
+
+Reconstructions: L1, LPIPS, classifier consistency and, on synthetic data, which ground-truth factors survive the
+round trip (the factor probe). Samples ``G_ema(mapping(z), c)`` with ``c = C(x)`` of held-out images: the kernel
+distance (KID, Binkowski et al. 2018) between LPIPS-backbone features of samples and real images, whether the
+classifier agrees with the conditioning, and the probe's per-factor distributions against the data's.
+"""
+from __future__ import annotations
+
+import lpips as lpips_package
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import StylexModels
+from .data import ImageDataset
+from .inversion import evaluate_reconstruction
+from .losses import LPIPS_MIN_SIZE
+
+INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
+INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS) is invisible
+
+
+@torch.no_grad()
+def lpips_features(lpips_model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """(N, F) features of images in [-1, 1]: each LPIPS backbone layer unit-normalised per position, then averaged
+    over space, all layers concatenated (the representation LPIPS compares)."""
+    parts = []
+    for batch in images.split(batch_size):
+        x = batch.float().to(next(lpips_model.parameters()).device)
+        if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
+            x = F.interpolate(x, size=LPIPS_MIN_SIZE, mode="bilinear", align_corners=False)
+        layers = lpips_model.net(lpips_model.scaling_layer(x))
+        parts.append(torch.cat([lpips_package.normalize_tensor(f).mean(dim=(2, 3)) for f in layers], dim=1).cpu())
+    return torch.cat(parts)
+
+
+def kernel_distance(a: Tensor, b: Tensor, subsets: int = 20, subset_size: int = 256, seed: int = 0) -> float:
+    """KID: the unbiased MMD^2 between feature sets with the kernel (x.y / d + 1)^3, averaged over random subsets."""
+    a, b = a.double(), b.double()
+    size = min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError(f"kernel_distance needs at least 2 features per set, got {len(a)} and {len(b)}")
+    gen = torch.Generator().manual_seed(seed)
+    dim, total = a.shape[1], 0.0
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=gen)[:size]]
+        y = b[torch.randperm(len(b), generator=gen)[:size]]
+        kxx, kyy, kxy = ((p @ q.T / dim + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        off = 1.0 - torch.eye(size, dtype=a.dtype)
+        total += float((kxx * off).sum() / (size * (size - 1)) + (kyy * off).sum() / (size * (size - 1))
+                       - 2 * kxy.mean())
+    return total / subsets
+
+
+def heldout_images(data: ImageDataset, count: int, split: str = "val") -> tuple[Tensor, np.ndarray]:
+    """The first ``count`` images of a split (falling back to train when it is empty) and their dataset rows."""
+    rows = data.indices(split)
+    rows = rows if len(rows) else data.indices("train")
+    rows = rows[:count]
+    return data.images[torch.as_tensor(rows)], rows
+
+
+@torch.no_grad()
+def random_samples(models: StylexModels, real: Tensor, seed: int = 0, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+    """One sample ``G(mapping(z), C(x))`` per real image x (the conditioning drawn from real images, as in training);
+    returns (samples, the conditioning's class)."""
+    gen = torch.Generator().manual_seed(seed)
+    samples, wanted = [], []
+    for batch in real.split(batch_size):
+        c = models.condition(models.classifier(models.prepare(batch)).float())
+        z = torch.randn(len(batch), models.generator.latent_dim, generator=gen).to(models.device)
+        samples.append(models.generator(models.generator.mapping(z), c).cpu())
+        wanted.append(c.argmax(1).cpu())
+    return torch.cat(samples), torch.cat(wanted)
+
+
+@torch.no_grad()
+def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, probe: nn.Module | None = None,
+                   seed: int = 0) -> dict[str, float]:
+    """Random samples against held-out real images: KID on LPIPS features, the classifier's agreement with the
+    conditioning and, given the factor probe, per factor the gap in mean reading and the 1-D Wasserstein distance."""
+    samples, wanted = random_samples(models, real, seed)
+    real_float = models.prepare(real).cpu()
+    predicted = torch.cat([models.classifier(b.to(models.device)).argmax(1).cpu() for b in samples.split(256)])
+    out = {
+        "sample_kid": kernel_distance(lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)),
+        "sample_agreement": float((predicted == wanted).float().mean()),
+    }
+    if probe is not None:
+        read_fake, read_real = probe.read(samples).numpy(), probe.read(real_float).numpy()
+        for k, name in enumerate(probe.names):
+            if probe.binary[k]:
+                out[f"sample_{name}_rate_gap"] = float((read_fake[:, k] > 0.5).mean() - (read_real[:, k] > 0.5).mean())
+            out[f"sample_{name}_w1"] = wasserstein_1d(read_fake[:, k], read_real[:, k])
+    return out
+
+
+def wasserstein_1d(a: np.ndarray, b: np.ndarray, quantiles: int = 101) -> float:
+    """The 1-D Wasserstein-1 distance between two samples, from their quantile functions."""
+    q = np.linspace(0.0, 1.0, quantiles)
+    return float(np.abs(np.quantile(a, q) - np.quantile(b, q)).mean())
+
+
+@torch.no_grad()
+def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn.Module,
+                           probe: nn.Module | None = None, factors: pd.DataFrame | None = None) -> dict[str, float]:
+    """Held-out reconstructions: consistency, LPIPS, L1, KL and, with the probe and true factors, each factor's
+    score on the reconstructions (R^2, or accuracy for binary factors) as ``recon_factor_<name>``."""
+    from .factor_probe import factor_scores  # the probe module imports the editor; keep this import local
+
+    out = evaluate_reconstruction(models, images, lpips_model)
+    if probe is not None and factors is not None:
+        recs = torch.cat([models.reconstruct(b).cpu() for b in images.split(128)])
+        for row in factor_scores(probe, recs, factors).itertuples():
+            out[f"recon_factor_{row.factor}"] = row.score
+    return out
+
+
+def invisible_attributes(examples: pd.DataFrame, prob_change: float = INVISIBLE_PROB_CHANGE,
+                         max_lpips: float = INVISIBLE_LPIPS) -> pd.DataFrame:
+    """Per attribute, over its shown examples (columns ``attribute, prob_change, lpips``): the mean |change of
+    p(class)|, the mean LPIPS between original and changed, their ratio, and whether the attribute is invisible (its
+    examples move p(class) by >= ``prob_change`` on average with a mean LPIPS below ``max_lpips``)."""
+    table = examples.assign(abs_change=examples["prob_change"].abs()).groupby("attribute", sort=False).agg(
+        mean_prob_change=("abs_change", "mean"), mean_lpips=("lpips", "mean"), examples=("lpips", "size"))
+    table["prob_change_per_lpips"] = table["mean_prob_change"] / table["mean_lpips"].clip(lower=1e-6)
+    table["invisible"] = (table["mean_prob_change"] >= prob_change) & (table["mean_lpips"] < max_lpips)
+    return table.reset_index()
