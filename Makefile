@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: install
 	$(BIN)/stylex run $(CONFIG) --out $(RUN)
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -7,17 +7,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-AUGMENTATIONS = ("color", "translation", "cutout")
+from .config import augment_problem
 
 
 def parse_policy(policy: str) -> list[str]:
     """``"color,translation"`` -> ["color", "translation"]; an empty string is no augmentation."""
-    names = [name.strip() for name in policy.split(",") if name.strip()]
-    unknown = [name for name in names if name not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"stylex.augment: unknown augmentation(s) {unknown}; use a comma-separated subset of "
-                         f"{', '.join(AUGMENTATIONS)} (or '' for none)")
-    return names
+    problem = augment_problem(policy)
+    if problem:
+        raise ValueError(f"stylex.augment: {problem}")
+    return [name.strip() for name in policy.split(",") if name.strip()]
 
 
 def diff_augment(images: Tensor, policy: str) -> Tensor:

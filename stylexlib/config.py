@@ -6,7 +6,8 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+import re
+from typing import Any, Literal
 
 import yaml
 
@@ -19,7 +20,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images to explain and how they are labelled and split."""
 
-    source: str = "synthetic"  # "synthetic" (embedded default) or "folder"
+    source: Literal["synthetic", "folder"] = "synthetic"  # "synthetic" (embedded default) or "folder"
     resolution: int = 32  # power of two; images are square
     seed: int = 0
     val_fraction: float = 0.1
@@ -67,7 +68,7 @@ class StylexConfig:
     mapping_layers: int = 4
     channel_base: int = 2048  # channels(res) = min(channel_base // res, channel_max)
     channel_max: int = 128
-    condition_on: str = "probs"  # "probs" or "logits" of the classifier, concatenated to w
+    condition_on: Literal["probs", "logits"] = "probs"  # "probs" or "logits" of the classifier, concatenated to w
     steps: int = 2000
     batch_size: int = 16
     lr_g: float = 2e-3
@@ -87,17 +88,19 @@ class StylexConfig:
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
     weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
+    w_prior: Literal["moments", "mmd"] = "moments"  # match E(x)'s batch moments to mapping(z)'s, or the whole
+    # distribution (kernel MMD, as a Wasserstein autoencoder), so that random samples land where reconstructions do
     # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
     # random path (z -> mapping -> G); "alternate": the encoder path on steps where step % encoder_every == 0,
     # the random path on the other steps.
-    path_mode: str = "mix"
+    path_mode: Literal["mix", "alternate"] = "mix"
     encoder_every: int = 2  # path_mode "alternate" only
     # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
     warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
     mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
     augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
-    lpips_net: str = "squeeze"
-    precision: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
+    lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
     log_every: int = 10  # steps between progress-bar updates and stats.jsonl lines
     sample_every: int = 250  # steps between preview grids (samples, reconstructions); 0: none
     checkpoint_every: int = 250
@@ -112,7 +115,7 @@ class InversionConfig:
     """Stage 04: encode images into (w, c) and StyleSpace; optional per-image refinement of w."""
 
     num_images: int = 256  # held-out images evaluated (from `split`)
-    split: str = "val"
+    split: Literal["train", "val", "test"] = "val"
     refine_images: int = 16  # images refined by optimisation (0: none)
     refine_steps: int = 100
     refine_lr: float = 0.02
@@ -125,15 +128,15 @@ class AttFindConfig:
     """Stage 05: AttFind (Lang et al. 2021, Alg. 1) over StyleSpace coordinates."""
 
     num_images: int = 128  # images whose every coordinate is tried (from `split`)
-    split: str = "val"
+    split: Literal["train", "val", "test"] = "val"
     stats_images: int = 2000  # images for the StyleSpace min/max/std (from the train split)
-    shift: str = "minmax"  # "minmax": set the coordinate to its dataset min / max (the paper); "std": +- shift_std * std
+    shift: Literal["minmax", "std"] = "minmax"  # "minmax": set the coordinate to its dataset min / max (the paper); "std": +- shift_std * std
     shift_std: float = 2.0
-    output: str = "logits"  # effects on one-vs-rest "logits" (log-odds: still informative when the classifier is
+    output: Literal["logits", "probs"] = "logits"  # effects on one-vs-rest "logits" (log-odds: still informative when the classifier is
     # saturated, as the demo's is) or on classifier "probs"
     include_torgb: bool = False  # also search the toRGB layers' style coordinates
     top_k: int = 10
-    method: str = "greedy"  # "greedy" coverage (the paper's AttFind) or "ranking" (independent mean effect)
+    method: Literal["greedy", "ranking"] = "greedy"  # "greedy" coverage (the paper's AttFind) or "ranking" (independent mean effect)
     max_image_effect: float | None = None  # greedy: an image leaves the pool once covered this much (None: 0.2 probs, 1.0 logits)
     affected_threshold: float | None = None  # an image counts as affected above this effect (None: 0.05 probs, 0.25 logits)
     drop_inconsistent: bool = True  # skip images whose reconstruction the classifier labels differently
@@ -200,7 +203,12 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "") -> Any:
             kwargs[key] = from_dict(value or {}, hint, path)
         else:
             kwargs[key] = _coerce(value, hint, path)
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    for name, check in FIELD_CHECKS.get(cls.__name__, {}).items():
+        problem = check(getattr(built, name))
+        if problem:
+            raise ConfigError(f"{where + '.' if where else ''}{name}: {problem}")
+    return built
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -261,6 +269,24 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+AUGMENTATIONS = ("color", "translation", "cutout")
+
+
+def _device_problem(value: str) -> str | None:
+    return None if DEVICE_PATTERN.fullmatch(value) else f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}"
+
+
+def augment_problem(value: str) -> str | None:
+    unknown = [name.strip() for name in value.split(",") if name.strip() and name.strip() not in AUGMENTATIONS]
+    return (f"unknown augmentation(s) {unknown}; use a comma-separated subset of {', '.join(AUGMENTATIONS)} "
+            "(or '' for none)") if unknown else None
+
+
+# Checks beyond the field types, run when a config is loaded: each returns the problem or None.
+FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem}}
+
+
 def _unknown_key_message(path: str, key: str, names: list[str]) -> str:
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
@@ -284,6 +310,10 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
     if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):

@@ -2,7 +2,8 @@
 
 Reconstructions: L1, LPIPS, classifier consistency and, on synthetic data, which ground-truth factors survive the
 round trip (the factor probe). Samples ``G_ema(mapping(z), c)`` with ``c = C(x)`` of held-out images: the kernel
-distance (KID, Binkowski et al. 2018) between LPIPS-backbone features of samples and real images, whether the
+distance (KID, Binkowski et al. 2018) between LPIPS-backbone features of samples and real images (centred and scaled
+by the real features' spread), whether the
 classifier agrees with the conditioning, and the probe's per-factor distributions against the data's.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from .checkpoint import StylexModels
 from .data import ImageDataset
 from .inversion import evaluate_reconstruction
-from .losses import LPIPS_MIN_SIZE
+from .losses import LPIPS_MIN_SIZE, lpips_distance
 
 INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
 INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS) is invisible
@@ -85,8 +86,11 @@ def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, p
     samples, wanted = random_samples(models, real, seed)
     real_float = models.prepare(real).cpu()
     predicted = torch.cat([models.classifier(b.to(models.device)).argmax(1).cpu() for b in samples.split(256)])
+    fake_features, real_features = lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)
+    mean = real_features.mean(0)  # centred on the real features and scaled to unit mean variance: x.y / d is O(1)
+    scale = real_features.var(0).mean().sqrt().clamp_min(1e-8)
     out = {
-        "sample_kid": kernel_distance(lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)),
+        "sample_kid": kernel_distance((fake_features - mean) / scale, (real_features - mean) / scale),
         "sample_agreement": float((predicted == wanted).float().mean()),
     }
     if probe is not None:
@@ -119,13 +123,44 @@ def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn
     return out
 
 
-def invisible_attributes(examples: pd.DataFrame, prob_change: float = INVISIBLE_PROB_CHANGE,
-                         max_lpips: float = INVISIBLE_LPIPS) -> pd.DataFrame:
+def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:
+    """An attribute whose examples move p(class) a lot while the image barely changes (LPIPS)."""
+    return mean_prob_change >= INVISIBLE_PROB_CHANGE and mean_lpips < INVISIBLE_LPIPS
+
+
+@torch.no_grad()
+def measure_visibility(examples: list, lpips_model: nn.Module) -> pd.DataFrame:
+    """Set each attribute's ``lpips`` (original vs changed, per example) and return one row per shown example:
+    attribute (key, class, rank, label), image, p(class) before and after, its change, and the LPIPS."""
+    device, rows = next(lpips_model.parameters()).device, []
+    for ex in examples:
+        ex.lpips = (lpips_distance(lpips_model, ex.originals.to(device), ex.changed.to(device)).cpu()
+                    if ex.num_examples else torch.zeros(0))
+        before, after = ex.class_probs()
+        for i in range(ex.num_examples):
+            rows.append({"attribute": ex.key, "class": ex.class_name, "rank": ex.rank, "label": ex.label,
+                         "image": ex.image_indices[i], "prob_original": float(before[i]),
+                         "prob_changed": float(after[i]), "prob_change": float(after[i] - before[i]),
+                         "lpips": float(ex.lpips[i])})
+    return pd.DataFrame(rows, columns=["attribute", "class", "rank", "label", "image", "prob_original",
+                                       "prob_changed", "prob_change", "lpips"])
+
+
+def invisible_attributes(examples: pd.DataFrame) -> pd.DataFrame:
     """Per attribute, over its shown examples (columns ``attribute, prob_change, lpips``): the mean |change of
-    p(class)|, the mean LPIPS between original and changed, their ratio, and whether the attribute is invisible (its
-    examples move p(class) by >= ``prob_change`` on average with a mean LPIPS below ``max_lpips``)."""
+    p(class)|, the mean LPIPS between original and changed, their ratio (classifier change per unit of image change),
+    and whether the attribute is invisible (:func:`is_invisible`)."""
     table = examples.assign(abs_change=examples["prob_change"].abs()).groupby("attribute", sort=False).agg(
         mean_prob_change=("abs_change", "mean"), mean_lpips=("lpips", "mean"), examples=("lpips", "size"))
     table["prob_change_per_lpips"] = table["mean_prob_change"] / table["mean_lpips"].clip(lower=1e-6)
-    table["invisible"] = (table["mean_prob_change"] >= prob_change) & (table["mean_lpips"] < max_lpips)
+    table["invisible"] = [is_invisible(c, lp) for c, lp in zip(table["mean_prob_change"], table["mean_lpips"])]
     return table.reset_index()
+
+
+def visibility_metrics(table: pd.DataFrame) -> dict[str, float | int]:
+    """``attributes_invisible`` (count), the median classifier change per unit of LPIPS and the mean LPIPS."""
+    if table.empty:
+        return {"attributes_invisible": 0}
+    return {"attributes_invisible": int(table["invisible"].sum()),
+            "attributes_prob_change_per_lpips": float(table["prob_change_per_lpips"].median()),
+            "attributes_mean_lpips": float(table["mean_lpips"].mean())}

@@ -63,6 +63,7 @@ from .losses import (
     d_r1_loss,
     g_nonsaturating_loss,
     g_path_length_loss,
+    latent_mmd_loss,
     latent_prior_loss,
     load_lpips,
     loss_weights,
@@ -306,7 +307,8 @@ class StylexTrainer:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
                 terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
                 if self.cfg.weight_w_prior > 0:
-                    terms["w_prior"] = latent_prior_loss(generated.w_encoded, self._reference_w(generated))
+                    prior = latent_mmd_loss if self.cfg.w_prior == "mmd" else latent_prior_loss
+                    terms["w_prior"] = prior(generated.w_encoded, self._reference_w(generated))
             if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
                 count = len(generated.w_sampled)  # the samples follow the reconstructions; their condition's probs
                 wanted = generated.probs[-count:].clamp_min(1e-8).log()
@@ -319,10 +321,12 @@ class StylexTrainer:
 
     @torch.no_grad()
     def _reference_w(self, generated: Generated) -> Tensor:
-        """mapping(z) for the W prior: this step's random-path latents, or fresh ones when that path did not run."""
-        if generated.w_sampled is not None:
+        """mapping(z) for the W prior: this step's random-path latents (moments), or fresh ones when that path did not
+        run; the MMD prior draws a larger reference (128 latents: a batch of 16 alone is a noisy target)."""
+        if generated.w_sampled is not None and self.cfg.w_prior == "moments":
             return generated.w_sampled
-        return self.G.mapping(torch.randn(len(generated.w_encoded), self.cfg.latent_dim, device=self.device))
+        count = max(128, len(generated.w_encoded)) if self.cfg.w_prior == "mmd" else len(generated.w_encoded)
+        return self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
 
     def _path_length_step(self, condition: Tensor) -> dict[str, float]:
         count = max(1, len(condition) // 2)

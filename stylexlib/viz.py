@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .io import atomic_write, torch_load, torch_save, write_text
 from .plots import to_hwc
+from .quality import INVISIBLE_LPIPS, INVISIBLE_PROB_CHANGE, is_invisible
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class AttributeExamples:
     probs_original: Tensor  # (K, C) classifier probabilities
     probs_changed: Tensor  # (K, C)
     class_names: list[str]
+    lpips: Tensor | None = None  # (K,) LPIPS between each original and its changed image: is the change visible?
 
     def __post_init__(self) -> None:
         k = len(self.image_indices)
@@ -258,7 +260,7 @@ def summary_figure(examples: Sequence[AttributeExamples], top: int = 4, pairs: i
 
 
 # --------------------------------------------------------------------------------------------- HTML gallery
-LEGEND = """
+LEGEND = f"""
 <dl class="legend">
 <dt>original</dt><dd>the image as the StylEx generator reconstructs it from its encoding, G(E(x), C(x)) &mdash;
 edits are made to this reconstruction, so it is the fair reference.</dd>
@@ -271,6 +273,9 @@ units of <code>attfind.output</code>: one-vs-rest log-odds (default) or probabil
 <dt>fraction affected</dt><dd>the share of the searched images on which the attribute moved the classifier's output
 by more than the AttFind threshold.</dd>
 <dt>label</dt><dd><code>layer[channel] direction</code>: the generator layer and style channel of the coordinate.</dd>
+<dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical). An attribute whose examples move
+p(class) by at least {INVISIBLE_PROB_CHANGE} on average at a mean LPIPS under {INVISIBLE_LPIPS} is flagged
+<b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see.</dd>
 </dl>"""
 
 STYLE = """
@@ -284,7 +289,7 @@ nav a{margin-right:12px} section.attr{border-top:1px solid #ddd;padding:10px 0}
 figure{margin:0;text-align:center;font-size:12px}
 img.px{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ccc}
 figure.changed img{border-color:#c33} .up{color:#080} .down{color:#a00}
-img.broken{outline:3px solid red}
+img.broken{outline:3px solid red} .invisible{color:#fff;background:#c33;padding:0 4px}
 """
 
 SCRIPT = """
@@ -316,17 +321,23 @@ def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int |
         save_png(to_pil(ex.originals[i]), images_dir.parent / names[0])
         save_png(to_pil(ex.changed[i]), images_dir.parent / names[1])
         delta = float(p_changed[i] - p_orig[i])
+        seen = f" · LPIPS {float(ex.lpips[i]):.3f}" if ex.lpips is not None else ""
         pairs.append('<div class="pair">'
                      + _figure_html(names[0], "original", [f"image #{ex.image_indices[i]} original",
                                                            f"p({ex.class_name}) = {float(p_orig[i]):.3f}"])
                      + _figure_html(names[1], "changed", ["changed",
-                                                          f"p({ex.class_name}) = {float(p_changed[i]):.3f} (Δ {delta:+.3f})"])
+                                                          f"p({ex.class_name}) = {float(p_changed[i]):.3f} (Δ {delta:+.3f}){seen}"])
                      + "</div>")
     direction = ex.label.rsplit(" ", 1)[-1]
+    visibility = ""
+    if ex.lpips is not None and k:
+        change, lp = float((p_changed[:k] - p_orig[:k]).abs().mean()), float(ex.lpips[:k].mean())
+        visibility = (f" · mean |Δp| {change:.3f} at mean LPIPS {lp:.3f}"
+                      + (' <b class="invisible">invisible change</b>' if is_invisible(change, lp) else ""))
     return (f'<section class="attr" id="{ex.key}"><h3>#{ex.rank} <code>{html.escape(ex.label)}</code> '
             f'<span class="{html.escape(direction)}">({html.escape(direction)})</span></h3>'
             f'<div class="stats">mean effect <b>{ex.mean_effect:+.4f}</b> · fraction affected '
-            f'<b>{ex.fraction_affected:.1%}</b> · StyleSpace coordinate {ex.flat} · {k} examples</div>'
+            f'<b>{ex.fraction_affected:.1%}</b> · StyleSpace coordinate {ex.flat} · {k} examples{visibility}</div>'
             + (f'<div class="pairs"><figure><img src="{gif}" alt="toggle original/changed"><figcaption>'
                f'animated: original ↔ changed</figcaption></figure></div><div class="pairs">{"".join(pairs)}</div>'
                if k else '<p class="stats"><em>No example images: every searched image is already classified as '

@@ -62,3 +62,26 @@ def test_relative_data_root_resolves_against_config_file(tmp_path: Path) -> None
 def test_shipped_configs_load() -> None:
     for path in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"):
         load_config(path)
+
+
+@pytest.mark.parametrize("key, bad, allowed", [
+    ("stylex.condition_on", "logit", "'probs', 'logits'"),
+    ("stylex.path_mode", "both", "'mix', 'alternate'"),
+    ("stylex.precision", "fp8", "'auto', 'fp32', 'bf16', 'fp16'"),
+    ("attfind.shift", "max", "'minmax', 'std'"),
+    ("attfind.output", "prob", "'logits', 'probs'"),
+    ("attfind.method", "topk", "'greedy', 'ranking'"),
+    ("inversion.split", "validation", "'train', 'val', 'test'"),
+    ("data.source", "folders", "'synthetic', 'folder'"),
+    ("stylex.device", "gpu", "auto, cpu, cuda, cuda:N or mps"),
+    ("stylex.augment", "color,flip", "color, translation, cutout"),
+])
+def test_enumerated_options_are_checked_at_load(key, bad, allowed) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}={bad}"])
+    assert str(info.value).startswith(key) and allowed in str(info.value)
+
+
+def test_device_accepts_every_valid_spelling() -> None:
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert load_config(None, [f"stylex.device={device}"]).stylex.device == device

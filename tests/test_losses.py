@@ -129,3 +129,23 @@ def test_missing_lpips_weights_gives_clear_error(tmp_path: Path, monkeypatch: py
     assert "squeezenet1_1-b8a52dc0.pth" in message
     assert str(tmp_path / "hub" / "checkpoints") in message and f"TORCH_HOME={tmp_path}" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_latent_mmd_tells_a_matching_distribution_from_a_collapsed_one_and_trains_only_the_encoder() -> None:
+    from stylexlib.losses import latent_mmd_loss
+
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.randn(256, 8, generator=gen) * 2 + 1
+    matching = torch.randn(64, 8, generator=gen) * 2 + 1
+    on_a_line = torch.randn(64, 1, generator=gen).expand(64, 8) * 2 + 1  # every marginal right, all on one line
+    collapsed = torch.full((64, 8), 1.0) + 0.01 * torch.randn(64, 8, generator=gen)
+    near = latent_mmd_loss(matching, reference)
+    assert abs(float(near)) < 0.02
+    assert float(latent_mmd_loss(on_a_line, reference)) > 10 * abs(float(near))
+    assert float(losses.latent_prior_loss(on_a_line, reference)) < 0.1  # what matching the moments cannot see
+    assert float(latent_mmd_loss(collapsed, reference)) > 10 * abs(float(near))
+    encoded, sampled = collapsed.clone().requires_grad_(True), reference.clone().requires_grad_(True)
+    latent_mmd_loss(encoded, sampled).backward()
+    assert encoded.grad.abs().sum() > 0 and sampled.grad is None
+    with pytest.raises(ValueError, match="at least 2"):
+        latent_mmd_loss(encoded[:1], sampled)

@@ -168,3 +168,44 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
     metrics = train.evaluate_reconstruction(models, tiny_dataset(10).images, lpips_model, batch_size=4)
     assert set(metrics) == {"recon_consistency", "recon_lpips", "recon_l1", "recon_kl"}
     assert 0 <= metrics["recon_consistency"] <= 1 and metrics["recon_lpips"] > 0 and metrics["recon_l1"] > 0
+
+
+def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, warmup_steps=2, steps=3, checkpoint_every=0)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
+    d_before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    mapping_before = {k: v.clone() for k, v in trainer.G.mapping.state_dict().items()}
+    first = trainer.train_step()
+    trainer.train_step()
+    assert "adv" not in first and "d" not in first and {"l1", "lpips", "kl"} <= set(first)
+    assert all(torch.equal(v, trainer.D.state_dict()[k]) for k, v in d_before.items())  # no D step
+    assert all(torch.equal(v, trainer.G.mapping.state_dict()[k]) for k, v in mapping_before.items())  # no random path
+    after = trainer.train_step()  # the adversarial game starts
+    assert {"d", "adv"} <= set(after)
+    assert any(not torch.equal(v, trainer.D.state_dict()[k]) for k, v in d_before.items())
+
+
+def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifier, lpips_model) -> None:
+    trainer = make_trainer(dataclasses.replace(TINY, mixing_prob=1.0), data, classifier, lpips_model, None)
+    G, n = trainer.G, 64
+    c = torch.softmax(torch.randn(n, 2), 1)
+    styles = G.styles(G.mapping(torch.randn(n, TINY.latent_dim)), c)
+    mixed = trainer._mix_styles(styles, c)
+    layers = trainer.style_layers
+    for row in range(n):
+        changed = (mixed[row] != styles[row])
+        cutoff = int(layers[changed].min())  # every coordinate from the cutoff layer on comes from the other latent
+        assert cutoff >= 1 and torch.equal(changed, layers >= cutoff)
+    cutoffs = {int(layers[(mixed[r] != styles[r])].min()) for r in range(n)}
+    assert len(cutoffs) > 2  # the crossover layer is drawn per sample
+    off = make_trainer(dataclasses.replace(TINY, mixing_prob=0.0), data, classifier, lpips_model, None)
+    assert torch.equal(off._mix_styles(styles, c), styles)
+
+
+def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, weight_sample_kl=1.0, augment="color,translation,cutout", mixing_prob=0.9)
+    losses = make_trainer(cfg, data, classifier, lpips_model, None).train_step()
+    assert losses["sample_kl"] >= 0 and np.isfinite(losses["g"])
+    assert "sample_kl" not in make_trainer(TINY, data, classifier, lpips_model, None).train_step()
+    with pytest.raises(ValueError, match="stylex.augment"):
+        make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
