@@ -17,7 +17,7 @@ from .classify import load_run_classifier
 from .config import StylexConfig, from_dict
 from .data import ImageDataset, to_float
 from .io import torch_load
-from .models import Discriminator, Encoder, Generator
+from .models import Discriminator, Encoder, FeatureDiscriminator, Generator
 from .run import Run, pick_device
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,14 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir).joinpath(*CHECKPOINT_FILE)
 
 
-def build_networks(resolution: int, num_classes: int, cfg: StylexConfig) -> tuple[Generator, Encoder, Discriminator]:
+def build_networks(resolution: int, num_classes: int, cfg: StylexConfig
+                   ) -> tuple[Generator, Encoder, Discriminator | FeatureDiscriminator]:
     """Fresh G, E and D for images of ``resolution`` and a classifier with ``num_classes`` outputs."""
     return (
         Generator(resolution, num_classes, cfg),
         Encoder(resolution, cfg.latent_dim, cfg),
-        Discriminator(resolution, num_classes, cfg),
+        FeatureDiscriminator(resolution, num_classes, cfg) if cfg.discriminator == "features"
+        else Discriminator(resolution, num_classes, cfg),
     )
 
 

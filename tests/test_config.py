@@ -73,6 +73,7 @@ def test_shipped_configs_load() -> None:
     ("attfind.method", "topk", "'greedy', 'ranking'"),
     ("inversion.split", "validation", "'train', 'val', 'test'"),
     ("data.source", "folders", "'synthetic', 'folder'"),
+    ("stylex.discriminator", "projected", "'residual', 'features'"),
     ("stylex.device", "gpu", "auto, cpu, cuda, cuda:N or mps"),
     ("stylex.augment", "color,flip", "color, translation, cutout"),
 ])

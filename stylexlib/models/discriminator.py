@@ -76,3 +76,61 @@ class Discriminator(nn.Module):
         x = self.conv(minibatch_stddev(self.trunk(images)))
         logits = self.class_logits(self.fc(x.flatten(1)))
         return (logits.float() * class_probs.float()).sum(dim=1)
+
+
+class FeatureDiscriminator(nn.Module):
+    """``D(images, class_probs) -> (N,)`` on frozen pretrained features, in the spirit of Projected GANs (Sauer et al.,
+    NeurIPS 2021): the LPIPS SqueezeNet trunk (ImageNet weights, shipped for LPIPS) reads the image at 32 px; per
+    feature scale a fixed random 1x1 projection and a small trained head give per-class logits, weighted by the
+    classifier's probabilities and summed over scales. D starts from features that already tell shapes apart, so it
+    gives G useful gradients from the first steps."""
+
+    SCALES = (0, 1, 2)  # SqueezeNet slices: 32 px -> 15, 7, 3 px features (64, 128, 256 channels)
+    INPUT_SIZE = 32  # the trunk reads 32 px images as they are (LPIPS_MIN_SIZE); larger ones are resized down
+
+    def __init__(self, resolution: int, num_classes: int, cfg: StylexConfig, trunk: nn.Module | None = None,
+                 width: int = 64):
+        super().__init__()
+        if trunk is None:
+            from ..losses import load_lpips
+
+            trunk = load_lpips(cfg.lpips_net if cfg.lpips_net == "squeeze" else "squeeze")
+        self.resolution, self.num_classes = resolution, num_classes
+        self.scaling = trunk.scaling_layer
+        self.slices = nn.ModuleList(getattr(trunk.net, f"slice{i + 1}") for i in range(max(self.SCALES) + 1))
+        for p in self.parameters():
+            p.requires_grad_(False)  # the trunk stays frozen; the heads are created below
+        with torch.no_grad():
+            channels = [f.shape[1] for f in self._features(torch.zeros(1, 3, resolution, resolution))]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for i, c in enumerate(channels):
+            self.register_buffer(f"projection{i}", torch.randn(width, c, 1, 1, generator=gen) / math.sqrt(c))
+        self.heads = nn.ModuleList(self._head(width, num_classes) for _ in channels)
+
+    def requires_grad_(self, requires_grad: bool = True) -> FeatureDiscriminator:
+        """Only the heads ever train: the pretrained trunk and the random projections stay fixed."""
+        self.heads.requires_grad_(requires_grad)
+        return self
+
+    @staticmethod
+    def _head(width: int, num_classes: int) -> nn.Module:
+        return nn.Sequential(EqualConv2d(width, width, 3), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                             EqualLinear(width * 16, width, activate=True), EqualLinear(width, num_classes))
+
+    def _features(self, images: Tensor) -> list[Tensor]:
+        x = F.interpolate(images, size=self.INPUT_SIZE, mode="bilinear", align_corners=False) \
+            if images.shape[-1] != self.INPUT_SIZE else images
+        x, out = self.scaling(x), []
+        for i, block in enumerate(self.slices):
+            x = block(x)
+            if i in self.SCALES:
+                out.append(x)
+        return out
+
+    def forward(self, images: Tensor, class_probs: Tensor) -> Tensor:
+        if class_probs.shape != (images.shape[0], self.num_classes):
+            raise ValueError(f"class_probs must have shape ({images.shape[0]}, {self.num_classes}), "
+                             f"got {tuple(class_probs.shape)}")
+        logits = sum(head(F.conv2d(f, getattr(self, f"projection{i}").to(f.dtype)))
+                     for i, (f, head) in enumerate(zip(self._features(images), self.heads)))
+        return (logits.float() * class_probs.float()).sum(dim=1)
