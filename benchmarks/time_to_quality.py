@@ -2,7 +2,8 @@
 
 Every variant trains from the same seed on the same data against the same classifier (trained once into
 ``OUT/base``); every ``--every`` minutes of training (evaluation time not counted) it is scored on held-out images:
-reconstructions (LPIPS, L1, classifier consistency, the factor probe's per-factor scores on synthetic data) and random
+reconstructions (LPIPS, L1, classifier consistency, the factor probe's per-factor scores on synthetic data; also
+E paired with the trained G instead of G_ema, as ``g_recon_*``) and random
 samples (KID on LPIPS-backbone features, the classifier's agreement with the conditioning, the probe's per-factor
 distributions against the data's). Writes ``OUT/time_to_quality.json`` (after every evaluation: an interrupted
 benchmark resumes at the next unfinished variant) and ``OUT/time_to_quality.png``; prints the final table as JSON.
@@ -13,6 +14,7 @@ benchmark resumes at the next unfinished variant) and ``OUT/time_to_quality.png`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -29,6 +31,7 @@ from stylexlib.classify import fit_run_classifier, load_run_classifier  # noqa: 
 from stylexlib.config import apply_overrides  # noqa: E402
 from stylexlib.data import load_dataset  # noqa: E402
 from stylexlib.factor_probe import fit_run_probe  # noqa: E402
+from stylexlib.inversion import evaluate_reconstruction  # noqa: E402
 from stylexlib.io import read_json, write_json  # noqa: E402
 from stylexlib.losses import load_lpips  # noqa: E402
 from stylexlib.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
@@ -55,6 +58,9 @@ def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> di
     if scores:
         out["recon_factor_min"] = min(scores)
     out.update(sample_quality(models, images, lpips_model, probe))
+    paired_with_g = dataclasses.replace(models, generator=trainer.G)  # E as trained, against G rather than G_ema
+    with torch.no_grad():
+        out.update({f"g_{k}": v for k, v in evaluate_reconstruction(paired_with_g, images, lpips_model).items()})
     return out
 
 

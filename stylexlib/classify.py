@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .progress import tqdm
 from .config import ClassifierConfig
 from .data import ImageDataset, to_float
 from .io import torch_load, torch_save

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .progress import tqdm
 from .accelerate import inference_copies
 from .checkpoint import StylexModels
 from .config import AttFindConfig

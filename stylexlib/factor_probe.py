@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .progress import tqdm
 from .data import ImageDataset, to_float
 from .data.synthetic import FACTORS, Factor
 from .editor import AttributeEditor

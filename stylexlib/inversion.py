@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .progress import tqdm
 from .checkpoint import StylexModels
 from .losses import classifier_kl_loss, load_lpips, lpips_distance
 

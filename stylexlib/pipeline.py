@@ -1,6 +1,7 @@
 """Run the numbered notebooks in order with papermill, writing everything to a run folder."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -11,12 +12,14 @@ import papermill as pm
 
 from .config import Config, ConfigError, dump_config, load_config, save_config, to_dict
 from .io import read_json, write_json
+from .progress import ProgressMirror
 from .run import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
 STAGE_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 STATE_FILE = "stages.json"
+PROGRESS_FILE = ".progress.json"  # the running stage's progress bars, mirrored to the terminal
 DEFAULT_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
@@ -100,15 +103,16 @@ def run_pipeline(
         state[stage.name] = {"status": "running", "started": started}
         write_json(run_dir / STATE_FILE, state)
         try:
-            pm.execute_notebook(
-                str(stage.path),
-                str(executed),
-                parameters={"run_dir": str(run_dir.resolve())},
-                kernel_name=kernel_name or "python3",
-                cwd=str(stage.path.parent),
-                progress_bar=progress,
-                log_output=False,
-            )
+            with ProgressMirror(run_dir / PROGRESS_FILE) if progress else contextlib.nullcontext():
+                pm.execute_notebook(
+                    str(stage.path),
+                    str(executed),
+                    parameters={"run_dir": str(run_dir.resolve())},
+                    kernel_name=kernel_name or "python3",
+                    cwd=str(stage.path.parent),
+                    progress_bar=progress,
+                    log_output=False,
+                )
         except pm.PapermillExecutionError as exc:
             state[stage.name] = {"status": "failed", "cell": exc.exec_count, "error": f"{exc.ename}: {exc.evalue}"}
             write_json(run_dir / STATE_FILE, state)

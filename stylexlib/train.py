@@ -25,8 +25,8 @@ from typing import Iterator
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .progress import tqdm
 from . import plots
 from .augment import diff_augment, parse_policy
 from .checkpoint import (

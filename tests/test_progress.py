@@ -1,0 +1,42 @@
+"""Progress mirroring: a library bar writes its state; the pipeline's mirror shows it in the terminal."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+from stylexlib import progress
+
+
+def test_a_stage_bar_in_another_process_shows_in_the_terminal(tmp_path) -> None:
+    state = tmp_path / "progress.json"
+    out = io.StringIO()
+    child = ("from stylexlib.progress import tqdm\n"
+             "bar = tqdm(total=40, desc='stylex', disable=False)\n"
+             "for i in range(40):\n    bar.update(1)\n    bar.set_postfix({'l1': 0.25})\n"
+             "bar.close()\n")
+    with progress.ProgressMirror(state, interval=0.05, file=out):
+        assert os.environ[progress.PROGRESS_ENV] == str(state.resolve())  # what the stage's kernel inherits
+        subprocess.run([sys.executable, "-c", child], check=True, env=dict(os.environ), capture_output=True)
+    assert progress.PROGRESS_ENV not in os.environ and not state.exists()
+    shown = out.getvalue()
+    assert "stylex" in shown and "40/40" in shown and "l1=0.25" in shown
+
+
+def test_bars_write_nothing_without_the_variable_and_throttle_with_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
+    with progress.tqdm(total=3, disable=False, file=io.StringIO()) as bar:
+        bar.update(3)
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "p.json"
+    monkeypatch.setenv(progress.PROGRESS_ENV, str(path))
+    bar = progress.tqdm(total=1000, desc="AttFind", disable=False, file=io.StringIO())
+    for _ in range(999):
+        bar.update(1)
+    assert json.loads(path.read_text())["n"] < 999  # throttled: at most one write a second
+    bar.update(1)
+    bar.close()
+    final = json.loads(path.read_text())
+    assert final["n"] == 1000 and final["closed"] and final["desc"] == "AttFind"
