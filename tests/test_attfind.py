@@ -241,3 +241,44 @@ def test_cache_key_follows_what_the_effects_depend_on(models, encoded) -> None:
     assert key(AttFindConfig(screen_fraction=0.1, output="probs")) != key(AttFindConfig(screen_fraction=0.1))
     assert key(AttFindConfig(shift="std")) != key(AttFindConfig())
     assert key(AttFindConfig(include_torgb=True)) != key(AttFindConfig())
+
+
+def test_attfind_finds_the_one_coordinate_that_moves_the_classifier() -> None:
+    """A generator whose image depends on exactly one StyleSpace coordinate (every conv weight and every other
+    toRGB weight zeroed: features are constant, the last toRGB reads one channel) and a classifier that reads the
+    image's red mean: AttFind's top attribute for each class must be that coordinate, in the direction that helps."""
+    torch.manual_seed(0)
+    G = Generator(RESOLUTION, 2, CFG).eval().requires_grad_(False)
+    planted_layer, planted_channel = len(G.layers) - 1, 3
+    with torch.no_grad():
+        for layer in G.layers:
+            layer.weight.zero_()
+            layer.bias.fill_(0.5)
+        G.layers[planted_layer].weight[0, planted_channel] = 1.0  # red reads channel 3 of the last toRGB
+    planted = G.style_index.flat(planted_layer, planted_channel)
+
+    class RedMean(torch.nn.Module):
+        center = 0.0
+
+        def forward(self, images):
+            red = images[:, 0].mean(dim=(1, 2)) - self.center
+            return torch.stack([-red, red], dim=1) * 4
+
+    C = RedMean()
+    models = StylexModels(G, Encoder(RESOLUTION, CFG.latent_dim, CFG).eval(), C, CFG, ["low", "high"], 0,
+                          torch.device("cpu"))
+    gen = torch.Generator().manual_seed(2)
+    styles = G.styles(G.mapping(torch.randn(16, CFG.latent_dim, generator=gen)), torch.rand(16, 2, generator=gen))
+    with torch.no_grad():
+        C.center = float(G.synthesize(styles)[:, 0].mean(dim=(1, 2)).median())  # half the images on each side
+        logits = C(G.synthesize(styles))
+    assert 0 < int(logits.argmax(1).sum()) < 16  # both classes present
+    cfg = AttFindConfig(include_torgb=True, batch_size=64)
+    found = effects.compute_effects(models, styles, logits, torch.arange(16), StyleStats.of(styles), cfg, progress=False)
+    for target in (0, 1):
+        table = selection.class_attributes(found, target, k=3, output="logits")
+        top = table.iloc[0]
+        assert int(top["flat"]) == planted
+        weight_sign = 1 if target == 1 else -1  # red up helps "high"; the style scales channel 3 (weight +1)
+        assert top["direction"] == ("up" if weight_sign > 0 else "down")
+        assert (table.iloc[1:]["mean_effect"].abs() < 1e-4).all()  # nothing else moves it

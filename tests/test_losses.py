@@ -46,6 +46,18 @@ def test_path_length_runs() -> None:
     assert G.affine.weight.grad is not None
 
 
+def test_classifier_kl_equals_the_closed_form_in_the_papers_direction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    real, rec = torch.randn(6, 3, generator=gen) * 2, torch.randn(6, 3, generator=gen) * 2
+    p, q = real.softmax(1), rec.softmax(1)
+    forward = (p * (p.log() - q.log())).sum(1)  # KL(C(x) || C(x')), Lang et al. 2021
+    backward = (q * (q.log() - p.log())).sum(1)
+    assert torch.allclose(losses.classifier_kl_loss(real, rec, reduction="none"), forward, atol=1e-6)
+    assert torch.allclose(losses.classifier_kl_loss(real, rec), forward.mean(), atol=1e-6)
+    assert not torch.allclose(forward, backward, atol=1e-3)  # the two directions differ: the test can tell them apart
+    assert torch.allclose(losses.classifier_kl_loss(rec, real, reduction="none"), backward, atol=1e-6)
+
+
 def test_classifier_kl() -> None:
     logits = torch.randn(5, 3)
     assert losses.classifier_kl_loss(logits, logits.clone()).abs() < 1e-6
