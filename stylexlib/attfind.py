@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .provenance import stylex_fingerprint
 from .checkpoint import StylexModels, load_stylex
 from .config import AttFindConfig
 from .distributed import SINGLE, DistInfo
@@ -57,7 +58,7 @@ def subset_indices(data, split: str, count: int, seed: int) -> Tensor:
 def run_statistics(run, data, models: StylexModels, cfg: AttFindConfig) -> StyleStats:
     """StyleSpace statistics over train images, cached in ``attfind/style_stats.pt`` (per checkpoint step)."""
     path = run.path(ATTFIND_DIR, "style_stats.pt")
-    key = {"step": models.step, "images": cfg.stats_images, "seed": cfg.seed}
+    key = {"step": models.step, "images": cfg.stats_images, "seed": cfg.seed, "stylex": stylex_fingerprint(run.cfg)}
     if path.exists():
         state = torch_load(path)
         if state.get("key") == key:

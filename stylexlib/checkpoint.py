@@ -18,6 +18,7 @@ from .config import StylexConfig, from_dict
 from .data import ImageDataset, to_float
 from .io import torch_load
 from .models import Discriminator, Encoder, FeatureDiscriminator, Generator
+from .provenance import check, stylex_fingerprint
 from .run import Run, pick_device
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class StylexModels:
 def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageDataset | None = None) -> StylexModels:
     """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier."""
     state = load_checkpoint(checkpoint_path(run.dir))
+    check(state.get("fingerprint"), stylex_fingerprint(run.cfg), checkpoint_path(run.dir), "03")
     cfg = from_dict(state["config"], StylexConfig, "stylex")
     device = torch.device(device) if device is not None else pick_device(cfg.device)
     generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .provenance import check, classifier_fingerprint
 from .progress import tqdm
 from .config import ClassifierConfig
 from .data import ImageDataset, to_float
@@ -26,6 +27,7 @@ from .models.classifier import (
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.pt"
+CLASSIFIER_TRAIN_STATE = ("checkpoints", "classifier_train_state.pt")
 
 
 @dataclass
@@ -88,8 +90,10 @@ def train_classifier(
     cfg: ClassifierConfig,
     device: torch.device | str = "cpu",
     checkpoint: str | Path | None = None,
+    fingerprint: str | None = None,
 ) -> list[dict]:
-    """Train with AdamW + cosine schedule; returns per-epoch history. Resumes from ``checkpoint`` if present."""
+    """Train with AdamW + cosine schedule; returns per-epoch history. Resumes from ``checkpoint`` if present and made
+    with the same ``fingerprint`` (else starts afresh)."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     model.to(device)
@@ -101,8 +105,11 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     history: list[dict] = []
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch_load(checkpoint, map_location=device)
+    state = torch_load(checkpoint, map_location=device) if checkpoint is not None and Path(checkpoint).exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        log.warning("%s was made from another config: training the classifier afresh", checkpoint)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -151,6 +158,7 @@ def train_classifier(
                     "history": history,
                     "epoch": epoch + 1,
                     "rng": torch.get_rng_state(),
+                    "fingerprint": fingerprint,
                 },
             )
     model.eval()
@@ -164,9 +172,13 @@ def fit_run_classifier(run, data: ImageDataset, device: torch.device | str = "cp
         raise ValueError(f"classifier.num_classes is {c.num_classes} but the data has {data.num_classes} classes")
     if c.source != "train":
         return load_run_classifier(run, data), []
+    torch.manual_seed(c.seed)  # the initial weights too: the same config gives the same classifier
     model = build_classifier(data.num_classes, data.resolution, c.width)
-    history = train_classifier(model, data, c, device, checkpoint=run.path("checkpoints", "classifier_train_state.pt"))
-    save_classifier(run.path(CLASSIFIER_FILE), model.cpu(), data.class_names, {"history": history})
+    made_from = classifier_fingerprint(run.cfg)
+    history = train_classifier(model, data, c, device, checkpoint=run.path(*CLASSIFIER_TRAIN_STATE),
+                               fingerprint=made_from)
+    save_classifier(run.path(CLASSIFIER_FILE), model.cpu(), data.class_names,
+                    {"history": history, "fingerprint": made_from})
     return model.eval(), history
 
 
@@ -175,6 +187,7 @@ def load_run_classifier(run, data: ImageDataset | None = None) -> ClassifierWrap
     c = run.cfg.classifier
     if c.source == "train":
         model, _ = load_trained_classifier(run.dir / CLASSIFIER_FILE)
+        check(model.made_from, classifier_fingerprint(run.cfg), run.dir / CLASSIFIER_FILE, "02")
     else:
         model = load_user_classifier(c.source, c.input_size, c.mean, c.std)
     if data is not None:

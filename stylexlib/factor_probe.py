@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .provenance import data_fingerprint
 from .progress import tqdm
 from .data import ImageDataset, to_float
 from .data.synthetic import FACTORS, Factor
@@ -119,8 +120,9 @@ def factor_scores(probe: FactorProbe, images: Tensor, factors: pd.DataFrame) -> 
     return pd.DataFrame(out)
 
 
-def save_probe(probe: FactorProbe, path: str | Path) -> Path:
-    return torch_save(path, {"config": probe.config, "state": probe.state_dict()})
+def save_probe(probe: FactorProbe, path: str | Path, fingerprint: str | None = None) -> Path:
+    """Save the probe (with the fingerprint of the data it was trained on)."""
+    return torch_save(path, {"config": probe.config, "state": probe.state_dict(), "fingerprint": fingerprint})
 
 
 def load_probe(path: str | Path, device: torch.device | str = "cpu") -> FactorProbe:
@@ -132,11 +134,11 @@ def load_probe(path: str | Path, device: torch.device | str = "cpu") -> FactorPr
 
 def fit_run_probe(run, data: ImageDataset, device: torch.device | str = "cpu") -> FactorProbe:
     """The run's probe: loaded from ``factor_probe.pt``, or trained and saved there."""
-    path = run.path(PROBE_FILE)
-    if path.exists():
+    path, made_from = run.path(PROBE_FILE), data_fingerprint(run.cfg)
+    if path.exists() and torch_load(path).get("fingerprint") == made_from:
         return load_probe(path, device)
     probe = train_factor_probe(data, seed=run.cfg.data.seed, device=device)
-    save_probe(probe, path)
+    save_probe(probe, path, made_from)
     return probe
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 
 STAGE_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 STATE_FILE = "stages.json"
+# What a forced stage starts without: its resume states and caches (later stages' artifacts record fingerprints and
+# are refused or redone when they no longer match; study answers are never deleted).
+FORCED_FRESH = {
+    "02": ("checkpoints/classifier_train_state.pt", "classifier.pt"),
+    "03": ("checkpoints/stylex.pt", "stats.jsonl"),
+    "05": ("attfind",),
+    "06": ("factor_probe.pt",),
+}
 PROGRESS_FILE = ".progress.json"  # the running stage's progress bars, mirrored to the terminal
 DEFAULT_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -96,6 +105,8 @@ def run_pipeline(
             print(f"[stylex] skip {stage.name}: already finished (use --force to re-run)")
             continue
         _invalidate_later(state, stage)
+        if force:
+            _remove_resume_state(run_dir, stage)
         print(f"[stylex] run {stage.name}")
         executed = run_dir / "notebooks" / stage.path.name
         executed.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +151,16 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not saved.exists() or dump_config(cfg) != saved.read_text():
         save_config(cfg, saved)
+
+
+def _remove_resume_state(run_dir: Path, stage: Stage) -> None:
+    """--force: the stage starts afresh instead of resuming (or reusing) what an earlier run left."""
+    for name in FORCED_FRESH.get(stage.number, ()):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _invalidate_later(state: dict, stage: Stage) -> None:

@@ -70,6 +70,7 @@ from .losses import (
     reconstruction_losses,
     weighted_sum,
 )
+from .provenance import stylex_fingerprint
 from .run import Run, open_run, pick_device
 
 __all__ = [
@@ -164,11 +165,12 @@ class StylexTrainer:
     """Trains G, E and D against a frozen classifier; checkpoints, logs and previews into ``out_dir``."""
 
     def __init__(self, cfg: StylexConfig, data: ImageDataset, classifier: nn.Module, out_dir: str | Path | None = None,
-                 device: torch.device | None = None, dist: DistInfo = SINGLE, lpips_model: nn.Module | None = None) -> None:
+                 device: torch.device | None = None, dist: DistInfo = SINGLE, lpips_model: nn.Module | None = None,
+                 fingerprint: str | None = None) -> None:
         if cfg.path_mode not in PATH_MODES:
             raise ValueError(f"stylex.path_mode must be one of {PATH_MODES}, got '{cfg.path_mode}'")
         parse_policy(cfg.augment)
-        self.cfg, self.dist, self.class_names = cfg, dist, list(data.class_names)
+        self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
         self.device = device or pick_device(cfg.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and dist.is_main:
@@ -446,7 +448,7 @@ class StylexTrainer:
         return {
             "format": CHECKPOINT_FORMAT, "step": self.step, "train_seconds": self.train_seconds,
             "resolution": self.resolution, "num_classes": self.num_classes, "class_names": self.class_names,
-            "config": to_dict(self.cfg), "world_size": self.dist.world_size,
+            "config": to_dict(self.cfg), "world_size": self.dist.world_size, "fingerprint": self.fingerprint,
             "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "E": self.E.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_e": self.opt_e.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
@@ -486,7 +488,11 @@ class StylexTrainer:
         """Load ``out_dir``'s checkpoint if there is one; True when it did."""
         if self.checkpoint_file is None or not self.checkpoint_file.exists():
             return False
-        self.load_state_dict(load_checkpoint(self.checkpoint_file))
+        state = load_checkpoint(self.checkpoint_file)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("%s was made from another config: training StylEx afresh", self.checkpoint_file)
+            return False
+        self.load_state_dict(state)
         log.info("resuming StylEx training at step %d from %s", self.step, self.checkpoint_file)
         return True
 
@@ -536,7 +542,8 @@ def train_stylex(run: Run, data: ImageDataset, classifier: nn.Module | None = No
                  dist: DistInfo = SINGLE, progress: bool = True) -> TrainSummary:
     """Stage 03: train StylEx into the run folder, resuming from its checkpoint; saves the loss curves."""
     classifier = classifier if classifier is not None else load_run_classifier(run, data)
-    trainer = StylexTrainer(run.cfg.stylex, data, classifier, out_dir=run.dir, device=device, dist=dist)
+    trainer = StylexTrainer(run.cfg.stylex, data, classifier, out_dir=run.dir, device=device, dist=dist,
+                            fingerprint=stylex_fingerprint(run.cfg))
     trainer.resume()
     summary = trainer.train(progress=progress)
     history = read_stats(run.dir)

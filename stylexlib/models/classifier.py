@@ -57,6 +57,7 @@ class ClassifierWrapper(nn.Module):
         super().__init__()
         self.model = model
         self.input_size = input_size
+        self.made_from: str | None = None  # fingerprint of the config a built-in CNN was trained with
         if (mean is None) != (std is None):
             raise ClassifierError("classifier.mean and classifier.std must be given together")
         self.register_buffer("mean", None if mean is None else torch.tensor(mean).view(1, -1, 1, 1))
@@ -102,7 +103,9 @@ def load_trained_classifier(path: str | Path) -> tuple[ClassifierWrapper, list[s
     payload = torch_load(path)
     model = SmallCNN(**payload["arch"])
     model.load_state_dict(payload["state_dict"])
-    return ClassifierWrapper(model).eval(), list(payload["class_names"])
+    wrapper = ClassifierWrapper(model).eval()
+    wrapper.made_from = payload.get("fingerprint")  # the config it was trained with (stylexlib.provenance)
+    return wrapper, list(payload["class_names"])
 
 
 def load_user_classifier(

@@ -1,0 +1,86 @@
+"""Provenance: artifacts record the config they were made from; a changed config never reuses a stale artifact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stylexlib import provenance
+from stylexlib.checkpoint import load_stylex
+from stylexlib.classify import fit_run_classifier, load_run_classifier
+from stylexlib.config import apply_overrides, save_config
+from stylexlib.data import load_dataset
+from stylexlib.run import CONFIG_FILE, open_run
+from stylexlib.train import train_stylex
+
+TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
+        "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
+        "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
+        "stylex.checkpoint_every=0", "stylex.device=cpu", "stylex.log_every=1"]
+
+
+def reconfigure(run, *overrides: str):
+    """What `stylex run --force --set ...` does to a run folder's config."""
+    run.cfg = apply_overrides(run.cfg, list(overrides))
+    save_config(run.cfg, run.dir / CONFIG_FILE)
+    return run
+
+
+def weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("change", ["classifier.lr=0.01", "classifier.epochs=2", "classifier.width=6",
+                                    "data.label_noise=0.2"])
+def test_a_changed_config_retrains_the_classifier_instead_of_resuming(tmp_path, change) -> None:
+    run = open_run(tmp_path / "run", None, TINY)
+    data = load_dataset(run.cfg.data)
+    old, _ = fit_run_classifier(run, data)
+    reconfigure(run, change)
+    with pytest.raises(provenance.StaleArtifact, match="re-run stage 02"):
+        load_run_classifier(run, data)  # the old model no longer matches config.yaml
+    data = load_dataset(run.cfg.data)
+    new, _ = fit_run_classifier(run, data)  # no raw scheduler / load_state_dict error, no silent reuse
+    fresh, _ = fit_run_classifier(open_run(tmp_path / "fresh", None, TINY + [change]), data)
+    assert torch.equal(weights(new), weights(fresh))
+    if "width" not in change:
+        assert not torch.equal(weights(new), weights(old))
+    assert torch.equal(weights(load_run_classifier(run, data)), weights(new))
+
+
+def test_an_unchanged_rerun_resumes_the_finished_classifier(tmp_path, monkeypatch) -> None:
+    run = open_run(tmp_path / "run", None, TINY)
+    data = load_dataset(run.cfg.data)
+    first, _ = fit_run_classifier(run, data)
+    calls = []
+    monkeypatch.setattr("stylexlib.classify.F.cross_entropy",
+                        lambda *a, **k: calls.append(1) or torch.nn.functional.cross_entropy(*a, **k))
+    again, _ = fit_run_classifier(run, data)
+    assert calls == [] and torch.equal(weights(first), weights(again))  # nothing retrained
+
+
+def test_stylex_checkpoints_continue_only_with_the_same_model_config(tmp_path) -> None:
+    run = open_run(tmp_path / "run", None, TINY)
+    data = load_dataset(run.cfg.data)
+    fit_run_classifier(run, data)
+    assert train_stylex(run, data, progress=False).steps == 2
+    reconfigure(run, "stylex.steps=3")  # training longer continues the same model
+    assert train_stylex(run, data, progress=False).session_steps == 1
+    load_stylex(run)
+    reconfigure(run, "stylex.lr_g=0.001")
+    with pytest.raises(provenance.StaleArtifact, match="re-run stage 03"):
+        load_stylex(run)
+    summary = train_stylex(run, data, progress=False)
+    assert summary.session_steps == 3 and summary.steps == 3  # afresh, not resumed from the lr 0.002 model
+    load_stylex(run)
+    reconfigure(run, "classifier.lr=0.01")  # the explained classifier changed: the StylEx model is stale too
+    with pytest.raises(provenance.StaleArtifact):
+        load_stylex(run)
+
+
+def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
+    cfg = open_run(tmp_path / "run", None, TINY).cfg
+    base = (provenance.classifier_fingerprint(cfg), provenance.stylex_fingerprint(cfg))
+    assert provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.steps=9", "stylex.time_limit_minutes=3"])) == base[1]
+    assert provenance.classifier_fingerprint(apply_overrides(cfg, ["stylex.lr_g=0.1"])) == base[0]
+    assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
+    assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
