@@ -3,7 +3,7 @@
 Every variant trains from the same seed on the same data against the same classifier (trained once into
 ``OUT/base``); every ``--every`` minutes of training (evaluation time not counted) it is scored on held-out images:
 reconstructions (LPIPS, L1, classifier consistency, the factor probe's per-factor scores on synthetic data; also
-E paired with the trained G instead of G_ema, as ``g_recon_*``) and random
+E paired with the trained G, ``g_recon_*``, and E with G_ema, ``gema_e_recon_*``) and random
 samples (KID on LPIPS-backbone features, the classifier's agreement with the conditioning, the probe's per-factor
 distributions against the data's). Writes ``OUT/time_to_quality.json`` (after every evaluation: an interrupted
 benchmark resumes at the next unfinished variant) and ``OUT/time_to_quality.png``; prints the final table as JSON.
@@ -58,9 +58,11 @@ def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> di
     if scores:
         out["recon_factor_min"] = min(scores)
     out.update(sample_quality(models, images, lpips_model, probe))
-    paired_with_g = dataclasses.replace(models, generator=trainer.G)  # E as trained, against G rather than G_ema
+    pairings = {"g_": dataclasses.replace(models, generator=trainer.G, encoder=trainer.E),  # E as trained, with G
+                "gema_e_": dataclasses.replace(models, encoder=trainer.E)}  # the plain trainer's pairing
     with torch.no_grad():
-        out.update({f"g_{k}": v for k, v in evaluate_reconstruction(paired_with_g, images, lpips_model).items()})
+        for prefix, paired in pairings.items():
+            out.update({f"{prefix}{k}": v for k, v in evaluate_reconstruction(paired, images, lpips_model).items()})
     return out
 
 

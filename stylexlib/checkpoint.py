@@ -112,7 +112,7 @@ def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageD
     device = torch.device(device) if device is not None else pick_device(cfg.device)
     generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)
     generator.load_state_dict(state["G_ema"])
-    encoder.load_state_dict(state["E"])
+    encoder.load_state_dict(state.get("E_ema", state["E"]))  # the encoder EMA pairs with G_ema when it was kept
     discriminator.load_state_dict(state["D"])
     classifier = load_run_classifier(run, data)
     generator, encoder, classifier, discriminator = (

@@ -81,6 +81,7 @@ class StylexConfig:
     pl_weight: float = 0.0  # path-length regularisation weight (0 disables)
     pl_every: int = 4
     ema_half_life_images: float = 2000.0
+    encoder_ema: bool = False  # also keep an EMA of E, paired with G_ema in later stages (E itself is trained against G)
     weight_adv: float = 1.0
     weight_l1: float = 1.0  # paper: reconstruction L1
     weight_lpips: float = 0.1  # paper: LPIPS

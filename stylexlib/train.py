@@ -179,10 +179,11 @@ class StylexTrainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.E, self.D = build_networks(data.resolution, data.num_classes, cfg)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False) if cfg.encoder_ema else None
         self.style_layers = self.G.style_index.layer_ids()  # layer number of every style coordinate (style mixing)
-        for net in (self.G, self.E, self.D, self.G_ema):
+        for net in self._networks():
             net.to(self.device, memory_format=self.memory_format)
-        broadcast_modules([self.G, self.E, self.D, self.G_ema], dist)
+        broadcast_modules(self._networks(), dist)
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
         self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.lpips_net, self.device)
         self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None)
@@ -235,6 +236,9 @@ class StylexTrainer:
     def warming_up(self) -> bool:
         """True during the reconstruction-first warm-up (``stylex.warmup_steps``)."""
         return self.step < self.cfg.warmup_steps
+
+    def _networks(self) -> list[nn.Module]:
+        return [self.G, self.E, self.D, self.G_ema] + ([self.E_ema] if self.E_ema is not None else [])
 
     def _real_batch(self) -> Tensor:
         x = to_float(self.images[self.sampler.next()]).to(self.device, non_blocking=True)
@@ -367,10 +371,12 @@ class StylexTrainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(self.cfg.ema_half_life_images, 1e-8))
-        for ema, param in zip(self.G_ema.parameters(), self.G.parameters()):
-            ema.lerp_(param, 1.0 - beta)
-        for ema, buffer in zip(self.G_ema.buffers(), self.G.buffers()):
-            ema.copy_(buffer)
+        pairs = [(self.G_ema, self.G)] + ([(self.E_ema, self.E)] if self.E_ema is not None else [])
+        for averaged, net in pairs:
+            for ema, param in zip(averaged.parameters(), net.parameters()):
+                ema.lerp_(param, 1.0 - beta)
+            for ema, buffer in zip(averaged.buffers(), net.buffers()):
+                ema.copy_(buffer)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -450,6 +456,7 @@ class StylexTrainer:
             "resolution": self.resolution, "num_classes": self.num_classes, "class_names": self.class_names,
             "config": to_dict(self.cfg), "world_size": self.dist.world_size, "fingerprint": self.fingerprint,
             "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "E": self.E.state_dict(), "D": self.D.state_dict(),
+            **({"E_ema": self.E_ema.state_dict()} if self.E_ema is not None else {}),
             "opt_g": self.opt_g.state_dict(), "opt_e": self.opt_e.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "mean_path_length": self.mean_path_length.detach().cpu(),
@@ -462,7 +469,8 @@ class StylexTrainer:
         if (state["resolution"], state["num_classes"]) != (self.resolution, self.num_classes):
             raise ValueError(f"the checkpoint is for {state['resolution']}px images and {state['num_classes']} classes, "
                              f"the data has {self.resolution}px and {self.num_classes}; use a new run folder")
-        for name in ("G", "G_ema", "E", "D", "opt_g", "opt_e", "opt_d", "scaler_g", "scaler_d"):
+        names = ("G", "G_ema", "E", "D", "opt_g", "opt_e", "opt_d", "scaler_g", "scaler_d")
+        for name in names + (("E_ema",) if self.E_ema is not None else ()):
             getattr(self, name).load_state_dict(state[name])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.checkpoint_step = self.step
@@ -505,7 +513,8 @@ class StylexTrainer:
 
     def models(self) -> StylexModels:
         """The current EMA generator, encoder and classifier, as later stages load them."""
-        return StylexModels(self.G_ema, self.E, self.classifier, self.cfg, self.class_names, self.step, self.device)
+        encoder = self.E_ema if self.E_ema is not None else self.E
+        return StylexModels(self.G_ema, encoder, self.classifier, self.cfg, self.class_names, self.step, self.device)
 
     @torch.no_grad()
     def save_previews(self) -> dict[str, Path]:

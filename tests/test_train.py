@@ -209,3 +209,20 @@ def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> 
     assert "sample_kl" not in make_trainer(TINY, data, classifier, lpips_model, None).train_step()
     with pytest.raises(ValueError, match="stylex.augment"):
         make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
+
+
+def test_encoder_ema_tracks_the_encoder_and_is_what_later_stages_load(tmp_path, data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, encoder_ema=True, steps=3, checkpoint_every=0)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
+    start = [p.clone() for p in trainer.E_ema.parameters()]
+    trainer.train(progress=False)
+    moved = [not torch.equal(a, b) for a, b in zip(start, trainer.E_ema.parameters())]
+    differs = [not torch.equal(a, b) for a, b in zip(trainer.E_ema.parameters(), trainer.E.parameters())]
+    assert any(moved) and any(differs)  # an average: it moved, but it is not E
+    assert trainer.models().encoder is trainer.E_ema
+    state = load_checkpoint(checkpoint_path(tmp_path))
+    assert set(state["E_ema"]) == set(state["E"])
+    resumed = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
+    assert resumed.resume() and all(torch.equal(a, b) for a, b in zip(resumed.E_ema.parameters(),
+                                                                          trainer.E_ema.parameters()))
+    assert make_trainer(TINY, data, classifier, lpips_model, None).E_ema is None
