@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from stylexlib import plots  # noqa: E402
@@ -87,6 +88,17 @@ def run_variant(base, name: str, overrides: list[str], minutes: float, every: fl
     return records
 
 
+TABLE_KEYS = ["minutes", "steps", "recon_lpips", "recon_l1", "recon_consistency", "recon_factor_min", "recon_factor_hat",
+              "recon_factor_glasses", "recon_factor_mouth_curve", "g_recon_lpips", "gema_e_recon_lpips", "sample_kid",
+              "sample_agreement", "sample_hat_rate_gap"]
+
+
+def table(records: list[dict]) -> pd.DataFrame:
+    """The last evaluation of every variant, one row each (the closing table)."""
+    last = {r["variant"]: r for r in records}
+    return pd.DataFrame([{k: r.get(k) for k in TABLE_KEYS} for r in last.values()], index=list(last)).round(4)
+
+
 def figure(records: list[dict]) -> plt.Figure:
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for ax, (key, title) in zip(axes.flat, PLOTTED):
@@ -111,8 +123,17 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=4.0, help="minutes of training between evaluations")
     parser.add_argument("--images", type=int, default=512, help="held-out images per evaluation")
     parser.add_argument("--out", default="runs/time_to_quality")
+    parser.add_argument("--combine", nargs="+", metavar="DIR",
+                        help="only merge the results of these benchmark folders (e.g. variants run side by side) "
+                             "into OUT's JSON, table and plot")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.combine:
+        records = [r for folder in args.combine for r in read_json(Path(folder) / "time_to_quality.json")["records"]]
+        write_json(out / "time_to_quality.json", {"records": records, "combined_from": args.combine})
+        plots.save_figure(figure(records), out / "time_to_quality.png")
+        print(table(records).to_string())
+        return
     variants = [parse_variant(v) for v in (args.variant or ["baseline="])]
     base = open_run(out / "base", args.config, args.overrides) if not (out / "base" / CONFIG_FILE).exists() \
         else open_run(out / "base")
@@ -135,10 +156,7 @@ def main() -> None:
                                           probe, lpips_model, args.images)
         write_json(results_path, results)
         plots.save_figure(figure(results["records"]), out / "time_to_quality.png")
-    final = {}
-    for r in results["records"]:
-        final[r["variant"]] = r
-    print(json.dumps(final, indent=1))
+    print(table(results["records"]).to_string())
 
 
 if __name__ == "__main__":
