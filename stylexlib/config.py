@@ -233,6 +233,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             candidate = (path.parent / cfg.data.root).resolve()
             if candidate.exists():
                 cfg.data.root = str(candidate)
+            elif cfg.data.source == "folder" and not Path(cfg.data.root).exists():
+                raise ConfigError(f"{path}: data.root '{cfg.data.root}' not found; tried {candidate} (next to the "
+                                  f"config) and {Path(cfg.data.root).resolve()} (the working directory): give an "
+                                  "absolute path or one relative to the config file")
     else:
         cfg = Config()
     return apply_overrides(cfg, overrides or [])

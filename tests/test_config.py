@@ -86,3 +86,15 @@ def test_enumerated_options_are_checked_at_load(key, bad, allowed) -> None:
 def test_device_accepts_every_valid_spelling() -> None:
     for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
         assert load_config(None, [f"stylex.device={device}"]).stylex.device == device
+
+
+def test_a_relative_data_root_that_does_not_exist_names_the_paths_tried(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "configs" / "mine.yaml"
+    config.parent.mkdir()
+    config.write_text("data:\n  source: folder\n  root: ../images\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="data.root") as info:
+        load_config(config)
+    assert str(tmp_path / "images") in str(info.value) and str(tmp_path.parent / "images") in str(info.value)
+    (tmp_path / "images").mkdir()
+    assert load_config(config).data.root == str(tmp_path / "images")

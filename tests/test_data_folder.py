@@ -209,3 +209,20 @@ def test_cats_vs_dogs_subset(tmp_path: Path) -> None:
     assert min(data.class_counts().values()) > 50 and data.info["skipped"] == []
     assert sorted(np.unique(data.split)) == ["test", "train", "val"]
 
+
+
+def test_dataset_invariants_raise_clear_errors() -> None:
+    import numpy as np
+    import torch
+
+    from stylexlib.data import ImageDataset
+    from stylexlib.data.dataset import DataError
+
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    split = np.array(["train"] * 4)
+    with pytest.raises(DataError, match="uint8 RGB"):
+        ImageDataset(images.float(), torch.zeros(4), ["a"], split)
+    with pytest.raises(DataError, match="4 images but .*labels"):
+        ImageDataset(images, torch.zeros(3), ["a"], split)
+    with pytest.raises(DataError, match="validation"):
+        ImageDataset(images, torch.zeros(4), ["a"], np.array(["train", "train", "validation", "test"]))

@@ -29,10 +29,18 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        assert self.images.dtype == torch.uint8 and self.images.ndim == 4 and self.images.shape[1] == 3
-        assert len(self.labels) == n and len(self.split) == n
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise DataError(f"ImageDataset.images must be uint8 RGB images shaped (N, 3, H, W), got "
+                            f"{self.images.dtype} {tuple(self.images.shape)}; convert with stylexlib.data.to_uint8")
+        sizes = {"labels": len(self.labels), "split": len(self.split)}
         if self.factors is not None:
-            assert len(self.factors) == n
+            sizes["factors"] = len(self.factors)
+        wrong = {name: size for name, size in sizes.items() if size != n}
+        if wrong:
+            raise DataError(f"ImageDataset has {n} images but {wrong}: give one entry per image")
+        unknown = sorted(set(np.asarray(self.split).tolist()) - {"train", "val", "test"})
+        if unknown:
+            raise DataError(f"ImageDataset.split holds {unknown}; use 'train', 'val' and 'test'")
 
     def __len__(self) -> int:
         return len(self.images)
