@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 STAGE_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 STATE_FILE = "stages.json"
-# What a forced stage starts without: its resume states and caches (later stages' artifacts record fingerprints and
-# are refused or redone when they no longer match; study answers are never deleted).
+# What a forced stage and every stage after it start without: resume states, trained models and caches (study
+# answers are never deleted). Artifacts also record fingerprints: a stale one is refused or redone without --force.
 FORCED_FRESH = {
     "02": ("checkpoints/classifier_train_state.pt", "classifier.pt"),
     "03": ("checkpoints/stylex.pt", "stats.jsonl"),
@@ -154,8 +154,8 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
 
 
 def _remove_resume_state(run_dir: Path, stage: Stage) -> None:
-    """--force: the stage starts afresh instead of resuming (or reusing) what an earlier run left."""
-    for name in FORCED_FRESH.get(stage.number, ()):
+    """--force: the stage and everything downstream start afresh instead of resuming what an earlier run left."""
+    for name in (name for number, names in FORCED_FRESH.items() if number >= stage.number for name in names):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)

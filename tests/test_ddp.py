@@ -115,3 +115,46 @@ def test_attfind_shards_images_over_two_gloo_ranks(tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.glob("effects.rank*.partial.pt")} == {"effects.rank0.partial.pt", "effects.rank1.partial.pt"}
     shards = [torch.load(tmp_path / f"effects.rank{r}.partial.pt")["logits"] for r in (0, 1)]
     assert [len(s) for s in shards] == [3, 2]  # rank 0 took images 0, 2, 4; rank 1 images 1, 3
+
+
+GRADIENT_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from stylexlib.config import StylexConfig
+    from stylexlib.distributed import average_gradients, init_distributed, shutdown_distributed
+    from stylexlib.models import Encoder
+
+    out = Path(sys.argv[1])
+    cfg = StylexConfig(latent_dim=8, channel_base=64, channel_max=8)
+    torch.manual_seed(0)
+    encoder = Encoder(16, 8, cfg)
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    targets = torch.randn(8, 8, generator=torch.Generator().manual_seed(2))
+
+    def loss_on(batch):
+        return (encoder(images[batch]) - targets[batch]).square().mean()
+
+    info, _ = init_distributed("cpu")
+    loss_on(torch.arange(info.rank * 4, info.rank * 4 + 4)).backward()  # each rank: its half of the global batch
+    average_gradients(encoder, info)
+    torch.save([p.grad.clone() for p in encoder.parameters()], out / f"grad_rank{info.rank}.pt")
+    if info.rank == 0:
+        encoder.zero_grad()
+        loss_on(torch.arange(8)).backward()  # one process, the whole global batch
+        torch.save([p.grad.clone() for p in encoder.parameters()], out / "grad_single.pt")
+    shutdown_distributed()
+    """
+)
+
+
+def test_averaged_gradients_equal_single_process_training_on_the_global_batch(tmp_path: Path) -> None:
+    run_two_gloo_ranks(GRADIENT_WORKER, tmp_path)
+    single, rank0, rank1 = (torch.load(tmp_path / f"grad_{name}.pt") for name in ("single", "rank0", "rank1"))
+    for s, a, b in zip(single, rank0, rank1):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, s, atol=1e-6, rtol=1e-5)
+    assert any(s.abs().max() > 1e-4 for s in single)

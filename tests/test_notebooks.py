@@ -5,7 +5,7 @@ import nbformat
 import papermill
 import pytest
 
-from stylexlib.io import read_json
+from stylexlib.io import read_json, torch_load
 from stylexlib.pipeline import discover_stages, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +50,16 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert metrics["study_classification_questions"] > 0 and metrics["study_match_questions"] > 0
     assert (run / "study" / "classification" / "answer_key.csv").exists()
     assert 0 <= metrics["study_simulated_accuracy"] <= 1
+    assert metrics["attributes_invisible"] >= 0 and (run / "attfind" / "attribute_visibility.csv").exists()
+    assert "LPIPS" in (run / "gallery" / "index.html").read_text()
+
+    # --force with a changed config retrains (it resumed the old model, or crashed, before provenance)
+    tiny = REPO / "configs" / "tiny.yaml"
+    before = (run / "classifier.pt").read_bytes()
+    run_pipeline(tiny, ["classifier.lr=0.01"], out=run, only=["02"], force=True, progress=False)
+    assert (run / "classifier.pt").read_bytes() != before
+    assert not (run / "checkpoints" / "stylex.pt").exists()  # downstream invalidated with it
+    assert list(read_json(run / "stages.json")) == ["01_data", "02_classifier"]
+    run_pipeline(tiny, ["classifier.epochs=2", "classifier.width=6"], out=run, only=["02"], force=True, progress=False)
+    payload = torch_load(run / "classifier.pt")
+    assert len(payload["history"]) == 2 and payload["arch"]["width"] == 6
