@@ -51,6 +51,7 @@ class ClassifierConfig:
     mean: list[float] | None = None  # per-channel normalisation applied to [0, 1] images (user models)
     std: list[float] | None = None
     num_classes: int | None = None  # checked against the data when given
+    gradcam_layer: str | None = None  # dotted module name for Grad-CAM (default: the classifier's last nn.Conv2d)
     width: int = 32  # channels of the first conv block of the built-in CNN
     epochs: int = 8
     batch_size: int = 128

@@ -30,10 +30,10 @@ class SmallCNN(nn.Module):
             layers += [
                 nn.Conv2d(channels, out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),  # modules, not functional and not in place: guided backprop hooks them
                 nn.Conv2d(out, out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
             channels, out, res = out, min(out * 2, width * 8), res // 2

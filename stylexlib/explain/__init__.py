@@ -1,0 +1,4 @@
+"""Explainers of an image classifier, all behind captum's verb ``attribute(inputs, target=None, **options)``."""
+from .saliency import METHODS, SaliencyExplainer, SaliencyMaps, blur_ig, gaussian_blur, gradcam_layer
+
+__all__ = ["METHODS", "SaliencyExplainer", "SaliencyMaps", "blur_ig", "gaussian_blur", "gradcam_layer"]
