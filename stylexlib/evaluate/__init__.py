@@ -1,0 +1,7 @@
+"""Evaluation against the ground truth the synthetic data provides: where each factor is, what the classifier uses."""
+from .ground_truth import CONCEPT_FACTORS, factor_masks, factor_sensitivity
+from .scores import (bootstrap_interval, deletion_insertion_auc, factor_identification, map_factor_scores,
+                     pointing_game, relevance_mass)
+
+__all__ = ["CONCEPT_FACTORS", "bootstrap_interval", "deletion_insertion_auc", "factor_identification", "factor_masks",
+           "factor_sensitivity", "map_factor_scores", "pointing_game", "relevance_mass"]

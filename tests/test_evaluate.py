@@ -1,0 +1,77 @@
+"""The synthetic answer key (factor regions, classifier sensitivity) and the scores of explanations against it."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stylexlib.data.synthetic import sample_factors
+from stylexlib.evaluate import (bootstrap_interval, deletion_insertion_auc, factor_identification, factor_masks,
+                                factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
+
+
+class CornerRed(torch.nn.Module):
+    """A classifier that only reads the red of the top-left 3x3 pixels (background there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, images):
+        red = images[:, 0, :3, :3].mean(dim=(1, 2))
+        return torch.stack([-red, red], 1) * self.scale
+
+
+@pytest.fixture(scope="module")
+def factors() -> pd.DataFrame:
+    frame = sample_factors(6, 0)
+    frame["hat"], frame["glasses"] = [0, 1, 0, 1, 0, 1], [1, 0, 1, 0, 1, 0]
+    return frame
+
+
+def test_factor_regions_lie_where_the_renderer_draws_them(factors) -> None:
+    masks = factor_masks(factors, 32)
+    assert masks["background_hue"][:, 0, 0].all() and not masks["glasses"][:, 0, 0].any()
+    rows = lambda m: m.float().mean(dim=(0, 2))  # noqa: E731  share of each row inside the region
+    glasses, hat, mouth = rows(masks["glasses"]), rows(masks["hat"]), rows(masks["mouth_curve"])
+    assert hat.argmax() < glasses.argmax() < mouth.argmax()  # top to bottom: hat, eyes, mouth
+    assert all(masks[name].any(dim=(1, 2)).all() for name in masks)  # every factor can change every image
+    assert not masks["glasses"][:, 28:].any() and not masks["hat"][:, 24:].any()
+
+
+def test_sensitivity_finds_the_one_factor_a_classifier_reads(factors) -> None:
+    table = factor_sensitivity(CornerRed(), factors, 32, torch.ones(6, dtype=torch.long))
+    assert (table.idxmax(axis=1) == "background_hue").all()
+    assert (table.drop(columns="background_hue").to_numpy() < 1e-6).all()
+
+
+def test_a_map_on_the_used_region_scores_on_every_measure(factors) -> None:
+    masks = factor_masks(factors, 32)
+    sensitivity = pd.DataFrame({name: [1.0 if name == "glasses" else 0.1 * i for _ in range(6)]
+                                for i, name in enumerate(masks)})
+    exact = masks["glasses"].float()
+    wrong = masks["hat"].float()
+    scores = map_factor_scores(exact, masks)
+    assert (scores.idxmax(axis=1) == "glasses").all() and np.allclose(scores["glasses"], 1.0)
+    assert factor_identification(scores, sensitivity)["factor_top1"].mean() == 1.0
+    assert factor_identification(map_factor_scores(wrong, masks), sensitivity)["factor_top1"].mean() == 0.0
+    assert torch.allclose(relevance_mass(exact, masks["glasses"]), torch.ones(6))
+    assert relevance_mass(wrong, masks["glasses"]).max() < 0.5
+    assert pointing_game(exact, masks["glasses"]).mean() == 1.0
+
+
+def test_deletion_and_insertion_prefer_the_pixels_the_classifier_uses() -> None:
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5  # red corners high
+    target = torch.ones(4, dtype=torch.long)
+    right = torch.zeros(4, 16, 16)
+    right[:, :3, :3] = 1.0
+    random = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(1))
+    deletion_right, insertion_right = deletion_insertion_auc(CornerRed(), images, right, target)
+    deletion_random, insertion_random = deletion_insertion_auc(CornerRed(), images, random, target)
+    assert (deletion_right < deletion_random).all() and (insertion_right > insertion_random).all()
+
+
+def test_bootstrap_interval_brackets_the_mean() -> None:
+    mean, low, high = bootstrap_interval(np.r_[np.linspace(0, 1, 50), np.nan])
+    assert low < mean < high and mean == pytest.approx(0.5) and high - low < 0.25
