@@ -1,4 +1,5 @@
 """Explainers of an image classifier, all behind captum's verb ``attribute(inputs, target=None, **options)``."""
+from .stylex import Attribute, Direction, StylEx, StylexAttribution
 from .saliency import METHODS, SaliencyExplainer, SaliencyMaps, blur_ig, gaussian_blur, gradcam_layer
 
-__all__ = ["METHODS", "SaliencyExplainer", "SaliencyMaps", "blur_ig", "gaussian_blur", "gradcam_layer"]
+__all__ = ["Attribute", "Direction", "StylEx", "StylexAttribution", "METHODS", "SaliencyExplainer", "SaliencyMaps", "blur_ig", "gaussian_blur", "gradcam_layer"]

@@ -1,0 +1,169 @@
+"""StylEx as an explainer: ``StylEx(...).attribute(images, target=None, k=5)``, like every other explainer.
+
+Built from in-memory parts (generator, encoder, any classifier ``nn.Module``, StyleSpace statistics) or from a run
+folder (:meth:`StylEx.from_run`). An attribute is one StyleSpace coordinate moved in one :class:`Direction` to its
+AttFind shift (Lang et al., ICCV 2021); its effect is the change of the target's one-vs-rest log-odds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import StylexModels
+from ..config import AttFindConfig, StylexConfig
+from ..effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score, compute_effects,
+                       edited_logits_fast, predict_styles, searched_coordinates, shift_targets)
+from ..inversion import invert
+from ..models import Encoder, Generator
+from ..selection import class_attributes
+
+
+class Direction(str, Enum):
+    """Which way an attribute moves its coordinate: towards the dataset minimum (down) or maximum (up)."""
+
+    DOWN = "down"
+    UP = "up"
+
+    @property
+    def index(self) -> int:
+        """The position in effect tensors (..., 2): 0 down, 1 up."""
+        return DIRECTIONS.index(self.value)
+
+    @classmethod
+    def of(cls, value: Direction | str | int) -> Direction:
+        """A Direction from itself, "up"/"down" or 0/1."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(DIRECTIONS[value])
+        return cls(value)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One StyleSpace coordinate (flat index) and a direction."""
+
+    flat: int
+    direction: Direction
+
+
+@dataclass
+class StylexAttribution:
+    """Per image, the top-k attributes for the target: a table, the changed images and the probabilities."""
+
+    images: Tensor  # (N, 3, H, W) the inputs
+    reconstructions: Tensor  # (N, 3, H, W) G(E(x), C(x)): what the edits start from
+    target: Tensor  # (N,)
+    table: pd.DataFrame  # image, rank, flat, layer, channel, direction, effect
+    edited: Tensor  # (N, k, 3, H, W)
+    probs_original: Tensor  # (N, C) on the reconstructions
+    probs_edited: Tensor  # (N, k, C)
+    seconds_per_image: float
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The table, with the target's probability before and after each edit."""
+        n, k = self.probs_edited.shape[:2]
+        index = self.target[:, None].expand(n, k)
+        return self.table.assign(
+            target=self.target.repeat_interleave(k).numpy(),
+            prob_original=self.probs_original.gather(1, self.target[:, None]).repeat_interleave(k).numpy(),
+            prob_edited=self.probs_edited.gather(2, index[..., None])[..., 0].flatten().numpy())
+
+
+class StylEx:
+    """The StylEx explainer of a classifier: encode images into StyleSpace and find the coordinates that move it."""
+
+    def __init__(self, generator: Generator, encoder: Encoder, classifier: nn.Module, stats: StyleStats,
+                 class_names: list[str] | None = None, condition_on: str = "probs", shift: str = "minmax",
+                 shift_std: float = 2.0, include_torgb: bool = False, batch_size: int = 64,
+                 device: torch.device | str | None = None) -> None:
+        device = torch.device(device) if device is not None else next(generator.parameters()).device
+        names = class_names or [str(i) for i in range(generator.num_classes)]
+        nets = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
+        self.models = StylexModels(*nets, StylexConfig(condition_on=condition_on, latent_dim=generator.latent_dim),
+                                   names, 0, device)
+        self.stats, self.shift, self.shift_std = stats, shift, shift_std
+        self.include_torgb, self.batch_size = include_torgb, batch_size
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: torch.device | str | None = None) -> StylEx:
+        """The trained models and StyleSpace statistics of a run folder (stages 03 and 05)."""
+        from ..attfind import load_editor
+        from ..run import open_run
+
+        run = open_run(run_dir)
+        editor = load_editor(run, device)
+        m, a = editor.models, run.cfg.attfind
+        return cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on, a.shift,
+                   a.shift_std, a.include_torgb, a.batch_size, m.device)
+
+    @property
+    def generator(self) -> Generator:
+        return self.models.generator
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images in [-1, 1] or uint8 -> (StyleSpace styles (N, S), the classifier's logits on the images (N, C))."""
+        inverted = invert(self.models, images, self.batch_size)
+        return inverted.styles, inverted.logits
+
+    @torch.no_grad()
+    def render(self, styles: Tensor) -> Tensor:
+        return torch.cat([self.generator.synthesize(s.to(self.models.device)).clamp(-1, 1).cpu()
+                          for s in styles.split(self.batch_size)])
+
+    @torch.no_grad()
+    def probabilities(self, images: Tensor) -> Tensor:
+        return torch.cat([self.models.classifier(b.to(self.models.device)).float().softmax(1).cpu()
+                          for b in images.split(self.batch_size)])
+
+    def attribute(self, inputs: Tensor, target: int | Tensor | None = None, k: int = 5) -> StylexAttribution:
+        """Per image, the ``k`` attributes whose edit lowers the target's log-odds most (the StyleSpace attributes the
+        decision for ``target`` rests on; None: the predicted class), with the edited images and probabilities."""
+        started = time.perf_counter()
+        styles, _ = self.encode(inputs)
+        reconstructions = self.render(styles)
+        probs = self.probabilities(reconstructions)
+        target = probs.argmax(1) if target is None else torch.as_tensor(target).expand(len(styles)).long()
+        coords = searched_coordinates(self.generator, self.include_torgb)
+        targets = shift_targets(styles, self.stats, self.shift, self.shift_std)
+        logits = edited_logits_fast(self.generator, self.models.classifier, styles.to(self.models.device),
+                                    targets.to(self.models.device), coords, self.batch_size).cpu()  # (N, K, 2, C)
+        base_logits = predict_styles(self.generator, self.models.classifier, styles.to(self.models.device),
+                                     self.batch_size).cpu()  # the same unclamped renders as the edits
+        base = class_score(base_logits, target, "logits")
+        change = class_score(logits, target[:, None, None], "logits") - base[:, None, None]
+        effects, columns = (-change).flatten(1).topk(min(k, change[0].numel()), dim=1)
+        flats, directions = coords[columns // 2], columns % 2
+        edited = torch.stack([self.render(apply_attributes(styles, targets, flats[:, j:j + 1], directions[:, j:j + 1]))
+                              for j in range(flats.shape[1])], 1)
+        index = self.generator.style_index
+        rows = [dict(image=i, rank=j + 1, flat=int(f), layer=index.locate(f).name, channel=index.locate(f).channel,
+                     direction=DIRECTIONS[int(d)], effect=-float(e))
+                for i in range(len(styles)) for j, (f, d, e) in enumerate(zip(flats[i], directions[i], effects[i]))]
+        return StylexAttribution(inputs, reconstructions, target, pd.DataFrame(rows), edited, probs,
+                                 self.probabilities(edited.flatten(0, 1)).view(*edited.shape[:2], -1),
+                                 (time.perf_counter() - started) / max(len(styles), 1))
+
+    def class_attributes(self, images: Tensor, target: int, k: int = 10, method: str = "greedy") -> pd.DataFrame:
+        """AttFind's top-``k`` attributes of class ``target`` over a set of images (the paper's Algorithm 1)."""
+        styles, logits = self.encode(images)
+        cfg = AttFindConfig(shift=self.shift, shift_std=self.shift_std, include_torgb=self.include_torgb,
+                            batch_size=self.batch_size)
+        effects: Effects = compute_effects(self.models, styles, logits, torch.arange(len(styles)), self.stats, cfg,
+                                           progress=False)
+        table = class_attributes(effects, target, k, "logits", method, max_image_effect=1.0, affected_threshold=0.25)
+        index = self.generator.style_index
+        return table.assign(layer=[index.locate(f).name for f in table["flat"]],
+                            channel=[index.locate(f).channel for f in table["flat"]])
+
+    def edit(self, images: Tensor, attribute: Attribute, strength: float = 1.0) -> Tensor:
+        """The images with one attribute applied (strength 1: the AttFind shift, 0: the reconstruction)."""
+        styles, _ = self.encode(images)
+        targets = shift_targets(styles, self.stats, self.shift, self.shift_std)
+        flats = torch.full((len(styles), 1), int(attribute.flat))
+        directions = torch.full((len(styles), 1), Direction.of(attribute.direction).index)
+        return self.render(apply_attributes(styles, targets, flats, directions, strength))
