@@ -15,7 +15,7 @@ export TORCH_HOME := $(SHARED_TORCH)
 endif
 endif
 
-.PHONY: install demo test bench clean-runs lock chromium
+.PHONY: install demo compare test bench clean-runs lock chromium
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 demo: install
 	$(BIN)/stylex run $(CONFIG) --out $(RUN)
+
+# Every explainer on both synthetic tasks (the demo's, and eye size under the glasses shortcut): ~1 h on 2 cores.
+compare: install
+	$(BIN)/stylex run configs/demo.yaml --out runs/demo
+	$(BIN)/stylex run configs/compare_eyes.yaml --out runs/compare_eyes
+	$(BIN)/python -m stylexlib.evaluate.benchmark runs/compare/benchmark/methods.csv runs/demo runs/compare_eyes
 
 test: install chromium
 	$(BIN)/python -m pytest -q

@@ -124,3 +124,42 @@ def flip_rate_curve(table, title: str = "sufficiency: top-k attributes applied t
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def explanation_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], class_names: Sequence[str],
+                       target: torch.Tensor, changed: torch.Tensor | None = None, size: float = 1.25) -> plt.Figure:
+    """One row per image: the input, StylEx's changed image (when given), then every method's map (|relevance|,
+    each scaled to its own maximum) for the same image and target class."""
+    pics = to_hwc(images)
+    extra = to_hwc(changed) if changed is not None else None
+    columns = ["input"] + (["StylEx: changed"] if extra is not None else []) + list(maps)
+    fig, axes = plt.subplots(len(pics), len(columns), figsize=(len(columns) * size, len(pics) * size * 1.1),
+                             squeeze=False)
+    for r, pic in enumerate(pics):
+        panels = [pic] + ([extra[r]] if extra is not None else []) + [m[r].abs().numpy() for m in maps.values()]
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.axis("off")
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else "inferno", interpolation="nearest")
+            if r == 0:
+                ax.set_title(columns[c].replace("_", " "), fontsize=7)
+        axes[r][0].set_ylabel(class_names[int(target[r])], fontsize=7)
+    fig.suptitle("what each explainer points at, for the predicted class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def methods_figure(table, metrics: Sequence[str]) -> plt.Figure:
+    """Bars per method for each metric, with the 95% intervals in ``<metric>_low`` / ``<metric>_high``."""
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.2 * max(len(metrics), 1), 3.4), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        values = table[metric].to_numpy(float)
+        low, high = table[f"{metric}_low"].to_numpy(float), table[f"{metric}_high"].to_numpy(float)
+        colours = ["tab:red" if m == "stylex" else "tab:blue" for m in table["method"]]
+        ax.barh(range(len(values)), values, xerr=[values - low, high - values], color=colours, capsize=2)
+        ax.set_yticks(range(len(values)), [m.replace("_", " ") for m in table["method"]], fontsize=7)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -75,3 +75,22 @@ def test_deletion_and_insertion_prefer_the_pixels_the_classifier_uses() -> None:
 def test_bootstrap_interval_brackets_the_mean() -> None:
     mean, low, high = bootstrap_interval(np.r_[np.linspace(0, 1, 50), np.nan])
     assert low < mean < high and mean == pytest.approx(0.5) and high - low < 0.25
+
+
+def test_the_benchmark_scores_every_method_against_the_key(factors) -> None:
+    from stylexlib.data import to_float
+    from stylexlib.data.synthetic import render
+    from stylexlib.evaluate import COLUMNS, explanation_maps, score_maps
+
+    classifier, images = CornerRed(), to_float(render(factors, 32))
+    target = torch.ones(6, dtype=torch.long)
+    maps = explanation_maps(classifier, images, target, ("gradient", "occlusion", "integrated_gradients"))
+    masks = factor_masks(factors, 32)
+    table = score_maps(classifier, images, target, maps, "corner", masks,
+                       factor_sensitivity(classifier, factors, 32, target)).set_index("method")
+    assert list(table.reset_index().columns[:len(COLUMNS)]) == COLUMNS
+    assert table.loc["gradient", "factor_top1"] == 1.0 and table.loc["gradient", "relevance_mass"] == pytest.approx(1.0)
+    assert table.loc["integrated_gradients", "pointing_game"] == 1.0
+    assert (table["factor_top1_low"] <= table["factor_top1"]).all() and (table["task"] == "corner").all()
+    real = score_maps(classifier, images, target, maps, "folder")  # no key: faithfulness only
+    assert real["factor_top1"].isna().all() and real["deletion_auc"].notna().all()

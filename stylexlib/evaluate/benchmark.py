@@ -1,0 +1,90 @@
+"""Every explainer on the same classifier and images, scored against the answer key: ``benchmark/methods.csv``.
+
+Saliency methods give maps directly; StylEx's map is |G(s + delta) - G(s)| of each image's top attribute (where
+its explanation changes the image). On synthetic data each map is scored for factor identification, localisation
+and faithfulness (:mod:`stylexlib.evaluate.scores`); on a folder of real images only faithfulness is scored.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..explain import METHODS, SaliencyExplainer, StylEx
+from .scores import (bootstrap_interval, deletion_insertion_auc, factor_identification, map_factor_scores,
+                     pointing_game, relevance_mass)
+
+COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass", "pointing_game",
+           "deletion_auc", "insertion_auc", "seconds_per_image"]
+
+
+def explanation_maps(classifier: nn.Module, images: Tensor, target: Tensor, methods: tuple[str, ...] = METHODS,
+                     stylex: StylEx | None = None, layer: str | None = None) -> dict[str, tuple[Tensor, float]]:
+    """Per method, its (N, H, W) relevance maps for ``target`` and the seconds it took per image."""
+    out = {}
+    for method in methods:
+        maps = SaliencyExplainer(classifier, method, layer=layer).attribute(images, target)
+        out[method] = (maps.maps, maps.seconds_per_image)
+    if stylex is not None:
+        started = time.perf_counter()
+        result = stylex.attribute(images, target, k=1)
+        change = (result.edited[:, 0] - result.reconstructions).abs().sum(1)
+        out["stylex"] = (change, (time.perf_counter() - started) / len(images))
+    return out
+
+
+def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict[str, tuple[Tensor, float]],
+               task: str, masks: dict[str, Tensor] | None = None, sensitivity: pd.DataFrame | None = None
+               ) -> pd.DataFrame:
+    """One row per method: means over images (95% bootstrap intervals in ``*_low`` / ``*_high``)."""
+    rows = []
+    for method, (relevance, seconds) in maps.items():
+        per_image = {}
+        deletion, insertion = deletion_insertion_auc(classifier, images, relevance, target)
+        per_image["deletion_auc"], per_image["insertion_auc"] = deletion.numpy(), insertion.numpy()
+        if masks is not None and sensitivity is not None:
+            ident = factor_identification(map_factor_scores(relevance, masks), sensitivity)
+            used = sensitivity.to_numpy().argmax(1)  # the factor this classifier uses most on each image
+            region = torch.stack([masks[sensitivity.columns[f]][i] for i, f in enumerate(used)])
+            per_image.update(factor_top1=ident["factor_top1"].to_numpy(), factor_spearman=ident["factor_spearman"].to_numpy(),
+                             relevance_mass=relevance_mass(relevance, region).numpy(),
+                             pointing_game=pointing_game(relevance, region).numpy())
+        row = {"method": method, "family": "attribute" if method == "stylex" else "saliency", "task": task,
+               "images": len(images), "seconds_per_image": seconds}
+        for name, values in per_image.items():
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_interval(values)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in table:
+            table[column] = np.nan
+    return table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+
+
+def benchmark_metrics(table: pd.DataFrame, scores: tuple[str, ...] = ("factor_top1", "relevance_mass",
+                                                                      "deletion_auc", "insertion_auc")) -> dict:
+    """Flat ``compare_<method>_<score>`` metrics of a methods table (scores that were measured)."""
+    return {f"compare_{row['method']}_{score}": float(row[score]) for _, row in table.iterrows()
+            for score in scores if pd.notna(row[score])}
+
+
+def combine(out: str, run_dirs: list[str]) -> pd.DataFrame:
+    """Concatenate the ``benchmark/methods.csv`` of several run folders (one task each) into ``out``."""
+    from pathlib import Path
+
+    from ..io import write_text
+
+    table = pd.concat([pd.read_csv(Path(d) / "benchmark" / "methods.csv") for d in run_dirs], ignore_index=True)
+    write_text(out, table.to_csv(index=False))
+    return table
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3:
+        raise SystemExit("usage: python -m stylexlib.evaluate.benchmark OUT.csv RUN_DIR [RUN_DIR ...]")
+    print(combine(sys.argv[1], sys.argv[2:]).round(3).to_string(index=False))
