@@ -31,7 +31,7 @@ from stylexlib import plots  # noqa: E402
 from stylexlib.classify import fit_run_classifier, load_run_classifier  # noqa: E402
 from stylexlib.config import apply_overrides  # noqa: E402
 from stylexlib.data import load_dataset  # noqa: E402
-from stylexlib.factor_probe import fit_run_probe  # noqa: E402
+from stylexlib.factor_probe import CONCEPTS, fit_run_probe  # noqa: E402
 from stylexlib.inversion import evaluate_reconstruction  # noqa: E402
 from stylexlib.io import read_json, write_json  # noqa: E402
 from stylexlib.losses import load_lpips  # noqa: E402
@@ -55,9 +55,7 @@ def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> di
     models = trainer.models()
     factors = data.factors.iloc[rows] if data.factors is not None else None
     out = reconstruction_quality(models, images, lpips_model, probe, factors)
-    scores = [v for k, v in out.items() if k.startswith("recon_factor_")]
-    if scores:
-        out["recon_factor_min"] = min(scores)
+    out.update(worst_factor(out))
     out.update(sample_quality(models, images, lpips_model, probe))
     pairings = {"g_": dataclasses.replace(models, generator=trainer.G, encoder=trainer.E),  # E as trained, with G
                 "gema_e_": dataclasses.replace(models, encoder=trainer.E)}  # the plain trainer's pairing
@@ -65,6 +63,12 @@ def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> di
         for prefix, paired in pairings.items():
             out.update({f"{prefix}{k}": v for k, v in evaluate_reconstruction(paired, images, lpips_model).items()})
     return out
+
+
+def worst_factor(record: dict) -> dict:
+    """``recon_factor_min``: the lowest reconstruction score among the concept factors (no nuisance jitter)."""
+    scores = [record[f"recon_factor_{name}"] for name in CONCEPTS if f"recon_factor_{name}" in record]
+    return {"recon_factor_min": min(scores)} if scores else {}
 
 
 def run_variant(base, name: str, overrides: list[str], minutes: float, every: float, out: Path, data, classifier,
@@ -129,7 +133,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if args.combine:
-        records = [r for folder in args.combine for r in read_json(Path(folder) / "time_to_quality.json")["records"]]
+        records = [{**r, **worst_factor(r)} for folder in args.combine
+                   for r in read_json(Path(folder) / "time_to_quality.json")["records"]]
         write_json(out / "time_to_quality.json", {"records": records, "combined_from": args.combine})
         plots.save_figure(figure(records), out / "time_to_quality.png")
         print(table(records).to_string())
