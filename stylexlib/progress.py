@@ -65,7 +65,7 @@ class ProgressMirror:
     """While a stage runs in another process, show the bars it mirrors to ``path`` in this terminal (a thread)."""
 
     def __init__(self, path: str | Path, interval: float = 0.5, file=sys.stderr) -> None:
-        self.path, self.interval, self.file = Path(path), interval, file
+        self.path, self.interval, self.file = Path(path).resolve(), interval, file  # papermill changes the cwd
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._bar: terminal_tqdm | None = None
@@ -74,7 +74,7 @@ class ProgressMirror:
     def __enter__(self) -> ProgressMirror:
         self.path.unlink(missing_ok=True)
         self._previous = os.environ.get(PROGRESS_ENV)
-        os.environ[PROGRESS_ENV] = str(self.path.resolve())  # the kernels started from here inherit it
+        os.environ[PROGRESS_ENV] = str(self.path)  # the kernels started from here inherit it
         self._thread.start()
         return self
 

@@ -6,21 +6,24 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from stylexlib import progress
 
 
-def test_a_stage_bar_in_another_process_shows_in_the_terminal(tmp_path) -> None:
-    state = tmp_path / "progress.json"
+def test_a_stage_bar_in_another_process_shows_in_the_terminal(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    state = Path("progress.json")  # relative, as `stylex run --out runs/demo` gives it; papermill changes the cwd
     out = io.StringIO()
     child = ("from stylexlib.progress import tqdm\n"
              "bar = tqdm(total=40, desc='stylex', disable=False)\n"
              "for i in range(40):\n    bar.update(1)\n    bar.set_postfix({'l1': 0.25})\n"
              "bar.close()\n")
     with progress.ProgressMirror(state, interval=0.05, file=out):
-        assert os.environ[progress.PROGRESS_ENV] == str(state.resolve())  # what the stage's kernel inherits
+        assert os.environ[progress.PROGRESS_ENV] == str(tmp_path / "progress.json")  # what the kernel inherits
+        monkeypatch.chdir(tmp_path.parent)
         subprocess.run([sys.executable, "-c", child], check=True, env=dict(os.environ), capture_output=True)
-    assert progress.PROGRESS_ENV not in os.environ and not state.exists()
+    assert progress.PROGRESS_ENV not in os.environ and not (tmp_path / "progress.json").exists()
     shown = out.getvalue()
     assert "stylex" in shown and "40/40" in shown and "l1=0.25" in shown
 
