@@ -84,3 +84,28 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["stylex.lr_g=0.1"])) == base[0]
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
     assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
+
+
+def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(tmp_path, monkeypatch) -> None:
+    from stylexlib import attfind, factor_probe
+
+    run = open_run(tmp_path / "run", None, TINY + ["attfind.stats_images=16"])
+    data = load_dataset(run.cfg.data)
+    fit_run_classifier(run, data)
+    train_stylex(run, data, progress=False)
+    first = attfind.run_statistics(run, data, load_stylex(run), run.cfg.attfind)
+    reconfigure(run, "stylex.lr_g=0.001")  # a different StylEx model at the same step count
+    train_stylex(run, data, progress=False)
+    second = attfind.run_statistics(run, data, load_stylex(run), run.cfg.attfind)
+    assert not torch.equal(first.maximum, second.maximum)  # recomputed, not the old model's (keyed on step before)
+
+    calls = []
+    real = factor_probe.train_factor_probe
+    monkeypatch.setattr(factor_probe, "train_factor_probe", lambda *a, **k: calls.append(1) or real(*a, epochs=1, **{
+        key: v for key, v in k.items() if key != "epochs"}))
+    factor_probe.fit_run_probe(run, data)
+    factor_probe.fit_run_probe(run, data)
+    assert len(calls) == 1  # kept while the data is the same
+    reconfigure(run, "data.seed=1")
+    factor_probe.fit_run_probe(run, load_dataset(run.cfg.data))
+    assert len(calls) == 2  # retrained on the new data (it was never invalidated before)
