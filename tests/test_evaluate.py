@@ -50,8 +50,9 @@ def test_a_map_on_the_used_region_scores_on_every_measure(factors) -> None:
     masks = factor_masks(factors, 32)
     sensitivity = pd.DataFrame({name: [1.0 if name == "glasses" else 0.1 * i for _ in range(6)]
                                 for i, name in enumerate(masks)})
-    exact = masks["glasses"].float()
-    wrong = masks["hat"].float()
+    graded = 1 + 0.01 * torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(0))  # no ties among pixels
+    exact = masks["glasses"].float() * graded
+    wrong = masks["hat"].float() * graded
     scores = map_factor_scores(exact, masks)
     assert (scores.idxmax(axis=1) == "glasses").all() and np.allclose(scores["glasses"], 1.0)
     assert factor_identification(scores, sensitivity)["factor_top1"].mean() == 1.0

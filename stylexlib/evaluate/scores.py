@@ -1,8 +1,8 @@
 """Scores of an explanation against the answer key: which factor, where, and how faithful (with 95% intervals).
 
-- factor identification: a map's score for a factor is the share of its absolute relevance inside the factor's
-  region; the top factor should be the one the classifier is most sensitive to (top-1 hit), and the ranking should
-  follow the true sensitivities (Spearman).
+- factor identification: a map's score for a factor is its relevance rank accuracy in the factor's region; the top
+  factor should be the one the classifier is most sensitive to (top-1 hit), and the ranking should follow the true
+  sensitivities (Spearman).
 - localisation: relevance mass (Arras et al. 2022: the share of positive relevance inside the truly used factor's
   region) and the pointing game (Zhang et al. 2018: is the most relevant pixel inside it).
 - faithfulness: deletion and insertion AUC (Petsiuk et al. 2018): p(target) as pixels are removed (set to the
@@ -18,11 +18,20 @@ from torch import Tensor, nn
 
 
 def map_factor_scores(maps: Tensor, masks: dict[str, Tensor]) -> pd.DataFrame:
-    """(N images x factors): the share of each map's absolute relevance inside each factor's region."""
+    """(N images x factors): each factor's relevance rank accuracy (Arras et al. 2022): of the K pixels of its region,
+    the share that are among the map's K most relevant pixels (|relevance|). Unlike the share of relevance mass, it
+    does not favour the largest regions (background, face) over small ones (mouth, glasses)."""
     magnitude = maps.abs().flatten(1)
-    total = magnitude.sum(1).clamp_min(1e-12)
-    return pd.DataFrame({name: ((magnitude * mask.flatten(1).float()).sum(1) / total).numpy()
-                         for name, mask in masks.items()})
+    order = magnitude.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    relevant = magnitude > 0  # pixels of no relevance never count, whatever order their ties fall in
+    scores = {}
+    for name, mask in masks.items():
+        region = mask.flatten(1)
+        size = region.sum(1, keepdim=True)
+        scores[name] = ((region & relevant & (ranks < size)).sum(1) / size[:, 0].clamp_min(1)).numpy()
+    return pd.DataFrame(scores)
 
 
 def factor_identification(scores: pd.DataFrame, sensitivity: pd.DataFrame) -> pd.DataFrame:
