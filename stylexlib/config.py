@@ -319,6 +319,8 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
     if hint is Any:
         return value
+    if hint is str and value is None:
+        return ""  # `--set stylex.augment=` (an empty value) on a text field: the empty text
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: must be one of {', '.join(map(repr, args))}, got {value!r}")

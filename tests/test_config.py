@@ -98,3 +98,8 @@ def test_a_relative_data_root_that_does_not_exist_names_the_paths_tried(tmp_path
     assert str(tmp_path / "images") in str(info.value) and str(tmp_path.parent / "images") in str(info.value)
     (tmp_path / "images").mkdir()
     assert load_config(config).data.root == str(tmp_path / "images")
+
+
+def test_an_empty_override_of_a_text_field_is_the_empty_text() -> None:
+    assert load_config(None, ["stylex.augment=color", "stylex.augment="]).stylex.augment == ""
+    assert load_config(None, ["data.labels_csv="]).data.labels_csv is None  # optional fields: None

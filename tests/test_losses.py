@@ -70,7 +70,7 @@ def test_classifier_kl() -> None:
 
 def test_weighted_sum_uses_config_weights() -> None:
     weights = losses.loss_weights(StylexConfig())
-    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0, "w_prior": 0.0}
+    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0, "sample_kl": 0.0, "w_prior": 0.0}
     total = losses.weighted_sum({"l1": torch.tensor(2.0), "lpips": torch.tensor(3.0)}, weights)
     assert torch.isclose(total, torch.tensor(2.3))
     with pytest.raises(KeyError, match="no weight"):
