@@ -2,7 +2,7 @@
 batched Blur IG against PAIR's reference ``saliency.core.BlurIG`` (one image at a time): the same attributions
 (max abs difference) and the speedup, measured in the same run.
 
-    python benchmarks/saliency.py [--images 16]
+    python benchmarks/saliency_methods.py [--images 16]
 """
 from __future__ import annotations
 
