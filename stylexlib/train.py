@@ -26,7 +26,6 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
 
-from .progress import tqdm
 from . import plots
 from .augment import diff_augment, parse_policy
 from .checkpoint import (
@@ -70,6 +69,7 @@ from .losses import (
     reconstruction_losses,
     weighted_sum,
 )
+from .progress import tqdm
 from .provenance import stylex_fingerprint
 from .run import Run, open_run, pick_device
 
@@ -206,28 +206,24 @@ class StylexTrainer:
 
     # ---------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
-        """One D step and one G+E step (plus the lazy regularisers when due); returns the losses."""
+        """One D step and one G+E step (plus the lazy regularisers when due; during the warm-up the G+E step only)."""
         cfg = self.cfg
         x = self._real_batch()
         with torch.no_grad(), self._autocast():
             logits = self.classifier(x).float()
         probs = logits.softmax(dim=1)
         condition = probs if cfg.condition_on == "probs" else logits
-        if self.warming_up:
-            with self._autocast():
-                generated = self._generate(x, condition, probs)
-            losses = self._generator_step(x, logits, generated)
-            self._update_ema()
-            self.step += 1
-            return losses
         with self._autocast():
             generated = self._generate(x, condition, probs)
-        losses = self._discriminator_step(x, probs, generated)
-        if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
-            losses.update(self._r1_step(x, probs))
-        losses.update(self._generator_step(x, logits, generated))
-        if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
-            losses.update(self._path_length_step(condition))
+        if self.warming_up:  # reconstruction first: no D, no regularisers
+            losses = self._generator_step(x, logits, generated)
+        else:
+            losses = self._discriminator_step(x, probs, generated)
+            if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
+                losses.update(self._r1_step(x, probs))
+            losses.update(self._generator_step(x, logits, generated))
+            if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
+                losses.update(self._path_length_step(condition))
         self._update_ema()
         self.step += 1
         return losses
