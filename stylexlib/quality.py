@@ -82,7 +82,8 @@ def random_samples(models: StylexModels, real: Tensor, seed: int = 0, batch_size
 def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, probe: nn.Module | None = None,
                    seed: int = 0) -> dict[str, float]:
     """Random samples against held-out real images: KID on LPIPS features, the classifier's agreement with the
-    conditioning and, given the factor probe, per factor the gap in mean reading and the 1-D Wasserstein distance."""
+    conditioning and, given the factor probe, per factor the 1-D Wasserstein distance between the probe's readings of
+    samples and of real images (binary factors also: the samples' rate minus the real images' rate)."""
     samples, wanted = random_samples(models, real, seed)
     real_float = models.prepare(real).cpu()
     predicted = torch.cat([models.classifier(b.to(models.device)).argmax(1).cpu() for b in samples.split(256)])
