@@ -19,9 +19,10 @@ from ..checkpoint import StylexModels
 from ..config import AttFindConfig, StylexConfig
 from ..effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score, compute_effects,
                        edited_logits_fast, predict_styles, searched_coordinates, shift_targets)
+from ..editor import AttributeEditor
 from ..inversion import invert
 from ..models import Encoder, Generator
-from ..selection import class_attributes
+from ..selection import class_attributes, default_thresholds
 
 
 class Direction(str, Enum):
@@ -86,8 +87,17 @@ class StylEx:
         nets = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
         self.models = StylexModels(*nets, StylexConfig(condition_on=condition_on, latent_dim=generator.latent_dim),
                                    names, 0, device)
-        self.stats, self.shift, self.shift_std = stats, shift, shift_std
+        self.editor = AttributeEditor(self.models, stats, shift, shift_std, batch_size)  # renders, reads C, edits
         self.include_torgb, self.batch_size = include_torgb, batch_size
+
+    @property
+    def stats(self) -> StyleStats:
+        """The StyleSpace statistics the AttFind shift is taken from."""
+        return self.editor.stats
+
+    @stats.setter
+    def stats(self, stats: StyleStats) -> None:
+        self.editor.stats = stats
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: torch.device | str | None = None) -> StylEx:
@@ -98,8 +108,8 @@ class StylEx:
         run = open_run(run_dir)
         editor = load_editor(run, device)
         m, a = editor.models, run.cfg.attfind
-        return cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on, a.shift,
-                   a.shift_std, a.include_torgb, a.batch_size, m.device)
+        return cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on, editor.shift,
+                   editor.shift_std, a.include_torgb, a.batch_size, m.device)
 
     @property
     def generator(self) -> Generator:
@@ -110,15 +120,13 @@ class StylEx:
         inverted = invert(self.models, images, self.batch_size)
         return inverted.styles, inverted.logits
 
-    @torch.no_grad()
     def render(self, styles: Tensor) -> Tensor:
-        return torch.cat([self.generator.synthesize(s.to(self.models.device)).clamp(-1, 1).cpu()
-                          for s in styles.split(self.batch_size)])
+        """Styles (N, S) -> images in [-1, 1] (N, 3, H, W)."""
+        return self.editor.render(styles)
 
-    @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:
-        return torch.cat([self.models.classifier(b.to(self.models.device)).float().softmax(1).cpu()
-                          for b in images.split(self.batch_size)])
+        """The classifier's softmax (N, C) of images in [-1, 1]."""
+        return self.editor.probabilities(images)
 
     def attribute(self, inputs: Tensor, target: int | Tensor | None = None, k: int = 5) -> StylexAttribution:
         """Per image, the ``k`` attributes whose edit lowers the target's log-odds most (the StyleSpace attributes the
@@ -129,7 +137,7 @@ class StylEx:
         probs = self.probabilities(reconstructions)
         target = probs.argmax(1) if target is None else torch.as_tensor(target).expand(len(styles)).long()
         coords = searched_coordinates(self.generator, self.include_torgb)
-        targets = shift_targets(styles, self.stats, self.shift, self.shift_std)
+        targets = shift_targets(styles, self.stats, self.editor.shift, self.editor.shift_std)
         logits = edited_logits_fast(self.generator, self.models.classifier, styles.to(self.models.device),
                                     targets.to(self.models.device), coords, self.batch_size).cpu()  # (N, K, 2, C)
         base_logits = predict_styles(self.generator, self.models.classifier, styles.to(self.models.device),
@@ -151,11 +159,11 @@ class StylEx:
     def class_attributes(self, images: Tensor, target: int, k: int = 10, method: str = "greedy") -> pd.DataFrame:
         """AttFind's top-``k`` attributes of class ``target`` over a set of images (the paper's Algorithm 1)."""
         styles, logits = self.encode(images)
-        cfg = AttFindConfig(shift=self.shift, shift_std=self.shift_std, include_torgb=self.include_torgb,
-                            batch_size=self.batch_size)
+        cfg = AttFindConfig(shift=self.editor.shift, shift_std=self.editor.shift_std, include_torgb=self.include_torgb,
+                            batch_size=self.batch_size, output="logits", method=method)
         effects: Effects = compute_effects(self.models, styles, logits, torch.arange(len(styles)), self.stats, cfg,
                                            progress=False)
-        table = class_attributes(effects, target, k, "logits", method, max_image_effect=1.0, affected_threshold=0.25)
+        table = class_attributes(effects, target, k, cfg.output, cfg.method, *default_thresholds(cfg))
         index = self.generator.style_index
         return table.assign(layer=[index.locate(f).name for f in table["flat"]],
                             channel=[index.locate(f).channel for f in table["flat"]])
@@ -163,7 +171,4 @@ class StylEx:
     def edit(self, images: Tensor, attribute: Attribute, strength: float = 1.0) -> Tensor:
         """The images with one attribute applied (strength 1: the AttFind shift, 0: the reconstruction)."""
         styles, _ = self.encode(images)
-        targets = shift_targets(styles, self.stats, self.shift, self.shift_std)
-        flats = torch.full((len(styles), 1), int(attribute.flat))
-        directions = torch.full((len(styles), 1), Direction.of(attribute.direction).index)
-        return self.render(apply_attributes(styles, targets, flats, directions, strength))
+        return self.render(self.editor.edit(styles, attribute.flat, Direction.of(attribute.direction).value, strength))
