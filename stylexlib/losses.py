@@ -99,11 +99,17 @@ def _missing_trunk_message(net: str, exc: Exception) -> str:
             f"{folder} (that is $TORCH_HOME/hub/checkpoints/ with TORCH_HOME={torch_home}).")
 
 
+def lpips_input(images: Tensor) -> Tensor:
+    """Images as the LPIPS trunk takes them: float, and bilinearly upsampled to 32 px when smaller."""
+    images = images.float()
+    if min(images.shape[-2:]) < LPIPS_MIN_SIZE:
+        images = F.interpolate(images, size=LPIPS_MIN_SIZE, mode="bilinear", align_corners=False)
+    return images
+
+
 def lpips_distance(lpips_model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Per-image LPIPS (N,) of images in [-1, 1]; images under 32 px are bilinearly upsampled to 32."""
-    if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
-        x, y = (F.interpolate(t, size=LPIPS_MIN_SIZE, mode="bilinear", align_corners=False) for t in (x, y))
-    return lpips_model(x.float(), y.float()).flatten()
+    return lpips_model(lpips_input(x), lpips_input(y)).flatten()
 
 
 def reconstruction_losses(x: Tensor, x_rec: Tensor, w: Tensor, w_rec: Tensor,
@@ -160,14 +166,14 @@ def latent_mmd_loss(w_encoded: Tensor, w_sampled: Tensor, scales: tuple[float, .
         raise ValueError(f"latent_mmd_loss needs at least 2 latents per set, got {len(x)} and {len(y)}")
     base = 2.0 * x.shape[1] * y.var(dim=0).mean().clamp_min(1e-8)
     dxx, dyy, dxy = torch.cdist(x, x).square(), torch.cdist(y, y).square(), torch.cdist(x, y).square()
-    off_x, off_y = 1.0 - torch.eye(len(x), device=x.device), 1.0 - torch.eye(len(y), device=y.device)
-    total = x.new_zeros(())
-    for scale in scales:
-        c = scale * base
-        kxx, kyy, kxy = c / (c + dxx), c / (c + dyy), c / (c + dxy)
-        total = total + ((kxx * off_x).sum() / (len(x) * (len(x) - 1)) + (kyy * off_y).sum() / (len(y) * (len(y) - 1))
-                         - 2 * kxy.mean())
-    return total
+    return sum(unbiased_mmd2(c / (c + dxx), c / (c + dyy), c / (c + dxy)) for c in (s * base for s in scales))
+
+
+def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:
+    """The unbiased MMD^2 estimate from kernel matrices k(x, x), k(y, y) and k(x, y) (diagonals left out)."""
+    m, n = len(kxx), len(kyy)
+    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+            - 2 * kxy.mean())
 
 
 def loss_weights(cfg: StylexConfig) -> dict[str, float]:

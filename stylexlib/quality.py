@@ -12,13 +12,12 @@ import lpips as lpips_package
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import StylexModels
 from .data import ImageDataset
 from .inversion import evaluate_reconstruction
-from .losses import LPIPS_MIN_SIZE, lpips_distance
+from .losses import lpips_distance, lpips_input, unbiased_mmd2
 
 INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
 INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS) is invisible
@@ -30,9 +29,7 @@ def lpips_features(lpips_model: nn.Module, images: Tensor, batch_size: int = 256
     over space, all layers concatenated (the representation LPIPS compares)."""
     parts = []
     for batch in images.split(batch_size):
-        x = batch.float().to(next(lpips_model.parameters()).device)
-        if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
-            x = F.interpolate(x, size=LPIPS_MIN_SIZE, mode="bilinear", align_corners=False)
+        x = lpips_input(batch.to(next(lpips_model.parameters()).device))
         layers = lpips_model.net(lpips_model.scaling_layer(x))
         parts.append(torch.cat([lpips_package.normalize_tensor(f).mean(dim=(2, 3)) for f in layers], dim=1).cpu())
     return torch.cat(parts)
@@ -49,10 +46,7 @@ def kernel_distance(a: Tensor, b: Tensor, subsets: int = 20, subset_size: int = 
     for _ in range(subsets):
         x = a[torch.randperm(len(a), generator=gen)[:size]]
         y = b[torch.randperm(len(b), generator=gen)[:size]]
-        kxx, kyy, kxy = ((p @ q.T / dim + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
-        off = 1.0 - torch.eye(size, dtype=a.dtype)
-        total += float((kxx * off).sum() / (size * (size - 1)) + (kyy * off).sum() / (size * (size - 1))
-                       - 2 * kxy.mean())
+        total += float(unbiased_mmd2(*((p @ q.T / dim + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))))
     return total / subsets
 
 
