@@ -126,17 +126,21 @@ def save_probe(probe: FactorProbe, path: str | Path, fingerprint: str | None = N
 
 
 def load_probe(path: str | Path, device: torch.device | str = "cpu") -> FactorProbe:
-    payload = torch_load(path, map_location="cpu")
+    return _probe_from(torch_load(path, map_location="cpu"), device)
+
+
+def _probe_from(payload: dict, device: torch.device | str) -> FactorProbe:
     probe = FactorProbe(**payload["config"])
     probe.load_state_dict(payload["state"])
     return probe.to(device).eval()
 
 
 def fit_run_probe(run, data: ImageDataset, device: torch.device | str = "cpu") -> FactorProbe:
-    """The run's probe: loaded from ``factor_probe.pt``, or trained and saved there."""
+    """The run's probe: loaded from ``factor_probe.pt`` when made from this data, else trained and saved there."""
     path, made_from = run.path(PROBE_FILE), data_fingerprint(run.cfg)
-    if path.exists() and torch_load(path).get("fingerprint") == made_from:
-        return load_probe(path, device)
+    payload = torch_load(path, map_location="cpu") if path.exists() else None
+    if payload is not None and payload.get("fingerprint") == made_from:
+        return _probe_from(payload, device)
     probe = train_factor_probe(data, seed=run.cfg.data.seed, device=device)
     save_probe(probe, path, made_from)
     return probe
