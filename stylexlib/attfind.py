@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .provenance import stylex_fingerprint
 from .checkpoint import StylexModels, load_stylex
 from .config import AttFindConfig
 from .distributed import SINGLE, DistInfo
@@ -23,6 +22,7 @@ from .effects import (DIRECTIONS, Effects, StyleStats, cache_key, compute_effect
                       shift_targets, style_statistics)
 from .inversion import invert
 from .io import atomic_write, torch_load, torch_save
+from .provenance import stylex_fingerprint
 from .viz import AttributeExamples, attribute_label
 from .selection import (class_attributes, default_thresholds, describe, image_attributes,
                         realism_check, sufficiency, sufficiency_metrics)

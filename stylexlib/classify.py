@@ -10,8 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .provenance import check, classifier_fingerprint
-from .progress import tqdm
 from .config import ClassifierConfig
 from .data import ImageDataset, to_float
 from .io import torch_load, torch_save
@@ -23,6 +21,8 @@ from .models.classifier import (
     load_user_classifier,
     save_classifier,
 )
+from .progress import tqdm
+from .provenance import check, classifier_fingerprint
 
 log = logging.getLogger(__name__)
 

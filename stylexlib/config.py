@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
 from typing import Any, Literal
 
 import yaml

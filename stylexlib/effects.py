@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .progress import tqdm
 from .accelerate import inference_copies
 from .checkpoint import StylexModels
 from .config import AttFindConfig
@@ -29,6 +28,7 @@ from .distributed import SINGLE, DistInfo, gather_objects
 from .inversion import invert
 from .io import torch_load, torch_save
 from .models.stylegan2 import Generator, SynthesisState
+from .progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .provenance import data_fingerprint
-from .progress import tqdm
 from .data import ImageDataset, to_float
 from .data.synthetic import FACTORS, Factor
 from .editor import AttributeEditor
 from .effects import DIRECTIONS, edited_logits_fast, searched_coordinates, shift_targets
 from .io import torch_load, torch_save
 from .models.classifier import SmallCNN
+from .progress import tqdm
+from .provenance import data_fingerprint
 from .viz import attribute_label
 
 PROBE_FILE = "factor_probe.pt"

@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .progress import tqdm
 from .checkpoint import StylexModels
 from .losses import classifier_kl_loss, load_lpips, lpips_distance
+from .progress import tqdm
 
 
 @dataclass
