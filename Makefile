@@ -27,10 +27,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: install
 	$(BIN)/stylex run $(CONFIG) --out $(RUN)
 
-# Every explainer on both synthetic tasks (the demo's, and eye size under the glasses shortcut): ~1 h on 2 cores.
+# Every explainer on both synthetic tasks (the demo's, and eye size under the glasses shortcut): the saliency maps,
+# StylEx, and the GAN-direction baselines with the classifier-free GAN they need (stage 09): ~2 h on 2 cores.
 compare: install
-	$(BIN)/stylex run configs/demo.yaml --out runs/demo
-	$(BIN)/stylex run configs/compare_eyes.yaml --out runs/compare_eyes
+	$(BIN)/stylex run configs/demo.yaml --out runs/demo --set compare.gan_baselines=true
+	$(BIN)/stylex run configs/compare_eyes.yaml --out runs/compare_eyes --set compare.gan_baselines=true
 	$(BIN)/python -m stylexlib.evaluate.benchmark runs/compare/benchmark/methods.csv runs/demo runs/compare_eyes
 
 test: install chromium

@@ -84,7 +84,9 @@ class StylexModels:
     discriminator: Discriminator | None = None  # for AttFind's optional realism filter
 
     def condition(self, logits: Tensor) -> Tensor:
-        """The generator's class input for classifier logits: probabilities or logits (``cfg.condition_on``)."""
+        """The generator's class input for classifier logits: probabilities, logits or zeros (``cfg.condition_on``)."""
+        if self.cfg.condition_on == "none":
+            return torch.zeros_like(logits)
         return logits.softmax(dim=1) if self.cfg.condition_on == "probs" else logits
 
     def prepare(self, images: Tensor) -> Tensor:
@@ -106,18 +108,26 @@ class StylexModels:
 
 def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageDataset | None = None) -> StylexModels:
     """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier."""
-    state = load_checkpoint(checkpoint_path(run.dir))
-    check(state.get("fingerprint"), stylex_fingerprint(run.cfg), checkpoint_path(run.dir), "03")
+    return load_models(checkpoint_path(run.dir), load_run_classifier(run, data), stylex_fingerprint(run.cfg), "03",
+                       device)
+
+
+def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: str,
+                device: torch.device | str | None = None) -> StylexModels:
+    """The frozen EMA generator, encoder and discriminator of the checkpoint at ``path``, with ``classifier``; refuses a
+    checkpoint whose fingerprint is not ``expected`` (naming ``stage`` to re-run)."""
+    state = load_checkpoint(path)
+    if expected is not None:
+        check(state.get("fingerprint"), expected, path, stage)
     cfg = from_dict(state["config"], StylexConfig, "stylex")
     device = torch.device(device) if device is not None else pick_device(cfg.device)
     generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)
     generator.load_state_dict(state["G_ema"])
     encoder.load_state_dict(state.get("E_ema", state["E"]))  # the encoder EMA pairs with G_ema when it was kept
     discriminator.load_state_dict(state["D"])
-    classifier = load_run_classifier(run, data)
     generator, encoder, classifier, discriminator = (
         m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier, discriminator))
-    log.info("loaded StylEx models of step %d from %s", state["step"], run.dir)
+    log.info("loaded the models of step %d from %s", state["step"], path)
     return StylexModels(generator, encoder, classifier, cfg, list(state["class_names"]), int(state["step"]), device,
                         discriminator)
 

@@ -69,7 +69,8 @@ class StylexConfig:
     mapping_layers: int = 4
     channel_base: int = 2048  # channels(res) = min(channel_base // res, channel_max)
     channel_max: int = 128
-    condition_on: Literal["probs", "logits"] = "probs"  # "probs" or "logits" of the classifier, concatenated to w
+    condition_on: Literal["probs", "logits", "none"] = "probs"  # "probs" or "logits" of the classifier, concatenated
+    # to w; "none": a GAN trained without the classifier (c = 0, D unconditional, no KL terms; stage 09's baseline)
     steps: int = 2000
     batch_size: int = 16
     lr_g: float = 2e-3
@@ -173,6 +174,22 @@ class StudyConfig:
 
 
 @dataclass
+class CompareConfig:
+    """Stage 09: the GAN-direction baselines beside StylEx, under one protocol (``make compare`` turns them on)."""
+
+    gan_baselines: bool = False  # train the classifier-free GAN and the direction baselines (too long for the demo)
+    directions: int = 32  # K: directions per direction method, and the random controls' pool size
+    step_std: float = 3.0  # every GAN edit moves this many of its own standard deviations over real images
+    selection_images: int = 128  # images the edits are selected on (from attfind.split)
+    evaluation_images: int = 64  # held-out test images they are scored on
+    top_k: int = 10  # edits selected per class (sufficiency k = 1..top_k)
+    vb_kind: Literal["orthogonal", "linear"] = "orthogonal"  # Voynov & Babenko's direction matrix
+    vb_steps: int = 800
+    vb_batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as ``config.yaml`` in every run folder."""
 
@@ -183,6 +200,7 @@ class Config:
     inversion: InversionConfig = field(default_factory=InversionConfig)
     attfind: AttFindConfig = field(default_factory=AttFindConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form keys for later stages
 
 

@@ -27,7 +27,13 @@ FORCED_FRESH = {
     "03": ("checkpoints/stylex.pt", "stats.jsonl"),
     "05": ("attfind",),
     "06": ("factor_probe.pt",),
+    "09": ("baselines",),
 }
+# Config sections only the stages from this number on read: a change there re-runs those stages, no --force needed.
+LATE_SECTIONS = {"study": "07", "compare": "08"}
+# Stages that run only when the config asks for them (the reason is printed when they are skipped).
+OPTIONAL_STAGES = {"09": (lambda cfg: cfg.compare.gan_baselines,
+                          "compare.gan_baselines is off (make compare, or --set compare.gan_baselines=true)")}
 PROGRESS_FILE = ".progress.json"  # the running stage's progress bars, mirrored to the terminal
 DEFAULT_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -104,6 +110,10 @@ def run_pipeline(
             log.info("skip %s (finished; use --force to re-run)", stage.name)
             print(f"[stylex] skip {stage.name}: already finished (use --force to re-run)")
             continue
+        wanted, reason = OPTIONAL_STAGES.get(stage.number, (lambda cfg: True, ""))
+        if not wanted(cfg):
+            print(f"[stylex] skip {stage.name}: {reason}")
+            continue
         _invalidate_later(state, stage)
         if force:
             _remove_resume_state(run_dir, stage)
@@ -142,12 +152,19 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
         previous = load_config(saved)
         if to_dict(previous) != to_dict(cfg):
             changed = _changed_keys(to_dict(previous), to_dict(cfg))
-            if not force:
+            late = [LATE_SECTIONS.get(key.split(".")[0]) for key in changed]
+            if not force and all(late):  # only later stages read what changed: those run again
+                first = min(late)
+                state = read_json(run_dir / STATE_FILE, default={})
+                write_json(run_dir / STATE_FILE, {k: v for k, v in state.items() if not k[:2] >= first})
+                print(f"[stylex] {', '.join(changed)} changed: stages from {first} on run again")
+            elif not force:
                 raise ConfigError(
                     f"run folder {run_dir} was made with a different config (changed: {', '.join(changed)}); "
                     "use --force to re-run its stages with the new config, or --out for a new folder"
                 )
-            write_json(run_dir / STATE_FILE, {})
+            else:
+                write_json(run_dir / STATE_FILE, {})
     run_dir.mkdir(parents=True, exist_ok=True)
     if not saved.exists() or dump_config(cfg) != saved.read_text():
         save_config(cfg, saved)

@@ -213,6 +213,8 @@ class StylexTrainer:
             logits = self.classifier(x).float()
         probs = logits.softmax(dim=1)
         condition = probs if cfg.condition_on == "probs" else logits
+        if cfg.condition_on == "none":  # no classifier: c = 0 for G, D's class heads averaged (unconditional)
+            probs, condition = torch.full_like(probs, 1 / probs.shape[1]), torch.zeros_like(logits)
         with self._autocast():
             generated = self._generate(x, condition, probs)
         if self.warming_up:  # reconstruction first: no D, no regularisers
@@ -307,7 +309,8 @@ class StylexTrainer:
             rec = generated.reconstructions
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
-                terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
+                if self.cfg.weight_kl > 0:
+                    terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
                 if self.cfg.weight_w_prior > 0:
                     prior = latent_mmd_loss if self.cfg.w_prior == "mmd" else latent_prior_loss
                     terms["w_prior"] = prior(generated.w_encoded, self._reference_w(generated))

@@ -147,6 +147,19 @@ def stack(pics: Sequence[Image.Image], horizontal: bool = True, gap: int = 6) ->
     return out
 
 
+def heat_strip(maps: Tensor, names: Sequence[str], scale: int = 1) -> Image.Image:
+    """Saliency maps (M, H, W) side by side as heat maps (|relevance|, each scaled to its own maximum), captioned."""
+    colour = plt.get_cmap("inferno")
+    pics = []
+    for relevance, name in zip(maps, names):
+        magnitude = relevance.abs().float()
+        magnitude = (magnitude / magnitude.max().clamp_min(1e-12)).numpy()
+        pic = Image.fromarray((colour(magnitude)[..., :3] * 255).astype(np.uint8))
+        pic = pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST) if scale > 1 else pic
+        pics.append(caption(pic, name, size=10))
+    return stack(pics, gap=2)
+
+
 def save_png(pic: Image.Image, path: str | Path) -> Path:
     """Save a PIL image as PNG atomically."""
     return atomic_write(path, lambda p: pic.save(p, format="PNG"))
@@ -289,6 +302,7 @@ nav a{margin-right:12px} section.attr{border-top:1px solid #ddd;padding:10px 0}
 figure{margin:0;text-align:center;font-size:12px}
 img.px{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ccc}
 figure.changed img{border-color:#c33} .up{color:#080} .down{color:#a00}
+figure.maps img.px{width:auto;height:128px;margin-left:8px}
 img.broken{outline:3px solid red} .invisible{color:#fff;background:#c33;padding:0 4px}
 """
 
@@ -309,7 +323,8 @@ def _figure_html(src: str, kind: str, lines: Sequence[str]) -> str:
     return f'<figure class="{kind}"><img class="px" src="{src}" alt="{kind}"><figcaption>{text}</figcaption></figure>'
 
 
-def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int | None) -> str:
+def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int | None,
+                    saliency: dict[int, str] | None = None) -> str:
     k = min(ex.num_examples, max_examples or ex.num_examples)
     gif = f"images/{ex.key}.gif"
     if k:
@@ -327,6 +342,9 @@ def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int |
                                                            f"p({ex.class_name}) = {float(p_orig[i]):.3f}"])
                      + _figure_html(names[1], "changed", ["changed",
                                                           f"p({ex.class_name}) = {float(p_changed[i]):.3f} (Δ {delta:+.3f}){seen}"])
+                     + (_figure_html(saliency[ex.image_indices[i]], "maps", ["saliency maps of the input image, "
+                                                                              "predicted class"])
+                        if saliency and ex.image_indices[i] in saliency else "")
                      + "</div>")
     direction = ex.label.rsplit(" ", 1)[-1]
     visibility = ""
@@ -369,8 +387,12 @@ def replaced_dir(path: str | Path) -> Iterator[Path]:
 
 
 def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, title: str = "StylEx attributes",
-                  subtitle: str = "", max_examples: int | None = None) -> Path:
-    """A standalone HTML gallery (``index.html`` + ``images/``), per class and attribute; returns index.html."""
+                  subtitle: str = "", max_examples: int | None = None,
+                  saliency: dict[int, Tensor] | None = None, saliency_names: Sequence[str] = ()) -> Path:
+    """A standalone HTML gallery (``index.html`` + ``images/``), per class and attribute; returns index.html.
+
+    ``saliency`` (dataset index -> (M, H, W) maps named ``saliency_names``) puts each example's saliency maps beside
+    it: where the other explainers say the classifier looks, next to what StylEx changes."""
     if not examples:
         raise ValueError("write_gallery needs at least one attribute")
     groups = by_class(examples)
@@ -378,13 +400,17 @@ def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, ti
     with replaced_dir(out_dir) as tmp:
         images_dir = tmp / "images"
         images_dir.mkdir()
+        strips = {}
+        for index, maps in (saliency or {}).items():
+            strips[index] = f"images/maps_{index}.png"
+            save_png(heat_strip(maps, saliency_names, display_scale(maps.shape[-1], 64)), tmp / strips[index])
         nav = " ".join(f'<a href="#class{c}">{html.escape(name)} ({len(groups.get(c, []))})</a>' for c, name in enumerate(names))
         body = [f"<h1>{html.escape(title)}</h1>", f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "",
                 LEGEND, f"<nav>Classes: {nav}</nav>"]
         for c, name in enumerate(names):
             group = groups.get(c, [])
             body.append(f'<h2 id="class{c}">Class “{html.escape(name)}”: {len(group)} attributes</h2>')
-            body += [_attribute_html(ex, images_dir, max_examples) for ex in group] or [
+            body += [_attribute_html(ex, images_dir, max_examples, strips) for ex in group] or [
                 '<p class="stats"><em>AttFind selected no attribute for this class.</em></p>']
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -146,3 +147,17 @@ def test_an_attribute_without_examples_still_has_its_place(tmp_path: Path) -> No
     assert "No example images" in page and page.count('<section class="attr"') == 2
     first = summary_figure([empty]).axes[0]
     assert first.axison and first.get_ylabel().startswith("frown #2") and first.texts[0].get_text() == "no examples"
+
+
+def test_gallery_puts_each_examples_saliency_maps_beside_it(tmp_path: Path) -> None:
+    examples = make_examples(1, 2, k=2)
+    indices = sorted({i for ex in examples for i in ex.image_indices})
+    maps = torch.zeros(3, 16, 16)
+    maps[1, :8] = 1.0  # the second method marks the top half
+    page = write_gallery(examples, tmp_path / "g", saliency={i: maps for i in indices[:-1]},
+                         saliency_names=["occlusion", "gradient", "gradcam"]).read_text()
+    assert page.count('class="maps"') == 3 and f"maps_{indices[-1]}.png" not in page  # an image without maps: none
+    strip = np.asarray(Image.open(tmp_path / "g" / "images" / f"maps_{indices[0]}.png").convert("RGB")).astype(int)
+    assert strip.shape[1] >= 3 * 64  # three maps side by side, enlarged
+    heat = plt.get_cmap("inferno")(1.0)[:3]
+    assert np.all(np.abs(strip - np.array(heat) * 255) < 3, axis=-1).sum() > 64 * 32 * 0.9  # the marked half, hot

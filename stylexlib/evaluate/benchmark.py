@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..explain import METHODS, SaliencyExplainer, StylEx
+from ..data import to_float
+from ..explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
 from .scores import (bootstrap_interval, deletion_insertion_auc, factor_identification, map_factor_scores,
                      pointing_game, relevance_mass)
 
@@ -22,31 +23,52 @@ COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman
 
 
 def explanation_maps(classifier: nn.Module, images: Tensor, target: Tensor, methods: tuple[str, ...] = METHODS,
-                     stylex: StylEx | None = None, layer: str | None = None) -> dict[str, tuple[Tensor, float]]:
-    """Per method, its (N, H, W) relevance maps for ``target`` and the seconds it took per image."""
+                     layer: str | None = None) -> dict[str, tuple[Tensor, float]]:
+    """Per saliency method, its (N, H, W) relevance maps for ``target`` and the seconds it took per image."""
     out = {}
     for method in methods:
         maps = SaliencyExplainer(classifier, method, layer=layer).attribute(images, target)
         out[method] = (maps.maps, maps.seconds_per_image)
-    if stylex is not None:
-        started = time.perf_counter()
-        result = stylex.attribute(images, target, k=1)
-        change = (result.edited[:, 0] - result.reconstructions).abs().sum(1)
-        out["stylex"] = (change, (time.perf_counter() - started) / len(images))
     return out
 
 
+def stylex_map(stylex: StylEx, images: Tensor, target: Tensor) -> tuple[Tensor, float, StylexAttribution]:
+    """StylEx's map: |G(s + delta) - G(s)| of each image's top attribute (N, H, W); seconds per image; the attribution."""
+    started = time.perf_counter()
+    result = stylex.attribute(images, target, k=1)
+    change = (result.edited[:, 0] - result.reconstructions).abs().sum(1)
+    return change, (time.perf_counter() - started) / len(images), result
+
+
+@torch.no_grad()
+def saliency_by_image(classifier: nn.Module, images: Tensor, indices: list[int], methods: tuple[str, ...] = METHODS,
+                      layer: str | None = None) -> dict[int, Tensor]:
+    """Dataset index -> (M, H, W) maps of every method for the classifier's predicted class (the gallery's strips)."""
+    x = images.float() if images.dtype != torch.uint8 else to_float(images)
+    device = next(classifier.parameters()).device
+    target = classifier(x.to(device)).argmax(1).cpu()
+    with torch.enable_grad():
+        maps = explanation_maps(classifier, x, target, methods, layer)
+    return {int(index): torch.stack([maps[m][0][j] for m in methods]) for j, index in enumerate(indices)}
+
+
 def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict[str, tuple[Tensor, float]],
-               task: str, masks: dict[str, Tensor] | None = None, sensitivity: pd.DataFrame | None = None
-               ) -> pd.DataFrame:
-    """One row per method: means over images (95% bootstrap intervals in ``*_low`` / ``*_high``)."""
+               task: str, masks: dict[str, Tensor] | None = None, sensitivity: pd.DataFrame | None = None,
+               factor_scores: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """One row per method: means over images (95% bootstrap intervals in ``*_low`` / ``*_high``).
+
+    A map's factor scores are its rank accuracy in each factor's region; ``factor_scores`` (per method, images x
+    factors) replaces them for explainers that say *what* changes: StylEx and the GAN edits, whose changes the factor
+    probe reads."""
     rows = []
     for method, (relevance, seconds) in maps.items():
         per_image = {}
         deletion, insertion = deletion_insertion_auc(classifier, images, relevance, target)
         per_image["deletion_auc"], per_image["insertion_auc"] = deletion.numpy(), insertion.numpy()
         if masks is not None and sensitivity is not None:
-            ident = factor_identification(map_factor_scores(relevance, masks), sensitivity)
+            scores = (factor_scores or {}).get(method)
+            ident = factor_identification(map_factor_scores(relevance, masks) if scores is None
+                                          else scores.reset_index(drop=True), sensitivity)
             used = sensitivity.to_numpy().argmax(1)  # the factor this classifier uses most on each image
             region = torch.stack([masks[sensitivity.columns[f]][i] for i, f in enumerate(used)])
             per_image.update(factor_top1=ident["factor_top1"].to_numpy(), factor_spearman=ident["factor_spearman"].to_numpy(),

@@ -2,14 +2,16 @@
 batched Blur IG against PAIR's reference ``saliency.core.BlurIG`` (one image at a time): the same attributions
 (max abs difference) and the speedup, measured in the same run.
 
-    python benchmarks/saliency_methods.py [--images 16]
+    python benchmarks/saliency.py [--images 16]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,9 @@ from stylexlib.data import to_float
 from stylexlib.data.synthetic import render, sample_factors
 from stylexlib.explain import METHODS, SaliencyExplainer, blur_ig
 from stylexlib.models.classifier import build_classifier
+
+# This file is named like PAIR's package: keep its folder off the import path so `import saliency` finds PAIR's.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def pair_blur_ig(model, image: torch.Tensor, target: int, max_sigma: float, steps: int) -> np.ndarray:

@@ -1,0 +1,276 @@
+"""Stage 09: the GAN-direction baselines of a run folder, trained (resumably) and scored under one protocol.
+
+Two GANs: the run's StylEx model and the classifier-free GAN (:mod:`stylexlib.plain_gan`). Methods: ``stylex``
+(AttFind on StylEx's StyleSpace), ``wu_attfind`` (AttFind on the plain GAN's StyleSpace: the Wu et al. baseline as
+the StylEx paper ran it), ``wu_positives`` (Wu et al.'s own ranking there), and on both GANs ``voynov_babenko``,
+``ganspace``, ``sefa``, ``random_directions`` and ``random_coordinates``. Rows follow ``benchmark/methods.csv``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .. import plots
+from ..attfind import run_statistics, subset_indices
+from ..checkpoint import StylexModels, load_stylex
+from ..classify import load_run_classifier
+from ..data import to_float
+from ..effects import StyleStats, searched_coordinates
+from ..explain.directions import (DirectionExplainer, EditPool, coordinate_pool, ganspace_directions, latent_pool,
+                                  random_coordinates, random_directions, sefa_directions)
+from ..factor_probe import factor_groups
+from ..explain.voynov_babenko import VoynovBabenkoTrainer, training_curves
+from ..inversion import invert
+from ..losses import load_lpips
+from ..progress import tqdm
+from ..plain_gan import load_plain_gan, plain_gan_dir, train_plain_gan
+from ..provenance import fingerprint, stylex_fingerprint
+from ..quality import lpips_features
+from ..run import Run, pick_device
+from .benchmark import COLUMNS, score_maps
+from .ground_truth import factor_masks, factor_sensitivity
+from .directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
+                         sufficiency_curve, top1_edits)
+
+GAN_METHODS = ("stylex", "wu_attfind", "wu_positives", "voynov_babenko", "ganspace", "sefa", "random_directions",
+               "random_coordinates")
+EXTRA_COLUMNS = ["gan", "flip_rate_top1", "flip_rate_top5", "flip_rate_top10", "logodds_change", "lpips",
+                 "logodds_per_lpips", "realism", "realism_unedited", "top_factors", "rule_and_shortcut_separate"]
+
+
+@dataclass
+class Gan:
+    """One GAN as the methods use it: its models, StyleSpace statistics and encoded latents of real images."""
+
+    name: str
+    models: StylexModels
+    stats: StyleStats
+    latents: Tensor
+
+
+@dataclass
+class Method:
+    name: str
+    family: str
+    rule: str
+    explainer: DirectionExplainer
+    notes: dict = field(default_factory=dict)
+
+
+def gan_of(method: Method) -> str:
+    """"stylex" or "plain": the GAN a method edits."""
+    return "plain" if method.explainer.models.cfg.condition_on == "none" else "stylex"
+
+
+def load_gans(run: Run, data, device=None, progress: bool = True) -> list[Gan]:
+    """StylEx's GAN and the classifier-free GAN (trained here for as many steps as StylEx, or resumed)."""
+    device = device or pick_device(run.cfg.stylex.device)
+    classifier = load_run_classifier(run, data)
+    stylex = load_stylex(run, device, data)
+    train_plain_gan(run, data, classifier, device, progress)
+    plain = load_plain_gan(run, classifier, device)
+    a = run.cfg.attfind
+    images = data.images[subset_indices(data, "train", a.stats_images, a.seed)]
+    gans = []
+    for name, models, stats in (("stylex", stylex, run_statistics(run, data, stylex, a)), ("plain", plain, None)):
+        inverted = invert(models, images)
+        gans.append(Gan(name, models, stats if stats is not None else StyleStats.of(inverted.styles), inverted.w))
+    return gans
+
+
+def train_directions(run: Run, gan: Gan, data, progress: bool = True) -> tuple[Tensor, dict]:
+    """Voynov & Babenko's directions on one GAN (resumable; curves saved), with R's accuracy and chance."""
+    cfg = run.cfg.compare
+    conditions = gan.models.condition(invert(gan.models, data.images[subset_indices(data, "train", 512, cfg.seed)]).logits
+                                      .to(gan.models.device)).cpu()
+    key = fingerprint("voynov_babenko", stylex_fingerprint(run.cfg), gan.name, cfg.directions, cfg.vb_kind,
+                      cfg.vb_batch_size, cfg.seed, gan.models.step)
+    trainer = VoynovBabenkoTrainer(gan.models, conditions, cfg.directions, cfg.vb_kind, cfg.vb_batch_size,
+                                   seed=cfg.seed, checkpoint=run.path("baselines", f"voynov_babenko_{gan.name}.pt"),
+                                   fingerprint=key)
+    result = trainer.train(cfg.vb_steps, progress=progress)
+    fig = training_curves(result.history, result.chance)
+    plots.save_figure(fig, run.path("figures", f"voynov_babenko_{gan.name}.png"))
+    plt.close(fig)
+    return result.directions, {"vb_accuracy": result.accuracy, "vb_chance": result.chance}
+
+
+def build_methods(run: Run, gans: list[Gan], data, progress: bool = True, only: set[str] | None = None
+                  ) -> list[Method]:
+    """Every method's explainer (or those named in ``only``): its GAN, its pool of edits and its selection rule."""
+    cfg, include_torgb = run.cfg.compare, run.cfg.attfind.include_torgb
+    methods = []
+    for gan in gans:
+        G, k = gan.models.generator, cfg.directions
+
+        def explainer(pool: EditPool) -> DirectionExplainer:
+            return DirectionExplainer(gan.models, gan.stats, pool, cfg.step_std, run.cfg.attfind.batch_size)
+
+        coords = searched_coordinates(G, include_torgb)
+        if gan.name == "stylex":
+            methods.append(Method("stylex", "attribute", "attfind", explainer(coordinate_pool("stylex", G, gan.stats, coords))))
+        else:
+            pool = coordinate_pool("stylespace", G, gan.stats, coords)
+            methods += [Method("wu_attfind", "attribute", "attfind", explainer(pool)),
+                        Method("wu_positives", "attribute", "wu_positives", explainer(pool))]
+        directions = {"ganspace": lambda: ganspace_directions(G, k, seed=cfg.seed),
+                      "sefa": lambda: sefa_directions(G, k, include_torgb),
+                      "random_directions": lambda: random_directions(G.latent_dim, k, cfg.seed)}
+        notes = {}
+        if only is None or "voynov_babenko" in only:
+            vb, notes = train_directions(run, gan, data, progress)
+            directions = {"voynov_babenko": lambda: vb, **directions}
+        for name, make in directions.items():
+            d = make()
+            methods.append(Method(name, "direction", "attfind", explainer(latent_pool(name, G, d, gan.latents)),
+                                  notes if name == "voynov_babenko" else {}))
+        picked = random_coordinates(G, k, include_torgb, cfg.seed)
+        methods.append(Method("random_coordinates", "attribute", "attfind",
+                              explainer(coordinate_pool("random_coordinates", G, gan.stats, picked))))
+    return [m for m in methods if only is None or m.name in only]
+
+
+def baseline_explainer(run_dir: str, method: str, gan: str = "plain", device=None) -> DirectionExplainer:
+    """One baseline of a run folder as an explainer (``attribute(images, target, k)``); trains what it needs first
+    (the classifier-free GAN, Voynov & Babenko's directions), resuming what an earlier run left."""
+    from ..data import load_dataset
+    from ..run import open_run
+
+    if method not in GAN_METHODS:
+        raise ValueError(f"unknown method '{method}'; the GAN baselines are {', '.join(GAN_METHODS)}")
+    run = open_run(run_dir)
+    data = load_dataset(run.cfg.data)
+    gans = [g for g in load_gans(run, data, device) if g.name == gan]
+    found = [m for m in build_methods(run, gans, data, only={method})]
+    if not found:
+        raise ValueError(f"method '{method}' does not run on the {gan} GAN (stylex: StylEx's; wu_*: the plain one)")
+    return found[0].explainer
+
+
+@dataclass
+class Evaluated:
+    row: dict
+    curve: pd.DataFrame
+    selected: pd.DataFrame
+    top1: dict
+
+
+def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Tensor, task: str, lpips_model,
+                    real_features: Tensor, probe=None, masks=None, sensitivity=None, groups=None,
+                    top_k: int = 10) -> Evaluated:
+    """One method under the protocol: select on ``selection`` images, score on ``evaluation`` images."""
+    explainer = method.explainer
+    started = time.perf_counter()
+    selected = select_edits(explainer, explainer.encode(selection)[0], top_k, method.rule)
+    selection_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    styles, _ = explainer.encode(evaluation)
+    top1 = top1_edits(explainer, styles, selected)
+    seconds = (time.perf_counter() - started) / len(evaluation)
+    curve = sufficiency_curve(explainer, styles, selected, top_k)
+    use = top1["usable"]
+    relevance = (top1["edited"] - top1["original"]).abs().sum(1)
+    factor_scores = None
+    if probe is not None and sensitivity is not None:
+        factor_scores = {method.name: probe_factor_changes(probe, top1["original"], top1["edited"],
+                                                           list(sensitivity.columns))[use.numpy()]}
+    table = score_maps(explainer.models.classifier, evaluation[use], top1["target"][use],
+                       {method.name: (relevance[use], seconds)}, task,
+                       {n: m[use] for n, m in masks.items()} if masks is not None else None,
+                       sensitivity[use.numpy()].reset_index(drop=True) if sensitivity is not None else None,
+                       factor_scores)
+    row = table.iloc[0].to_dict()
+    row.update(family=method.family, gan=gan, selection_seconds=selection_seconds,
+               **edit_measures(top1, lpips_model, real_features), **method.notes)
+    for k in (1, 5, 10):
+        hit = curve[curve["k"] == k]
+        row[f"flip_rate_top{k}"] = float(hit["flip_rate"].iloc[0]) if len(hit) else float("nan")
+    if probe is not None and sensitivity is not None:
+        factors = edit_factors(probe, explainer, styles, selected, list(sensitivity.columns))
+        row.update(separation(factors, groups or {}))
+    return Evaluated(row, curve, selected, top1)
+
+
+def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bool = True
+                 ) -> tuple[pd.DataFrame, dict[str, Evaluated]]:
+    """Every method on the same selection and evaluation images; the table (``benchmark/methods.csv`` columns)."""
+
+    cfg = run.cfg.compare
+    selection = data.images[subset_indices(data, run.cfg.attfind.split, cfg.selection_images, cfg.seed)]
+    rows = data.indices("test")[: cfg.evaluation_images]
+    evaluation = to_float(data.images[torch.as_tensor(rows)])
+    classifier = methods[0].explainer.models.classifier
+    lpips_model = load_lpips(run.cfg.stylex.lpips_net, methods[0].explainer.models.device)
+    real_features = lpips_features(lpips_model, to_float(data.images[torch.as_tensor(data.indices("test"))]))
+    masks = sensitivity = groups = None
+    if data.factors is not None and probe is not None:
+        factors = data.factors.iloc[rows].reset_index(drop=True)
+        with torch.no_grad():
+            target = classifier(evaluation.to(methods[0].explainer.models.device)).argmax(1).cpu()
+        masks = factor_masks(factors, data.resolution)
+        sensitivity = factor_sensitivity(classifier, factors, data.resolution, target)
+        groups = factor_groups(run.cfg.data.label_rule, run.cfg.data.spurious_factor)
+    results = {}
+    for method in tqdm(methods, desc="GAN baselines", disable=not progress):
+        gan = gan_of(method)
+        results[f"{method.name}@{gan}"] = evaluate_method(method, gan, selection, evaluation, run.cfg.name, lpips_model,
+                                                          real_features, probe, masks, sensitivity, groups, cfg.top_k)
+    table = pd.DataFrame([r.row for r in results.values()])
+    leading = COLUMNS[:3] + ["gan"] + COLUMNS[3:] + EXTRA_COLUMNS[1:]
+    return table[leading + [c for c in table.columns if c not in leading]], results
+
+
+def merge_methods(saliency: pd.DataFrame | None, gan_rows: pd.DataFrame) -> pd.DataFrame:
+    """``benchmark/methods.csv``: stage 08's rows (saliency maps, and StylEx as its explainer answers per image), then
+    stage 09's; StylEx's row keeps stage 08's per-image scores and gains the protocol's columns."""
+    if saliency is None or saliency.empty:
+        return gan_rows
+    saliency = saliency[~saliency["method"].isin([m for m in GAN_METHODS if m != "stylex"])].copy()
+    stylex = gan_rows[(gan_rows["method"] == "stylex") & (gan_rows["gan"] == "stylex")]
+    mask = saliency["method"] == "stylex"
+    if mask.any() and len(stylex):
+        for column in EXTRA_COLUMNS + ["family"]:
+            if column in stylex:
+                saliency[column] = saliency[column].astype(object) if column in saliency else None
+                saliency.loc[mask, column] = stylex.iloc[0][column]
+        gan_rows = gan_rows.drop(stylex.index)
+    return pd.concat([saliency, gan_rows], ignore_index=True)
+
+
+def sufficiency_figure(results: dict[str, Evaluated]) -> plt.Figure:
+    """Flip rate against k for every method (solid: StylEx's GAN, dashed: the classifier-free GAN)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, result in results.items():
+        if result.curve.empty:
+            continue
+        method, gan = key.split("@")
+        ax.plot(result.curve["k"], result.curve["flip_rate"], marker="o", ms=3, ls="-" if gan == "stylex" else "--",
+                label=f"{method} ({gan} GAN)")
+    ax.set(xlabel="k edits applied together", ylabel="flip rate", ylim=(0, 1),
+           title="sufficiency on held-out images")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def method_figure(key: str, result: Evaluated, explainer: DirectionExplainer, shown: int = 4, top: int = 3
+                  ) -> plt.Figure:
+    """A method's top edits of each class on the same images: the render, then each edit applied alone."""
+    images, styles = result.top1["original"][:shown], result.top1["styles"][:shown]
+    rows, titles = [images], ["render"] * shown
+    for c, group in result.selected.groupby("class_index"):
+        for r in group.sort_values("rank").head(top).itertuples():
+            picks = torch.full((len(styles), 1), int(r.index))
+            signs = torch.full_like(picks, 0 if r.direction == "down" else 1)
+            rows.append(explainer.render(explainer.pool.apply(styles, picks, signs, explainer.step)))
+            titles += [f"to {r.class_name} #{r.rank}\n{r.label} {r.direction}"] * shown
+    return plots.image_grid(torch.cat(rows), titles, ncols=shown, suptitle=f"{key}: top edits, {explainer.step:g} std")
+
+
+__all__ = ["GAN_METHODS", "Gan", "Method", "baseline_explainer", "build_methods", "evaluate_all", "evaluate_method", "gan_of", "load_gans",
+           "merge_methods", "method_figure", "plain_gan_dir", "sufficiency_figure"]

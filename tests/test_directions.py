@@ -1,0 +1,166 @@
+"""GAN-edit baselines: pools of StyleSpace edits, GANSpace / SeFa / Voynov-Babenko directions, Wu et al.'s ranking,
+and the one protocol that scores them all."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stylexlib.checkpoint import StylexModels
+from stylexlib.effects import StyleStats, searched_coordinates
+from stylexlib.evaluate.directions import select_edits, separation, sufficiency_curve, top_edits
+from stylexlib.explain.directions import (DirectionExplainer, EditPool, coordinate_pool, ganspace_directions,
+                                          latent_pool, pool_logits, sefa_directions, wu_positive_ranking)
+from stylexlib.explain.voynov_babenko import DirectionMatrix, VoynovBabenkoTrainer
+from stylexlib.models import Encoder, Generator
+
+from test_explain_stylex import CFG, planted  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    torch.manual_seed(0)
+    return Generator(16, 2, CFG).eval().requires_grad_(False)
+
+
+def models_of(explainer_or_generator, classifier=None) -> StylexModels:
+    if isinstance(explainer_or_generator, Generator):
+        G = explainer_or_generator
+        return StylexModels(G, Encoder(16, CFG.latent_dim, CFG).eval(), classifier, CFG, ["a", "b"], 0,
+                            torch.device("cpu"))
+    return explainer_or_generator.models
+
+
+def test_a_latent_direction_is_one_style_vector(generator) -> None:
+    directions, latents = torch.randn(5, CFG.latent_dim), torch.randn(100, CFG.latent_dim) * 3
+    pool = latent_pool("d", generator, directions, latents)
+    unit = directions / directions.norm(dim=1, keepdim=True)
+    spread = (latents @ unit.T).std(0)
+    w, c = torch.randn(7, CFG.latent_dim), torch.softmax(torch.randn(7, 2), 1)
+    for p in range(5):
+        moved = generator.styles(w + spread[p] * unit[p], c) - generator.styles(w, c)
+        assert torch.allclose(moved, pool.vectors[p].expand_as(moved), atol=1e-4)
+    picks, signs = torch.tensor([[0, 3]] * 7), torch.tensor([[1, 0]] * 7)
+    expected = generator.styles(w, c) + 2 * (pool.vectors[0] - pool.vectors[3])
+    assert torch.allclose(pool.apply(generator.styles(w, c), picks, signs, 2.0), expected, atol=1e-5)
+
+
+def test_coordinate_and_dense_paths_give_the_same_logits(generator) -> None:
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2)).eval()
+    styles = generator.styles(torch.randn(3, CFG.latent_dim), torch.softmax(torch.randn(3, 2), 1))
+    stats = StyleStats.of(styles)
+    stats.std = torch.rand(generator.style_dim) + 0.1  # any positive stds
+    coords = searched_coordinates(generator, False)[::7]
+    fast = coordinate_pool("c", generator, stats, coords)
+    dense = EditPool("c", fast.vectors, fast.labels)  # the same edits without the coordinate shortcut
+    a = pool_logits(generator, classifier, styles, fast, 1.5, batch_size=16)
+    b = pool_logits(generator, classifier, styles, dense, 1.5, batch_size=16)
+    assert a.shape == (3, len(coords), 2, 2) and torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a[:, :, 0], a[:, :, 1])  # the two signs differ
+
+
+def test_sefa_matches_a_numpy_reference_and_ganspace_finds_the_widest_axis(generator) -> None:
+    ours = sefa_directions(generator, 4)
+    weight = (generator.affine.weight * generator.affine.weight_gain)[:, : CFG.latent_dim].numpy().astype(np.float64)
+    weight = weight[generator.style_index.exclude_torgb_mask().numpy()]
+    weight = (weight / np.linalg.norm(weight, axis=1, keepdims=True)).T  # SeFa's layout: (D, styles), columns unit
+    values, vectors = np.linalg.eig(weight @ weight.T)
+    reference = vectors[:, np.argsort(-values.real)[:4]].real.T
+    cosine = np.abs((ours.numpy() * reference).sum(1))
+    assert np.allclose(cosine, 1.0, atol=1e-4)
+    axes = ganspace_directions(generator, 3, samples=4000)
+    assert torch.allclose(axes @ axes.T, torch.eye(3), atol=1e-4)
+    w = generator.mapping(torch.randn(4000, CFG.latent_dim))
+    spread = lambda d: float(((w - w.mean(0)) @ d).var())  # noqa: E731
+    assert spread(axes[0]) >= max(spread(d / d.norm()) for d in torch.randn(20, CFG.latent_dim))
+    assert spread(axes[0]) > spread(axes[1]) > spread(axes[2])
+
+
+def test_direction_matrix_kinds() -> None:
+    rows = DirectionMatrix(8, 5, "orthogonal")()
+    assert rows.shape == (5, 8) and torch.allclose(rows @ rows.T, torch.eye(5), atol=1e-5)
+    rows.sum().backward()  # trainable through the parametrisation
+    linear = DirectionMatrix(8, 12, "linear")()
+    assert linear.shape == (12, 8) and torch.allclose(linear.norm(dim=1), torch.ones(12), atol=1e-6)
+    with pytest.raises(ValueError, match="do not fit"):
+        DirectionMatrix(8, 9, "orthogonal")
+
+
+def test_voynov_babenko_resumes_the_same_trajectory(generator, tmp_path) -> None:
+    models = models_of(generator)
+    conditions = torch.softmax(torch.randn(20, 2), 1)
+    straight = VoynovBabenkoTrainer(models, conditions, count=3, batch_size=4, seed=1)
+    straight.train(4, progress=False)
+    first = VoynovBabenkoTrainer(models, conditions, count=3, batch_size=4, seed=1, checkpoint=tmp_path / "vb.pt",
+                                 fingerprint="x")
+    first.train(2, progress=False)
+    resumed = VoynovBabenkoTrainer(models, conditions, count=3, batch_size=4, seed=1, checkpoint=tmp_path / "vb.pt",
+                                   fingerprint="x")
+    result = resumed.train(4, progress=False)
+    assert resumed.step == 4 and len(result.history) == 4
+    assert torch.allclose(result.directions, straight.matrix().detach(), atol=1e-6)
+    other = VoynovBabenkoTrainer(models, conditions, count=3, batch_size=4, seed=1, checkpoint=tmp_path / "vb.pt",
+                                 fingerprint="another generator")
+    assert not other.resume()
+
+
+def test_wu_ranking_puts_the_channel_the_positives_share_first() -> None:
+    gen = torch.Generator().manual_seed(0)
+    styles = torch.randn(200, 10, generator=gen)
+    positives = torch.arange(200) < 100
+    styles[positives, 6] = 2.0 + 0.1 * torch.randn(100, generator=gen)  # positives: consistently high channel 6
+    styles[positives, 2] = -1.0 + 0.1 * torch.randn(100, generator=gen)  # ... and low channel 2
+    ranking = wu_positive_ranking(styles, StyleStats.of(styles), positives, torch.arange(10))
+    assert set(ranking["flat"][:2]) == {6, 2}
+    assert dict(zip(ranking["flat"], ranking["direction"]))[6] == "up"
+    assert dict(zip(ranking["flat"], ranking["direction"]))[2] == "down"
+
+
+def test_the_protocol_selects_and_scores_the_planted_coordinate(planted) -> None:  # noqa: F811
+    explainer, flat, images = planted
+    coords = torch.arange(explainer.generator.style_dim)
+    full = DirectionExplainer(models_of(explainer), explainer.stats,
+                              coordinate_pool("all", explainer.generator, explainer.stats, coords), step=2.0)
+    others = coords[coords != flat][:8]
+    control = DirectionExplainer(models_of(explainer), explainer.stats,
+                                 coordinate_pool("control", explainer.generator, explainer.stats, others), step=2.0)
+    pool_images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    styles, _ = full.encode(pool_images)
+    selected = select_edits(full, styles, k=2)
+    top = selected[selected["rank"] == 1].set_index("class_index")
+    assert (top["index"] == flat).all()  # position == flat in a pool of every coordinate
+    assert top.loc[1, "direction"] == "up" and top.loc[0, "direction"] == "down"
+    curve = sufficiency_curve(full, styles, selected, max_k=2)
+    baseline = sufficiency_curve(control, styles, select_edits(control, styles, k=2), max_k=2)
+    assert curve["flip_rate"].iloc[0] > 0.3 and curve["flip_rate"].iloc[0] > baseline["flip_rate"].iloc[0]
+    explained = full.attribute(images, target=1, k=1).to_dataframe()
+    assert (explained["index"] == flat).all() and (explained["direction"] == "down").all()
+    picks, signs, usable = top_edits(selected, torch.tensor([0, 1, 1]), 1)
+    assert usable.all() and (picks[:, 0] == flat).all() and signs[:, 0].tolist() == [0, 1, 1]
+
+
+def test_separation_needs_the_rule_and_the_shortcut_in_different_edits() -> None:
+    groups = {"label_factor": ["mouth"], "spurious_factor": ["glasses"]}
+    both = pd.DataFrame({"class_name": ["a", "a", "b"], "rank": [1, 2, 1], "factor": ["mouth", "hair", "glasses"]})
+    assert separation(both, groups)["rule_and_shortcut_separate"] is True
+    one = both.assign(factor=["mouth", "hair", "mouth"])
+    assert separation(one, groups)["rule_and_shortcut_separate"] is False
+    assert separation(both, groups)["top_factors"] == "a#1:mouth a#2:hair b#1:glasses"
+
+
+def test_methods_table_keeps_one_stylex_row_with_both_stages_scores() -> None:
+    from stylexlib.evaluate.gan_baselines import merge_methods
+
+    saliency = pd.DataFrame({"method": ["occlusion", "stylex", "ganspace"], "family": ["saliency", "attribute", "x"],
+                             "task": "t", "factor_top1": [0.2, 0.5, 0.9]})  # an old stage-09 row is replaced
+    gan_rows = pd.DataFrame({"method": ["stylex", "ganspace", "ganspace"],
+                             "family": ["attribute", "direction", "direction"], "task": "t",
+                             "gan": ["stylex", "stylex", "plain"],
+                             "factor_top1": [0.1, 0.3, 0.4], "flip_rate_top1": [0.6, 0.2, 0.1]})
+    table = merge_methods(saliency, gan_rows)
+    assert list(table["method"]) == ["occlusion", "stylex", "ganspace", "ganspace"]
+    stylex = table[table["method"] == "stylex"].iloc[0]
+    assert stylex["factor_top1"] == 0.5 and stylex["flip_rate_top1"] == 0.6 and stylex["gan"] == "stylex"
+    assert list(table.loc[table["method"] == "ganspace", "factor_top1"]) == [0.3, 0.4]
+    assert merge_methods(None, gan_rows).equals(gan_rows)
