@@ -127,16 +127,18 @@ def flip_rate_curve(table, title: str = "sufficiency: top-k attributes applied t
 
 
 def explanation_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], class_names: Sequence[str],
-                       target: torch.Tensor, changed: torch.Tensor | None = None, size: float = 1.25) -> plt.Figure:
-    """One row per image: the input, StylEx's changed image (when given), then every method's map (|relevance|,
-    each scaled to its own maximum) for the same image and target class."""
-    pics = to_hwc(images)
-    extra = to_hwc(changed) if changed is not None else None
-    columns = ["input"] + (["StylEx: changed"] if extra is not None else []) + list(maps)
-    fig, axes = plt.subplots(len(pics), len(columns), figsize=(len(columns) * size, len(pics) * size * 1.1),
+                       target: torch.Tensor, changed: torch.Tensor | None = None,
+                       reconstructed: torch.Tensor | None = None, size: float = 1.25) -> plt.Figure:
+    """One row per image: the input, StylEx's original | changed pair (when given: its reconstruction and its top
+    attribute applied), then every method's map (|relevance|, each scaled to its own maximum) for the same image and
+    target class."""
+    pictures = {"input": images, "StylEx: original": reconstructed, "StylEx: changed": changed}
+    pictures = {name: to_hwc(p) for name, p in pictures.items() if p is not None}
+    columns = list(pictures) + list(maps)
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(len(columns) * size, len(images) * size * 1.1),
                              squeeze=False)
-    for r, pic in enumerate(pics):
-        panels = [pic] + ([extra[r]] if extra is not None else []) + [m[r].abs().numpy() for m in maps.values()]
+    for r in range(len(images)):
+        panels = [p[r] for p in pictures.values()] + [m[r].abs().numpy() for m in maps.values()]
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
             ax.axis("off")
             ax.imshow(panel, cmap=None if panel.ndim == 3 else "inferno", interpolation="nearest")

@@ -5,7 +5,9 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+import torch
 
+from stylexlib.evaluate.gan_baselines import baseline_explainer
 from stylexlib.io import read_json, torch_load
 from stylexlib.pipeline import discover_stages, run_pipeline
 
@@ -64,6 +66,9 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert (run / "baselines" / "plain_gan" / "checkpoints" / "stylex.pt").exists()
     assert (run / "figures" / "sufficiency_all.png").exists() and (run / "figures" / "voynov_babenko_plain.png").exists()
     assert 0 <= metrics["gan_wu_attfind_plain_flip_rate_top1"] <= 1 and metrics["gan_stylex_stylex_realism"] > -1
+    sefa = baseline_explainer(str(run), "sefa", gan="plain")  # a baseline from the run folder, as users call it
+    explained = sefa.attribute(torch.rand(2, 3, 16, 16) * 2 - 1, k=2).to_dataframe()
+    assert len(explained) == 4 and set(explained["direction"]) <= {"up", "down"}
 
     # --force with a changed config retrains (it resumed the old model, or crashed, before provenance)
     tiny = REPO / "configs" / "tiny.yaml"
