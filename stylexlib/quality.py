@@ -50,6 +50,14 @@ def kernel_distance(a: Tensor, b: Tensor, subsets: int = 20, subset_size: int = 
     return total / subsets
 
 
+def feature_kid(fake: Tensor, real: Tensor) -> float:
+    """KID between LPIPS features of generated and real images, both centred on the real features and scaled to unit
+    mean variance (so that x.y / d is O(1) for the cubic kernel); comparable across runs of one feature extractor."""
+    mean = real.mean(0)
+    scale = real.var(0).mean().sqrt().clamp_min(1e-8)
+    return kernel_distance((fake - mean) / scale, (real - mean) / scale)
+
+
 def heldout_images(data: ImageDataset, count: int, split: str = "val") -> tuple[Tensor, np.ndarray]:
     """The first ``count`` images of a split (falling back to train when it is empty) and their dataset rows."""
     rows = data.indices(split)
@@ -82,10 +90,8 @@ def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, p
     real_float = models.prepare(real).cpu()
     predicted = torch.cat([models.classifier(b.to(models.device)).argmax(1).cpu() for b in samples.split(256)])
     fake_features, real_features = lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)
-    mean = real_features.mean(0)  # centred on the real features and scaled to unit mean variance: x.y / d is O(1)
-    scale = real_features.var(0).mean().sqrt().clamp_min(1e-8)
     out = {
-        "sample_kid": kernel_distance((fake_features - mean) / scale, (real_features - mean) / scale),
+        "sample_kid": feature_kid(fake_features, real_features),
         "sample_agreement": float((predicted == wanted).float().mean()),
     }
     if probe is not None:

@@ -302,7 +302,7 @@ nav a{margin-right:12px} section.attr{border-top:1px solid #ddd;padding:10px 0}
 figure{margin:0;text-align:center;font-size:12px}
 img.px{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ccc}
 figure.changed img{border-color:#c33} .up{color:#080} .down{color:#a00}
-figure.maps img.px{width:auto;height:128px;margin-left:8px}
+figure.maps img.px{width:auto;height:80px;margin-left:8px}
 img.broken{outline:3px solid red} .invisible{color:#fff;background:#c33;padding:0 4px}
 """
 

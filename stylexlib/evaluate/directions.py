@@ -25,7 +25,7 @@ from ..config import AttFindConfig
 from ..effects import DIRECTIONS, Effects, class_score, predict_styles
 from ..losses import lpips_distance
 from ..explain.directions import DirectionExplainer, pool_logits, wu_positive_ranking
-from ..quality import kernel_distance, lpips_features
+from ..quality import feature_kid, lpips_features
 from ..selection import class_attributes, default_thresholds
 
 RULES = ("attfind", "wu_positives")
@@ -121,8 +121,8 @@ def edit_measures(top1: dict[str, Tensor], lpips_model: torch.nn.Module, real_fe
     drop = float(top1["drop"][use].mean())
     return {"logodds_change": drop, "lpips": float(distance.mean()),
             "logodds_per_lpips": drop / max(float(distance.mean()), 1e-6),
-            "realism": kernel_distance(lpips_features(lpips_model, edited), real_features),
-            "realism_unedited": kernel_distance(lpips_features(lpips_model, original), real_features)}
+            "realism": feature_kid(lpips_features(lpips_model, edited), real_features),
+            "realism_unedited": feature_kid(lpips_features(lpips_model, original), real_features)}
 
 
 def probe_factor_changes(probe: torch.nn.Module, original: Tensor, edited: Tensor, factors: list[str]) -> pd.DataFrame:
