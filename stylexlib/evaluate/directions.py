@@ -23,8 +23,8 @@ from torch import Tensor
 
 from ..config import AttFindConfig
 from ..effects import DIRECTIONS, Effects, class_score, predict_styles
-from ..losses import lpips_distance
 from ..explain.directions import DirectionExplainer, pool_logits, wu_positive_ranking
+from ..losses import lpips_distance
 from ..quality import feature_kid, lpips_features
 from ..selection import class_attributes, default_thresholds
 
@@ -105,8 +105,8 @@ def top1_edits(explainer: DirectionExplainer, styles: Tensor, selected: pd.DataF
     edited_styles = explainer.pool.apply(styles, picks, signs, explainer.step)
     after = predict_styles(G, C, edited_styles, explainer.batch_size)
     drop = class_score(base, target, "logits") - class_score(after, target, "logits")
-    return {"styles": styles, "original": explainer.render(styles), "edited": explainer.render(edited_styles), "target": target,
-            "drop": drop, "usable": usable, "picks": picks[:, 0], "signs": signs[:, 0]}
+    return {"styles": styles, "original": explainer.render(styles), "edited": explainer.render(edited_styles),
+            "target": target, "drop": drop, "usable": usable, "picks": picks[:, 0], "signs": signs[:, 0]}
 
 
 def edit_measures(top1: dict[str, Tensor], lpips_model: torch.nn.Module, real_features: Tensor) -> dict[str, float]:

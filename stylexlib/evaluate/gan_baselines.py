@@ -23,19 +23,19 @@ from ..data import to_float
 from ..effects import StyleStats, searched_coordinates
 from ..explain.directions import (DirectionExplainer, EditPool, coordinate_pool, ganspace_directions, latent_pool,
                                   random_coordinates, random_directions, sefa_directions)
-from ..factor_probe import factor_groups
 from ..explain.voynov_babenko import VoynovBabenkoTrainer, training_curves
+from ..factor_probe import factor_groups
 from ..inversion import invert
 from ..losses import load_lpips
+from ..plain_gan import load_plain_gan, train_plain_gan
 from ..progress import tqdm
-from ..plain_gan import load_plain_gan, plain_gan_dir, train_plain_gan
 from ..provenance import fingerprint, stylex_fingerprint
 from ..quality import lpips_features
 from ..run import Run, pick_device
 from .benchmark import COLUMNS, score_maps
-from .ground_truth import factor_masks, factor_sensitivity
 from .directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
                          sufficiency_curve, top1_edits)
+from .ground_truth import factor_masks, factor_sensitivity
 
 GAN_METHODS = ("stylex", "wu_attfind", "wu_positives", "voynov_babenko", "ganspace", "sefa", "random_directions",
                "random_coordinates")
@@ -86,8 +86,8 @@ def load_gans(run: Run, data, device=None, progress: bool = True) -> list[Gan]:
 def train_directions(run: Run, gan: Gan, data, progress: bool = True) -> tuple[Tensor, dict]:
     """Voynov & Babenko's directions on one GAN (resumable; curves saved), with R's accuracy and chance."""
     cfg = run.cfg.compare
-    conditions = gan.models.condition(invert(gan.models, data.images[subset_indices(data, "train", 512, cfg.seed)]).logits
-                                      .to(gan.models.device)).cpu()
+    logits = invert(gan.models, data.images[subset_indices(data, "train", 512, cfg.seed)]).logits
+    conditions = gan.models.condition(logits.to(gan.models.device)).cpu()  # the class inputs G sees on real images
     key = fingerprint("voynov_babenko", stylex_fingerprint(run.cfg), gan.name, cfg.directions, cfg.vb_kind,
                       cfg.vb_batch_size, cfg.seed, gan.models.step)
     trainer = VoynovBabenkoTrainer(gan.models, conditions, cfg.directions, cfg.vb_kind, cfg.vb_batch_size,
@@ -113,7 +113,8 @@ def build_methods(run: Run, gans: list[Gan], data, progress: bool = True, only: 
 
         coords = searched_coordinates(G, include_torgb)
         if gan.name == "stylex":
-            methods.append(Method("stylex", "attribute", "attfind", explainer(coordinate_pool("stylex", G, gan.stats, coords))))
+            pool = coordinate_pool("stylex", G, gan.stats, coords)
+            methods.append(Method("stylex", "attribute", "attfind", explainer(pool)))
         else:
             pool = coordinate_pool("stylespace", G, gan.stats, coords)
             methods += [Method("wu_attfind", "attribute", "attfind", explainer(pool)),
@@ -146,7 +147,7 @@ def baseline_explainer(run_dir: str, method: str, gan: str = "plain", device=Non
     run = open_run(run_dir)
     data = load_dataset(run.cfg.data)
     gans = [g for g in load_gans(run, data, device) if g.name == gan]
-    found = [m for m in build_methods(run, gans, data, only={method})]
+    found = build_methods(run, gans, data, only={method})
     if not found:
         raise ValueError(f"method '{method}' does not run on the {gan} GAN (stylex: StylEx's; wu_*: the plain one)")
     return found[0].explainer
@@ -272,5 +273,5 @@ def method_figure(key: str, result: Evaluated, explainer: DirectionExplainer, sh
     return plots.image_grid(torch.cat(rows), titles, ncols=shown, suptitle=f"{key}: top edits, {explainer.step:g} std")
 
 
-__all__ = ["GAN_METHODS", "Gan", "Method", "baseline_explainer", "build_methods", "evaluate_all", "evaluate_method", "gan_of", "load_gans",
-           "merge_methods", "method_figure", "plain_gan_dir", "sufficiency_figure"]
+__all__ = ["GAN_METHODS", "Gan", "Method", "baseline_explainer", "build_methods", "evaluate_all", "evaluate_method",
+           "gan_of", "load_gans", "merge_methods", "method_figure", "sufficiency_figure"]
