@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Protocol
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
 
+from .data.folder import decode_image
 from .study import RESPONSES_FILE, STUDIES, StudyError, append_response, load_answer_key, read_responses
 from .viz import to_pil
 
@@ -75,10 +74,8 @@ class LRU(OrderedDict):
 
 
 def load_image_bytes(data: bytes, resolution: int) -> Tensor:
-    """An image file's bytes -> uint8 (1, 3, R, R): EXIF-rotated, RGB, centre-cropped square, resized."""
-    pic = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    pic = ImageOps.fit(pic, (resolution, resolution), method=Image.LANCZOS)
-    return torch.from_numpy(np.asarray(pic).copy()).permute(2, 0, 1)[None]
+    """An uploaded image file's bytes -> uint8 (1, 3, R, R), decoded exactly as the same file in an image folder."""
+    return torch.from_numpy(decode_image(io.BytesIO(data), resolution)).permute(2, 0, 1)[None]
 
 
 def png_bytes(image: Tensor, scale: int = 1) -> bytes:

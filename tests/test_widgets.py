@@ -193,3 +193,15 @@ def test_study_runner_saves_every_answer_and_resumes(study_dir: Path, monkeypatc
     total = table[table["study"] == "all"].iloc[0]
     assert total.n == len(key) and total.correct == len(key)
     assert os.path.getsize(study_dir / "responses.csv") > 0
+
+
+def test_an_upload_decodes_like_the_same_file_in_a_folder(tmp_path) -> None:
+    from stylexlib.data.folder import decode_image
+
+    pic = Image.new("RGBA", (40, 40), (200, 30, 30, 255))
+    pic.paste((0, 0, 255, 0), (0, 0, 40, 20))  # a fully transparent top half: white, not blue, in both paths
+    pic.save(tmp_path / "face.png")
+    upload = load_image_bytes((tmp_path / "face.png").read_bytes(), RES)
+    folder = torch.from_numpy(decode_image(str(tmp_path / "face.png"), RES)).permute(2, 0, 1)[None]
+    assert torch.equal(upload, folder)
+    assert (upload[0, :, : RES // 2 - 1] > 250).all()  # transparency composited onto white

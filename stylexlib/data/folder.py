@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -323,14 +324,16 @@ def _decode_all(paths: list[str], resolution: int) -> tuple[list[np.ndarray | No
 
 def _try_decode(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
     try:
-        return _decode_image(*job), None
+        return decode_image(*job), None
     except Exception as exc:  # any failure on one user file is reported, not fatal
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _decode_image(path: str, resolution: int) -> np.ndarray:
-    """One file -> uint8 array (resolution, resolution, 3): centre square crop, LANCZOS resize, RGB."""
-    with Image.open(path) as img:
+def decode_image(source: str | Path | BinaryIO, resolution: int) -> np.ndarray:
+    """One image file (a path or an open binary file, e.g. an upload's bytes) -> uint8 array (resolution, resolution,
+    3): EXIF-rotated, transparency composited onto white, centre square crop, LANCZOS resize. The one decoder for
+    folders and uploads, so an image reads the same either way."""
+    with Image.open(source) as img:
         img.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale, still >= resolution
         rgb = _to_rgb(ImageOps.exif_transpose(img))
         return np.array(ImageOps.fit(rgb, (resolution, resolution), Image.Resampling.LANCZOS))
