@@ -21,7 +21,7 @@ from .editor import AttributeEditor
 from .effects import (DIRECTIONS, Effects, StyleStats, cache_key, compute_effects, searched_coordinates,
                       shift_targets, style_statistics)
 from .inversion import invert
-from .io import atomic_write, torch_load, torch_save
+from .io import torch_load, torch_save, write_table
 from .provenance import stylex_fingerprint
 from .viz import AttributeExamples, attribute_label
 from .selection import (class_attributes, default_thresholds, describe, image_attributes,
@@ -123,7 +123,7 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
                          cfg.random_trials, cfg.seed, cfg.batch_size)
     if dist.is_main:
         for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
-            atomic_write(run.path(ATTFIND_DIR, f"{name}.csv"), lambda p, t=table: t.to_csv(p, index=False))
+            write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)
         torch_save(run.path(ATTFIND_DIR, "styles.pt"), {"styles": styles, "image_indices": effects.image_indices})
     return AttFindResult(effects, styles, stats, attributes, per_image, scores, seconds)
 

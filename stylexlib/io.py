@@ -31,6 +31,11 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def write_table(path: str | Path, table: Any, index: bool = False, **to_csv: Any) -> Path:
+    """Atomically write a pandas table as CSV (without its index unless asked): the one way tables are written."""
+    return write_text(path, table.to_csv(index=index, **to_csv))
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write JSON (indented, keys sorted)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

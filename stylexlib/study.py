@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .io import write_text
+from .io import write_table, write_text
 from .viz import AttributeExamples, by_class, caption, display_scale, replaced_dir, save_gif, save_png, stack, to_pil
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def _same_key(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 
 def _write_key(key: pd.DataFrame, path: Path) -> None:
-    write_text(path, key.to_csv(index=False))
+    write_table(path, key)
 
 
 def load_answer_key(study_dir: str | Path) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..config import DataConfig
-from ..io import torch_load, torch_save, write_text
+from ..io import torch_load, torch_save, write_table
 from .cache import cache_root
 from .dataset import SPLITS, DataError, ImageDataset, random_split
 
@@ -473,4 +473,4 @@ def save_factors_csv(dataset: ImageDataset, path: str | Path) -> Path:
     table["label"] = labels
     table["class_name"] = np.asarray(dataset.class_names)[labels]
     table["split"] = dataset.split
-    return write_text(path, table.to_csv(index_label="image"))
+    return write_table(path, table, index=True, index_label="image")

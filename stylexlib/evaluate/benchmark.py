@@ -97,10 +97,10 @@ def combine(out: str, run_dirs: list[str]) -> pd.DataFrame:
     """Concatenate the ``benchmark/methods.csv`` of several run folders (one task each) into ``out``."""
     from pathlib import Path
 
-    from ..io import write_text
+    from ..io import write_table
 
     table = pd.concat([pd.read_csv(Path(d) / "benchmark" / "methods.csv") for d in run_dirs], ignore_index=True)
-    write_text(out, table.to_csv(index=False))
+    write_table(out, table)
     return table
 
 
