@@ -70,6 +70,14 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def class_input(logits: Tensor, condition_on: str) -> Tensor:
+    """The generator's class input c for classifier logits: the probabilities, the logits, or zeros for a GAN trained
+    without the classifier (``stylex.condition_on``: "probs", "logits", "none")."""
+    if condition_on == "none":
+        return torch.zeros_like(logits)
+    return logits.softmax(dim=1) if condition_on == "probs" else logits
+
+
 @dataclass
 class StylexModels:
     """The trained StylEx models, frozen and ready for inversion: EMA generator, encoder, classifier (and D)."""
@@ -84,10 +92,8 @@ class StylexModels:
     discriminator: Discriminator | None = None  # for AttFind's optional realism filter
 
     def condition(self, logits: Tensor) -> Tensor:
-        """The generator's class input for classifier logits: probabilities, logits or zeros (``cfg.condition_on``)."""
-        if self.cfg.condition_on == "none":
-            return torch.zeros_like(logits)
-        return logits.softmax(dim=1) if self.cfg.condition_on == "probs" else logits
+        """The generator's class input for classifier logits (``cfg.condition_on``)."""
+        return class_input(logits, self.cfg.condition_on)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 or [-1, 1] images -> float images on the models' device."""

@@ -34,6 +34,7 @@ from .checkpoint import (
     StylexModels,
     build_networks,
     capture_rng,
+    class_input,
     checkpoint_path,
     load_checkpoint,
     load_stylex,
@@ -211,10 +212,9 @@ class StylexTrainer:
         x = self._real_batch()
         with torch.no_grad(), self._autocast():
             logits = self.classifier(x).float()
-        probs = logits.softmax(dim=1)
-        condition = probs if cfg.condition_on == "probs" else logits
-        if cfg.condition_on == "none":  # no classifier: c = 0 for G, D's class heads averaged (unconditional)
-            probs, condition = torch.full_like(probs, 1 / probs.shape[1]), torch.zeros_like(logits)
+        probs, condition = logits.softmax(dim=1), class_input(logits, cfg.condition_on)
+        if cfg.condition_on == "none":  # no classifier: D's class heads averaged (unconditional)
+            probs = torch.full_like(probs, 1 / probs.shape[1])
         with self._autocast():
             generated = self._generate(x, condition, probs)
         if self.warming_up:  # reconstruction first: no D, no regularisers
