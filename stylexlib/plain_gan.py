@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import plots
-from .checkpoint import CHECKPOINT_FILE, StylexModels, load_checkpoint, load_models, read_stats
+from .checkpoint import CHECKPOINT_FILE, StylexModels, load_models, read_stats
 from .config import StylexConfig
 from .data import ImageDataset
 from .provenance import stylex_fingerprint
@@ -34,19 +34,13 @@ def plain_gan_dir(run: Run) -> Path:
     return run.path(*PLAIN_GAN_DIR)
 
 
-def stylex_steps(run: Run) -> int:
-    """The number of steps the run's StylEx model trained (the baseline's budget)."""
-    return int(load_checkpoint(run.path(*CHECKPOINT_FILE))["step"])
-
-
 def plain_gan_fingerprint(run: Run, steps: int) -> str:
     return stylex_fingerprint(dataclasses.replace(run.cfg, stylex=plain_gan_config(run.cfg.stylex, steps)))
 
 
-def train_plain_gan(run: Run, data: ImageDataset, classifier: nn.Module, device: torch.device | None = None,
-                    progress: bool = True) -> TrainSummary:
-    """Train (or resume) the baseline GAN into ``baselines/plain_gan`` for as many steps as StylEx trained."""
-    steps = stylex_steps(run)
+def train_plain_gan(run: Run, data: ImageDataset, classifier: nn.Module, steps: int,
+                    device: torch.device | None = None, progress: bool = True) -> TrainSummary:
+    """Train (or resume) the baseline GAN into ``baselines/plain_gan`` for ``steps`` steps (StylEx's: the budget)."""
     out = plain_gan_dir(run)
     trainer = StylexTrainer(plain_gan_config(run.cfg.stylex, steps), data, classifier, out_dir=out, device=device,
                             fingerprint=plain_gan_fingerprint(run, steps))
@@ -60,7 +54,9 @@ def train_plain_gan(run: Run, data: ImageDataset, classifier: nn.Module, device:
     return summary
 
 
-def load_plain_gan(run: Run, classifier: nn.Module, device: torch.device | str | None = None) -> StylexModels:
-    """The trained baseline GAN's EMA generator and encoder, with the run's classifier (not in its loop)."""
-    return load_models(plain_gan_dir(run).joinpath(*CHECKPOINT_FILE), classifier,
-                       plain_gan_fingerprint(run, stylex_steps(run)), "09", device)
+def load_plain_gan(run: Run, classifier: nn.Module, steps: int, device: torch.device | str | None = None
+                   ) -> StylexModels:
+    """The baseline GAN trained for ``steps`` steps: EMA generator and encoder, with the run's classifier (not in its
+    loop)."""
+    return load_models(plain_gan_dir(run).joinpath(*CHECKPOINT_FILE), classifier, plain_gan_fingerprint(run, steps),
+                       "09", device)

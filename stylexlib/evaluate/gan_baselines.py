@@ -72,8 +72,8 @@ def load_gans(run: Run, data, device=None, progress: bool = True) -> list[Gan]:
     device = device or pick_device(run.cfg.stylex.device)
     classifier = load_run_classifier(run, data)
     stylex = load_stylex(run, device, data)
-    train_plain_gan(run, data, classifier, device, progress)
-    plain = load_plain_gan(run, classifier, device)
+    train_plain_gan(run, data, classifier, stylex.step, device, progress)  # StylEx's number of steps: the budget
+    plain = load_plain_gan(run, classifier, stylex.step, device)
     a = run.cfg.attfind
     images = data.images[subset_indices(data, "train", a.stats_images, a.seed)]
     gans = []
