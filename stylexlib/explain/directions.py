@@ -12,17 +12,17 @@ edits (of its pool, in either sign, ``step`` stds) that lower the target's log-o
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from ..checkpoint import StylexModels
-from ..effects import DIRECTIONS, StyleStats, class_score, edited_logits_fast, predict_styles
+from ..effects import DIRECTIONS, StyleStats, edited_logits_fast, searched_coordinates
 from ..models import Generator
-from .stylex import StylEx, StylexAttribution
+from .stylex import StylEx
 
 
 @dataclass
@@ -85,7 +85,8 @@ def pool_logits(generator: Generator, classifier: torch.nn.Module, styles: Tenso
 
 
 class DirectionExplainer(StylEx):
-    """A GAN's encoder, generator and the classifier, explaining with the edits of one :class:`EditPool`."""
+    """A GAN's encoder, generator and the classifier, explaining with the edits of one :class:`EditPool`; its
+    ``attribute`` is StylEx's, over the pool's edits instead of single coordinates."""
 
     def __init__(self, models: StylexModels, stats: StyleStats, pool: EditPool, step: float = 3.0,
                  batch_size: int = 64) -> None:
@@ -93,32 +94,12 @@ class DirectionExplainer(StylEx):
                          models.cfg.condition_on, batch_size=batch_size, device=models.device)
         self.pool, self.step = pool, step
 
-    def effects(self, styles: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(change of the target's log-odds (N, P, 2) for every edit, the logits on the unedited renders (N, C))."""
+    def _candidates(self, styles: Tensor, target: Tensor) -> tuple[Tensor, Callable, Callable]:
+        """The pool's edits in either sign, ``step`` stds each (see :meth:`StylEx._candidates`)."""
         logits = pool_logits(self.generator, self.models.classifier, styles, self.pool, self.step, self.batch_size)
-        base = predict_styles(self.generator, self.models.classifier, styles, self.batch_size)
-        change = class_score(logits, target[:, None, None], "logits") - class_score(base, target, "logits")[:, None, None]
-        return change, base
-
-    def attribute(self, inputs: Tensor, target: int | Tensor | None = None, k: int = 5) -> StylexAttribution:
-        """Per image, the ``k`` edits of the pool (either sign) that lower the target's log-odds most (None: the
-        predicted class), with the edited images and probabilities."""
-        started = time.perf_counter()
-        styles, _ = self.encode(inputs)
-        reconstructions = self.render(styles)
-        probs = self.probabilities(reconstructions)
-        target = probs.argmax(1) if target is None else torch.as_tensor(target).expand(len(styles)).long()
-        change, _ = self.effects(styles, target)
-        effects, columns = (-change).flatten(1).topk(min(k, change[0].numel()), dim=1)
-        picks, signs = columns // 2, columns % 2
-        edited = torch.stack([self.render(self.pool.apply(styles, picks[:, j:j + 1], signs[:, j:j + 1], self.step))
-                              for j in range(picks.shape[1])], 1)
-        rows = [dict(image=i, rank=j + 1, index=int(p), label=self.pool.labels[int(p)], direction=DIRECTIONS[int(d)],
-                     effect=-float(e))
-                for i in range(len(styles)) for j, (p, d, e) in enumerate(zip(picks[i], signs[i], effects[i]))]
-        return StylexAttribution(inputs, reconstructions, target, pd.DataFrame(rows), edited, probs,
-                                 self.probabilities(edited.flatten(0, 1)).view(*edited.shape[:2], -1),
-                                 (time.perf_counter() - started) / max(len(styles), 1))
+        return (self.log_odds_change(logits, styles, target),
+                lambda picks, signs: self.pool.apply(styles, picks, signs, self.step),
+                lambda position: dict(index=position, label=self.pool.labels[position]))
 
     def edit(self, images: Tensor, index: int, direction: str | int = "up", strength: float = 1.0) -> Tensor:
         """The images with edit ``index`` of the pool applied, ``strength`` x ``step`` stds in ``direction``."""
@@ -158,8 +139,6 @@ def random_directions(dim: int, count: int, seed: int = 0) -> Tensor:
 
 def random_coordinates(generator: Generator, count: int, include_torgb: bool = False, seed: int = 0) -> Tensor:
     """``count`` StyleSpace coordinates drawn at random from the searched ones: the control for the coordinates."""
-    from ..effects import searched_coordinates
-
     candidates = searched_coordinates(generator, include_torgb)
     return candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:count]].sort()[0]
 
@@ -167,7 +146,8 @@ def random_coordinates(generator: Generator, count: int, include_torgb: bool = F
 def wu_positive_ranking(styles: Tensor, stats: StyleStats, positives: Tensor, coords: Tensor) -> pd.DataFrame:
     """Wu et al.'s channel ranking for a class (CVPR 2021, Sec. 4): over the images the classifier labels positive,
     the styles normalised by the dataset mean and std; relevance |mean| / std; the edit towards the positives moves
-    a channel in the sign of the mean. Rows sorted by relevance: position (in ``coords``), flat, direction, relevance."""
+    a channel in the sign of the mean. Rows sorted by relevance: position (in ``coords``), flat, direction,
+    relevance."""
     z = (styles[positives][:, coords] - stats.mean[coords]) / stats.std[coords].clamp_min(1e-8)
     relevance = z.mean(0).abs() / z.std(0).clamp_min(1e-8)
     order = relevance.argsort(descending=True)

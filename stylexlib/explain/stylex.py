@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -136,25 +137,38 @@ class StylEx:
         reconstructions = self.render(styles)
         probs = self.probabilities(reconstructions)
         target = probs.argmax(1) if target is None else torch.as_tensor(target).expand(len(styles)).long()
-        coords = searched_coordinates(self.generator, self.include_torgb)
-        targets = shift_targets(styles, self.stats, self.editor.shift, self.editor.shift_std)
-        logits = edited_logits_fast(self.generator, self.models.classifier, styles.to(self.models.device),
-                                    targets.to(self.models.device), coords, self.batch_size).cpu()  # (N, K, 2, C)
-        base_logits = predict_styles(self.generator, self.models.classifier, styles.to(self.models.device),
-                                     self.batch_size).cpu()  # the same unclamped renders as the edits
-        base = class_score(base_logits, target, "logits")
-        change = class_score(logits, target[:, None, None], "logits") - base[:, None, None]
+        change, apply, describe = self._candidates(styles, target)
         effects, columns = (-change).flatten(1).topk(min(k, change[0].numel()), dim=1)
-        flats, directions = coords[columns // 2], columns % 2
-        edited = torch.stack([self.render(apply_attributes(styles, targets, flats[:, j:j + 1], directions[:, j:j + 1]))
-                              for j in range(flats.shape[1])], 1)
-        index = self.generator.style_index
-        rows = [dict(image=i, rank=j + 1, flat=int(f), layer=index.locate(f).name, channel=index.locate(f).channel,
-                     direction=DIRECTIONS[int(d)], effect=-float(e))
-                for i in range(len(styles)) for j, (f, d, e) in enumerate(zip(flats[i], directions[i], effects[i]))]
+        picks, signs = columns // 2, columns % 2
+        edited = torch.stack([self.render(apply(picks[:, j:j + 1], signs[:, j:j + 1]))
+                              for j in range(picks.shape[1])], 1)
+        rows = [dict(image=i, rank=j + 1, **describe(int(p)), direction=DIRECTIONS[int(d)], effect=-float(e))
+                for i in range(len(styles)) for j, (p, d, e) in enumerate(zip(picks[i], signs[i], effects[i]))]
         return StylexAttribution(inputs, reconstructions, target, pd.DataFrame(rows), edited, probs,
                                  self.probabilities(edited.flatten(0, 1)).view(*edited.shape[:2], -1),
                                  (time.perf_counter() - started) / max(len(styles), 1))
+
+    def _candidates(self, styles: Tensor, target: Tensor) -> tuple[Tensor, Callable, Callable]:
+        """The candidate edits of :meth:`attribute`: the change of the target's log-odds under each (N, K, 2), how to
+        apply candidates (positions (N, k), directions (N, k)) to ``styles``, and a candidate's table columns. Here:
+        every searched coordinate, moved to its AttFind shift."""
+        coords = searched_coordinates(self.generator, self.include_torgb)
+        targets = shift_targets(styles, self.stats, self.editor.shift, self.editor.shift_std)
+        logits = edited_logits_fast(self.generator, self.models.classifier, styles, targets, coords, self.batch_size)
+        index = self.generator.style_index
+
+        def describe(position: int) -> dict:
+            flat = int(coords[position])
+            return dict(flat=flat, layer=index.locate(flat).name, channel=index.locate(flat).channel)
+
+        return (self.log_odds_change(logits, styles, target),
+                lambda picks, signs: apply_attributes(styles, targets, coords[picks], signs), describe)
+
+    def log_odds_change(self, logits: Tensor, styles: Tensor, target: Tensor) -> Tensor:
+        """Change of the target's one-vs-rest log-odds (N, K, 2) from G(styles), unclamped like the edits, to the edits'
+        ``logits`` (N, K, 2, C)."""
+        base = predict_styles(self.generator, self.models.classifier, styles, self.batch_size)
+        return class_score(logits, target[:, None, None], "logits") - class_score(base, target, "logits")[:, None, None]
 
     def class_attributes(self, images: Tensor, target: int, k: int = 10, method: str = "greedy") -> pd.DataFrame:
         """AttFind's top-``k`` attributes of class ``target`` over a set of images (the paper's Algorithm 1)."""

@@ -87,12 +87,14 @@ class VoynovBabenkoTrainer:
         self.matrix = DirectionMatrix(self.generator.latent_dim, count, kind).to(self.device)
         self.reconstructor = Reconstructor(count).to(self.device)
         self.optimizer = torch.optim.Adam([*self.matrix.parameters(), *self.reconstructor.parameters()], lr=lr)
-        self.conditions, self.count, self.batch_size, self.shift_range = conditions.float(), count, batch_size, shift_range
+        self.conditions, self.count = conditions.float(), count
+        self.batch_size, self.shift_range = batch_size, shift_range
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.fingerprint = fingerprint
         self.random = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # W's spread: the shifts are measured in it
-            w = self.generator.mapping(torch.randn(4096, self.generator.latent_dim, generator=self.random).to(self.device))
+            z = torch.randn(4096, self.generator.latent_dim, generator=self.random)
+            w = self.generator.mapping(z.to(self.device))
             self.w_scale = float(w.var(0).mean().sqrt())
         self.step, self.history = 0, []
 
