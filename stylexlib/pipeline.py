@@ -156,7 +156,7 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
             if not force and all(late):  # only later stages read what changed: those run again
                 first = min(late)
                 state = read_json(run_dir / STATE_FILE, default={})
-                write_json(run_dir / STATE_FILE, {k: v for k, v in state.items() if not k[:2] >= first})
+                write_json(run_dir / STATE_FILE, {k: v for k, v in state.items() if k[:2] < first})
                 print(f"[stylex] {', '.join(changed)} changed: stages from {first} on run again")
             elif not force:
                 raise ConfigError(

@@ -66,7 +66,7 @@ def _write_study(questions: list[tuple], write_question: Callable[..., dict], pr
         for number, q in enumerate(rng.permutation(len(questions)), 1):
             rows.append(write_question(*questions[q], f"{prefix}-{number:03d}", tmp))
         key = pd.DataFrame(rows, columns=columns)
-        _write_key(key, tmp / KEY_FILE)
+        write_table(tmp / KEY_FILE, key)
     return key
 
 
@@ -204,10 +204,6 @@ def generate_studies(examples: Sequence[AttributeExamples], out_dir: str | Path,
 def _same_key(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     columns = ["question_id", "correct", "attribute", "image_index"]
     return len(a) == len(b) and a[columns].astype(str).reset_index(drop=True).equals(b[columns].astype(str).reset_index(drop=True))
-
-
-def _write_key(key: pd.DataFrame, path: Path) -> None:
-    write_table(path, key)
 
 
 def load_answer_key(study_dir: str | Path) -> pd.DataFrame:

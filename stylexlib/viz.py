@@ -113,7 +113,11 @@ def font(size: int = 12) -> ImageFont.ImageFont:
 
 def to_pil(image: Tensor, scale: int = 1) -> Image.Image:
     """One image (3, H, W), uint8 or float in [-1, 1], as an RGB PIL image enlarged ``scale`` times (nearest)."""
-    pic = Image.fromarray(to_hwc(image[None])[0])
+    return enlarge(Image.fromarray(to_hwc(image[None])[0]), scale)
+
+
+def enlarge(pic: Image.Image, scale: int) -> Image.Image:
+    """The picture enlarged ``scale`` times with nearest-neighbour sampling (pixels stay crisp)."""
     return pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST) if scale > 1 else pic
 
 
@@ -154,8 +158,7 @@ def heat_strip(maps: Tensor, names: Sequence[str], scale: int = 1) -> Image.Imag
     for relevance, name in zip(maps, names):
         magnitude = relevance.abs().float()
         magnitude = (magnitude / magnitude.max().clamp_min(1e-12)).numpy()
-        pic = Image.fromarray((colour(magnitude)[..., :3] * 255).astype(np.uint8))
-        pic = pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST) if scale > 1 else pic
+        pic = enlarge(Image.fromarray((colour(magnitude)[..., :3] * 255).astype(np.uint8)), scale)
         pics.append(caption(pic, name, size=10))
     return stack(pics, gap=2)
 
