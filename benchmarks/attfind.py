@@ -19,14 +19,16 @@ import time
 
 import torch
 
-from stylexlib import attfind, effects, selection
-from stylexlib.accelerate import inference_copies
-from stylexlib.checkpoint import StylexModels, load_stylex
-from stylexlib.config import StylexConfig, load_config
+from stylexlib.classifier.model import build_classifier
+from stylexlib.core.config import StylexConfig, load_config
+from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset
-from stylexlib.models import Encoder, Generator
-from stylexlib.models.classifier import build_classifier
-from stylexlib.run import open_run
+from stylexlib.explain.attfind import effects
+from stylexlib.explain.attfind import search as attfind
+from stylexlib.explain.attfind import selection
+from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.models import StylexModels, load_stylex
+from stylexlib.stylespace.accelerate import inference_copies
 
 
 def random_models(resolution: int, config: str) -> StylexModels:

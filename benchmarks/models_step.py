@@ -19,9 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from stylexlib.config import StylexConfig
-from stylexlib.losses import d_logistic_loss, g_nonsaturating_loss
-from stylexlib.models import Discriminator, Generator, stylegan2
+from stylexlib.core.config import StylexConfig
+from stylexlib.gan import Discriminator, Generator, stylegan2
+from stylexlib.gan.losses import d_logistic_loss, g_nonsaturating_loss
 
 NUM_CLASSES = 2
 

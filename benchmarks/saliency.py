@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stylexlib.classifier.model import build_classifier
 from stylexlib.data import to_float
 from stylexlib.data.synthetic import render, sample_factors
 from stylexlib.explain import METHODS, SaliencyExplainer, blur_ig
-from stylexlib.models.classifier import build_classifier
 
 # This file is named like PAIR's package: keep its folder off the import path so `import saliency` finds PAIR's.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]

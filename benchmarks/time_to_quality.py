@@ -27,17 +27,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from stylexlib import plots  # noqa: E402
-from stylexlib.classify import fit_run_classifier, load_run_classifier  # noqa: E402
-from stylexlib.config import apply_overrides  # noqa: E402
+from stylexlib.classifier.training import fit_run_classifier, load_run_classifier  # noqa: E402
+from stylexlib.core.config import apply_overrides  # noqa: E402
+from stylexlib.core.figures import save_figure
+from stylexlib.core.io import read_json, write_json  # noqa: E402
+from stylexlib.core.run import CONFIG_FILE, open_run  # noqa: E402
 from stylexlib.data import load_dataset  # noqa: E402
-from stylexlib.factor_probe import CONCEPTS, fit_run_probe  # noqa: E402
-from stylexlib.inversion import evaluate_reconstruction  # noqa: E402
-from stylexlib.io import read_json, write_json  # noqa: E402
-from stylexlib.losses import load_lpips  # noqa: E402
-from stylexlib.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
-from stylexlib.run import CONFIG_FILE, open_run  # noqa: E402
-from stylexlib.train import StylexTrainer  # noqa: E402
+from stylexlib.evaluate.factor_probe import CONCEPTS, fit_run_probe  # noqa: E402
+from stylexlib.evaluate.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
+from stylexlib.gan.losses import load_lpips  # noqa: E402
+from stylexlib.gan.training import StylexTrainer  # noqa: E402
+from stylexlib.stylespace.inversion import evaluate_reconstruction  # noqa: E402
 
 PLOTTED = [("recon_lpips", "held-out LPIPS (lower is better)"), ("recon_consistency", "classifier consistency"),
            ("recon_factor_min", "worst factor score on reconstructions"), ("sample_kid", "sample KID (lower is better)"),
@@ -136,7 +136,7 @@ def main() -> None:
         records = [{**r, **worst_factor(r)} for folder in args.combine
                    for r in read_json(Path(folder) / "time_to_quality.json")["records"]]
         write_json(out / "time_to_quality.json", {"records": records, "combined_from": args.combine})
-        plots.save_figure(figure(records), out / "time_to_quality.png")
+        save_figure(figure(records), out / "time_to_quality.png")
         print(table(records).to_string())
         return
     variants = [parse_variant(v) for v in (args.variant or ["baseline="])]
@@ -160,7 +160,7 @@ def main() -> None:
         results["records"] += run_variant(base, name, overrides, args.minutes, args.every, out, data, classifier,
                                           probe, lpips_model, args.images)
         write_json(results_path, results)
-        plots.save_figure(figure(results["records"]), out / "time_to_quality.png")
+        save_figure(figure(results["records"]), out / "time_to_quality.png")
     print(table(results["records"]).to_string())
 
 

@@ -30,9 +30,9 @@ from unittest import mock
 import torch
 from torch import nn
 
-from stylexlib.config import StylexConfig, load_config
-from stylexlib.losses import d_logistic_loss, g_nonsaturating_loss
-from stylexlib.models import Discriminator, Generator
+from stylexlib.core.config import StylexConfig, load_config
+from stylexlib.gan import Discriminator, Generator
+from stylexlib.gan.losses import d_logistic_loss, g_nonsaturating_loss
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 2
@@ -71,7 +71,7 @@ def peer_widths(peer, resolution: int, cfg: StylexConfig, capacity: int, fmap_ma
 
 def our_widths(resolution: int, cfg: StylexConfig) -> tuple[list[int], list[int]]:
     """Our generator widths per resolution (4 .. R) and discriminator widths (R .. 4), as the peer counts them."""
-    from stylexlib.models.stylegan2 import channels_at
+    from stylexlib.gan.generator import channels_at
 
     log2 = int(math.log2(resolution))
     generator = [channels_at(2**i, cfg) for i in range(2, log2 + 1)]
@@ -149,9 +149,9 @@ def stylex_step(cfg: StylexConfig, resolution: int, batch: int) -> tuple[Callabl
     """StylexTrainer.train_step on random images with an untrained built-in classifier."""
     import numpy as np
 
+    from stylexlib.classifier.model import build_classifier
     from stylexlib.data import ImageDataset
-    from stylexlib.models.classifier import build_classifier
-    from stylexlib.train import StylexTrainer
+    from stylexlib.gan.training import StylexTrainer
 
     n = 4 * batch
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stylexlib.editor import AttributeEditor
-from stylexlib.effects import StyleStats
-from stylexlib.checkpoint import StylexModels
-from stylexlib.config import StylexConfig
-from stylexlib.models import Encoder, Generator
-from stylexlib.models.classifier import build_classifier
-from stylexlib.widgets import AttributeBrowser
+from stylexlib.classifier.model import build_classifier
+from stylexlib.core.config import StylexConfig
+from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.attfind.effects import StyleStats
+from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.models import StylexModels
+from stylexlib.report.widgets import AttributeBrowser
 
 
 def demo_editor(resolution: int) -> AttributeEditor:

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from stylexlib import effects, selection
-from stylexlib.accelerate import inference_copies
-from stylexlib.editor import AttributeEditor
-from stylexlib.effects import Effects, StyleStats
-from stylexlib.checkpoint import StylexModels
-from stylexlib.config import AttFindConfig, StylexConfig
-from stylexlib.models import Encoder, Generator
-from stylexlib.models.classifier import build_classifier
+from stylexlib.classifier.model import build_classifier
+from stylexlib.core.config import AttFindConfig, StylexConfig
+from stylexlib.explain.attfind import effects, selection
+from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.attfind.effects import Effects, StyleStats
+from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.models import StylexModels
+from stylexlib.stylespace.accelerate import inference_copies
 
 CFG = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
 RESOLUTION = 16

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylexlib.augment import diff_augment, parse_policy, random_color, random_cutout, random_translation
+from stylexlib.gan.augment import diff_augment, parse_policy, random_color, random_cutout, random_translation
 
 
 def images(n: int = 6, size: int = 16) -> torch.Tensor:

@@ -6,19 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from stylexlib.classify import evaluate, train_classifier
-from stylexlib.config import ClassifierConfig
+from stylexlib.classifier.model import (ClassifierError, ClassifierWrapper, SmallCNN, build_classifier,
+                                        check_classifier, load_trained_classifier, load_user_classifier,
+                                        save_classifier)
+from stylexlib.classifier.training import evaluate, train_classifier
+from stylexlib.core.config import ClassifierConfig
 from stylexlib.data import ImageDataset, random_split
-from stylexlib.models.classifier import (
-    ClassifierError,
-    ClassifierWrapper,
-    SmallCNN,
-    build_classifier,
-    check_classifier,
-    load_trained_classifier,
-    load_user_classifier,
-    save_classifier,
-)
 
 
 @pytest.mark.parametrize("resolution", [16, 32, 64])
@@ -53,7 +46,7 @@ def test_torchscript_and_factory_sources(tmp_path: Path, monkeypatch) -> None:
     assert torch.allclose(loaded(x), net(x), atol=1e-6)
 
     (tmp_path / "my_models.py").write_text(
-        "from stylexlib.models.classifier import SmallCNN\n"
+        "from stylexlib.classifier.model import SmallCNN\n"
         "def make():\n    return SmallCNN(2, 16, width=4)\n"
         "def not_a_model():\n    return 3\n"
     )
@@ -109,7 +102,7 @@ def test_training_learns_and_saves(tmp_path: Path) -> None:
 
 
 def test_training_resumes_the_same_trajectory(tmp_path: Path, monkeypatch) -> None:
-    import stylexlib.classify as classify
+    import stylexlib.classifier.training as classify
 
     data = _colour_dataset(200)
     cfg = ClassifierConfig(epochs=2, batch_size=32, augment=True)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stylexlib.config import Config, ConfigError, apply_overrides, dump_config, load_config, save_config
+from stylexlib.core.config import Config, ConfigError, apply_overrides, dump_config, load_config, save_config
 
 
 def test_defaults_and_roundtrip(tmp_path: Path) -> None:

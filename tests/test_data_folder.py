@@ -8,9 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stylexlib.config import DataConfig
-from stylexlib.data import DataError, load_dataset
-from stylexlib.data import folder
+from stylexlib.core.config import DataConfig
+from stylexlib.data import DataError, folder, load_dataset
 from stylexlib.data.folder import load_folder_dataset
 
 CATS_VS_DOGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cats_vs_dogs"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stylexlib.config import DataConfig
+from stylexlib.core.config import DataConfig
 from stylexlib.data import DataError, load_dataset
 from stylexlib.data import synthetic as syn
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from stylexlib.checkpoint import checkpoint_path, load_checkpoint, read_stats
+from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
 
 WORKER = textwrap.dedent(
     """
@@ -19,11 +19,11 @@ WORKER = textwrap.dedent(
     import numpy as np
     import torch
 
-    from stylexlib.config import StylexConfig
+    from stylexlib.core.config import StylexConfig
     from stylexlib.data import ImageDataset
-    from stylexlib.distributed import init_distributed, shutdown_distributed
-    from stylexlib.models.classifier import build_classifier
-    from stylexlib.train import StylexTrainer
+    from stylexlib.core.distributed import init_distributed, shutdown_distributed
+    from stylexlib.classifier.model import build_classifier
+    from stylexlib.gan.training import StylexTrainer
 
     out = Path(sys.argv[1])
     gen = torch.Generator().manual_seed(0)
@@ -78,12 +78,12 @@ ATTFIND_WORKER = textwrap.dedent(
 
     import torch
 
-    from stylexlib import effects
-    from stylexlib.checkpoint import StylexModels
-    from stylexlib.config import AttFindConfig, StylexConfig
-    from stylexlib.distributed import init_distributed, shutdown_distributed
-    from stylexlib.models import Encoder, Generator
-    from stylexlib.models.classifier import build_classifier
+    from stylexlib.explain.attfind import effects
+    from stylexlib.gan.models import StylexModels
+    from stylexlib.core.config import AttFindConfig, StylexConfig
+    from stylexlib.core.distributed import init_distributed, shutdown_distributed
+    from stylexlib.gan import Encoder, Generator
+    from stylexlib.classifier.model import build_classifier
 
     out = Path(sys.argv[1])
     cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
@@ -124,9 +124,9 @@ GRADIENT_WORKER = textwrap.dedent(
 
     import torch
 
-    from stylexlib.config import StylexConfig
-    from stylexlib.distributed import average_gradients, init_distributed, shutdown_distributed
-    from stylexlib.models import Encoder
+    from stylexlib.core.config import StylexConfig
+    from stylexlib.core.distributed import average_gradients, init_distributed, shutdown_distributed
+    from stylexlib.gan import Encoder
 
     out = Path(sys.argv[1])
     cfg = StylexConfig(latent_dim=8, channel_base=64, channel_max=8)

@@ -6,16 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_explain_stylex import CFG, planted  # noqa: F401 (fixture)
 
-from stylexlib.checkpoint import StylexModels
-from stylexlib.effects import StyleStats, searched_coordinates
 from stylexlib.evaluate.directions import select_edits, separation, sufficiency_curve, top_edits
+from stylexlib.explain.attfind.effects import StyleStats, searched_coordinates
 from stylexlib.explain.directions import (DirectionExplainer, EditPool, coordinate_pool, ganspace_directions,
                                           latent_pool, pool_logits, sefa_directions, wu_positive_ranking)
 from stylexlib.explain.voynov_babenko import DirectionMatrix, VoynovBabenkoTrainer
-from stylexlib.models import Encoder, Generator
-
-from test_explain_stylex import CFG, planted  # noqa: F401 (fixture)
+from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.models import StylexModels
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylexlib.config import StylexConfig
-from stylexlib.effects import StyleStats
+from stylexlib.core.config import StylexConfig
 from stylexlib.explain import Attribute, Direction, StylEx
-from stylexlib.models import Encoder, Generator
+from stylexlib.explain.attfind.effects import StyleStats
+from stylexlib.gan import Encoder, Generator
 
 CFG = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
 

@@ -5,16 +5,16 @@ import pandas as pd
 import pytest
 import torch
 
-from stylexlib import factor_probe as fp
-from stylexlib.checkpoint import StylexModels
-from stylexlib.config import DataConfig, StylexConfig
+from stylexlib.classifier.model import build_classifier
+from stylexlib.core.config import DataConfig, StylexConfig
 from stylexlib.data import load_dataset
 from stylexlib.data import synthetic as syn
-from stylexlib.editor import AttributeEditor
-from stylexlib.effects import StyleStats
-from stylexlib.inversion import invert
-from stylexlib.models import Encoder, Generator
-from stylexlib.models.classifier import build_classifier
+from stylexlib.evaluate import factor_probe as fp
+from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.attfind.effects import StyleStats
+from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.models import StylexModels
+from stylexlib.stylespace.inversion import invert
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylexlib import losses
-from stylexlib.config import StylexConfig
-from stylexlib.models import Discriminator, Generator
+from stylexlib.core.config import StylexConfig
+from stylexlib.gan import Discriminator, Generator, losses
 
 TINY = StylexConfig(channel_base=256, channel_max=32, latent_dim=32)
 SHARED_TORCH_HOME = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "torch"
@@ -144,7 +143,7 @@ def test_missing_lpips_weights_gives_clear_error(tmp_path: Path, monkeypatch: py
 
 
 def test_latent_mmd_tells_a_matching_distribution_from_a_collapsed_one_and_trains_only_the_encoder() -> None:
-    from stylexlib.losses import latent_mmd_loss
+    from stylexlib.gan.losses import latent_mmd_loss
 
     gen = torch.Generator().manual_seed(0)
     reference = torch.randn(256, 8, generator=gen) * 2 + 1

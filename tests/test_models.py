@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylexlib.config import StylexConfig
-from stylexlib.models import Discriminator, Encoder, Generator, SynthesisState
+from stylexlib.core.config import StylexConfig
+from stylexlib.gan import Discriminator, Encoder, Generator, SynthesisState
 
 TINY = StylexConfig(channel_base=256, channel_max=32, latent_dim=32)
 NUM_CLASSES = 3
@@ -248,8 +248,8 @@ def test_cuda_fp16_autocast_training_step() -> None:
 
 
 def test_feature_discriminator_trains_only_its_heads_and_reads_the_pretrained_trunk() -> None:
-    from stylexlib.losses import load_lpips
-    from stylexlib.models import FeatureDiscriminator
+    from stylexlib.gan import FeatureDiscriminator
+    from stylexlib.gan.losses import load_lpips
 
     trunk = load_lpips("squeeze")
     D = FeatureDiscriminator(16, NUM_CLASSES, TINY, trunk=trunk).requires_grad_(True)

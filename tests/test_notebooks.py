@@ -7,9 +7,9 @@ import papermill
 import pytest
 import torch
 
+from stylexlib.core.io import read_json, torch_load
 from stylexlib.evaluate.gan_baselines import baseline_explainer
-from stylexlib.io import read_json, torch_load
-from stylexlib.pipeline import discover_stages, run_pipeline
+from stylexlib.pipeline.runner import discover_stages, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -4,10 +4,10 @@ from pathlib import Path
 import nbformat as nbf
 import pytest
 
-from stylexlib.cli import main
-from stylexlib.config import ConfigError
-from stylexlib.io import read_json
-from stylexlib.pipeline import StageFailed, discover_stages, run_pipeline, select_stages, stage_parameters
+from stylexlib.core.config import ConfigError
+from stylexlib.core.io import read_json
+from stylexlib.pipeline.cli import main
+from stylexlib.pipeline.runner import StageFailed, discover_stages, run_pipeline, select_stages, stage_parameters
 
 
 def _notebook(path: Path, *cells: str) -> None:
@@ -23,7 +23,7 @@ COUNT = (
     "from pathlib import Path\n"
     "p = Path(run_dir) / 'count_{name}.txt'\n"
     "p.write_text(str(int(p.read_text()) + 1 if p.exists() else 1))\n"
-    "from stylexlib.run import open_run\n"
+    "from stylexlib.core.run import open_run\n"
     "open_run(run_dir).log_metrics({name}_value=factor)"
 )
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-
-from stylexlib import train
-from stylexlib.models.classifier import build_classifier
-from stylexlib.plain_gan import plain_gan_config
-
 from test_train import TINY, data, lpips_model, tiny_dataset  # noqa: F401 (fixtures)
+
+from stylexlib.classifier.model import build_classifier
+from stylexlib.gan import training as train
+from stylexlib.gan.plain_gan import plain_gan_config
 
 RESOLUTION = 16
 

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stylexlib import progress
+from stylexlib.core import progress
 
 
 def test_a_stage_bar_in_another_process_shows_in_the_terminal(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     state = Path("progress.json")  # relative, as `stylex run --out runs/demo` gives it; papermill changes the cwd
     out = io.StringIO()
-    child = ("from stylexlib.progress import tqdm\n"
+    child = ("from stylexlib.core.progress import tqdm\n"
              "bar = tqdm(total=40, desc='stylex', disable=False)\n"
              "for i in range(40):\n    bar.update(1)\n    bar.set_postfix({'l1': 0.25})\n"
              "bar.close()\n")

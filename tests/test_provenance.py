@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylexlib import provenance
-from stylexlib.checkpoint import load_stylex
-from stylexlib.classify import fit_run_classifier, load_run_classifier
-from stylexlib.config import apply_overrides, save_config
+from stylexlib.classifier.training import fit_run_classifier, load_run_classifier
+from stylexlib.core import provenance
+from stylexlib.core.config import apply_overrides, save_config
+from stylexlib.core.run import CONFIG_FILE, open_run
 from stylexlib.data import load_dataset
-from stylexlib.run import CONFIG_FILE, open_run
-from stylexlib.train import train_stylex
+from stylexlib.gan.models import load_stylex
+from stylexlib.gan.training import train_stylex
 
 TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
         "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
@@ -52,7 +52,7 @@ def test_an_unchanged_rerun_resumes_the_finished_classifier(tmp_path, monkeypatc
     data = load_dataset(run.cfg.data)
     first, _ = fit_run_classifier(run, data)
     calls = []
-    monkeypatch.setattr("stylexlib.classify.F.cross_entropy",
+    monkeypatch.setattr("stylexlib.classifier.training.F.cross_entropy",
                         lambda *a, **k: calls.append(1) or torch.nn.functional.cross_entropy(*a, **k))
     again, _ = fit_run_classifier(run, data)
     assert calls == [] and torch.equal(weights(first), weights(again))  # nothing retrained
@@ -87,7 +87,8 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
 
 
 def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(tmp_path, monkeypatch) -> None:
-    from stylexlib import attfind, factor_probe
+    from stylexlib.evaluate import factor_probe
+    from stylexlib.explain.attfind import search as attfind
 
     run = open_run(tmp_path / "run", None, TINY + ["attfind.stats_images=16"])
     data = load_dataset(run.cfg.data)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from stylexlib.losses import load_lpips
-from stylexlib.quality import invisible_attributes, kernel_distance, lpips_features, wasserstein_1d
+from stylexlib.evaluate.quality import invisible_attributes, kernel_distance, lpips_features, wasserstein_1d
+from stylexlib.gan.losses import load_lpips
 
 
 def direct_mmd(x: np.ndarray, y: np.ndarray) -> float:
@@ -61,8 +61,9 @@ def test_invisible_attributes_flags_large_classifier_changes_without_visible_cha
 
 
 def test_visibility_of_examples_reaches_the_table_the_metrics_and_the_gallery(tmp_path) -> None:
-    from stylexlib.quality import measure_visibility, visibility_metrics
-    from stylexlib.viz import AttributeExamples, write_gallery
+    from stylexlib.evaluate.quality import measure_visibility, visibility_metrics
+    from stylexlib.explain.attfind.examples import AttributeExamples
+    from stylexlib.report.gallery import write_gallery
 
     gen = torch.Generator().manual_seed(0)
     faces = torch.rand(3, 3, 16, 16, generator=gen) * 2 - 1

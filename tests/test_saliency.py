@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import ndimage
 
+from stylexlib.classifier.model import build_classifier
 from stylexlib.explain import METHODS, SaliencyExplainer, blur_ig, gaussian_blur
-from stylexlib.models.classifier import build_classifier
 
 
 @pytest.fixture(scope="module")

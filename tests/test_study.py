@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stylexlib.study import (StudyError, append_response, export_for_respondents, generate_studies, load_answer_key,
-                             read_responses,
-                             score_plot, score_responses, simulate_respondent, wilson_interval)
-from stylexlib.viz import AttributeExamples
+from stylexlib.explain.attfind.examples import AttributeExamples
+from stylexlib.report.study import (StudyError, append_response, export_for_respondents, generate_studies,
+                                    load_answer_key, read_responses, score_plot, score_responses, simulate_respondent,
+                                    wilson_interval)
 
 NAMES = ["frown", "smile"]
 K = 6

@@ -9,13 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from stylexlib import train
-from stylexlib.checkpoint import checkpoint_path, load_checkpoint
-from stylexlib.config import StylexConfig
+from stylexlib.classifier.model import build_classifier, save_classifier
+from stylexlib.core.config import StylexConfig
+from stylexlib.core.run import open_run
 from stylexlib.data import ImageDataset
-from stylexlib.losses import load_lpips
-from stylexlib.models.classifier import build_classifier, save_classifier
-from stylexlib.run import open_run
+from stylexlib.gan import training as train
+from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
+from stylexlib.gan.losses import load_lpips
+from stylexlib.gan.models import load_stylex
+from stylexlib.pipeline import cli
+from stylexlib.stylespace.inversion import evaluate_reconstruction
 
 RESOLUTION = 16
 TINY = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
@@ -88,9 +91,9 @@ def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier,
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=f"{name} differs")
-    steps = [record["step"] for record in train.read_stats(tmp_path / "resumed")]
+    steps = [record["step"] for record in read_stats(tmp_path / "resumed")]
     assert steps == [2, 4, 6]  # the lines logged after the checkpoint by the interrupted session are dropped
-    assert [r["step"] for r in train.read_stats(tmp_path / "straight")] == steps
+    assert [r["step"] for r in read_stats(tmp_path / "straight")] == steps
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, data, classifier, lpips_model,
@@ -156,16 +159,16 @@ def image_folder_run(tmp_path: Path, classifier: torch.nn.Module) -> Path:
 
 def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model) -> None:
     run_dir = image_folder_run(tmp_path, classifier)
-    assert train.main([str(run_dir)]) == 0
+    assert cli.main(["train", str(run_dir)]) == 0
     assert load_checkpoint(checkpoint_path(run_dir))["step"] == 2
     assert (run_dir / "figures" / "stylex_losses.png").exists()
 
-    models = train.load_stylex(open_run(run_dir), device="cpu")
+    models = load_stylex(open_run(run_dir), device="cpu")
     assert models.step == 2 and models.class_names == ["even", "odd"]
     assert not any(p.requires_grad for p in models.generator.parameters())
     w, c = models.encode(tiny_dataset(4).images)
     assert w.shape == (4, TINY.latent_dim) and torch.allclose(c.sum(1), torch.ones(4))
-    metrics = train.evaluate_reconstruction(models, tiny_dataset(10).images, lpips_model, batch_size=4)
+    metrics = evaluate_reconstruction(models, tiny_dataset(10).images, lpips_model, batch_size=4)
     assert set(metrics) == {"recon_consistency", "recon_lpips", "recon_l1", "recon_kl"}
     assert 0 <= metrics["recon_consistency"] <= 1 and metrics["recon_lpips"] > 0 and metrics["recon_l1"] > 0
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylexlib.viz import (AttributeExamples, ChromiumNotFound, dump_dom, find_chromium, load_examples, pair_figure,
-                           save_examples, save_toggle_gif, screenshot_html, summary_figure, write_gallery)
+from stylexlib.explain.attfind.examples import AttributeExamples, load_examples, save_examples
+from stylexlib.report.gallery import ChromiumNotFound, dump_dom, find_chromium, screenshot_html, write_gallery
+from stylexlib.report.viz import pair_figure, save_toggle_gif, summary_figure
 
 RED, BLUE = (220, 20, 20), (20, 40, 230)
 NAMES = ["frown", "smile"]

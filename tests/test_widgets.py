@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from test_study import make_examples
 
-import stylexlib.io
-from stylexlib.config import StylexConfig
+import stylexlib.core.io
+from stylexlib.classifier.model import build_classifier
+from stylexlib.core.config import StylexConfig
 from stylexlib.data import to_float
-from stylexlib.models import Encoder, Generator
-from stylexlib.models.classifier import build_classifier
-from stylexlib.study import StudyError, generate_studies, read_responses, score_responses
-from stylexlib.widgets import AttributeBrowser, StudyRunner, load_image_bytes
+from stylexlib.gan import Encoder, Generator
+from stylexlib.report.study import StudyError, generate_studies, read_responses, score_responses
+from stylexlib.report.widgets import AttributeBrowser, StudyRunner, load_image_bytes
 
 RES = 16
 
@@ -170,7 +170,7 @@ def test_study_runner_saves_every_answer_and_resumes(study_dir: Path, monkeypatc
     def crash(*_: object) -> None:
         raise KeyboardInterrupt  # the session dies while writing the fourth answer
 
-    monkeypatch.setattr(stylexlib.io.os, "replace", crash)
+    monkeypatch.setattr(stylexlib.core.io.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         runner.answer(runner.current["correct"])
     monkeypatch.undo()

@@ -16,10 +16,10 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from ..config import DataConfig
-from ..io import torch_load, torch_save
-from .cache import cache_root
-from .dataset import DataError, ImageDataset, random_split
+from stylexlib.core.config import DataConfig
+from stylexlib.core.io import torch_load, torch_save
+from stylexlib.data.cache import cache_root
+from stylexlib.data.dataset import DataError, ImageDataset, random_split
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import DataConfig
-from ..io import torch_load, torch_save, write_table
-from .cache import cache_root
-from .dataset import SPLITS, DataError, ImageDataset, random_split
+from stylexlib.core.config import DataConfig
+from stylexlib.core.io import torch_load, torch_save, write_table
+from stylexlib.data.cache import cache_root
+from stylexlib.data.dataset import SPLITS, DataError, ImageDataset, random_split
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,18 @@ and faithfulness (:mod:`stylexlib.evaluate.scores`); on a folder of real images 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..data import to_float
-from ..explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
-from .scores import (bootstrap_interval, deletion_insertion_auc, factor_identification, map_factor_scores,
-                     pointing_game, relevance_mass)
+from stylexlib.core.io import write_table
+from stylexlib.data import to_float
+from stylexlib.evaluate.scores import (bootstrap_interval, deletion_insertion_auc, factor_identification,
+                                       map_factor_scores, pointing_game, relevance_mass)
+from stylexlib.explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
 
 COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass", "pointing_game",
            "deletion_auc", "insertion_auc", "seconds_per_image"]
@@ -93,20 +95,8 @@ def benchmark_metrics(table: pd.DataFrame, scores: tuple[str, ...] = ("factor_to
             for score in scores if pd.notna(row[score])}
 
 
-def combine(out: str, run_dirs: list[str]) -> pd.DataFrame:
+def combine(out: str | Path, run_dirs: list[str | Path]) -> pd.DataFrame:
     """Concatenate the ``benchmark/methods.csv`` of several run folders (one task each) into ``out``."""
-    from pathlib import Path
-
-    from ..io import write_table
-
     table = pd.concat([pd.read_csv(Path(d) / "benchmark" / "methods.csv") for d in run_dirs], ignore_index=True)
     write_table(out, table)
     return table
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) < 3:
-        raise SystemExit("usage: python -m stylexlib.evaluate.benchmark OUT.csv RUN_DIR [RUN_DIR ...]")
-    print(combine(sys.argv[1], sys.argv[2:]).round(3).to_string(index=False))

@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..config import AttFindConfig
-from ..effects import DIRECTIONS, Effects, class_score, predict_styles
-from ..explain.directions import DirectionExplainer, pool_logits, wu_positive_ranking
-from ..losses import lpips_distance
-from ..quality import feature_kid, lpips_features
-from ..selection import class_attributes, default_thresholds
+from stylexlib.core.config import AttFindConfig
+from stylexlib.evaluate.quality import feature_kid, lpips_features
+from stylexlib.explain.attfind.effects import DIRECTIONS, Effects, class_score, predict_styles
+from stylexlib.explain.attfind.selection import class_attributes, default_thresholds
+from stylexlib.explain.directions import DirectionExplainer, pool_logits, wu_positive_ranking
+from stylexlib.gan.losses import lpips_distance
 
 RULES = ("attfind", "wu_positives")
 

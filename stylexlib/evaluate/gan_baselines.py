@@ -1,6 +1,6 @@
 """Stage 09: the GAN-direction baselines of a run folder, trained (resumably) and scored under one protocol.
 
-Two GANs: the run's StylEx model and the classifier-free GAN (:mod:`stylexlib.plain_gan`). Methods: ``stylex``
+Two GANs: the run's StylEx model and the classifier-free GAN (:mod:`stylexlib.gan.plain_gan`). Methods: ``stylex``
 (AttFind on StylEx's StyleSpace), ``wu_attfind`` (AttFind on the plain GAN's StyleSpace: the Wu et al. baseline as
 the StylEx paper ran it), ``wu_positives`` (Wu et al.'s own ranking there), and on both GANs ``voynov_babenko``,
 ``ganspace``, ``sefa``, ``random_directions`` and ``random_coordinates``. Rows follow ``benchmark/methods.csv``.
@@ -15,27 +15,27 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .. import plots
-from ..attfind import run_statistics, subset_indices
-from ..checkpoint import StylexModels, load_stylex
-from ..classify import load_run_classifier
-from ..data import to_float
-from ..effects import StyleStats, searched_coordinates
-from ..explain.directions import (DirectionExplainer, EditPool, coordinate_pool, ganspace_directions, latent_pool,
-                                  random_coordinates, random_directions, sefa_directions)
-from ..explain.voynov_babenko import VoynovBabenkoTrainer, training_curves
-from ..factor_probe import factor_groups
-from ..inversion import invert
-from ..losses import load_lpips
-from ..plain_gan import load_plain_gan, train_plain_gan
-from ..progress import tqdm
-from ..provenance import fingerprint, stylex_fingerprint
-from ..quality import lpips_features
-from ..run import Run, pick_device
-from .benchmark import COLUMNS, score_maps
-from .directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
-                         sufficiency_curve, top1_edits)
-from .ground_truth import factor_masks, factor_sensitivity
+from stylexlib.classifier.training import load_run_classifier
+from stylexlib.core.figures import image_grid, save_figure
+from stylexlib.core.progress import tqdm
+from stylexlib.core.provenance import fingerprint, stylex_fingerprint
+from stylexlib.core.run import Run, pick_device
+from stylexlib.data import to_float
+from stylexlib.evaluate.benchmark import COLUMNS, score_maps
+from stylexlib.evaluate.directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
+                                           sufficiency_curve, top1_edits)
+from stylexlib.evaluate.factor_probe import factor_groups
+from stylexlib.evaluate.ground_truth import factor_masks, factor_sensitivity
+from stylexlib.evaluate.quality import lpips_features
+from stylexlib.explain.attfind.effects import StyleStats, searched_coordinates
+from stylexlib.explain.attfind.search import run_statistics, subset_indices
+from stylexlib.explain.directions import (DirectionExplainer, EditPool, coordinate_pool, ganspace_directions,
+                                          latent_pool, random_coordinates, random_directions, sefa_directions)
+from stylexlib.explain.voynov_babenko import VoynovBabenkoTrainer, training_curves
+from stylexlib.gan.losses import load_lpips
+from stylexlib.gan.models import StylexModels, load_stylex
+from stylexlib.gan.plain_gan import load_plain_gan, train_plain_gan
+from stylexlib.stylespace.inversion import invert
 
 GAN_METHODS = ("stylex", "wu_attfind", "wu_positives", "voynov_babenko", "ganspace", "sefa", "random_directions",
                "random_coordinates")
@@ -95,7 +95,7 @@ def train_directions(run: Run, gan: Gan, data, progress: bool = True) -> tuple[T
                                    fingerprint=key)
     result = trainer.train(cfg.vb_steps, progress=progress)
     fig = training_curves(result.history, result.chance)
-    plots.save_figure(fig, run.path("figures", f"voynov_babenko_{gan.name}.png"))
+    save_figure(fig, run.path("figures", f"voynov_babenko_{gan.name}.png"))
     plt.close(fig)
     return result.directions, {"vb_accuracy": result.accuracy, "vb_chance": result.chance}
 
@@ -139,8 +139,8 @@ def build_methods(run: Run, gans: list[Gan], data, progress: bool = True, only: 
 def baseline_explainer(run_dir: str, method: str, gan: str = "plain", device=None) -> DirectionExplainer:
     """One baseline of a run folder as an explainer (``attribute(images, target, k)``); trains what it needs first
     (the classifier-free GAN, Voynov & Babenko's directions), resuming what an earlier run left."""
-    from ..data import load_dataset
-    from ..run import open_run
+    from stylexlib.core.run import open_run
+    from stylexlib.data import load_dataset
 
     if method not in GAN_METHODS:
         raise ValueError(f"unknown method '{method}'; the GAN baselines are {', '.join(GAN_METHODS)}")
@@ -270,7 +270,7 @@ def method_figure(key: str, result: Evaluated, explainer: DirectionExplainer, sh
             signs = torch.full_like(picks, 0 if r.direction == "down" else 1)
             rows.append(explainer.render(explainer.pool.apply(styles, picks, signs, explainer.step)))
             titles += [f"to {r.class_name} #{r.rank}\n{r.label} {r.direction}"] * shown
-    return plots.image_grid(torch.cat(rows), titles, ncols=shown, suptitle=f"{key}: top edits, {explainer.step:g} std")
+    return image_grid(torch.cat(rows), titles, ncols=shown, suptitle=f"{key}: top edits, {explainer.step:g} std")
 
 
 __all__ = ["GAN_METHODS", "Gan", "Method", "baseline_explainer", "build_methods", "evaluate_all", "evaluate_method",

@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..data import to_float
-from ..data.synthetic import FACTORS, render, render_interventions
-from ..effects import class_score
+from stylexlib.data import to_float
+from stylexlib.data.synthetic import FACTORS, render, render_interventions
+from stylexlib.explain.attfind.effects import class_score
 
 CONCEPT_FACTORS = [f.name for f in FACTORS if not f.nuisance]
 

@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..checkpoint import StylexModels
-from ..effects import DIRECTIONS, StyleStats, edited_logits_fast, searched_coordinates
-from ..models import Generator
-from .stylex import StylEx
+from stylexlib.explain.attfind.effects import DIRECTIONS, StyleStats, edited_logits_fast, searched_coordinates
+from stylexlib.explain.stylex import StylEx
+from stylexlib.gan import Generator
+from stylexlib.gan.models import StylexModels
 
 
 @dataclass

@@ -16,14 +16,15 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import StylexModels
-from ..config import AttFindConfig, StylexConfig
-from ..effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score, compute_effects,
-                       edited_logits_fast, predict_styles, searched_coordinates, shift_targets)
-from ..editor import AttributeEditor
-from ..inversion import invert
-from ..models import Encoder, Generator
-from ..selection import class_attributes, default_thresholds
+from stylexlib.core.config import AttFindConfig, StylexConfig
+from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.attfind.effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score,
+                                               compute_effects, edited_logits_fast, predict_styles,
+                                               searched_coordinates, shift_targets)
+from stylexlib.explain.attfind.selection import class_attributes, default_thresholds
+from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.models import StylexModels
+from stylexlib.stylespace.inversion import invert
 
 
 class Direction(str, Enum):
@@ -103,8 +104,8 @@ class StylEx:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: torch.device | str | None = None) -> StylEx:
         """The trained models and StyleSpace statistics of a run folder (stages 03 and 05)."""
-        from ..attfind import load_editor
-        from ..run import open_run
+        from stylexlib.core.run import open_run
+        from stylexlib.explain.attfind.search import load_editor
 
         run = open_run(run_dir)
         editor = load_editor(run, device)

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from ..checkpoint import StylexModels
-from ..io import torch_load, torch_save
-from ..progress import tqdm
+from stylexlib.core.io import torch_load, torch_save
+from stylexlib.core.progress import tqdm
+from stylexlib.gan.models import StylexModels
 
 KINDS = ("orthogonal", "linear")
 SHIFT_WEIGHT = 0.25  # the paper's weight of the shift regression

@@ -1,0 +1,1 @@
+"""The classifier being explained: its network, training and evaluation."""

@@ -1,0 +1,358 @@
+"""Dataclass configs: YAML load/save and dotted ``key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Which images to explain and how they are labelled and split."""
+
+    source: Literal["synthetic", "folder"] = "synthetic"  # "synthetic" (embedded default) or "folder"
+    resolution: int = 32  # power of two; images are square
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # synthetic ------------------------------------------------------------
+    num_images: int = 6000
+    label_rule: str = "mouth_curve > 0"  # pandas expression over factors: bool -> 2 classes, int -> class index
+    class_names: list[str] = field(default_factory=lambda: ["frown", "smile"])
+    label_noise: float = 0.0  # fraction of train/val labels flipped to another class (test labels follow the rule)
+    spurious_factor: str | None = "glasses"  # binary nuisance factor planted to agree with the label
+    spurious_agreement: float = 0.9  # fraction of train/val images where it equals the label
+    spurious_agreement_test: float = 0.5  # in the test split (0.5 = no correlation)
+    # folder ------------------------------------------------------------------
+    root: str = ""  # dataset folder; relative paths are resolved against the config file's folder
+    labels_csv: str | None = None  # CSV inside root with a `file` column; None = use <class>/<file> folders
+    file_column: str = "file"
+    label_column: str | None = None  # CSV column holding the label; None = class folder name
+    filter: str | None = None  # pandas query on the CSV, e.g. "age >= 18"
+    max_images: int | None = None  # keep a seeded random subset (quick runs)
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier to explain: trained here, or the user's own."""
+
+    source: str = "train"  # "train", a TorchScript file, or "package.module:factory"
+    input_size: int | None = None  # resize inputs to this size inside the wrapper (user models)
+    mean: list[float] | None = None  # per-channel normalisation applied to [0, 1] images (user models)
+    std: list[float] | None = None
+    num_classes: int | None = None  # checked against the data when given
+    gradcam_layer: str | None = None  # dotted module name for Grad-CAM (default: the classifier's last nn.Conv2d)
+    width: int = 32  # channels of the first conv block of the built-in CNN
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    augment: bool = True  # random horizontal flips
+    seed: int = 0
+
+
+@dataclass
+class StylexConfig:
+    """StylEx model sizes, losses and training schedule (defaults: paper weights)."""
+
+    latent_dim: int = 128
+    mapping_layers: int = 4
+    channel_base: int = 2048  # channels(res) = min(channel_base // res, channel_max)
+    channel_max: int = 128
+    condition_on: Literal["probs", "logits", "none"] = "probs"  # "probs" or "logits" of the classifier, concatenated
+    # to w; "none": a GAN trained without the classifier (c = 0, D unconditional, no KL terms; stage 09's baseline)
+    steps: int = 2000
+    batch_size: int = 16
+    lr_g: float = 2e-3
+    lr_d: float = 2e-3
+    lr_e: float = 2e-3
+    beta1: float = 0.0
+    beta2: float = 0.99
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    pl_weight: float = 0.0  # path-length regularisation weight (0 disables)
+    pl_every: int = 4
+    ema_half_life_images: float = 2000.0
+    encoder_ema: bool = False  # also keep an EMA of E, paired with G_ema in later stages (E itself is trained against G)
+    weight_adv: float = 1.0
+    weight_l1: float = 1.0  # paper: reconstruction L1
+    weight_lpips: float = 0.1  # paper: LPIPS
+    weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
+    weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
+    weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
+    weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
+    w_prior: Literal["moments", "mmd"] = "moments"  # match E(x)'s batch moments to mapping(z)'s, or the whole
+    # distribution (kernel MMD, as a Wasserstein autoencoder), so that random samples land where reconstructions do
+    # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
+    # random path (z -> mapping -> G); "alternate": the encoder path on steps where step % encoder_every == 0,
+    # the random path on the other steps.
+    path_mode: Literal["mix", "alternate"] = "mix"
+    encoder_every: int = 2  # path_mode "alternate" only
+    # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
+    warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
+    mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
+    discriminator: Literal["residual", "features"] = "residual"  # StyleGAN2's residual D, or heads on frozen LPIPS
+    # SqueezeNet features (projected-GAN style, models.discriminator.FeatureDiscriminator)
+    augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
+    lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
+    log_every: int = 10  # steps between progress-bar updates and stats.jsonl lines
+    sample_every: int = 250  # steps between preview grids (samples, reconstructions); 0: none
+    checkpoint_every: int = 250
+    time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    channels_last: bool = True
+    seed: int = 0
+
+
+@dataclass
+class InversionConfig:
+    """Stage 04: encode images into (w, c) and StyleSpace; optional per-image refinement of w."""
+
+    num_images: int = 256  # held-out images evaluated (from `split`)
+    split: Literal["train", "val", "test"] = "val"
+    refine_images: int = 16  # images refined by optimisation (0: none)
+    refine_steps: int = 100
+    refine_lr: float = 0.02
+    weight_kl: float = 1.0  # KL(C(x) || C(G(w, c))) next to LPIPS + L1 in the refinement objective
+    batch_size: int = 64
+
+
+@dataclass
+class AttFindConfig:
+    """Stage 05: AttFind (Lang et al. 2021, Alg. 1) over StyleSpace coordinates."""
+
+    num_images: int = 128  # images whose every coordinate is tried (from `split`)
+    split: Literal["train", "val", "test"] = "val"
+    stats_images: int = 2000  # images for the StyleSpace min/max/std (from the train split)
+    shift: Literal["minmax", "std"] = "minmax"  # "minmax": set the coordinate to its dataset min / max (the paper); "std": +- shift_std * std
+    shift_std: float = 2.0
+    output: Literal["logits", "probs"] = "logits"  # effects on one-vs-rest "logits" (log-odds: still informative when the classifier is
+    # saturated, as the demo's is) or on classifier "probs"
+    include_torgb: bool = False  # also search the toRGB layers' style coordinates
+    top_k: int = 10
+    method: Literal["greedy", "ranking"] = "greedy"  # "greedy" coverage (the paper's AttFind) or "ranking" (independent mean effect)
+    max_image_effect: float | None = None  # greedy: an image leaves the pool once covered this much (None: 0.2 probs, 1.0 logits)
+    affected_threshold: float | None = None  # an image counts as affected above this effect (None: 0.05 probs, 0.25 logits)
+    drop_inconsistent: bool = True  # skip images whose reconstruction the classifier labels differently
+    realism_filter: bool = False  # reject attributes whose edits the discriminator finds unreal
+    realism_quantile: float = 0.05  # ... an edited image is unreal below this quantile of unedited D scores
+    realism_max_fraction: float = 0.5  # ... and an attribute is rejected when more of its edits are unreal
+    sufficiency_k: int = 10  # flip rate for k = 1..sufficiency_k
+    random_trials: int = 5  # random-coordinate baseline draws per k
+    batch_size: int = 64  # edits per generator + classifier pass (CPU: 32-128 run fastest)
+    fast: bool = True  # prefix-cached batched path (False: the naive reference, one edit per pass)
+    screen_fraction: float | None = None  # screened mode: evaluate exactly only this fraction of edits per image,
+    # those with the largest gradient estimate (None: exhaustive)
+    compile: bool = False  # fast path: torch.compile the synthesis layers and the classifier (CPU: ~36 s once for
+    # ~13% less time per image at 32x32, so worth it for thousands of images; try it on a GPU)
+    examples_per_attribute: int = 6  # gallery images per attribute
+    seed: int = 0
+
+
+@dataclass
+class StudyConfig:
+    """Stage 07: user-study material (classification and match-the-change) and its simulated scoring."""
+
+    seed: int = 0
+    top: int = 4  # attributes per class in the studies
+    examples_per_attribute: int = 6
+    demos: int = 3  # example pairs shown before each classification question
+    questions_per_attribute: int = 2
+    min_gap: float = 0.05  # classification pairs need this much difference in p(class) to have a clear answer
+    simulated_accuracy: float = 0.8  # the headless simulated respondent's accuracy
+
+
+@dataclass
+class CompareConfig:
+    """Stage 09: the GAN-direction baselines beside StylEx, under one protocol (``make compare`` turns them on)."""
+
+    gan_baselines: bool = False  # train the classifier-free GAN and the direction baselines (too long for the demo)
+    directions: int = 32  # K: directions per direction method, and the random controls' pool size
+    step_std: float = 3.0  # every GAN edit moves this many of its own standard deviations over real images
+    selection_images: int = 128  # images the edits are selected on (from attfind.split)
+    evaluation_images: int = 64  # held-out test images they are scored on
+    top_k: int = 10  # edits selected per class (sufficiency k = 1..top_k)
+    vb_kind: Literal["orthogonal", "linear"] = "orthogonal"  # Voynov & Babenko's direction matrix
+    vb_steps: int = 800
+    vb_batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as ``config.yaml`` in every run folder."""
+
+    name: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    stylex: StylexConfig = field(default_factory=StylexConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    attfind: AttFindConfig = field(default_factory=AttFindConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form keys for later stages
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain dicts/lists (YAML- and JSON-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "") -> Any:
+    """Build a dataclass config from a dict, with an error naming any unknown or mistyped key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(_unknown_key_message(path, key, names))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(value or {}, hint, path)
+        else:
+            kwargs[key] = _coerce(value, hint, path)
+    built = cls(**kwargs)
+    for name, check in FIELD_CHECKS.get(cls.__name__, {}).items():
+        problem = check(getattr(built, name))
+        if problem:
+            raise ConfigError(f"{where + '.' if where else ''}{name}: {problem}")
+    return built
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        try:
+            cfg = from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if cfg.data.root and not Path(cfg.data.root).is_absolute():
+            candidate = (path.parent / cfg.data.root).resolve()
+            if candidate.exists():
+                cfg.data.root = str(candidate)
+            elif cfg.data.source == "folder" and not Path(cfg.data.root).exists():
+                raise ConfigError(f"{path}: data.root '{cfg.data.root}' not found; tried {candidate} (next to the "
+                                  f"config) and {Path(cfg.data.root).resolve()} (the working directory): give an "
+                                  "absolute path or one relative to the config file")
+    else:
+        cfg = Config()
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply dotted overrides such as ``data.resolution=64`` (values parsed as YAML)."""
+    raw = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. data.resolution=64")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                names = list(node) if isinstance(node, dict) else []
+                raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, names))
+            node = node[part]
+        leaf = parts[-1]
+        if not isinstance(node, dict) or (leaf not in node and node is not raw.get("extra")):
+            names = list(node) if isinstance(node, dict) else []
+            raise ConfigError(_unknown_key_message(key, leaf, names))
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    return from_dict(raw)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from stylexlib.core.io import write_text
+
+    return write_text(path, dump_config(cfg))
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+AUGMENTATIONS = ("color", "translation", "cutout")
+
+
+def _device_problem(value: str) -> str | None:
+    return None if DEVICE_PATTERN.fullmatch(value) else f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}"
+
+
+def augment_problem(value: str) -> str | None:
+    unknown = [name.strip() for name in value.split(",") if name.strip() and name.strip() not in AUGMENTATIONS]
+    return (f"unknown augmentation(s) {unknown}; use a comma-separated subset of {', '.join(AUGMENTATIONS)} "
+            "(or '' for none)") if unknown else None
+
+
+# Checks beyond the field types, run when a config is loaded: each returns the problem or None.
+FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem}}
+
+
+def _unknown_key_message(path: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+    return f"unknown config key '{path}'{hint}"
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check a value against a field's type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if hint is Any:
+        return value
+    if hint is str and value is None:
+        return ""  # `--set stylex.augment=` (an empty value) on a text field: the empty text
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,57 @@
+"""What each artifact was made from: fingerprints of the config sections and upstream artifacts behind it.
+
+Every artifact a stage writes (the classifier, the StylEx checkpoint, the StyleSpace statistics, the factor probe)
+records its fingerprint. A resume continues only when the fingerprint matches; a loader that finds an artifact made
+from another config refuses with a message naming the stage to re-run. So ``config.yaml`` never describes artifacts
+that were not made with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from stylexlib.core.config import Config, to_dict
+
+# StylEx keys that do not change what a checkpoint is: training longer or logging differently continues it.
+STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device")
+
+
+class StaleArtifact(RuntimeError):
+    """An artifact in the run folder was made from another config than the run's; the message says what to re-run."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (dataclass configs included)."""
+    plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(cfg: Config) -> str:
+    return fingerprint("data", cfg.data)
+
+
+def classifier_fingerprint(cfg: Config) -> str:
+    """The data and the classifier section (a user's model file is identified by its path, size and mtime)."""
+    source = cfg.classifier.source
+    identity = None
+    if source != "train" and Path(source).exists():
+        stat = Path(source).stat()
+        identity = [stat.st_size, stat.st_mtime_ns]
+    return fingerprint("classifier", data_fingerprint(cfg), cfg.classifier, identity)
+
+
+def stylex_fingerprint(cfg: Config) -> str:
+    """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one)."""
+    section = {k: v for k, v in to_dict(cfg.stylex).items() if k not in STYLEX_SCHEDULE_KEYS}
+    return fingerprint("stylex", classifier_fingerprint(cfg), section)
+
+
+def check(found: str | None, expected: str, artifact: Path | str, stage: str) -> None:
+    """Raise :class:`StaleArtifact` when an artifact records another fingerprint than the run's config gives."""
+    if found is not None and found != expected:
+        raise StaleArtifact(
+            f"{artifact} was made from another config than this run's config.yaml; re-run stage {stage} "
+            f"(stylex run CONFIG --out RUN --only {stage} --force) or use a new run folder")

@@ -1,0 +1,168 @@
+"""How good a trained StylEx model is: held-out reconstructions, random samples, and how visible its edits are.
+
+Reconstructions: L1, LPIPS, classifier consistency and, on synthetic data, which ground-truth factors survive the
+round trip (the factor probe). Samples ``G_ema(mapping(z), c)`` with ``c = C(x)`` of held-out images: the kernel
+distance (KID, Binkowski et al. 2018) between LPIPS-backbone features of samples and real images (centred and scaled
+by the real features' spread), whether the
+classifier agrees with the conditioning, and the probe's per-factor distributions against the data's.
+"""
+from __future__ import annotations
+
+import lpips as lpips_package
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from stylexlib.data import ImageDataset
+from stylexlib.gan.losses import lpips_distance, lpips_input, unbiased_mmd2
+from stylexlib.gan.models import StylexModels
+from stylexlib.stylespace.inversion import evaluate_reconstruction
+
+INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
+INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS) is invisible
+
+
+@torch.no_grad()
+def lpips_features(lpips_model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """(N, F) features of images in [-1, 1]: each LPIPS backbone layer unit-normalised per position, then averaged
+    over space, all layers concatenated (the representation LPIPS compares)."""
+    parts = []
+    for batch in images.split(batch_size):
+        x = lpips_input(batch.to(next(lpips_model.parameters()).device))
+        layers = lpips_model.net(lpips_model.scaling_layer(x))
+        parts.append(torch.cat([lpips_package.normalize_tensor(f).mean(dim=(2, 3)) for f in layers], dim=1).cpu())
+    return torch.cat(parts)
+
+
+def kernel_distance(a: Tensor, b: Tensor, subsets: int = 20, subset_size: int = 256, seed: int = 0) -> float:
+    """KID: the unbiased MMD^2 between feature sets with the kernel (x.y / d + 1)^3, averaged over random subsets."""
+    a, b = a.double(), b.double()
+    size = min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError(f"kernel_distance needs at least 2 features per set, got {len(a)} and {len(b)}")
+    gen = torch.Generator().manual_seed(seed)
+    dim, total = a.shape[1], 0.0
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=gen)[:size]]
+        y = b[torch.randperm(len(b), generator=gen)[:size]]
+        total += float(unbiased_mmd2(*((p @ q.T / dim + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))))
+    return total / subsets
+
+
+def feature_kid(fake: Tensor, real: Tensor) -> float:
+    """KID between LPIPS features of generated and real images, both centred on the real features and scaled to unit
+    mean variance (so that x.y / d is O(1) for the cubic kernel); comparable across runs of one feature extractor."""
+    mean = real.mean(0)
+    scale = real.var(0).mean().sqrt().clamp_min(1e-8)
+    return kernel_distance((fake - mean) / scale, (real - mean) / scale)
+
+
+def heldout_images(data: ImageDataset, count: int, split: str = "val") -> tuple[Tensor, np.ndarray]:
+    """The first ``count`` images of a split (falling back to train when it is empty) and their dataset rows."""
+    rows = data.indices(split)
+    rows = rows if len(rows) else data.indices("train")
+    rows = rows[:count]
+    return data.images[torch.as_tensor(rows)], rows
+
+
+@torch.no_grad()
+def random_samples(models: StylexModels, real: Tensor, seed: int = 0, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+    """One sample ``G(mapping(z), C(x))`` per real image x (the conditioning drawn from real images, as in training);
+    returns (samples, the conditioning's class)."""
+    gen = torch.Generator().manual_seed(seed)
+    samples, wanted = [], []
+    for batch in real.split(batch_size):
+        c = models.condition(models.classifier(models.prepare(batch)).float())
+        z = torch.randn(len(batch), models.generator.latent_dim, generator=gen).to(models.device)
+        samples.append(models.generator(models.generator.mapping(z), c).cpu())
+        wanted.append(c.argmax(1).cpu())
+    return torch.cat(samples), torch.cat(wanted)
+
+
+@torch.no_grad()
+def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, probe: nn.Module | None = None,
+                   seed: int = 0) -> dict[str, float]:
+    """Random samples against held-out real images: KID on LPIPS features, the classifier's agreement with the
+    conditioning and, given the factor probe, per factor the 1-D Wasserstein distance between the probe's readings of
+    samples and of real images (binary factors also: the samples' rate minus the real images' rate)."""
+    samples, wanted = random_samples(models, real, seed)
+    real_float = models.prepare(real).cpu()
+    predicted = torch.cat([models.classifier(b.to(models.device)).argmax(1).cpu() for b in samples.split(256)])
+    fake_features, real_features = lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)
+    out = {
+        "sample_kid": feature_kid(fake_features, real_features),
+        "sample_agreement": float((predicted == wanted).float().mean()),
+    }
+    if probe is not None:
+        read_fake, read_real = probe.read(samples).numpy(), probe.read(real_float).numpy()
+        for k, name in enumerate(probe.names):
+            if probe.binary[k]:
+                out[f"sample_{name}_rate_gap"] = float((read_fake[:, k] > 0.5).mean() - (read_real[:, k] > 0.5).mean())
+            out[f"sample_{name}_w1"] = wasserstein_1d(read_fake[:, k], read_real[:, k])
+    return out
+
+
+def wasserstein_1d(a: np.ndarray, b: np.ndarray, quantiles: int = 101) -> float:
+    """The 1-D Wasserstein-1 distance between two samples, from their quantile functions."""
+    q = np.linspace(0.0, 1.0, quantiles)
+    return float(np.abs(np.quantile(a, q) - np.quantile(b, q)).mean())
+
+
+@torch.no_grad()
+def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn.Module,
+                           probe: nn.Module | None = None, factors: pd.DataFrame | None = None) -> dict[str, float]:
+    """Held-out reconstructions: consistency, LPIPS, L1, KL and, with the probe and true factors, each factor's
+    score on the reconstructions (R^2, or accuracy for binary factors) as ``recon_factor_<name>``."""
+    from stylexlib.evaluate.factor_probe import \
+        factor_scores  # the probe module imports the editor; keep this import local
+
+    out = evaluate_reconstruction(models, images, lpips_model)
+    if probe is not None and factors is not None:
+        recs = torch.cat([models.reconstruct(b).cpu() for b in images.split(128)])
+        for row in factor_scores(probe, recs, factors).itertuples():
+            out[f"recon_factor_{row.factor}"] = row.score
+    return out
+
+
+def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:
+    """An attribute whose examples move p(class) a lot while the image barely changes (LPIPS)."""
+    return mean_prob_change >= INVISIBLE_PROB_CHANGE and mean_lpips < INVISIBLE_LPIPS
+
+
+@torch.no_grad()
+def measure_visibility(examples: list, lpips_model: nn.Module) -> pd.DataFrame:
+    """Set each attribute's ``lpips`` (original vs changed, per example) and return one row per shown example:
+    attribute (key, class, rank, label), image, p(class) before and after, its change, and the LPIPS."""
+    device, rows = next(lpips_model.parameters()).device, []
+    for ex in examples:
+        ex.lpips = (lpips_distance(lpips_model, ex.originals.to(device), ex.changed.to(device)).cpu()
+                    if ex.num_examples else torch.zeros(0))
+        before, after = ex.class_probs()
+        for i in range(ex.num_examples):
+            rows.append({"attribute": ex.key, "class": ex.class_name, "rank": ex.rank, "label": ex.label,
+                         "image": ex.image_indices[i], "prob_original": float(before[i]),
+                         "prob_changed": float(after[i]), "prob_change": float(after[i] - before[i]),
+                         "lpips": float(ex.lpips[i])})
+    return pd.DataFrame(rows, columns=["attribute", "class", "rank", "label", "image", "prob_original",
+                                       "prob_changed", "prob_change", "lpips"])
+
+
+def invisible_attributes(examples: pd.DataFrame) -> pd.DataFrame:
+    """Per attribute, over its shown examples (columns ``attribute, prob_change, lpips``): the mean |change of
+    p(class)|, the mean LPIPS between original and changed, their ratio (classifier change per unit of image change),
+    and whether the attribute is invisible (:func:`is_invisible`)."""
+    table = examples.assign(abs_change=examples["prob_change"].abs()).groupby("attribute", sort=False).agg(
+        mean_prob_change=("abs_change", "mean"), mean_lpips=("lpips", "mean"), examples=("lpips", "size"))
+    table["prob_change_per_lpips"] = table["mean_prob_change"] / table["mean_lpips"].clip(lower=1e-6)
+    table["invisible"] = [is_invisible(c, lp) for c, lp in zip(table["mean_prob_change"], table["mean_lpips"])]
+    return table.reset_index()
+
+
+def visibility_metrics(table: pd.DataFrame) -> dict[str, float | int]:
+    """``attributes_invisible`` (count), the median classifier change per unit of LPIPS and the mean LPIPS."""
+    if table.empty:
+        return {"attributes_invisible": 0}
+    return {"attributes_invisible": int(table["invisible"].sum()),
+            "attributes_prob_change_per_lpips": float(table["prob_change_per_lpips"].median()),
+            "attributes_mean_lpips": float(table["mean_lpips"].mean())}

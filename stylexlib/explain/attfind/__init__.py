@@ -1,0 +1,1 @@
+"""StylEx's AttFind: per-coordinate effects, greedy selection, sufficiency, the attribute editor."""

@@ -1,0 +1,328 @@
+"""AttFind's core (Lang et al., ICCV 2021, Alg. 1): the classifier's output on every single-coordinate StyleSpace edit.
+
+For every image, every searched coordinate and both directions, the coordinate is set to a shifted value
+(the dataset min / max, or +- k std) and the classifier is run on the re-rendered image. The fast path
+exploits the explicit StyleSpace: an edit in layer ``l`` leaves every activation before ``l`` unchanged, so
+the prefix is computed once per image and batches of edits go through the suffix and the classifier only.
+The screened mode evaluates exactly only the edits a first-order (gradient x shift) estimate ranks highest.
+
+Effects hold the classifier's *logits* on every edit; scores toward a class are derived from them, as
+probability changes or as one-vs-rest log-odds changes (``output``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from stylexlib.core.config import AttFindConfig
+from stylexlib.core.distributed import SINGLE, DistInfo, gather_objects
+from stylexlib.core.io import torch_load, torch_save
+from stylexlib.core.progress import tqdm
+from stylexlib.gan.generator import Generator, SynthesisState
+from stylexlib.gan.models import StylexModels
+from stylexlib.stylespace.accelerate import inference_copies
+from stylexlib.stylespace.inversion import invert
+
+log = logging.getLogger(__name__)
+
+SHIFT_MODES = ("minmax", "std")
+OUTPUTS = ("probs", "logits")
+DIRECTIONS = ("down", "up")  # index 0: towards the minimum / minus; 1: towards the maximum / plus
+
+# ---------------------------------------------------------------------------- StyleSpace statistics
+@dataclass
+class StyleStats:
+    """Per-coordinate StyleSpace statistics over a set of images (each a (S,) tensor)."""
+
+    minimum: Tensor
+    maximum: Tensor
+    mean: Tensor
+    std: Tensor
+    count: int
+
+    @classmethod
+    def of(cls, styles: Tensor) -> StyleStats:
+        """Statistics of styles (N, S)."""
+        styles = styles.float()
+        return cls(styles.amin(0), styles.amax(0), styles.mean(0), styles.std(0, unbiased=len(styles) > 1), len(styles))
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> StyleStats:
+        return cls(**state)
+
+
+def style_statistics(models: StylexModels, images: Tensor, batch_size: int = 256) -> StyleStats:
+    """StyleSpace min / max / mean / std of the encoded ``images``."""
+    return StyleStats.of(invert(models, images, batch_size).styles)
+
+
+def shift_targets(styles: Tensor, stats: StyleStats, mode: str = "minmax", shift_std: float = 2.0) -> Tensor:
+    """The value each coordinate is set to, per direction: (2, N, S); [0] down, [1] up.
+
+    "minmax": the dataset minimum / maximum (the paper); "std": the image's value -/+ ``shift_std`` std.
+    """
+    if mode == "minmax":
+        return torch.stack([stats.minimum.expand_as(styles), stats.maximum.expand_as(styles)]).clone()
+    if mode == "std":
+        delta = shift_std * stats.std
+        return torch.stack([styles - delta, styles + delta])
+    raise ValueError(f"attfind.shift must be one of {SHIFT_MODES}, got '{mode}'")
+
+
+def searched_coordinates(generator: Generator, include_torgb: bool) -> Tensor:
+    """Flat indices of the coordinates AttFind tries (toRGB layers included or not)."""
+    if include_torgb:
+        return torch.arange(generator.style_dim)
+    return generator.style_index.exclude_torgb_mask().nonzero().flatten()
+
+
+# ---------------------------------------------------------------------------- effects of every edit
+def single_edits(styles: Tensor, targets: Tensor, coords: Tensor) -> Tensor:
+    """Copies of one image's styles (1, S), each with one coordinate set to its target: (2K, S), order (coord, dir).
+
+    ``targets`` is that image's (2, S) slice of :func:`shift_targets`.
+    """
+    count = len(coords)
+    edits = styles.expand(2 * count, -1).clone()
+    rows = torch.arange(2 * count)
+    columns = coords.repeat_interleave(2)
+    edits[rows, columns] = targets[torch.arange(2).repeat(count), columns]
+    return edits
+
+
+@torch.no_grad()
+def edited_logits_fast(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
+                       batch_size: int = 256, only: Tensor | None = None, num_outputs: int | None = None) -> Tensor:
+    """Logits (N, K, 2, C) of every single-coordinate edit: prefix cached per layer, edits batched through the suffix.
+
+    ``only`` (N, K, 2) bool restricts the work to those edits (screening); the others are NaN. ``classifier`` may be
+    any image head with ``num_outputs`` outputs (default: the generator's number of classes).
+    """
+    device = next(generator.parameters()).device
+    width = num_outputs or generator.num_classes
+    layer_of = generator.style_index.layer_ids()[coords]
+    results: list[Tensor] = []
+    for n in range(len(styles)):
+        s = styles[n : n + 1].to(device)
+        t = targets[:, n].to(device)
+        per_image = torch.full((len(coords), 2, width), float("nan"))
+        for layer in torch.unique(layer_of).tolist():
+            positions = (layer_of == layer).nonzero().flatten()
+            wanted = only[n, positions].flatten() if only is not None else torch.ones(2 * len(positions), dtype=torch.bool)
+            if not wanted.any():
+                continue
+            state = generator.synthesize_prefix(s, layer)
+            edits = single_edits(s, t, coords[positions].to(device))[wanted.to(device)]
+            logits = torch.cat([
+                classifier(generator.synthesize_from(_materialise(state, len(chunk)), chunk, layer)).float().cpu()
+                for chunk in edits.split(batch_size)
+            ])
+            block = per_image[positions].view(-1, width)  # rows in (coord, direction) order
+            block[wanted] = logits
+            per_image[positions] = block.view(len(positions), 2, -1)
+        results.append(per_image)
+    return torch.stack(results)
+
+
+def estimated_effects(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
+                      output: str = "probs") -> Tensor:
+    """First-order estimates (N, K, 2, C) of every edit's change of each class's output: gradient x shift."""
+    device = next(generator.parameters()).device
+    estimates = []
+    for n in range(len(styles)):
+        s = styles[n : n + 1].to(device).requires_grad_(True)
+        logits = classifier(generator.synthesize(s)).float()
+        grads = torch.stack([
+            torch.autograd.grad(class_score(logits, torch.tensor([c], device=device), output).sum(), s,
+                                retain_graph=c + 1 < logits.shape[1])[0][0]
+            for c in range(logits.shape[1])
+        ], dim=-1).cpu()  # (S, C)
+        shift = targets[:, n][:, coords] - styles[n, coords]  # (2, K)
+        estimates.append(grads[coords][:, None, :] * shift.T[:, :, None])
+    return torch.stack(estimates)
+
+
+def screen(estimates: Tensor, fraction: float) -> Tensor:
+    """The edits (N, K, 2) bool worth evaluating exactly: per image, the ``fraction`` with the largest |estimate|."""
+    flat = estimates.abs().amax(-1).flatten(1)  # (N, K*2)
+    keep = max(1, math.ceil(fraction * flat.shape[1]))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, flat.topk(keep, dim=1).indices, True)
+    return mask.view(estimates.shape[:-1])
+
+
+def _materialise(state: SynthesisState, batch: int) -> SynthesisState:
+    """A batch-1 state repeated ``batch`` times as real (channels_last) memory: compiled layers want no zero strides."""
+    x = state.x.expand(batch, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    img = None if state.img is None else state.img.expand(batch, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    return SynthesisState(x, img)
+
+
+@torch.no_grad()
+def edited_logits_naive(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor,
+                        coords: Tensor) -> Tensor:
+    """The reference: one full generator + classifier pass per image, coordinate and direction (as public code)."""
+    device = next(generator.parameters()).device
+    out = []
+    for n in range(len(styles)):
+        per_image = []
+        for coord in coords.tolist():
+            for direction in range(2):
+                s = styles[n : n + 1].clone().to(device)
+                s[0, coord] = targets[direction, n, coord]
+                per_image.append(classifier(generator.synthesize(s)).float().cpu())
+        out.append(torch.cat(per_image).view(len(coords), 2, -1))
+    return torch.stack(out)
+
+
+@dataclass
+class Effects:
+    """The classifier's logits on every single-coordinate edit of a set of images."""
+
+    edited_logits: Tensor  # (N, K, 2, C)
+    base_logits: Tensor  # (N, C): C(G(s)), the unedited reconstruction
+    input_logits: Tensor  # (N, C): C(x), the real image
+    coords: Tensor  # (K,) flat StyleSpace indices
+    image_indices: Tensor  # (N,) dataset indices
+
+    @property
+    def predicted(self) -> Tensor:
+        """The classifier's class on the unedited reconstructions (N,)."""
+        return self.base_logits.argmax(1)
+
+    @property
+    def consistent(self) -> Tensor:
+        """True where C agrees on the image and its reconstruction (N,)."""
+        return self.base_logits.argmax(1) == self.input_logits.argmax(1)
+
+    def toward(self, target: int | Tensor, output: str = "probs") -> Tensor:
+        """Change of class ``target``'s output on every edit (N, K, 2); ``target`` an int or one class per image."""
+        target = torch.as_tensor(target)
+        if target.ndim == 0:
+            target = target.expand(len(self.base_logits))
+        edited = class_score(self.edited_logits, target[:, None, None], output)
+        return edited - class_score(self.base_logits, target, output)[:, None, None]
+
+    def subset(self, mask: Tensor) -> Effects:
+        """The effects of the images where ``mask`` (N,) is True."""
+        return Effects(self.edited_logits[mask], self.base_logits[mask], self.input_logits[mask], self.coords,
+                       self.image_indices[mask])
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+
+def class_score(logits: Tensor, target: Tensor, output: str) -> Tensor:
+    """Class ``target``'s probability, or its one-vs-rest log-odds log p / (1 - p), from logits (..., C)."""
+    index = target.unsqueeze(-1).expand(*logits.shape[:-1], 1)
+    if output == "probs":
+        return logits.softmax(-1).gather(-1, index).squeeze(-1)
+    if output == "logits":
+        chosen = logits.gather(-1, index).squeeze(-1)
+        others = logits.scatter(-1, index, float("-inf")).logsumexp(-1)
+        return chosen - others
+    raise ValueError(f"attfind.output must be one of {OUTPUTS}, got '{output}'")
+
+
+def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, image_indices: Tensor,
+                    stats: StyleStats, cfg: AttFindConfig, cache: str | Path | None = None, dist: DistInfo = SINGLE,
+                    progress: bool = True, chunk: int = 8) -> Effects:
+    """Effects of every searched coordinate on every image; resumable through ``cache``, sharded over ranks.
+
+    Images are processed in chunks; after each chunk the partial result is written atomically to
+    ``cache`` (one file per rank), so an interrupted run continues where it stopped. Under
+    ``torch.distributed`` rank r takes images r, r + world, ...; every rank returns the whole result.
+    """
+    generator, classifier = models.generator, models.classifier
+    coords = searched_coordinates(generator, cfg.include_torgb)
+    targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
+    mine = torch.arange(dist.rank, len(styles), dist.world_size)
+    key = cache_key(styles, stats, generator, cfg)
+    part_file = Path(cache).with_suffix(f".rank{dist.rank}.partial.pt") if cache is not None else None
+    done = _load_partial(part_file, key)
+    bar = tqdm(total=len(mine), initial=len(done), desc="AttFind effects", unit="img",
+               disable=not (progress and dist.is_main))
+    if cfg.fast and len(done) < len(mine):
+        fast_generator, fast_classifier = inference_copies(generator, classifier, cfg.compile)
+    for start in range(len(done), len(mine), chunk):
+        todo = mine[start : start + chunk]
+        only = None
+        if cfg.screen_fraction is not None:
+            estimates = estimated_effects(generator, classifier, styles[todo], targets[:, todo], coords, cfg.output)
+            only = screen(estimates, cfg.screen_fraction)
+        if cfg.fast:
+            logits = edited_logits_fast(fast_generator, fast_classifier, styles[todo], targets[:, todo], coords,
+                                        cfg.batch_size, only)
+        else:
+            logits = edited_logits_naive(generator, classifier, styles[todo], targets[:, todo], coords)
+        done.extend(logits.unbind(0))
+        if part_file is not None:
+            torch_save(part_file, {"key": key, "logits": torch.stack(done)})
+        bar.update(len(todo))
+    bar.close()
+    edited = _assemble(gather_objects(torch.stack(done) if done else None, dist), len(styles), dist.world_size)
+    base = predict_styles(generator, classifier, styles, cfg.batch_size)
+    unevaluated = edited.isnan().any(-1)  # screened out: counted as no effect
+    edited[unevaluated] = base[:, None, None, :].expand_as(edited)[unevaluated]
+    return Effects(edited, base, input_logits.float().cpu(), coords, torch.as_tensor(image_indices))
+
+
+def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
+    """Interleave the ranks' shards (rank r holds images r, r + world, ...) back into image order."""
+    shape = next(p for p in parts if p is not None).shape[1:]
+    out = torch.empty(total, *shape)
+    for rank, part in enumerate(parts):
+        if part is not None:
+            out[rank::world] = part
+    return out
+
+
+def cache_key(styles: Tensor, stats: StyleStats, generator: Generator, cfg: AttFindConfig) -> str:
+    """A fingerprint of what the effects depend on: the images' styles, the coordinates, shifts and screening."""
+    coords = searched_coordinates(generator, cfg.include_torgb)
+    targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
+    digest = hashlib.sha1()
+    for tensor in (styles, coords, targets):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    screening = [cfg.screen_fraction, cfg.output] if cfg.screen_fraction is not None else None  # logits are output-free
+    digest.update(json.dumps([cfg.shift, cfg.shift_std, cfg.include_torgb, screening]).encode())
+    return digest.hexdigest()
+
+
+def _load_partial(path: Path | None, key: str) -> list[Tensor]:
+    if path is None or not path.exists():
+        return []
+    state = torch_load(path)
+    if state.get("key") != key:
+        log.info("ignoring %s: it was computed for other images or settings", path)
+        return []
+    log.info("resuming AttFind from %s (%d images done)", path, len(state["logits"]))
+    return list(state["logits"].unbind(0))
+
+
+# ---------------------------------------------------------------------------- applying attributes
+def apply_attributes(styles: Tensor, targets: Tensor, flats: Tensor, directions: Tensor,
+                     strength: float = 1.0) -> Tensor:
+    """Styles (N, S) with coordinates ``flats`` (N, k) moved toward their targets (2, N, S) in ``directions`` (N, k)."""
+    edited = styles.clone()
+    rows = torch.arange(len(styles))[:, None].expand_as(flats)
+    goal = targets[directions, rows, flats]
+    edited[rows, flats] = styles[rows, flats] + strength * (goal - styles[rows, flats])
+    return edited
+
+
+@torch.no_grad()
+def predict_styles(generator: Generator, classifier: nn.Module, styles: Tensor, batch_size: int = 256) -> Tensor:
+    """Classifier logits on G(styles) (N, C), in batches."""
+    device = next(generator.parameters()).device
+    return torch.cat([classifier(generator.synthesize(s.to(device))).float().cpu() for s in styles.split(batch_size)])

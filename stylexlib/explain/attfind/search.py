@@ -1,0 +1,148 @@
+"""Stage 05 in a run folder: AttFind end to end, cached and resumable, and what later stages read back.
+
+``stylex attfind RUN_DIR`` runs it outside the notebooks; under ``torchrun`` the images are sharded over the ranks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from stylexlib.core.config import AttFindConfig
+from stylexlib.core.distributed import SINGLE, DistInfo
+from stylexlib.core.io import torch_load, torch_save, write_table
+from stylexlib.core.provenance import stylex_fingerprint
+from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, searched_coordinates,
+                                               shift_targets, style_statistics)
+from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
+                                                 realism_check, sufficiency)
+from stylexlib.gan.models import StylexModels, load_stylex
+from stylexlib.stylespace.inversion import invert
+
+log = logging.getLogger(__name__)
+
+
+ATTFIND_DIR = "attfind"
+
+
+@dataclass
+class AttFindResult:
+    """What stage 05 leaves in ``attfind/``: effects, class attributes, per-image attributes, sufficiency."""
+
+    effects: Effects
+    styles: Tensor  # (N, S) styles of the searched images
+    stats: StyleStats
+    attributes: pd.DataFrame
+    image_attributes: pd.DataFrame
+    sufficiency: pd.DataFrame
+    seconds_per_image: float
+
+
+def subset_indices(data, split: str, count: int, seed: int) -> Tensor:
+    """A seeded random subset (at most ``count``) of a split's dataset indices, in a fixed order."""
+    positions = torch.as_tensor(data.indices(split))
+    if len(positions) == 0:
+        raise ValueError(f"the '{split}' split is empty; choose another split in the attfind/inversion config")
+    order = torch.randperm(len(positions), generator=torch.Generator().manual_seed(seed))
+    return positions[order[:count]]
+
+
+def run_statistics(run, data, models: StylexModels, cfg: AttFindConfig) -> StyleStats:
+    """StyleSpace statistics over train images, cached in ``attfind/style_stats.pt`` (per checkpoint step)."""
+    path = run.path(ATTFIND_DIR, "style_stats.pt")
+    key = {"step": models.step, "images": cfg.stats_images, "seed": cfg.seed, "stylex": stylex_fingerprint(run.cfg)}
+    if path.exists():
+        state = torch_load(path)
+        if state.get("key") == key:
+            return StyleStats.from_state_dict(state["stats"])
+    indices = subset_indices(data, "train", cfg.stats_images, cfg.seed)
+    stats = style_statistics(models, data.images[indices])
+    torch_save(path, {"key": key, "stats": stats.state_dict()})
+    return stats
+
+
+def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progress: bool = True) -> AttFindResult:
+    """Stage 05: statistics, effects (cached, resumable, sharded), selection per class and per image, sufficiency."""
+    cfg = run.cfg.attfind
+    stats = run_statistics(run, data, models, cfg)
+    indices = subset_indices(data, cfg.split, cfg.num_images, cfg.seed)
+    inverted = invert(models, data.images[indices])
+    final = run.path(ATTFIND_DIR, "effects.pt")
+    key = cache_key(inverted.styles, stats, models.generator, cfg)
+    saved = torch_load(final) if final.exists() else {}
+    if saved.get("key") == key:
+        effects, seconds = Effects(**saved["effects"]), float(saved["seconds_per_image"])
+    else:
+        started = time.perf_counter()
+        effects = compute_effects(models, inverted.styles, inverted.logits, indices, stats, cfg, cache=final,
+                                  dist=dist, progress=progress)
+        seconds = (time.perf_counter() - started) * dist.world_size / max(len(indices), 1)
+        if dist.is_main:
+            torch_save(final, {"key": key, "effects": effects.state_dict(), "seconds_per_image": seconds})
+            for partial in final.parent.glob("effects.rank*.partial.pt"):
+                partial.unlink()
+    return _select_and_score(run, data, models, cfg, stats, effects, inverted.styles, seconds, dist)
+
+
+def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats: StyleStats, effects: Effects,
+                      styles: Tensor, seconds: float, dist: DistInfo) -> AttFindResult:
+    max_effect, affected = default_thresholds(cfg)
+    stable = effects.consistent if cfg.drop_inconsistent else torch.ones_like(effects.consistent)
+    usable = effects.subset(stable)
+    tables = []
+    for index, name in enumerate(models.class_names):
+        if not (usable.predicted != index).any():
+            log.warning("no image of another class than '%s': no attributes for it", name)
+            continue
+        accept = None
+        if cfg.realism_filter:
+            pool = stable & (effects.predicted != index)
+            accept = realism_check(models, styles[pool], shift_targets(styles[pool], stats, cfg.shift, cfg.shift_std),
+                                   cfg.realism_quantile, cfg.realism_max_fraction, cfg.batch_size)
+        table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected, accept)
+        tables.append(table.assign(class_index=index, class_name=name, method=cfg.method))
+    attributes = describe(pd.concat(tables, ignore_index=True), models.generator)
+    leading = ["class_index", "class_name", "rank", "flat", "layer", "layer_name", "channel", "resolution",
+               "is_torgb", "direction", "mean_effect", "fraction_affected", "flip_fraction", "pool_images", "method"]
+    attributes = attributes[leading]
+    per_image = pd.concat([image_attributes(effects, i, 5, cfg.output) for i in range(len(effects.base_logits))],
+                          ignore_index=True)
+    held_out = subset_indices(data, "test" if len(data.indices("test")) else cfg.split, cfg.num_images, cfg.seed + 1)
+    held_out_styles = invert(models, data.images[held_out]).styles
+    scores = sufficiency(models.generator, models.classifier, held_out_styles,
+                         shift_targets(held_out_styles, stats, cfg.shift, cfg.shift_std), attributes,
+                         searched_coordinates(models.generator, cfg.include_torgb), cfg.sufficiency_k,
+                         cfg.random_trials, cfg.seed, cfg.batch_size)
+    if dist.is_main:
+        for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
+            write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)
+        torch_save(run.path(ATTFIND_DIR, "styles.pt"), {"styles": styles, "image_indices": effects.image_indices})
+    return AttFindResult(effects, styles, stats, attributes, per_image, scores, seconds)
+
+
+def load_attfind(run) -> AttFindResult:
+    """Read stage 05's results from a run folder."""
+    folder = run.dir / ATTFIND_DIR
+    if not (folder / "attributes.csv").exists():
+        raise FileNotFoundError(f"no AttFind results in {folder}; run stage 05_attribute_search first")
+    saved = torch_load(folder / "effects.pt")
+    styles = torch_load(folder / "styles.pt")["styles"]
+    stats = StyleStats.from_state_dict(torch_load(folder / "style_stats.pt")["stats"])
+    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("attributes", "image_attributes", "sufficiency")}
+    return AttFindResult(Effects(**saved["effects"]), styles, stats, tables["attributes"],
+                         tables["image_attributes"], tables["sufficiency"], float(saved["seconds_per_image"]))
+
+
+def load_editor(run, device: torch.device | str | None = None) -> AttributeEditor:
+    """An :class:`AttributeEditor` for a run's trained models and StyleSpace statistics."""
+    cfg = run.cfg.attfind
+    stats_file = run.dir / ATTFIND_DIR / "style_stats.pt"
+    if not stats_file.exists():
+        raise FileNotFoundError(f"no StyleSpace statistics at {stats_file}; run stage 05_attribute_search first")
+    return AttributeEditor(load_stylex(run, device), StyleStats.from_state_dict(torch_load(stats_file)["stats"]),
+                           cfg.shift, cfg.shift_std)

@@ -1,0 +1,202 @@
+"""StylEx training losses, one named function per term.
+
+Adversarial, R1 and path-length terms follow StyleGAN2 (Karras et al., "Analyzing and Improving
+the Image Quality of StyleGAN", CVPR 2020). Reconstruction (L1 + LPIPS + latent) and the
+classifier KL term follow StylEx (Lang et al., "Explaining in Style", ICCV 2021, Sec. 3).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stylexlib.core.config import StylexConfig
+
+# torchvision ImageNet checkpoints that lpips' trunks load through torch.hub.
+LPIPS_TRUNK_CHECKPOINTS = {
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+}
+LPIPS_MIN_SIZE = 32  # smaller images are upsampled first: the squeeze trunk's pooling needs >= 32 px
+
+
+def d_logistic_loss(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
+    """Discriminator logistic loss softplus(D(fake)) + softplus(-D(real)) (StyleGAN2, Sec. 2)."""
+    return F.softplus(fake_pred).mean() + F.softplus(-real_pred).mean()
+
+
+def g_nonsaturating_loss(fake_pred: Tensor) -> Tensor:
+    """Generator non-saturating loss softplus(-D(G(z))) (Goodfellow et al. 2014; StyleGAN2)."""
+    return F.softplus(-fake_pred).mean()
+
+
+def d_r1_loss(real_pred: Tensor, real_img: Tensor) -> Tensor:
+    """R1 penalty E[||grad_x D(x)||^2] on real images (Mescheder et al. 2018; StyleGAN2).
+
+    ``real_img`` must require grad. The caller multiplies by ``r1_gamma / 2`` and, with lazy
+    regularization every ``r1_every`` steps, by ``r1_every`` (StyleGAN2, Sec. 3.1).
+    """
+    (grad,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
+    return grad.float().square().flatten(1).sum(dim=1).mean()
+
+
+def g_path_length_loss(fake_img: Tensor, latents: Tensor, mean_path_length: float | Tensor,
+                       decay: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
+    """Path-length regularizer (StyleGAN2, Sec. 3.2): (|J_w^T y| - a)^2 with a a running mean.
+
+    ``latents`` (N, D) or (N, layers, D) must be part of the graph producing ``fake_img``.
+    Returns ``(loss, new_mean_path_length, path_lengths)``; the new mean is detached.
+    """
+    noise = torch.randn_like(fake_img) / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
+    (grad,) = torch.autograd.grad((fake_img * noise).sum(), latents, create_graph=True)
+    squared = grad.float().square().sum(dim=-1)
+    path_lengths = (squared.mean(dim=1) if squared.ndim > 1 else squared).sqrt()
+    mean = torch.as_tensor(mean_path_length, dtype=path_lengths.dtype, device=path_lengths.device)
+    new_mean = (mean + decay * (path_lengths.mean() - mean)).detach()
+    loss = (path_lengths - new_mean).square().mean()
+    return loss, new_mean, path_lengths
+
+
+def load_lpips(net: str = "squeeze", device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A frozen LPIPS model (Zhang et al. 2018) in eval mode; inputs are images in [-1, 1].
+
+    The trunk's torchvision ImageNet weights come from ``$TORCH_HOME/hub/checkpoints/`` (downloaded
+    when missing and possible); without them this raises one RuntimeError naming the file.
+    """
+    import lpips
+
+    if net not in LPIPS_TRUNK_CHECKPOINTS:
+        raise ValueError(f"lpips net must be one of {sorted(LPIPS_TRUNK_CHECKPOINTS)}, got '{net}'")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)  # torchvision's `pretrained=` deprecation
+            model = lpips.LPIPS(net=net, pretrained=True, verbose=False)
+    except OSError as exc:  # urllib.error.URLError included
+        if _trunk_checkpoint_path(net).exists():
+            raise
+        raise RuntimeError(_missing_trunk_message(net, exc)) from None
+    model = model.eval().to(device)
+    model.requires_grad_(False)
+    return model
+
+
+def _trunk_checkpoint_path(net: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_TRUNK_CHECKPOINTS[net]
+
+
+def _missing_trunk_message(net: str, exc: Exception) -> str:
+    folder = _trunk_checkpoint_path(net).parent
+    name = LPIPS_TRUNK_CHECKPOINTS[net]
+    torch_home = os.environ.get("TORCH_HOME", "<unset: default ~/.cache/torch>")
+    return (f"LPIPS ('{net}') needs torchvision's ImageNet weights file '{name}', which is missing "
+            f"and could not be downloaded ({exc.__class__.__name__}: {exc}). Put '{name}' in "
+            f"{folder} (that is $TORCH_HOME/hub/checkpoints/ with TORCH_HOME={torch_home}).")
+
+
+def lpips_input(images: Tensor) -> Tensor:
+    """Images as the LPIPS trunk takes them: float, and bilinearly upsampled to 32 px when smaller."""
+    images = images.float()
+    if min(images.shape[-2:]) < LPIPS_MIN_SIZE:
+        images = F.interpolate(images, size=LPIPS_MIN_SIZE, mode="bilinear", align_corners=False)
+    return images
+
+
+def lpips_distance(lpips_model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Per-image LPIPS (N,) of images in [-1, 1]; images under 32 px are bilinearly upsampled to 32."""
+    return lpips_model(lpips_input(x), lpips_input(y)).flatten()
+
+
+def reconstruction_losses(x: Tensor, x_rec: Tensor, w: Tensor, w_rec: Tensor,
+                          lpips_model: torch.nn.Module) -> dict[str, Tensor]:
+    """StylEx reconstruction terms: ``l1`` = |x - x'|, ``lpips`` (``lpips_distance``), ``latent`` = |E(x') - E(x)|.
+
+    ``w = E(x)`` and ``w_rec = E(x')``; all terms are means over the batch (Lang et al. 2021, Sec. 3).
+    Gradients flow through every argument; detach in the caller where a term should not train a net.
+    """
+    return {
+        "l1": (x - x_rec).abs().mean(),
+        "lpips": lpips_distance(lpips_model, x, x_rec).mean(),
+        "latent": (w_rec - w).abs().mean(),
+    }
+
+
+def classifier_kl_loss(logits_real: Tensor, logits_rec: Tensor, reduction: str = "mean") -> Tensor:
+    """KL(C(x) || C(x')) averaged over the batch ("mean") or per image ("none"); C(x) a fixed (detached) target.
+
+    Lang et al. 2021, Sec. 3.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"classifier_kl_loss: reduction must be 'mean' or 'none', got '{reduction}'")
+    target = F.log_softmax(logits_real.detach().float(), dim=1)
+    kl = F.kl_div(F.log_softmax(logits_rec.float(), dim=1), target, reduction="none", log_target=True).sum(dim=1)
+    return kl if reduction == "none" else kl.mean()
+
+
+def latent_prior_loss(w_encoded: Tensor, w_sampled: Tensor) -> Tensor:
+    """How far a batch of encoder latents E(x) sits from the mapping network's W distribution (0 where they match).
+
+    Squared gaps between the per-dimension batch means and standard deviations of ``w_encoded`` and of
+    ``w_sampled`` = mapping(z) (a fixed, detached reference), in units of the reference's mean variance. Not in the
+    StylEx paper: without it the encoder can settle in a corner of W the random path never visits, where the
+    generator learns a separate, poorer rendering (the demo's reconstructions all grew a hat and lost the hair colour).
+    """
+    reference = w_sampled.detach().float()
+    w_encoded = w_encoded.float()
+    scale = reference.var(dim=0).mean().clamp_min(1e-8)
+    mean_gap = (w_encoded.mean(dim=0) - reference.mean(dim=0)).pow(2).mean()
+    std_gap = (w_encoded.std(dim=0) - reference.std(dim=0)).pow(2).mean()
+    return (mean_gap + std_gap) / scale
+
+
+def latent_mmd_loss(w_encoded: Tensor, w_sampled: Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+                    ) -> Tensor:
+    """Unbiased MMD^2 between encoder latents E(x) and mapping(z) (a fixed, detached reference): 0 when the two
+    distributions agree, as a Wasserstein autoencoder asks (Tolstikhin et al., ICLR 2018). Inverse multiquadratic
+    kernels C / (C + |x - y|^2) summed over ``scales`` x 2 d sigma^2, sigma^2 the reference's mean variance. Unlike
+    matching means and variances, it pulls E(x) onto the region the random path samples, not just to its moments.
+    """
+    x, y = w_encoded.float(), w_sampled.detach().float()
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"latent_mmd_loss needs at least 2 latents per set, got {len(x)} and {len(y)}")
+    base = 2.0 * x.shape[1] * y.var(dim=0).mean().clamp_min(1e-8)
+    dxx, dyy, dxy = torch.cdist(x, x).square(), torch.cdist(y, y).square(), torch.cdist(x, y).square()
+    return sum(unbiased_mmd2(c / (c + dxx), c / (c + dyy), c / (c + dxy)) for c in (s * base for s in scales))
+
+
+def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:
+    """The unbiased MMD^2 estimate from kernel matrices k(x, x), k(y, y) and k(x, y) (diagonals left out)."""
+    m, n = len(kxx), len(kyy)
+    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+            - 2 * kxy.mean())
+
+
+def loss_weights(cfg: StylexConfig) -> dict[str, float]:
+    """Weight of every StylEx loss term, keyed like the loss dicts.
+
+    Defaults in StylexConfig: adversarial 1, L1 1, LPIPS 0.1, latent 0.1, KL 1 (the weights reported
+    for StylEx, Lang et al. 2021); R1 gamma and path-length weight as StyleGAN2's regularizers; ``w_prior``
+    (:func:`latent_prior_loss`, our addition) 0 unless a config sets it.
+    """
+    return {
+        "adv": cfg.weight_adv,
+        "l1": cfg.weight_l1,
+        "lpips": cfg.weight_lpips,
+        "latent": cfg.weight_latent,
+        "kl": cfg.weight_kl,
+        "sample_kl": cfg.weight_sample_kl,
+        "w_prior": cfg.weight_w_prior,
+    }
+
+
+def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Sum of ``weights[name] * terms[name]`` over the given terms (every name must have a weight)."""
+    missing = set(terms) - set(weights)
+    if missing:
+        raise KeyError(f"no weight for loss terms {sorted(missing)}; known: {sorted(weights)}")
+    return sum(weights[name] * value for name, value in terms.items())

@@ -1,0 +1,99 @@
+"""The trained StylEx models: fresh networks from a config, a checkpoint's frozen models, and
+:class:`StylexModels`, the object inversion, AttFind and every explainer use (encode, reconstruct)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from stylexlib.classifier.training import load_run_classifier
+from stylexlib.core.config import StylexConfig, from_dict
+from stylexlib.core.provenance import check, stylex_fingerprint
+from stylexlib.core.run import Run, pick_device
+from stylexlib.data import ImageDataset, to_float
+from stylexlib.gan import Discriminator, Encoder, FeatureDiscriminator, Generator
+from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def build_networks(resolution: int, num_classes: int, cfg: StylexConfig
+                   ) -> tuple[Generator, Encoder, Discriminator | FeatureDiscriminator]:
+    """Fresh G, E and D for images of ``resolution`` and a classifier with ``num_classes`` outputs."""
+    return (
+        Generator(resolution, num_classes, cfg),
+        Encoder(resolution, cfg.latent_dim, cfg),
+        FeatureDiscriminator(resolution, num_classes, cfg) if cfg.discriminator == "features"
+        else Discriminator(resolution, num_classes, cfg),
+    )
+
+
+def class_input(logits: Tensor, condition_on: str) -> Tensor:
+    """The generator's class input c for classifier logits: the probabilities, the logits, or zeros for a GAN trained
+    without the classifier (``stylex.condition_on``: "probs", "logits", "none")."""
+    if condition_on == "none":
+        return torch.zeros_like(logits)
+    return logits.softmax(dim=1) if condition_on == "probs" else logits
+
+
+@dataclass
+class StylexModels:
+    """The trained StylEx models, frozen and ready for inversion: EMA generator, encoder, classifier (and D)."""
+
+    generator: Generator
+    encoder: Encoder
+    classifier: nn.Module
+    cfg: StylexConfig
+    class_names: list[str]
+    step: int
+    device: torch.device
+    discriminator: Discriminator | None = None  # for AttFind's optional realism filter
+
+    def condition(self, logits: Tensor) -> Tensor:
+        """The generator's class input for classifier logits (``cfg.condition_on``)."""
+        return class_input(logits, self.cfg.condition_on)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """uint8 or [-1, 1] images -> float images on the models' device."""
+        return (to_float(images) if images.dtype == torch.uint8 else images.float()).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images -> (w = E(x), c = the classifier's output on x, as the generator takes it)."""
+        x = self.prepare(images)
+        return self.encoder(x), self.condition(self.classifier(x).float())
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, noise_mode: str = "const") -> Tensor:
+        """G(E(x), C(x)) for uint8 or [-1, 1] images."""
+        w, c = self.encode(images)
+        return self.generator(w, c, noise_mode=noise_mode)
+
+
+def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageDataset | None = None) -> StylexModels:
+    """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier."""
+    return load_models(checkpoint_path(run.dir), load_run_classifier(run, data), stylex_fingerprint(run.cfg), "03",
+                       device)
+
+
+def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: str,
+                device: torch.device | str | None = None) -> StylexModels:
+    """The frozen EMA generator, encoder and discriminator of the checkpoint at ``path``, with ``classifier``; refuses a
+    checkpoint whose fingerprint is not ``expected`` (naming ``stage`` to re-run)."""
+    state = load_checkpoint(path)
+    if expected is not None:
+        check(state.get("fingerprint"), expected, path, stage)
+    cfg = from_dict(state["config"], StylexConfig, "stylex")
+    device = torch.device(device) if device is not None else pick_device(cfg.device)
+    generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)
+    generator.load_state_dict(state["G_ema"])
+    encoder.load_state_dict(state.get("E_ema", state["E"]))  # the encoder EMA pairs with G_ema when it was kept
+    discriminator.load_state_dict(state["D"])
+    generator, encoder, classifier, discriminator = (
+        m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier, discriminator))
+    log.info("loaded the models of step %d from %s", state["step"], path)
+    return StylexModels(generator, encoder, classifier, cfg, list(state["class_names"]), int(state["step"]), device,
+                        discriminator)

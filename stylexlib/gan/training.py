@@ -1,0 +1,557 @@
+"""StylEx training (Lang et al., ICCV 2021): G, its EMA copy, encoder E, conditional D, frozen classifier C.
+
+One step: a seeded real batch x and C(x); the encoder path x' = G(E(x), C(x)) and/or the random path
+G(mapping(z), C(shuffled x)) (``stylex.path_mode``), with optional style mixing; a D step (logistic loss on
+optionally DiffAugmented inputs, lazy R1); a G+E step (adversarial + L1 + LPIPS + latent + KL reconstruction
+losses, lazy path length); the EMA update. The first ``stylex.warmup_steps`` steps train E and G as an autoencoder
+only (reconstruction and KL terms; no D, no random path).
+Single process, or data parallel under ``torchrun`` (see :mod:`stylexlib.core.distributed`)::
+
+    torchrun --nproc_per_node=4 -m stylexlib.gan.training runs/demo
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor, nn
+
+from stylexlib.classifier.training import load_run_classifier
+from stylexlib.core.config import StylexConfig, to_dict
+from stylexlib.core.distributed import (SINGLE, DistInfo, any_rank, average_gradients, broadcast_modules,
+                                        gather_objects, mean_across_ranks)
+from stylexlib.core.figures import image_grid, save_figure
+from stylexlib.core.io import atomic_write, torch_save
+from stylexlib.core.progress import tqdm
+from stylexlib.core.provenance import stylex_fingerprint
+from stylexlib.core.run import Run, pick_device
+from stylexlib.data import ImageDataset, to_float
+from stylexlib.gan.augment import diff_augment, parse_policy
+from stylexlib.gan.checkpoint import (CHECKPOINT_FORMAT, STATS_FILE, capture_rng, checkpoint_path, load_checkpoint,
+                                      read_stats, restore_rng)
+from stylexlib.gan.losses import (classifier_kl_loss, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
+                                  g_path_length_loss, latent_mmd_loss, latent_prior_loss, load_lpips, loss_weights,
+                                  reconstruction_losses, weighted_sum)
+from stylexlib.gan.models import StylexModels, build_networks, class_input
+
+log = logging.getLogger(__name__)
+
+PATH_MODES = ("mix", "alternate")
+PREVIEW_COUNT = 16  # samples in a preview grid; half as many (input | reconstruction) pairs
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the loss, the step and the checkpoint kept."""
+
+
+@dataclass
+class TrainSummary:
+    """What a call of :meth:`StylexTrainer.train` did."""
+
+    steps: int  # completed steps in total (all sessions)
+    session_steps: int
+    train_seconds: float  # training wall time in total (all sessions)
+    session_seconds: float
+    images_per_second: float  # real images per second of training, all sessions and ranks together
+    stopped_by_time_limit: bool
+    checkpoint: Path | None
+
+
+class BatchSampler:
+    """Endless seeded batches of dataset positions: a fresh permutation each epoch; saveable state."""
+
+    def __init__(self, positions: Tensor, batch_size: int, seed: int) -> None:
+        if len(positions) == 0:
+            raise ValueError("no training images: the train split is empty")
+        self.positions = positions
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.cursor = 0
+
+    def next(self) -> Tensor:
+        """The positions of the next batch."""
+        parts, needed = [], self.batch_size
+        while needed > 0:
+            if self.cursor >= len(self.order):
+                self.order, self.cursor = torch.randperm(len(self.positions), generator=self.generator), 0
+            part = self.order[self.cursor : self.cursor + needed]
+            self.cursor += len(part)
+            needed -= len(part)
+            parts.append(part)
+        return self.positions[torch.cat(parts)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order.clone(), "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.cursor = state["order"].clone(), int(state["cursor"])
+
+
+@dataclass
+class Generated:
+    """One step's generator outputs: reconstructions first, then random samples, and D's class weights."""
+
+    images: Tensor
+    probs: Tensor
+    w_encoded: Tensor | None  # E(x), when the encoder path ran
+    w_sampled: Tensor | None  # mapping(z), when the random path ran
+    reconstructions: Tensor | None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``stylex.precision`` on a device (None: full precision)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"stylex.precision must be auto, fp32, bf16 or fp16, got '{precision}'")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def adam(params: Iterator[nn.Parameter], lr: float, cfg: StylexConfig, reg_every: int | None) -> torch.optim.Adam:
+    """Adam with StyleGAN2's lazy-regularisation correction of lr and betas (when ``reg_every`` is set)."""
+    ratio = reg_every / (reg_every + 1) if reg_every else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(cfg.beta1**ratio, cfg.beta2**ratio))
+
+
+class StylexTrainer:
+    """Trains G, E and D against a frozen classifier; checkpoints, logs and previews into ``out_dir``."""
+
+    def __init__(self, cfg: StylexConfig, data: ImageDataset, classifier: nn.Module, out_dir: str | Path | None = None,
+                 device: torch.device | None = None, dist: DistInfo = SINGLE, lpips_model: nn.Module | None = None,
+                 fingerprint: str | None = None) -> None:
+        if cfg.path_mode not in PATH_MODES:
+            raise ValueError(f"stylex.path_mode must be one of {PATH_MODES}, got '{cfg.path_mode}'")
+        parse_policy(cfg.augment)
+        self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
+        self.device = device or pick_device(cfg.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None and dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.G, self.E, self.D = build_networks(data.resolution, data.num_classes, cfg)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False) if cfg.encoder_ema else None
+        self.style_layers = self.G.style_index.layer_ids()  # layer number of every style coordinate (style mixing)
+        for net in self._networks():
+            net.to(self.device, memory_format=self.memory_format)
+        broadcast_modules(self._networks(), dist)
+        self.classifier = classifier.to(self.device).eval().requires_grad_(False)
+        self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.lpips_net, self.device)
+        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None)
+        self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None)
+        self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg, cfg.r1_every if cfg.r1_gamma > 0 else None)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.full_precision = torch.amp.GradScaler(self.device.type, enabled=False)  # the regularisation steps
+        self.images, self.resolution, self.num_classes = data.images, data.resolution, data.num_classes
+        self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), cfg.batch_size, cfg.seed * 1000 + dist.rank)
+        self.preview_images = self._preview_images(data)
+        self.preview_z = torch.randn(PREVIEW_COUNT, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        self.step, self.train_seconds, self.checkpoint_step = 0, 0.0, None
+        self.mean_path_length = torch.zeros((), device=self.device)
+        torch.manual_seed(cfg.seed * 1000 + dist.rank)  # each rank draws its own z and noise
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, float]:
+        """One D step and one G+E step (plus the lazy regularisers when due; during the warm-up the G+E step only)."""
+        cfg = self.cfg
+        x = self._real_batch()
+        with torch.no_grad(), self._autocast():
+            logits = self.classifier(x).float()
+        probs, condition = logits.softmax(dim=1), class_input(logits, cfg.condition_on)
+        if cfg.condition_on == "none":  # no classifier: D's class heads averaged (unconditional)
+            probs = torch.full_like(probs, 1 / probs.shape[1])
+        with self._autocast():
+            generated = self._generate(x, condition, probs)
+        if self.warming_up:  # reconstruction first: no D, no regularisers
+            losses = self._generator_step(x, logits, generated)
+        else:
+            losses = self._discriminator_step(x, probs, generated)
+            if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
+                losses.update(self._r1_step(x, probs))
+            losses.update(self._generator_step(x, logits, generated))
+            if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
+                losses.update(self._path_length_step(condition))
+        self._update_ema()
+        self.step += 1
+        return losses
+
+    @property
+    def warming_up(self) -> bool:
+        """True during the reconstruction-first warm-up (``stylex.warmup_steps``)."""
+        return self.step < self.cfg.warmup_steps
+
+    def _networks(self) -> list[nn.Module]:
+        return [self.G, self.E, self.D, self.G_ema] + ([self.E_ema] if self.E_ema is not None else [])
+
+    def _real_batch(self) -> Tensor:
+        x = to_float(self.images[self.sampler.next()]).to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _paths(self) -> tuple[bool, bool]:
+        """(encoder path, random path) for the current step."""
+        if self.warming_up:
+            return True, False
+        if self.cfg.path_mode == "mix":
+            return True, True
+        encoder = self.step % self.cfg.encoder_every == 0
+        return encoder, not encoder
+
+    def _generate(self, x: Tensor, condition: Tensor, probs: Tensor) -> Generated:
+        """One batched G forward of both paths: reconstructions G(E(x), c) and samples G(mapping(z), c[perm])."""
+        encoder, random = self._paths()
+        latents, conditions, d_probs, w_encoded, w_sampled = [], [], [], None, None
+        if encoder:
+            w_encoded = self.E(x)
+            latents.append(w_encoded)
+            conditions.append(condition)
+            d_probs.append(probs)
+        if random:
+            shuffle = torch.randperm(len(x), device=self.device)
+            w_sampled = self.G.mapping(torch.randn(len(x), self.cfg.latent_dim, device=self.device))
+            latents.append(w_sampled)
+            conditions.append(condition[shuffle])
+            d_probs.append(probs[shuffle])
+        styles = self.G.styles(torch.cat(latents), torch.cat(conditions))
+        if random and self.cfg.mixing_prob > 0:
+            styles = torch.cat([styles[: len(styles) - len(x)], self._mix_styles(styles[len(styles) - len(x):],
+                                                                                   conditions[-1])])
+        images = self.G.synthesize(styles, noise_mode="random")
+        return Generated(images, torch.cat(d_probs), w_encoded, w_sampled, images[: len(x)] if encoder else None)
+
+    def _mix_styles(self, styles: Tensor, condition: Tensor) -> Tensor:
+        """Style mixing (StyleGAN2): with ``mixing_prob``, a sample takes a second latent's styles from a random layer
+        on, so that neighbouring layers cannot rely on each other and StyleSpace channels stay layer-local."""
+        n, layers = len(styles), self.G.style_index.num_layers
+        other = self.G.styles(self.G.mapping(torch.randn(n, self.cfg.latent_dim, device=self.device)), condition)
+        cutoff = torch.randint(1, layers, (n, 1), device=self.device)
+        cutoff = torch.where(torch.rand(n, 1, device=self.device) < self.cfg.mixing_prob, cutoff, layers)
+        return torch.where(self.style_layers.to(self.device)[None] >= cutoff, other, styles)
+
+    def _augment(self, images: Tensor) -> Tensor:
+        return diff_augment(images, self.cfg.augment) if self.cfg.augment else images
+
+    def _discriminator_step(self, x: Tensor, probs: Tensor, generated: Generated) -> dict[str, float]:
+        self.D.requires_grad_(True)
+        with self._autocast():
+            loss = d_logistic_loss(self.D(self._augment(x), probs),
+                                   self.D(self._augment(generated.images.detach()), generated.probs))
+        values = self._checked({"d": loss})
+        self._optimize(loss, [(self.D, self.opt_d)], self.scaler_d)
+        return values
+
+    def _r1_step(self, x: Tensor, probs: Tensor) -> dict[str, float]:
+        x = x.detach().requires_grad_(True)
+        penalty = d_r1_loss(self.D(self._augment(x), probs), x)
+        values = self._checked({"r1": penalty})
+        self._optimize(penalty * (self.cfg.r1_gamma / 2 * self.cfg.r1_every), [(self.D, self.opt_d)], self.full_precision)
+        return values
+
+    def _generator_step(self, x: Tensor, logits: Tensor, generated: Generated) -> dict[str, float]:
+        self.D.requires_grad_(False)
+        with self._autocast():
+            terms = {} if self.warming_up else {
+                "adv": g_nonsaturating_loss(self.D(self._augment(generated.images), generated.probs))}
+            rec = generated.reconstructions
+            if rec is not None:
+                terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
+                if self.cfg.weight_kl > 0:
+                    terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
+                if self.cfg.weight_w_prior > 0:
+                    prior = latent_mmd_loss if self.cfg.w_prior == "mmd" else latent_prior_loss
+                    terms["w_prior"] = prior(generated.w_encoded, self._reference_w(generated))
+            if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
+                count = len(generated.w_sampled)  # the samples follow the reconstructions; their condition's probs
+                wanted = generated.probs[-count:].clamp_min(1e-8).log()
+                terms["sample_kl"] = classifier_kl_loss(wanted, self.classifier(generated.images[-count:]))
+            loss = weighted_sum(terms, loss_weights(self.cfg))
+        values = self._checked({"g": loss, **terms})
+        nets = [(self.G, self.opt_g)] + ([(self.E, self.opt_e)] if rec is not None else [])
+        self._optimize(loss, nets, self.scaler_g)
+        return values
+
+    @torch.no_grad()
+    def _reference_w(self, generated: Generated) -> Tensor:
+        """mapping(z) for the W prior: this step's random-path latents (moments), or fresh ones when that path did not
+        run; the MMD prior draws a larger reference (128 latents: a batch of 16 alone is a noisy target)."""
+        if generated.w_sampled is not None and self.cfg.w_prior == "moments":
+            return generated.w_sampled
+        count = max(128, len(generated.w_encoded)) if self.cfg.w_prior == "mmd" else len(generated.w_encoded)
+        return self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+
+    def _path_length_step(self, condition: Tensor) -> dict[str, float]:
+        count = max(1, len(condition) // 2)
+        w = self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+        images = self.G(w, condition[torch.randperm(len(condition), device=self.device)[:count]], noise_mode="random")
+        penalty, mean, _ = g_path_length_loss(images, w, self.mean_path_length)
+        self.mean_path_length = mean_across_ranks(mean, self.dist)
+        values = self._checked({"pl": penalty})
+        self._optimize(penalty * (self.cfg.pl_weight * self.cfg.pl_every), [(self.G, self.opt_g)], self.full_precision)
+        return values
+
+    def _optimize(self, loss: Tensor, nets: list[tuple[nn.Module, torch.optim.Optimizer]],
+                  scaler: torch.amp.GradScaler) -> None:
+        """Backward, average gradients across ranks, one optimizer step per net."""
+        for _, optimizer in nets:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        for net, optimizer in nets:
+            average_gradients(net, self.dist)
+            scaler.step(optimizer)
+        scaler.update()
+
+    def _checked(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        """Loss values averaged over ranks; raises :class:`TrainingDiverged` on a NaN or Inf."""
+        values = mean_across_ranks(torch.stack([v.detach().float() for v in losses.values()]), self.dist).tolist()
+        for name, value in zip(losses, values):
+            if not math.isfinite(value):
+                kept = (f"the last good checkpoint (step {self.checkpoint_step}) is kept at {self.checkpoint_file}"
+                        if self.checkpoint_step is not None else "no checkpoint was written yet")
+                raise TrainingDiverged(
+                    f"StylEx training diverged: loss '{name}' is {value} at step {self.step + 1}; {kept}. "
+                    "Lower the learning rates (stylex.lr_g, lr_d, lr_e), raise stylex.r1_gamma, or use stylex.precision=fp32."
+                )
+        return dict(zip(losses, values))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(self.cfg.ema_half_life_images, 1e-8))
+        pairs = [(self.G_ema, self.G)] + ([(self.E_ema, self.E)] if self.E_ema is not None else [])
+        for averaged, net in pairs:
+            for ema, param in zip(averaged.parameters(), net.parameters()):
+                ema.lerp_(param, 1.0 - beta)
+            for ema, buffer in zip(averaged.buffers(), net.buffers()):
+                ema.copy_(buffer)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self, steps: int | None = None, progress: bool = True) -> TrainSummary:
+        """Train until ``steps`` (default ``cfg.steps``) or the time limit; checkpoint and preview on schedule."""
+        cfg, total = self.cfg, steps if steps is not None else self.cfg.steps
+        first_step, seconds_before, started = self.step, self.train_seconds, time.perf_counter()
+        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else math.inf
+        self._trim_stats()
+        bar = tqdm(total=total, initial=self.step, desc="stylex", disable=not (progress and self.dist.is_main))
+        window: dict[str, list[float]] = {}
+        window_start, stopped_by_time = (self.step, time.perf_counter()), False
+        try:
+            while self.step < total:
+                for name, value in self.train_step().items():
+                    window.setdefault(name, []).append(value)
+                self.train_seconds = seconds_before + time.perf_counter() - started
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in self._log(window, window_start).items() if k in ("d", "adv", "l1", "kl")})
+                    window, window_start = {}, (self.step, time.perf_counter())
+                stopped_by_time = any_rank(time.perf_counter() - started > limit, self.device, self.dist)
+                if stopped_by_time or self.step == total:
+                    break
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.save_previews()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if window:
+            self._log(window, window_start)
+        if self.step > first_step or self.checkpoint_step is None:
+            if cfg.sample_every:
+                self.save_previews()
+            self.save_checkpoint()
+        if stopped_by_time:
+            log.warning("time limit of %.1f min reached after %d steps (of %d)", cfg.time_limit_minutes, self.step, total)
+        images = self.step * cfg.batch_size * self.dist.world_size
+        return TrainSummary(self.step, self.step - first_step, self.train_seconds, time.perf_counter() - started,
+                            images / max(self.train_seconds, 1e-9), stopped_by_time, self.checkpoint_file)
+
+    def _log(self, window: dict[str, list[float]], window_start: tuple[int, float]) -> dict[str, float]:
+        """Append the window's mean losses to stats.jsonl (main rank) and return them."""
+        means = {name: sum(values) / len(values) for name, values in window.items()}
+        steps, seconds = self.step - window_start[0], time.perf_counter() - window_start[1]
+        record = {"step": self.step, "images": self.step * self.cfg.batch_size * self.dist.world_size,
+                  "seconds": round(self.train_seconds, 3),
+                  "images_per_second": steps * self.cfg.batch_size * self.dist.world_size / max(seconds, 1e-9), **means}
+        if self.dist.is_main and self.out_dir is not None:
+            with open(self.out_dir / STATS_FILE, "a") as stats:
+                stats.write(json.dumps(record) + "\n")
+        log.debug("step %d: %s", self.step, record)
+        return means
+
+    def _trim_stats(self) -> None:
+        """Drop stats.jsonl lines past the current step (left by an interrupted session)."""
+        if not (self.dist.is_main and self.out_dir is not None and (self.out_dir / STATS_FILE).exists()):
+            return
+        kept = [record for record in read_stats(self.out_dir) if record["step"] <= self.step]
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        atomic_write(self.out_dir / STATS_FILE, lambda path: path.write_text(text))
+
+    # ---------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_file(self) -> Path | None:
+        return checkpoint_path(self.out_dir) if self.out_dir is not None else None
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (every rank must call it: RNG states are gathered)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "step": self.step, "train_seconds": self.train_seconds,
+            "resolution": self.resolution, "num_classes": self.num_classes, "class_names": self.class_names,
+            "config": to_dict(self.cfg), "world_size": self.dist.world_size, "fingerprint": self.fingerprint,
+            "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "E": self.E.state_dict(), "D": self.D.state_dict(),
+            **({"E_ema": self.E_ema.state_dict()} if self.E_ema is not None else {}),
+            "opt_g": self.opt_g.state_dict(), "opt_e": self.opt_e.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "mean_path_length": self.mean_path_length.detach().cpu(),
+            "rng": gather_objects(capture_rng(self.device), self.dist),
+            "sampler": gather_objects(self.sampler.state_dict(), self.dist),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (same model sizes; same number of ranks for an exact resume)."""
+        if (state["resolution"], state["num_classes"]) != (self.resolution, self.num_classes):
+            raise ValueError(f"the checkpoint is for {state['resolution']}px images and {state['num_classes']} classes, "
+                             f"the data has {self.resolution}px and {self.num_classes}; use a new run folder")
+        names = ("G", "G_ema", "E", "D", "opt_g", "opt_e", "opt_d", "scaler_g", "scaler_d")
+        for name in names + (("E_ema",) if self.E_ema is not None else ()):
+            getattr(self, name).load_state_dict(state[name])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.checkpoint_step = self.step
+        self.mean_path_length = state["mean_path_length"].to(self.device)
+        if state["world_size"] == self.dist.world_size:
+            restore_rng(state["rng"][self.dist.rank], self.device)
+            self.sampler.load_state_dict(state["sampler"][self.dist.rank])
+        else:
+            log.warning("checkpoint written by %d ranks, resuming on %d: random draws will differ from an "
+                        "uninterrupted run", state["world_size"], self.dist.world_size)
+            torch.manual_seed(self.cfg.seed * 1000 + self.dist.rank + self.step)
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint atomically (main rank); every rank must call it."""
+        state = self.state_dict()
+        if self.dist.is_main and self.checkpoint_file is not None:
+            torch_save(self.checkpoint_file, state)
+            log.info("checkpoint at step %d: %s", self.step, self.checkpoint_file)
+        self.checkpoint_step = self.step
+        return self.checkpoint_file
+
+    def resume(self) -> bool:
+        """Load ``out_dir``'s checkpoint if there is one; True when it did."""
+        if self.checkpoint_file is None or not self.checkpoint_file.exists():
+            return False
+        state = load_checkpoint(self.checkpoint_file)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("%s was made from another config: training StylEx afresh", self.checkpoint_file)
+            return False
+        self.load_state_dict(state)
+        log.info("resuming StylEx training at step %d from %s", self.step, self.checkpoint_file)
+        return True
+
+    # ---------------------------------------------------------------- previews
+    def _preview_images(self, data: ImageDataset) -> Tensor:
+        positions = data.indices("val")
+        if len(positions) == 0:
+            positions = data.indices("train")
+        return data.images[torch.as_tensor(positions[:PREVIEW_COUNT])]
+
+    def models(self) -> StylexModels:
+        """The current EMA generator, encoder and classifier, as later stages load them."""
+        encoder = self.E_ema if self.E_ema is not None else self.E
+        return StylexModels(self.G_ema, encoder, self.classifier, self.cfg, self.class_names, self.step, self.device)
+
+    @torch.no_grad()
+    def save_previews(self) -> dict[str, Path]:
+        """Save grids of random samples and of (input | reconstruction) pairs (main rank)."""
+        if not (self.dist.is_main and self.out_dir is not None):
+            return {}
+        models, figures = self.models(), {}
+        conditions = models.condition(self.classifier(models.prepare(self.preview_images)).float())
+        z = self.preview_z[: len(conditions)].to(self.device)
+        samples = self.G_ema(self.G_ema.mapping(z), conditions[: len(z)])
+        wanted = [self.class_names[i] for i in conditions.argmax(1).tolist()]
+        titles = [f"c={name}\n{label}" for name, label in zip(wanted, self._labels(samples))]
+        figures["samples"] = self._save_grid("samples", samples, titles, "random samples G_ema(z, c): C's output below")
+        inputs = models.prepare(self.preview_images[: PREVIEW_COUNT // 2])
+        pairs = torch.stack([inputs, models.reconstruct(inputs)], dim=1).flatten(0, 1)
+        titles = [f"{'rec' if i % 2 else 'in'} {label}" for i, label in enumerate(self._labels(pairs))]
+        figures["reconstructions"] = self._save_grid("reconstructions", pairs, titles, "input | reconstruction, C's output")
+        return figures
+
+    def _labels(self, images: Tensor) -> list[str]:
+        probs = self.classifier(images).float().softmax(dim=1)
+        top, which = probs.max(dim=1)
+        return [f"{self.class_names[i]} {p:.2f}" for i, p in zip(which.tolist(), top.tolist())]
+
+    def _save_grid(self, kind: str, images: Tensor, titles: list[str], title: str) -> Path:
+        fig = image_grid(images.cpu(), titles, ncols=8, suptitle=f"{title} (step {self.step})")
+        path = save_figure(fig, self.out_dir / "figures" / f"{kind}_{self.step:06d}.png")
+        plt.close(fig)
+        return path
+
+
+# -------------------------------------------------------------------- run-level helpers
+def train_stylex(run: Run, data: ImageDataset, classifier: nn.Module | None = None, device: torch.device | None = None,
+                 dist: DistInfo = SINGLE, progress: bool = True) -> TrainSummary:
+    """Stage 03: train StylEx into the run folder, resuming from its checkpoint; saves the loss curves."""
+    classifier = classifier if classifier is not None else load_run_classifier(run, data)
+    trainer = StylexTrainer(run.cfg.stylex, data, classifier, out_dir=run.dir, device=device, dist=dist,
+                            fingerprint=stylex_fingerprint(run.cfg))
+    trainer.resume()
+    summary = trainer.train(progress=progress)
+    history = read_stats(run.dir)
+    if dist.is_main and history:
+        fig = loss_curves(history)
+        save_figure(fig, run.path("figures", "stylex_losses.png"))
+        plt.close(fig)
+    return summary
+
+
+LOSS_GROUPS = {
+    "adversarial": ("d", "adv", "r1"),
+    "reconstruction": ("l1", "lpips", "latent"),
+    "classifier KL": ("kl",),
+    "path length": ("pl",),
+}
+
+
+def latest_preview(run_dir: str | Path, kind: str) -> Path | None:
+    """The newest ``figures/{kind}_STEP.png`` of a run ("samples" or "reconstructions"), or None."""
+    found = sorted((Path(run_dir) / "figures").glob(f"{kind}_[0-9]*.png"))
+    return found[-1] if found else None
+
+
+def loss_curves(history: list[dict]) -> plt.Figure:
+    """StylEx losses against the training step, one panel per group of terms."""
+    groups = {title: [k for k in keys if any(k in h for h in history)] for title, keys in LOSS_GROUPS.items()}
+    groups = {title: keys for title, keys in groups.items() if keys}
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, groups.items()):
+        for key in keys:
+            points = [(h["step"], h[key]) for h in history if key in h]
+            ax.plot(*zip(*points), label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

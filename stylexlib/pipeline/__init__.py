@@ -1,0 +1,1 @@
+"""The numbered notebooks as a headless pipeline, and the ``stylex`` command line."""

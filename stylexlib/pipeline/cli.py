@@ -1,0 +1,113 @@
+"""The ``stylex`` command: run the notebook pipeline, list stages and their parameters, show configs; train StylEx
+or run AttFind in a run folder (also under ``torchrun -m stylexlib``); combine benchmark tables."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from stylexlib.core.config import ConfigError, dump_config, load_config
+from stylexlib.evaluate.benchmark import combine
+from stylexlib.pipeline.runner import (DEFAULT_NOTEBOOKS, StageFailed, discover_stages, run_pipeline, select_stages,
+                                       stage_parameters)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``stylex``."""
+    parser = argparse.ArgumentParser(prog="stylex", description="StylEx workbench: explain image classifiers in StyleSpace.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the numbered notebooks with papermill into a run folder")
+    run.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set data.resolution=64 (repeatable)")
+    run.add_argument("--out", help="run folder (default: runs/<config name>)")
+    run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (numbers or names, e.g. 01 02_classifier)")
+    run.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    run.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS), help="folder of numbered notebooks")
+    run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: python3, this interpreter)")
+
+    params = sub.add_parser("params", help="list each notebook's parameters (from its 'parameters' cell)")
+    params.add_argument("stages", nargs="*", help="stage numbers or names (default: all)")
+    params.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS))
+
+    for name, what in (("train", "train StylEx in a run folder made by stages 01-02 (under torchrun: data parallel)"),
+                       ("attfind", "run AttFind in a run folder trained by stages 01-03 (under torchrun: images sharded)")):
+        step = sub.add_parser(name, help=what)
+        step.add_argument("run_dir", help="run folder holding config.yaml")
+
+    combine = sub.add_parser("combine", help="concatenate the benchmark/methods.csv of run folders into one table")
+    combine.add_argument("out", help="the combined CSV, e.g. runs/compare/benchmark/methods.csv")
+    combine.add_argument("run_dirs", nargs="+", help="run folders whose stage 08/09 wrote benchmark/methods.csv")
+
+    show = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
+    show.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def run_step(step: str, run_dir: Path) -> int:
+    """``stylex train`` / ``stylex attfind``: one stage's work outside the notebooks, data parallel under torchrun."""
+    from stylexlib.classifier.training import load_run_classifier
+    from stylexlib.core.distributed import init_distributed, shutdown_distributed
+    from stylexlib.core.run import open_run
+    from stylexlib.data import load_dataset
+    from stylexlib.explain.attfind.search import run_attfind
+    from stylexlib.explain.attfind.selection import sufficiency_metrics
+    from stylexlib.gan.models import load_stylex
+    from stylexlib.gan.training import train_stylex
+
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: run stages 01-02 first "
+                                f"(stylex run CONFIG --only 01 02 --out {run_dir})")
+    run = open_run(run_dir)
+    info, device = init_distributed(run.cfg.stylex.device)
+    try:
+        data = load_dataset(run.cfg.data)
+        if step == "train":
+            summary = train_stylex(run, data, load_run_classifier(run, data), device=device, dist=info)
+            result = {k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()}
+        else:
+            found = run_attfind(run, data, load_stylex(run, device, data), dist=info)
+            result = {"seconds_per_image": found.seconds_per_image, **sufficiency_metrics(found.sufficiency)}
+        if info.is_main:
+            print(json.dumps(result))
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stylex`` console command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook chatter hides our progress
+    try:
+        if args.command == "run":
+            run_dir = run_pipeline(args.config, args.overrides, args.out, args.only, args.force, args.notebooks, args.kernel)
+            print(f"[stylex] run folder: {run_dir}")
+        elif args.command == "params":
+            for stage in select_stages(discover_stages(args.notebooks), args.stages or None):
+                print(stage.name)
+                for name, spec in stage_parameters(stage).items():
+                    help_text = f"  # {spec['help']}" if spec.get("help") else ""
+                    print(f"  {name} = {spec['default']}{help_text}")
+        elif args.command in ("train", "attfind"):
+            return run_step(args.command, Path(args.run_dir))
+        elif args.command == "combine":
+            print(combine(args.out, args.run_dirs).round(3).to_string(index=False))
+        elif args.command == "config":
+            print(dump_config(load_config(args.config, args.overrides)), end="")
+    except StageFailed as exc:
+        print(f"[stylex] error: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"[stylex] error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Figures shared by the notebooks: image grids, training curves, confusion matrices, calibration."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from stylexlib.core.figures import to_hwc
+
+
+def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str = "confusion matrix") -> plt.Figure:
+    """Heat map of counts[true, predicted] with the numbers written in."""
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="black" if counts[i, j] < counts.max() / 2 else "white")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(confidence: np.ndarray, accuracy: np.ndarray, count: np.ndarray, ece: float) -> plt.Figure:
+    """Calibration: accuracy against confidence per bin, with the bin sizes."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    bins = len(count)
+    centers = (np.arange(bins) + 0.5) / bins
+    used = count > 0
+    ax.bar(centers[used], accuracy[used], width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.plot(confidence[used], accuracy[used], "o", color="C1", label="bin mean confidence")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def histograms(columns: dict[str, np.ndarray], ncols: int = 4) -> plt.Figure:
+    """One histogram per named column (e.g. the synthetic factors)."""
+    names = list(columns)
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 2.3 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        ax.hist(np.asarray(columns[name], dtype=float), bins=30, color="C0")
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def flip_rate_curve(table, title: str = "sufficiency: top-k attributes applied together") -> plt.Figure:
+    """Flip rate against k for the found attributes and for k random coordinates (mean +- std of the draws)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot(table["k"], table["flip_rate"], marker="o", label="AttFind top-k")
+    ax.errorbar(table["k"], table["random_flip_rate"], yerr=table["random_flip_std"], marker="s", capsize=3,
+                label="k random coordinates")
+    ax.set_xlabel("k (attributes applied together)")
+    ax.set_ylabel("flip rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def explanation_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], class_names: Sequence[str],
+                       target: torch.Tensor, changed: torch.Tensor | None = None,
+                       reconstructed: torch.Tensor | None = None, size: float = 1.25) -> plt.Figure:
+    """One row per image: the input, StylEx's original | changed pair (when given: its reconstruction and its top
+    attribute applied), then every method's map (|relevance|, each scaled to its own maximum) for the same image and
+    target class."""
+    pictures = {"input": images, "StylEx: original": reconstructed, "StylEx: changed": changed}
+    pictures = {name: to_hwc(p) for name, p in pictures.items() if p is not None}
+    columns = list(pictures) + list(maps)
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(len(columns) * size, len(images) * size * 1.1),
+                             squeeze=False)
+    for r in range(len(images)):
+        panels = [p[r] for p in pictures.values()] + [m[r].abs().numpy() for m in maps.values()]
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.axis("off")
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else "inferno", interpolation="nearest")
+            if r == 0:
+                ax.set_title(columns[c].replace("_", " "), fontsize=7)
+        axes[r][0].set_ylabel(class_names[int(target[r])], fontsize=7)
+    fig.suptitle("what each explainer points at, for the predicted class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def methods_figure(table, metrics: Sequence[str]) -> plt.Figure:
+    """Bars per method for each metric, with the 95% intervals in ``<metric>_low`` / ``<metric>_high``."""
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.2 * max(len(metrics), 1), 3.4), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        values = table[metric].to_numpy(float)
+        low, high = table[f"{metric}_low"].to_numpy(float), table[f"{metric}_high"].to_numpy(float)
+        colours = ["tab:red" if m == "stylex" else "tab:blue" for m in table["method"]]
+        ax.barh(range(len(values)), values, xerr=[values - low, high - values], color=colours, capsize=2)
+        ax.set_yticks(range(len(values)), [m.replace("_", " ") for m in table["method"]], fontsize=7)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

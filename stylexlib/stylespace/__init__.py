@@ -1,0 +1,1 @@
+"""Real images into the generator's StyleSpace (inversion) and fast edited renders."""

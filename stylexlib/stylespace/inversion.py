@@ -1,0 +1,117 @@
+"""Inversion: real images -> (w = E(x), c = C(x)) -> StyleSpace, reconstruction quality, optional refinement.
+
+StylEx (Lang et al., ICCV 2021) encodes an image with its encoder and conditions the generator on the
+classifier's output; the per-image optimisation of ``w`` is the usual GAN-inversion refinement
+(e.g. Abdal et al. 2019), here minimising LPIPS + L1 + KL(C(x) || C(G(w, c))) from the encoder's start.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from stylexlib.core.progress import tqdm
+from stylexlib.gan.losses import classifier_kl_loss, load_lpips, lpips_distance
+from stylexlib.gan.models import StylexModels
+
+
+@dataclass
+class Inverted:
+    """Images encoded into the generator: latents, class inputs, StyleSpace and the classifier's logits on x."""
+
+    w: Tensor  # (N, latent_dim)
+    c: Tensor  # (N, classes): the generator's class input (probabilities or logits of C(x))
+    styles: Tensor  # (N, S)
+    logits: Tensor  # (N, classes): C(x)
+
+
+@torch.no_grad()
+def invert(models: StylexModels, images: Tensor, batch_size: int = 64) -> Inverted:
+    """Encode uint8 or [-1, 1] images: w = E(x), c from C(x), styles = G.styles(w, c) (all on CPU)."""
+    parts: list[tuple[Tensor, ...]] = []
+    for batch in images.split(batch_size):
+        x = models.prepare(batch)
+        logits = models.classifier(x).float()
+        w, c = models.encoder(x), models.condition(logits)
+        parts.append((w.cpu(), c.cpu(), models.generator.styles(w, c).cpu(), logits.cpu()))
+    return Inverted(*(torch.cat(column) for column in zip(*parts)))
+
+
+@torch.no_grad()
+def reconstruction_table(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
+                         batch_size: int = 64, w: Tensor | None = None) -> pd.DataFrame:
+    """Per image: L1, LPIPS, KL of C(x) vs C(x'), and whether C's decision agrees on x' = G(w, c).
+
+    ``w`` defaults to E(x); pass refined latents to score them instead.
+    """
+    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
+    rows: list[pd.DataFrame] = []
+    start = 0
+    for batch in images.split(batch_size):
+        x = models.prepare(batch)
+        logits = models.classifier(x).float()
+        latents = models.encoder(x) if w is None else w[start : start + len(x)].to(models.device)
+        rec = models.generator(latents, models.condition(logits), noise_mode="const")
+        rec_logits = models.classifier(rec).float()
+        rows.append(pd.DataFrame({
+            "l1": (x - rec).abs().flatten(1).mean(1).cpu().numpy(),
+            "lpips": lpips_distance(lpips_model, x, rec).flatten().cpu().numpy(),
+            "kl": classifier_kl_loss(logits, rec_logits, reduction="none").cpu().numpy(),
+            "consistent": (logits.argmax(1) == rec_logits.argmax(1)).cpu().numpy(),
+            "predicted": logits.argmax(1).cpu().numpy(),
+            "predicted_reconstruction": rec_logits.argmax(1).cpu().numpy(),
+        }))
+        start += len(x)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def evaluate_reconstruction(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
+                            batch_size: int = 64) -> dict[str, float]:
+    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x')."""
+    table = reconstruction_table(models, images, lpips_model, batch_size)
+    return {
+        "recon_consistency": float(table["consistent"].mean()),
+        "recon_lpips": float(table["lpips"].mean()),
+        "recon_l1": float(table["l1"].mean()),
+        "recon_kl": float(table["kl"].mean()),
+    }
+
+
+def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: float = 0.02,
+                   weight_kl: float = 1.0, lpips_model: nn.Module | None = None,
+                   progress: bool = True) -> tuple[Tensor, list[dict[str, float]]]:
+    """Optimise w per image (from E(x), c fixed to C(x)) for LPIPS + L1 + weight_kl * KL; returns (w, history)."""
+    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
+    x = models.prepare(images)
+    with torch.no_grad():
+        logits = models.classifier(x).float()
+        c = models.condition(logits)
+        w = models.encoder(x).clone()
+    w.requires_grad_(True)
+    optimizer = torch.optim.Adam([w], lr=lr)
+    history = []
+    for step in tqdm(range(steps), desc="refine w", disable=not progress):
+        rec = models.generator(w, c, noise_mode="const")
+        terms = {
+            "lpips": lpips_distance(lpips_model, x, rec).mean(),
+            "l1": (x - rec).abs().mean(),
+            "kl": classifier_kl_loss(logits, models.classifier(rec).float()),
+        }
+        loss = terms["lpips"] + terms["l1"] + weight_kl * terms["kl"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append({"step": step + 1, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
+    return w.detach().cpu(), history
+
+
+def pair_titles(models: StylexModels, inputs: Tensor, reconstructions: Tensor) -> list[str]:
+    """Titles 'in <class> p' / 'rec <class> p' for interleaved (input, reconstruction) image pairs."""
+    with torch.no_grad():
+        probs = torch.cat([models.classifier(models.prepare(x)).float().softmax(1).cpu() for x in (inputs, reconstructions)])
+    top, which = probs.max(1)
+    names = [f"{models.class_names[i]} {p:.2f}" for i, p in zip(which.tolist(), top.tolist())]
+    half = len(inputs)
+    return [title for i in range(half) for title in (f"in {names[i]}", f"rec {names[half + i]}")]
