@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
+from stylexlib.core.install import shipped
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
@@ -233,13 +235,24 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "") -> Any:
     return built
 
 
+def find_config(path: str | Path) -> Path:
+    """A config file, or the name of a config shipped with the package (``demo`` for ``configs/demo.yaml``)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    shipped_configs = shipped("configs")
+    named = shipped_configs / path.with_suffix(".yaml").name
+    if path.parent == Path(".") and named.exists():
+        return named
+    names = ", ".join(sorted(p.stem for p in shipped_configs.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (a path to a YAML file, or one of the shipped configs: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 import papermill as pm
 
 from stylexlib.core.config import Config, ConfigError, dump_config, load_config, save_config, to_dict
+from stylexlib.core.install import shipped
 from stylexlib.core.io import read_json, write_json
 from stylexlib.core.progress import ProgressMirror
 from stylexlib.core.run import CONFIG_FILE
@@ -35,7 +36,7 @@ LATE_SECTIONS = {"study": "07", "compare": "08"}
 OPTIONAL_STAGES = {"09": (lambda cfg: cfg.compare.gan_baselines,
                           "compare.gan_baselines is off (make compare, or --set compare.gan_baselines=true)")}
 PROGRESS_FILE = ".progress.json"  # the running stage's progress bars, mirrored to the terminal
-DEFAULT_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+DEFAULT_NOTEBOOKS = shipped("notebooks")
 
 
 @dataclass(frozen=True)
