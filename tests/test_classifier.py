@@ -9,6 +9,7 @@ from torch import nn
 from stylexlib.classifier.model import (ClassifierError, ClassifierWrapper, SmallCNN, build_classifier,
                                         check_classifier, load_trained_classifier, load_user_classifier,
                                         save_classifier)
+from stylexlib.classifier.predict import classify
 from stylexlib.classifier.training import evaluate, train_classifier
 from stylexlib.core.config import ClassifierConfig
 from stylexlib.data import ImageDataset, random_split
@@ -18,6 +19,20 @@ from stylexlib.data import ImageDataset, random_split
 def test_small_cnn_maps_images_to_logits(resolution: int) -> None:
     model = build_classifier(3, resolution, width=8)
     assert model(torch.zeros(2, 3, resolution, resolution)).shape == (2, 3)
+
+
+def test_classify_batches_and_accepts_uint8_or_float_images() -> None:
+    torch.manual_seed(0)
+    model = build_classifier(3, 16, width=4).eval()
+    images = torch.randint(0, 256, (37, 3, 16, 16), dtype=torch.uint8)
+    as_float = images.float() / 127.5 - 1
+    with torch.no_grad():
+        whole = model(as_float)
+    logits = classify(model, images, batch_size=8)  # 5 batches, the last one short
+    assert logits.shape == (37, 3) and logits.dtype == torch.float32 and not logits.requires_grad
+    torch.testing.assert_close(logits, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(classify(model, as_float, batch_size=256), whole, rtol=1e-5, atol=1e-5)
+    assert classify(model, images[:0]).numel() == 0
 
 
 def test_wrapper_resizes_and_normalises() -> None:

@@ -71,11 +71,6 @@ class ClassifierWrapper(nn.Module):
             x = ((x + 1) / 2 - self.mean) / self.std
         return self.model(x)
 
-    @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Softmax probabilities, evaluated in batches."""
-        return torch.cat([self(b).softmax(-1) for b in images.split(batch_size)])
-
 
 def build_classifier(num_classes: int, resolution: int, width: int = 32) -> ClassifierWrapper:
     """A fresh built-in CNN behind the wrapper."""

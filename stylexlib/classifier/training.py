@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from stylexlib.classifier.model import (ClassifierWrapper, build_classifier, check_classifier, load_trained_classifier,
                                         load_user_classifier, save_classifier)
+from stylexlib.classifier.predict import classify
 from stylexlib.core.config import ClassifierConfig
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.core.progress import tqdm
@@ -69,11 +70,7 @@ def evaluate(
 ) -> Evaluation:
     """Run the classifier on uint8 or [-1, 1] images and summarise."""
     model.eval()
-    logits = []
-    for batch in images.split(batch_size):
-        x = to_float(batch) if batch.dtype == torch.uint8 else batch
-        logits.append(model(x.to(device)).float().cpu())
-    logits_t = torch.cat(logits)
+    logits_t = classify(model, images, batch_size, device)
     loss = F.cross_entropy(logits_t, labels).item() if len(labels) else float("nan")
     return Evaluation(labels.numpy(), logits_t.softmax(-1).numpy(), class_names, loss)
 

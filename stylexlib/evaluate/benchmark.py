@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from stylexlib.classifier.predict import classify
 from stylexlib.core.io import write_table
 from stylexlib.data import to_float
 from stylexlib.evaluate.scores import (bootstrap_interval, deletion_insertion_auc, factor_identification,
@@ -47,8 +48,7 @@ def saliency_by_image(classifier: nn.Module, images: Tensor, indices: list[int],
                       layer: str | None = None) -> dict[int, Tensor]:
     """Dataset index -> (M, H, W) maps of every method for the classifier's predicted class (the gallery's strips)."""
     x = images.float() if images.dtype != torch.uint8 else to_float(images)
-    device = next(classifier.parameters()).device
-    target = classifier(x.to(device)).argmax(1).cpu()
+    target = classify(classifier, x).argmax(1)
     with torch.enable_grad():
         maps = explanation_maps(classifier, x, target, methods, layer)
     return {int(index): torch.stack([maps[m][0][j] for m in methods]) for j, index in enumerate(indices)}

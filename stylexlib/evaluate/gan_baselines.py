@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from stylexlib.classifier.predict import classify
 from stylexlib.classifier.training import load_run_classifier
 from stylexlib.core.figures import image_grid, save_figure
 from stylexlib.core.progress import tqdm
@@ -211,8 +212,7 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     masks = sensitivity = groups = None
     if data.factors is not None and probe is not None:
         factors = data.factors.iloc[rows].reset_index(drop=True)
-        with torch.no_grad():
-            target = classifier(evaluation.to(methods[0].explainer.models.device)).argmax(1).cpu()
+        target = classify(classifier, evaluation).argmax(1)
         masks = factor_masks(factors, data.resolution)
         sensitivity = factor_sensitivity(classifier, factors, data.resolution, target)
         groups = factor_groups(run.cfg.data.label_rule, run.cfg.data.spurious_factor)

@@ -1,4 +1,5 @@
-"""The answer key of the synthetic faces: each factor's pixel region and the classifier's true sensitivity to it.
+"""The answer key of the synthetic faces: each factor's pixel region and the classifier's true sensitivity to it
+(per image, and as the share of predictions that flip when only one factor changes).
 
 Both come from interventions on the renderer: a factor's region on an image is the set of pixels that change when
 only that factor is set to other values; the classifier's sensitivity to a factor on an image is the largest change
@@ -6,12 +7,13 @@ of the target's one-vs-rest log-odds over those re-renders. Nuisance jitter (hea
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from stylexlib.data import to_float
-from stylexlib.data.synthetic import FACTORS, render, render_interventions
+from stylexlib.classifier.predict import classify
+from stylexlib.data.synthetic import FACTORS, intervene, render, render_interventions
 from stylexlib.explain.attfind.effects import class_score
 
 CONCEPT_FACTORS = [f.name for f in FACTORS if not f.nuisance]
@@ -46,13 +48,10 @@ def factor_sensitivity(classifier: nn.Module, factors: pd.DataFrame, resolution:
                        names: list[str] | None = None, batch_size: int = 256) -> pd.DataFrame:
     """(N images x factors): the largest |change of the target's log-odds| when one factor is re-rendered at its
     other values, each image against its own render (the classifier's true use of the factor on that image)."""
-    device = next(classifier.parameters()).device
     names = names or CONCEPT_FACTORS
 
     def scores(images: Tensor, targets: Tensor) -> Tensor:
-        out = [class_score(classifier(to_float(b).to(device)).float().cpu(), t, "logits")
-               for b, t in zip(images.split(batch_size), targets.split(batch_size))]
-        return torch.cat(out)
+        return class_score(classify(classifier, images, batch_size), targets, "logits")
 
     base = scores(render(factors, resolution), target)
     table = {}
@@ -63,4 +62,28 @@ def factor_sensitivity(classifier: nn.Module, factors: pd.DataFrame, resolution:
     return pd.DataFrame(table)
 
 
-__all__ = ["CONCEPT_FACTORS", "factor_masks", "factor_sensitivity", "intervention_values"]
+@torch.no_grad()
+def intervention_flip_rate(
+    classifier: torch.nn.Module,
+    factors: pd.DataFrame,
+    factor: str,
+    resolution: int,
+    value: float | np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> float:
+    """Fraction of images whose predicted class changes when only ``factor`` is changed.
+
+    Binary factors are flipped (0 <-> 1) unless ``value`` is given; continuous factors need ``value``.
+    """
+    current = factors[factor].to_numpy()
+    if value is None:
+        if not set(np.unique(current)) <= {0, 1}:
+            raise ValueError(f"factor '{factor}' is not binary: pass the value to set it to")
+        value = 1 - current
+    before = classify(classifier, render(factors, resolution), batch_size, device).argmax(1)
+    after = classify(classifier, render(intervene(factors, factor, value), resolution), batch_size, device).argmax(1)
+    return (before != after).sum().item() / max(len(factors), 1)
+
+
+__all__ = ["CONCEPT_FACTORS", "factor_masks", "factor_sensitivity", "intervention_flip_rate", "intervention_values"]

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
 from stylexlib.gan.losses import lpips_distance, lpips_input, unbiased_mmd2
 from stylexlib.gan.models import StylexModels
@@ -88,7 +89,7 @@ def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, p
     samples and of real images (binary factors also: the samples' rate minus the real images' rate)."""
     samples, wanted = random_samples(models, real, seed)
     real_float = models.prepare(real).cpu()
-    predicted = torch.cat([models.classifier(b.to(models.device)).argmax(1).cpu() for b in samples.split(256)])
+    predicted = classify(models.classifier, samples).argmax(1)
     fake_features, real_features = lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)
     out = {
         "sample_kid": feature_kid(fake_features, real_features),

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from stylexlib.explain.attfind.effects import DIRECTIONS, StyleStats, edited_logits_fast, searched_coordinates
+from stylexlib.explain.attfind.effects import (DIRECTIONS, StyleStats, edited_logits_fast, predict_styles,
+                                               searched_coordinates)
 from stylexlib.explain.stylex import StylEx
 from stylexlib.gan import Generator
 from stylexlib.gan.models import StylexModels
@@ -80,7 +81,7 @@ def pool_logits(generator: Generator, classifier: torch.nn.Module, styles: Tenso
     out = []
     for s in styles:
         batch = (s[None] + edits).to(device)
-        out.append(torch.cat([classifier(generator.synthesize(b)).float().cpu() for b in batch.split(batch_size)]))
+        out.append(predict_styles(generator, classifier, batch, batch_size))
     return torch.stack(out).view(len(styles), len(pool), 2, -1)
 
 

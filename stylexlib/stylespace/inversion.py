@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from stylexlib.classifier.predict import classify
 from stylexlib.core.progress import tqdm
 from stylexlib.gan.losses import classifier_kl_loss, load_lpips, lpips_distance
 from stylexlib.gan.models import StylexModels
@@ -109,8 +110,7 @@ def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: f
 
 def pair_titles(models: StylexModels, inputs: Tensor, reconstructions: Tensor) -> list[str]:
     """Titles 'in <class> p' / 'rec <class> p' for interleaved (input, reconstruction) image pairs."""
-    with torch.no_grad():
-        probs = torch.cat([models.classifier(models.prepare(x)).float().softmax(1).cpu() for x in (inputs, reconstructions)])
+    probs = classify(models.classifier, torch.cat([models.prepare(inputs), models.prepare(reconstructions)])).softmax(1)
     top, which = probs.max(1)
     names = [f"{models.class_names[i]} {p:.2f}" for i, p in zip(which.tolist(), top.tolist())]
     half = len(inputs)

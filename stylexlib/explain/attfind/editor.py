@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from stylexlib.classifier.predict import classify
 from stylexlib.explain.attfind.effects import DIRECTIONS, StyleStats, apply_attributes, shift_targets
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
@@ -33,8 +34,7 @@ class AttributeEditor:
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:
         """Classifier softmax (N, C) of images in [-1, 1]."""
-        return torch.cat([self.models.classifier(self.models.prepare(x)).float().softmax(1).cpu()
-                          for x in images.split(self.batch_size)])
+        return classify(self.models.classifier, images, self.batch_size, self.models.device).softmax(1)
 
     def edit(self, styles: Tensor, flat: int, direction: str, strength: float = 1.0) -> Tensor:
         """Styles with coordinate ``flat`` moved "up" or "down"; strength 1 is the full AttFind shift, 0 none."""
