@@ -7,6 +7,7 @@ import torch
 
 from stylexlib.classifier.model import build_classifier
 from stylexlib.core.config import DataConfig, StylexConfig
+from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset
 from stylexlib.data import synthetic as syn
 from stylexlib.evaluate import factor_probe as fp
@@ -39,7 +40,7 @@ def test_factor_scores_catch_a_factor_lost_in_reconstruction(probe_and_data):
     assert scores.loc["hat", "score"] < 0.75 and scores.loc["glasses", "score"] > 0.9
 
 
-def test_coordinate_map_equals_rendering_every_edit(probe_and_data, tmp_path):
+def test_coordinate_map_equals_rendering_every_edit(probe_and_data, tmp_path, monkeypatch):
     probe, data = probe_and_data
     cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
     torch.manual_seed(0)
@@ -57,6 +58,19 @@ def test_coordinate_map_equals_rendering_every_edit(probe_and_data, tmp_path):
     assert changes[fp.FACTOR_NAMES].abs().to_numpy().max() > 0
     reloaded = fp.load_probe(fp.save_probe(probe, tmp_path / fp.PROBE_FILE))
     assert torch.equal(reloaded.read(data.images[:4]), probe.read(data.images[:4]))
+
+    # stage 06's analysis: the same map, written to the run folder, the attributes named and the metrics computed
+    run = open_run(tmp_path / "run", overrides=["data.label_rule=mouth_curve > 0", "data.spurious_factor=glasses"])
+    monkeypatch.setattr(fp, "fit_run_probe", lambda *args: probe)
+    attributes = pd.DataFrame({"class_index": [0, 1], "class_name": ["frown", "smile"], "rank": [1, 1],
+                               "flat": [int(coords[0]), int(coords[2])], "direction": ["up", "down"]})
+    found = fp.analyse_attributes(run, data, editor, styles, coords, attributes)
+    pd.testing.assert_frame_equal(found.changes, changes.reset_index(drop=True), check_exact=False, atol=1e-6)
+    assert pd.read_csv(run.path("attfind", "coordinate_factors.csv")).shape == changes.shape
+    assert list(pd.read_csv(run.path("attfind", "attribute_factors.csv"))["key"]) == ["c0_r01", "c1_r01"]
+    assert found.map_factors == ("mouth_curve", "glasses") and set(found.notes) == {"c0_r01", "c1_r01"}
+    assert found.metrics == {**fp.ground_truth_summary(found.attributes, "mouth_curve > 0", "glasses"),
+                             **fp.factor_enrichment(changes, attributes, "mouth_curve > 0", "glasses")}
 
 
 def fake_changes(edits: dict[tuple[int, str], dict[str, float]]) -> pd.DataFrame:

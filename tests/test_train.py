@@ -18,7 +18,7 @@ from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stat
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import load_stylex
 from stylexlib.pipeline import cli
-from stylexlib.stylespace.inversion import evaluate_reconstruction
+from stylexlib.stylespace.inversion import evaluate_reconstruction, refinement_comparison
 
 RESOLUTION = 16
 TINY = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
@@ -171,6 +171,12 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
     metrics = evaluate_reconstruction(models, tiny_dataset(10).images, lpips_model, batch_size=4)
     assert set(metrics) == {"recon_consistency", "recon_lpips", "recon_l1", "recon_kl"}
     assert 0 <= metrics["recon_consistency"] <= 1 and metrics["recon_lpips"] > 0 and metrics["recon_l1"] > 0
+
+    table, history = refinement_comparison(models, tiny_dataset(4).images, steps=8, lr=0.05, lpips_model=lpips_model)
+    assert list(table.columns) == ["encoder", "refined"] and list(table.index) == ["l1", "lpips", "kl", "consistent"]
+    assert len(history) == 8
+    objective = table.loc[["l1", "lpips", "kl"]].sum()  # what the refinement lowers
+    assert objective["refined"] < objective["encoder"]
 
 
 def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_model) -> None:

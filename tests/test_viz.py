@@ -162,3 +162,22 @@ def test_gallery_puts_each_examples_saliency_maps_beside_it(tmp_path: Path) -> N
     assert strip.shape[1] >= 3 * 64  # three maps side by side, enlarged
     heat = plt.get_cmap("inferno")(1.0)[:3]
     assert np.all(np.abs(strip - np.array(heat) * 255) < 3, axis=-1).sum() > 64 * 32 * 0.9  # the marked half, hot
+
+
+def test_intervention_figure_shows_every_factor_at_each_of_its_values() -> None:
+    from stylexlib.data.synthetic import FACTORS, render_interventions, sample_factors
+    from stylexlib.evaluate.ground_truth import intervention_values
+    from stylexlib.report.plots import intervention_figure
+
+    factors = sample_factors(2, seed=0)
+    fig = intervention_figure(factors, 16)
+    width = max(len(intervention_values(spec.name)) for spec in FACTORS)
+    assert len(fig.axes) == len(FACTORS) * width
+    first = FACTORS[0]
+    expected = render_interventions(factors.iloc[[0]], first.name, intervention_values(first.name), 16)
+    shown = fig.axes[0].images[0].get_array()
+    assert fig.axes[0].get_title() == first.name and (shown == expected[0].permute(1, 2, 0).numpy()).all()
+    short = next(i for i, spec in enumerate(FACTORS) if len(intervention_values(spec.name)) < width)
+    blank = fig.axes[short * width + width - 1].images[0].get_array()
+    assert (blank == 255).all()  # rows with fewer values are padded with white
+

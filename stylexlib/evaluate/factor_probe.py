@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylexlib.classifier.model import SmallCNN
-from stylexlib.core.io import torch_load, torch_save
+from stylexlib.core.io import torch_load, torch_save, write_table
 from stylexlib.core.progress import tqdm
 from stylexlib.core.provenance import data_fingerprint
 from stylexlib.data import ImageDataset, to_float
@@ -246,6 +247,40 @@ def factor_enrichment(changes: pd.DataFrame, attributes: pd.DataFrame, label_rul
         out[f"factor_{group}_attfind_max"] = float(selected.max())
         out[f"factor_{group}_stylespace_max"] = float(everywhere.max())
     return out
+
+
+@dataclass
+class AttributeFactors:
+    """What stage 06 learns from the probe: its held-out scores, every coordinate's factor changes, each attribute's
+    main factor, the metrics, and the two factors (label rule, shortcut) the factor map plots, when there are two."""
+
+    probe_scores: pd.DataFrame
+    changes: pd.DataFrame
+    attributes: pd.DataFrame
+    metrics: dict
+    map_factors: tuple[str, str] | None
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """Row notes for the summary figure (:func:`factor_notes`)."""
+        return factor_notes(self.attributes)
+
+
+def analyse_attributes(run, data: ImageDataset, editor: AttributeEditor, styles: Tensor, coords: Tensor,
+                       attributes: pd.DataFrame) -> AttributeFactors:
+    """The run's probe (trained once) reads every single-coordinate edit of ``styles`` (searched images) and names
+    AttFind's ``attributes`` by the factor they change most; writes ``attfind/coordinate_factors.csv`` and
+    ``attfind/attribute_factors.csv``."""
+    probe = fit_run_probe(run, data, editor.models.device)
+    changes = coordinate_factor_changes(probe, editor, styles, coords)
+    write_table(run.path("attfind", "coordinate_factors.csv"), changes)
+    named = attribute_factors(changes, attributes)
+    write_table(run.path("attfind", "attribute_factors.csv"), named)
+    rule, spurious = run.cfg.data.label_rule, run.cfg.data.spurious_factor
+    metrics = {**ground_truth_summary(named, rule, spurious), **factor_enrichment(changes, attributes, rule, spurious)}
+    groups = [names[0] for names in factor_groups(rule, spurious).values()]
+    return AttributeFactors(probe_scores(probe, data), changes, named, metrics,
+                            tuple(groups) if len(groups) == 2 else None)
 
 
 def factor_map_figure(changes: pd.DataFrame, attributes: pd.DataFrame, x_factor: str, y_factor: str) -> plt.Figure:

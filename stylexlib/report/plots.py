@@ -1,13 +1,17 @@
-"""Figures shared by the notebooks: image grids, training curves, confusion matrices, calibration."""
+"""The stages' figures: confusion matrix, calibration, the synthetic factors and their interventions, sufficiency,
+explanation maps side by side, the explainer comparison."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
-from stylexlib.core.figures import to_hwc
+from stylexlib.core.figures import image_grid, to_hwc
+from stylexlib.data.synthetic import FACTORS, render_interventions
+from stylexlib.evaluate.ground_truth import intervention_values
 
 
 def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str = "confusion matrix") -> plt.Figure:
@@ -42,6 +46,18 @@ def reliability_diagram(confidence: np.ndarray, accuracy: np.ndarray, count: np.
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def intervention_figure(factors: pd.DataFrame, resolution: int) -> plt.Figure:
+    """One synthetic face (the first row of ``factors``) re-rendered with each factor set to each of its
+    intervention values: a row per factor, the values left to right."""
+    rows = [render_interventions(factors.iloc[[0]], spec.name, intervention_values(spec.name), resolution)
+            for spec in FACTORS]
+    width = max(len(row) for row in rows)
+    blank = torch.full((1, 3, resolution, resolution), 255, dtype=torch.uint8)
+    grid = torch.cat([torch.cat([row, blank.expand(width - len(row), -1, -1, -1)]) for row in rows])
+    titles = [spec.name if j == 0 else "" for spec in FACTORS for j in range(width)]
+    return image_grid(grid, titles, ncols=width, size=1.1)
 
 
 def histograms(columns: dict[str, np.ndarray], ncols: int = 4) -> plt.Figure:

@@ -108,6 +108,18 @@ def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: f
     return w.detach().cpu(), history
 
 
+def refinement_comparison(models: StylexModels, images: Tensor, steps: int = 100, lr: float = 0.02,
+                          weight_kl: float = 1.0, lpips_model: nn.Module | None = None
+                          ) -> tuple[pd.DataFrame, list[dict]]:
+    """The encoder's w against w refined by :func:`refine_latents` on the same images: mean L1, LPIPS, KL and
+    classifier consistency (rows) of each (columns ``encoder``, ``refined``), and the refinement's history."""
+    refined, history = refine_latents(models, images, steps, lr, weight_kl, lpips_model)
+    tables = {"encoder": reconstruction_table(models, images, lpips_model),
+              "refined": reconstruction_table(models, images, lpips_model, w=refined)}
+    rows = ["l1", "lpips", "kl", "consistent"]
+    return pd.DataFrame({name: table[rows].astype(float).mean() for name, table in tables.items()}), history
+
+
 def pair_titles(models: StylexModels, inputs: Tensor, reconstructions: Tensor) -> list[str]:
     """Titles 'in <class> p' / 'rec <class> p' for interleaved (input, reconstruction) image pairs."""
     probs = classify(models.classifier, torch.cat([models.prepare(inputs), models.prepare(reconstructions)])).softmax(1)

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from stylexlib.classifier.predict import classify
+from stylexlib.core.config import AttFindConfig
 from stylexlib.explain.attfind.effects import DIRECTIONS, StyleStats, apply_attributes, shift_targets
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
@@ -19,6 +20,11 @@ class AttributeEditor:
         self.class_names = list(models.class_names)
         self.resolution = models.generator.resolution
         self.style_index = models.generator.style_index
+
+    @classmethod
+    def for_attfind(cls, models: StylexModels, stats: StyleStats, cfg: AttFindConfig) -> "AttributeEditor":
+        """The editor whose strength 1 is AttFind's shift (``attfind.shift``, ``attfind.shift_std``)."""
+        return cls(models, stats, cfg.shift, cfg.shift_std)
 
     def encode(self, images: Tensor) -> Tensor:
         """uint8 or [-1, 1] images (N, 3, H, W) -> styles (N, S)."""

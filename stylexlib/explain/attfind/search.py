@@ -140,9 +140,8 @@ def load_attfind(run) -> AttFindResult:
 
 def load_editor(run, device: torch.device | str | None = None) -> AttributeEditor:
     """An :class:`AttributeEditor` for a run's trained models and StyleSpace statistics."""
-    cfg = run.cfg.attfind
     stats_file = run.dir / ATTFIND_DIR / "style_stats.pt"
     if not stats_file.exists():
         raise FileNotFoundError(f"no StyleSpace statistics at {stats_file}; run stage 05_attribute_search first")
-    return AttributeEditor(load_stylex(run, device), StyleStats.from_state_dict(torch_load(stats_file)["stats"]),
-                           cfg.shift, cfg.shift_std)
+    return AttributeEditor.for_attfind(load_stylex(run, device),
+                                       StyleStats.from_state_dict(torch_load(stats_file)["stats"]), run.cfg.attfind)
