@@ -104,7 +104,7 @@ class StylexConfig:
     warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
     mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
     discriminator: Literal["residual", "features"] = "residual"  # StyleGAN2's residual D, or heads on frozen LPIPS
-    # SqueezeNet features (projected-GAN style, models.discriminator.FeatureDiscriminator)
+    # SqueezeNet features (projected-GAN style, gan.discriminator.FeatureDiscriminator)
     augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
     lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
