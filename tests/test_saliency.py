@@ -98,3 +98,17 @@ def test_gradcam_without_a_convolution_names_the_option_to_set() -> None:
         SaliencyExplainer(flat, "gradcam", layer="nope")
     with pytest.raises(ValueError, match="unknown saliency method"):
         SaliencyExplainer(flat, "lime")
+
+
+def test_smoothgrad_is_seeded_and_leaves_the_global_rng_alone(classifier, images) -> None:
+    explainer = SaliencyExplainer(classifier, "smoothgrad", samples=4)
+    torch.manual_seed(1)
+    first = explainer.attribute(images).maps
+    after = torch.rand(3)
+    torch.manual_seed(2)  # a different history of random draws before the call
+    second = explainer.attribute(images).maps
+    assert torch.equal(first, second)
+    torch.manual_seed(1)
+    explainer.attribute(images)
+    assert torch.equal(torch.rand(3), after)  # the noise came from a forked generator
+    assert not torch.equal(explainer.attribute(images, seed=5).maps, first)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stylexlib.classifier.predict import classify
+
 METHODS = ("occlusion", "loo_superpixels", "gradient", "guided_backprop", "gradcam", "guided_gradcam", "smoothgrad",
            "integrated_gradients", "blur_ig")
 
@@ -106,8 +108,7 @@ class SaliencyExplainer:
     def attribute(self, inputs: Tensor, target: int | Tensor | None = None, **options) -> SaliencyMaps:
         """Relevance maps of ``inputs`` (N, 3, H, W) in [-1, 1] for ``target`` (None: the predicted class)."""
         images = inputs.detach().float()
-        with torch.no_grad():
-            predicted = self.classifier(images).argmax(1)
+        predicted = classify(self.classifier, images).argmax(1).to(images.device)
         target = predicted if target is None else torch.as_tensor(target).expand(len(images)).long()
         options = {**self.options, **options}
         started = time.perf_counter()
@@ -136,10 +137,12 @@ class SaliencyExplainer:
             return ca.LayerAttribution.interpolate(cam, (size, size), "bilinear")[:, 0], {}
         if self.method == "guided_gradcam":
             return ca.GuidedGradCam(model, self.layer).attribute(x, target=target), {}
-        if self.method == "smoothgrad":
+        if self.method == "smoothgrad":  # its noise is seeded (option ``seed``): the maps never depend on what ran before
             tunnel = ca.NoiseTunnel(ca.Saliency(model))
-            return tunnel.attribute(x, target=target, nt_type="smoothgrad", nt_samples=options.get("samples", 16),
-                                    stdevs=options.get("stdev", 0.3), abs=True), {}
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+                torch.manual_seed(options.get("seed", 0))
+                return tunnel.attribute(x, target=target, nt_type="smoothgrad", nt_samples=options.get("samples", 16),
+                                        stdevs=options.get("stdev", 0.3), abs=True), {}
         if self.method == "integrated_gradients":
             attributions, delta = ca.IntegratedGradients(model).attribute(
                 x, target=target, baselines=0.0, n_steps=options.get("steps", 32), internal_batch_size=128,
