@@ -32,7 +32,7 @@ demo: install
 compare: install
 	$(BIN)/stylex run configs/demo.yaml --out runs/demo --set compare.gan_baselines=true
 	$(BIN)/stylex run configs/compare_eyes.yaml --out runs/compare_eyes --set compare.gan_baselines=true
-	$(BIN)/python -m stylexlib.evaluate.benchmark runs/compare/benchmark/methods.csv runs/demo runs/compare_eyes
+	$(BIN)/stylex combine runs/compare/benchmark/methods.csv runs/demo runs/compare_eyes
 
 test: install chromium
 	$(BIN)/python -m pytest -q

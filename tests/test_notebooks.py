@@ -9,6 +9,7 @@ import torch
 
 from stylexlib.core.io import read_json, torch_load
 from stylexlib.evaluate.gan_baselines import baseline_explainer
+from stylexlib.pipeline import cli
 from stylexlib.pipeline.runner import discover_stages, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,9 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     sefa = baseline_explainer(str(run), "sefa", gan="plain")  # a baseline from the run folder, as users call it
     explained = sefa.attribute(torch.rand(2, 3, 16, 16) * 2 - 1, k=2).to_dataframe()
     assert len(explained) == 4 and set(explained["direction"]) <= {"up", "down"}
+    combined = tmp_path / "combined.csv"  # make compare's last step: one table over the tasks' run folders
+    assert cli.main(["combine", str(combined), str(run), str(run)]) == 0
+    assert len(pd.read_csv(combined)) == 2 * len(methods)
 
     # --force with a changed config retrains (it resumed the old model, or crashed, before provenance)
     tiny = REPO / "configs" / "tiny.yaml"
