@@ -162,6 +162,8 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
     assert cli.main(["train", str(run_dir)]) == 0
     assert load_checkpoint(checkpoint_path(run_dir))["step"] == 2
     assert (run_dir / "figures" / "stylex_losses.png").exists()
+    assert cli.main(["attfind", str(run_dir)]) == 0  # stage 05 outside the notebooks, as under torchrun
+    assert (run_dir / "attfind" / "attributes.csv").exists() and (run_dir / "attfind" / "sufficiency.csv").exists()
 
     models = load_stylex(open_run(run_dir), device="cpu")
     assert models.step == 2 and models.class_names == ["even", "odd"]

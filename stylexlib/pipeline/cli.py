@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the numbered notebooks with papermill into a run folder")
-    run.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    run.add_argument("config", help="YAML config, e.g. configs/demo.yaml, or a shipped config's name, e.g. demo")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set data.resolution=64 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/<config name>)")
