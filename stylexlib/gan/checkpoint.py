@@ -6,15 +6,12 @@ loaded with ``weights_only=True``: it holds only tensors, dicts, lists, numbers 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from stylexlib.core.io import torch_load
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = ("checkpoints", "stylex.pt")
 CHECKPOINT_FORMAT = 1

@@ -5,7 +5,6 @@ produces. Files are written atomically.
 """
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,8 +17,6 @@ from torch import Tensor
 from stylexlib.core.figures import to_hwc
 from stylexlib.core.io import atomic_write
 from stylexlib.explain.attfind.examples import AttributeExamples, by_class
-
-log = logging.getLogger(__name__)
 
 BACKGROUND = (255, 255, 255)
 
