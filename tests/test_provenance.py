@@ -6,7 +6,7 @@ import torch
 
 from stylexlib.classifier.training import fit_run_classifier, load_run_classifier
 from stylexlib.core import provenance
-from stylexlib.core.config import apply_overrides, save_config
+from stylexlib.core.config import apply_overrides, save_config, to_dict
 from stylexlib.core.run import CONFIG_FILE, open_run
 from stylexlib.data import load_dataset
 from stylexlib.gan.models import load_stylex
@@ -84,6 +84,11 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["stylex.lr_g=0.1"])) == base[0]
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
     assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
+    # a key added later counts only when set: checkpoints made before it existed stay valid
+    skipped = provenance.STYLEX_SCHEDULE_KEYS + ("weight_mapping_match",)
+    without = {k: v for k, v in to_dict(cfg.stylex).items() if k not in skipped}
+    assert base[1] == provenance.fingerprint("stylex", base[0], without)
+    assert provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.weight_mapping_match=1"])) != base[1]
 
 
 def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(tmp_path, monkeypatch) -> None:

@@ -15,7 +15,7 @@ from stylexlib.core.run import open_run
 from stylexlib.data import ImageDataset
 from stylexlib.gan import training as train
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
-from stylexlib.gan.losses import load_lpips
+from stylexlib.gan.losses import latent_mmd_loss, load_lpips
 from stylexlib.gan.models import load_stylex
 from stylexlib.pipeline import cli
 from stylexlib.stylespace.inversion import evaluate_reconstruction, refinement_comparison
@@ -57,7 +57,7 @@ def make_trainer(cfg, data, classifier, lpips_model, out_dir) -> train.StylexTra
 def all_state(trainer: train.StylexTrainer) -> dict[str, torch.Tensor]:
     nets = {"G": trainer.G, "G_ema": trainer.G_ema, "E": trainer.E, "D": trainer.D}
     state = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
-    for name in ("opt_g", "opt_e", "opt_d"):
+    for name in ("opt_g", "opt_e", "opt_d", "opt_mapping"):
         for index, slots in getattr(trainer, name).state_dict()["state"].items():
             state.update({f"{name}.{index}.{k}": torch.as_tensor(v) for k, v in slots.items()})
     state["mean_path_length"] = trainer.mean_path_length
@@ -65,10 +65,11 @@ def all_state(trainer: train.StylexTrainer) -> dict[str, torch.Tensor]:
 
 
 def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier, lpips_model, monkeypatch) -> None:
-    straight = make_trainer(TINY, data, classifier, lpips_model, tmp_path / "straight")
+    cfg = dataclasses.replace(TINY, weight_mapping_match=1.0)  # its optimizer's state must resume too
+    straight = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "straight")
     straight.train(progress=False)
 
-    interrupted = make_trainer(TINY, data, classifier, lpips_model, tmp_path / "resumed")
+    interrupted = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "resumed")
     real_step = train.StylexTrainer.train_step
 
     def crash_at_step_5(self):
@@ -82,7 +83,7 @@ def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier,
     monkeypatch.setattr(train.StylexTrainer, "train_step", real_step)
     assert load_checkpoint(checkpoint_path(tmp_path / "resumed"))["step"] == 3
 
-    resumed = make_trainer(TINY, data, classifier, lpips_model, tmp_path / "resumed")
+    resumed = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "resumed")
     assert resumed.resume() and resumed.step == 3
     summary = resumed.train(progress=False)
     assert summary.steps == 6 and summary.session_steps == 3
@@ -194,6 +195,30 @@ def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_mo
     after = trainer.train_step()  # the adversarial game starts
     assert {"d", "adv"} <= set(after)
     assert any(not torch.equal(v, trainer.D.state_dict()[k]) for k, v in d_before.items())
+
+
+def test_mapping_match_pulls_mapping_z_onto_the_encoder_latents(data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, weight_mapping_match=1.0, warmup_steps=1)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
+    mapping_before = {k: v.clone() for k, v in trainer.G.mapping.state_dict().items()}
+    assert "mapping_match" in trainer.train_step()  # also during the warm-up, when nothing else trains the mapping
+    assert any(not torch.equal(v, trainer.G.mapping.state_dict()[k]) for k, v in mapping_before.items())
+
+    target = torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.5  # off W
+    rest = {k: v.clone() for k, v in trainer.G.state_dict().items() if not k.startswith("mapping.")}
+    encoder = {k: v.clone() for k, v in trainer.E.state_dict().items()}
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(latent_mmd_loss(trainer.G.mapping(torch.randn(256, cfg.latent_dim)), target))
+
+    before = gap()
+    for _ in range(120):
+        trainer._mapping_match_step(target[torch.randint(len(target), (16,))])
+    assert gap() < 0.4 * before
+    assert all(torch.equal(v, trainer.G.state_dict()[k]) for k, v in rest.items())  # the mapping alone moves
+    assert all(torch.equal(v, trainer.E.state_dict()[k]) for k, v in encoder.items())
+    assert "mapping_match" not in make_trainer(TINY, data, classifier, lpips_model, None).train_step()
 
 
 def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifier, lpips_model) -> None:

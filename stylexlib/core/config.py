@@ -93,6 +93,9 @@ class StylexConfig:
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
     weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
+    weight_mapping_match: float = 0.0  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
+    # (kernel MMD against the detached encoder latents, its own optimizer), so random samples land where the decoder
+    # renders faces; it moves the mapping network only, so reconstructions lose nothing (unlike weight_w_prior)
     w_prior: Literal["moments", "mmd"] = "moments"  # match E(x)'s batch moments to mapping(z)'s, or the whole
     # distribution (kernel MMD, as a Wasserstein autoencoder), so that random samples land where reconstructions do
     # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the

@@ -17,6 +17,8 @@ from stylexlib.core.config import Config, to_dict
 
 # StylEx keys that do not change what a checkpoint is: training longer or logging differently continues it.
 STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device")
+# StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
+STYLEX_ADDED_KEYS = ("weight_mapping_match",)
 
 
 class StaleArtifact(RuntimeError):
@@ -45,7 +47,9 @@ def classifier_fingerprint(cfg: Config) -> str:
 
 def stylex_fingerprint(cfg: Config) -> str:
     """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one)."""
-    section = {k: v for k, v in to_dict(cfg.stylex).items() if k not in STYLEX_SCHEDULE_KEYS}
+    defaults = to_dict(type(cfg.stylex)())
+    section = {k: v for k, v in to_dict(cfg.stylex).items()
+               if k not in STYLEX_SCHEDULE_KEYS and not (k in STYLEX_ADDED_KEYS and v == defaults[k])}
     return fingerprint("stylex", classifier_fingerprint(cfg), section)
 
 

@@ -38,6 +38,7 @@ def check_resolution(resolution: int) -> int:
 # StyleGAN's leaky ReLU (slope 0.2) has a sqrt(2) output gain that keeps activations' scale. Since
 # gain * lrelu(x) == lrelu(gain * x) for gain > 0, the gain is folded into the preceding affine op.
 ACT_GAIN = math.sqrt(2.0)
+MAPPING_LR_MUL = 0.01  # StyleGAN2: the mapping network learns at a hundredth of the rate
 
 
 def lrelu_(x: Tensor) -> Tensor:
@@ -90,7 +91,7 @@ class EqualConv2d(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> w: pixel-normalised z through equalized-lr FC layers with lrelu (lr multiplier 0.01)."""
 
-    def __init__(self, latent_dim: int, num_layers: int, lr_mul: float = 0.01):
+    def __init__(self, latent_dim: int, num_layers: int, lr_mul: float = MAPPING_LR_MUL):
         super().__init__()
         self.net = nn.Sequential(*[
             EqualLinear(latent_dim, latent_dim, lr_mul=lr_mul, activate=True) for _ in range(num_layers)

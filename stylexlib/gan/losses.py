@@ -154,14 +154,15 @@ def latent_prior_loss(w_encoded: Tensor, w_sampled: Tensor) -> Tensor:
     return (mean_gap + std_gap) / scale
 
 
-def latent_mmd_loss(w_encoded: Tensor, w_sampled: Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+def latent_mmd_loss(latents: Tensor, reference: Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
                     ) -> Tensor:
-    """Unbiased MMD^2 between encoder latents E(x) and mapping(z) (a fixed, detached reference): 0 when the two
-    distributions agree, as a Wasserstein autoencoder asks (Tolstikhin et al., ICLR 2018). Inverse multiquadratic
-    kernels C / (C + |x - y|^2) summed over ``scales`` x 2 d sigma^2, sigma^2 the reference's mean variance. Unlike
-    matching means and variances, it pulls E(x) onto the region the random path samples, not just to its moments.
+    """Unbiased MMD^2 between ``latents`` and a fixed (detached) ``reference`` set: 0 when the two distributions
+    agree, as a Wasserstein autoencoder asks (Tolstikhin et al., ICLR 2018). Inverse multiquadratic kernels
+    C / (C + |x - y|^2) summed over ``scales`` x 2 d sigma^2, sigma^2 the reference's mean variance. Unlike matching
+    means and variances, it pulls the latents onto the region the reference occupies, not just to its moments.
+    The W prior passes E(x) against mapping(z); the mapping match, mapping(z) against E(x).
     """
-    x, y = w_encoded.float(), w_sampled.detach().float()
+    x, y = latents.float(), reference.detach().float()
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"latent_mmd_loss needs at least 2 latents per set, got {len(x)} and {len(y)}")
     base = 2.0 * x.shape[1] * y.var(dim=0).mean().clamp_min(1e-8)

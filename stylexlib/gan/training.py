@@ -3,11 +3,12 @@
 One step: a seeded real batch x and C(x); the encoder path x' = G(E(x), C(x)) and/or the random path
 G(mapping(z), C(shuffled x)) (``stylex.path_mode``), with optional style mixing; a D step (logistic loss on
 optionally DiffAugmented inputs, lazy R1); a G+E step (adversarial + L1 + LPIPS + latent + KL reconstruction
-losses, lazy path length); the EMA update. The first ``stylex.warmup_steps`` steps train E and G as an autoencoder
-only (reconstruction and KL terms; no D, no random path).
+losses, lazy path length); optionally the mapping match (mapping(z) towards E(x)'s distribution); the EMA update.
+The first ``stylex.warmup_steps`` steps train E and G as an autoencoder only (reconstruction and KL terms; no D, no
+random path; the mapping match, when on, runs throughout).
 Single process, or data parallel under ``torchrun`` (see :mod:`stylexlib.core.distributed`)::
 
-    torchrun --nproc_per_node=4 -m stylexlib.gan.training runs/demo
+    torchrun --nproc_per_node=4 -m stylexlib train runs/demo
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from stylexlib.data import ImageDataset, to_float
 from stylexlib.gan.augment import diff_augment, parse_policy
 from stylexlib.gan.checkpoint import (CHECKPOINT_FORMAT, STATS_FILE, capture_rng, checkpoint_path, load_checkpoint,
                                       read_stats, restore_rng)
+from stylexlib.gan.generator import MAPPING_LR_MUL
 from stylexlib.gan.losses import (classifier_kl_loss, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
                                   g_path_length_loss, latent_mmd_loss, latent_prior_loss, load_lpips, loss_weights,
                                   reconstruction_losses, weighted_sum)
@@ -154,6 +156,7 @@ class StylexTrainer:
         self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None)
         self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None)
         self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg, cfg.r1_every if cfg.r1_gamma > 0 else None)
+        self.opt_mapping = adam(self.G.mapping.parameters(), cfg.lr_g / MAPPING_LR_MUL, cfg, None)  # the mapping match
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         fp16 = self.amp_dtype == torch.float16
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -190,6 +193,8 @@ class StylexTrainer:
             losses.update(self._generator_step(x, logits, generated))
             if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
                 losses.update(self._path_length_step(condition))
+        if cfg.weight_mapping_match > 0 and generated.w_encoded is not None:
+            losses.update(self._mapping_match_step(generated.w_encoded.detach()))
         self._update_ema()
         self.step += 1
         return losses
@@ -296,6 +301,16 @@ class StylexTrainer:
             return generated.w_sampled
         count = max(128, len(generated.w_encoded)) if self.cfg.w_prior == "mmd" else len(generated.w_encoded)
         return self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+
+    def _mapping_match_step(self, w_encoded: Tensor) -> dict[str, float]:
+        """mapping(z) takes a step towards E(x)'s distribution (kernel MMD, E(x) detached), so that random samples
+        land where the decoder renders faces. Its own Adam at the mapping's unscaled rate (lr_g / MAPPING_LR_MUL): at
+        StyleGAN2's 0.01 multiplier the mapping would need far more steps than a CPU budget has to get there."""
+        w = self.G.mapping(torch.randn(4 * len(w_encoded), self.cfg.latent_dim, device=self.device))
+        loss = latent_mmd_loss(w, w_encoded)  # four latents per image: a batch of 16 alone is a noisy MMD sample
+        values = self._checked({"mapping_match": loss})
+        self._optimize(loss * self.cfg.weight_mapping_match, [(self.G.mapping, self.opt_mapping)], self.full_precision)
+        return values
 
     def _path_length_step(self, condition: Tensor) -> dict[str, float]:
         count = max(1, len(condition) // 2)
@@ -421,6 +436,7 @@ class StylexTrainer:
             "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "E": self.E.state_dict(), "D": self.D.state_dict(),
             **({"E_ema": self.E_ema.state_dict()} if self.E_ema is not None else {}),
             "opt_g": self.opt_g.state_dict(), "opt_e": self.opt_e.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "opt_mapping": self.opt_mapping.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "mean_path_length": self.mean_path_length.detach().cpu(),
             "rng": gather_objects(capture_rng(self.device), self.dist),
@@ -435,6 +451,8 @@ class StylexTrainer:
         names = ("G", "G_ema", "E", "D", "opt_g", "opt_e", "opt_d", "scaler_g", "scaler_d")
         for name in names + (("E_ema",) if self.E_ema is not None else ()):
             getattr(self, name).load_state_dict(state[name])
+        if "opt_mapping" in state:  # checkpoints written before the mapping match have none (and did not use it)
+            self.opt_mapping.load_state_dict(state["opt_mapping"])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.checkpoint_step = self.step
         self.mean_path_length = state["mean_path_length"].to(self.device)
