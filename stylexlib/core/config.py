@@ -94,8 +94,9 @@ class StylexConfig:
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
     weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
     weight_mapping_match: float = 0.0  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
-    # (kernel MMD against the detached encoder latents, its own optimizer), so random samples land where the decoder
-    # renders faces; it moves the mapping network only, so reconstructions lose nothing (unlike weight_w_prior)
+    # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
+    # moves the mapping network only, never E (unlike weight_w_prior). Its own Adam at lr_g / 0.01 sets the step size,
+    # so any value > 0 acts about the same (Adam's steps do not scale with the loss); 0 turns it off
     w_prior: Literal["moments", "mmd"] = "moments"  # match E(x)'s batch moments to mapping(z)'s, or the whole
     # distribution (kernel MMD, as a Wasserstein autoencoder), so that random samples land where reconstructions do
     # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
