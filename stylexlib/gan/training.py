@@ -231,7 +231,7 @@ class StylexTrainer:
             d_probs.append(probs)
         if random:
             shuffle = torch.randperm(len(x), device=self.device)
-            w_sampled = self.G.mapping(torch.randn(len(x), self.cfg.latent_dim, device=self.device))
+            w_sampled = self._random_w(len(x))
             latents.append(w_sampled)
             conditions.append(condition[shuffle])
             d_probs.append(probs[shuffle])
@@ -242,11 +242,15 @@ class StylexTrainer:
         images = self.G.synthesize(styles, noise_mode="random")
         return Generated(images, torch.cat(d_probs), w_encoded, w_sampled, images[: len(x)] if encoder else None)
 
+    def _random_w(self, count: int) -> Tensor:
+        """mapping(z) for ``count`` fresh z (with gradients to the mapping network)."""
+        return self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+
     def _mix_styles(self, styles: Tensor, condition: Tensor) -> Tensor:
         """Style mixing (StyleGAN2): with ``mixing_prob``, a sample takes a second latent's styles from a random layer
         on, so that neighbouring layers cannot rely on each other and StyleSpace channels stay layer-local."""
         n, layers = len(styles), self.G.style_index.num_layers
-        other = self.G.styles(self.G.mapping(torch.randn(n, self.cfg.latent_dim, device=self.device)), condition)
+        other = self.G.styles(self._random_w(n), condition)
         cutoff = torch.randint(1, layers, (n, 1), device=self.device)
         cutoff = torch.where(torch.rand(n, 1, device=self.device) < self.cfg.mixing_prob, cutoff, layers)
         return torch.where(self.style_layers.to(self.device)[None] >= cutoff, other, styles)
@@ -300,13 +304,13 @@ class StylexTrainer:
         if generated.w_sampled is not None and self.cfg.w_prior == "moments":
             return generated.w_sampled
         count = max(128, len(generated.w_encoded)) if self.cfg.w_prior == "mmd" else len(generated.w_encoded)
-        return self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+        return self._random_w(count)
 
     def _mapping_match_step(self, w_encoded: Tensor) -> dict[str, float]:
         """mapping(z) takes a step towards E(x)'s distribution (kernel MMD, E(x) detached), so that random samples
         land where the decoder renders faces. Its own Adam at the mapping's unscaled rate (lr_g / MAPPING_LR_MUL): at
         StyleGAN2's 0.01 multiplier the mapping would need far more steps than a CPU budget has to get there."""
-        w = self.G.mapping(torch.randn(4 * len(w_encoded), self.cfg.latent_dim, device=self.device))
+        w = self._random_w(4 * len(w_encoded))
         loss = latent_mmd_loss(w, w_encoded)  # four latents per image: a batch of 16 alone is a noisy MMD sample
         values = self._checked({"mapping_match": loss})
         self._optimize(loss * self.cfg.weight_mapping_match, [(self.G.mapping, self.opt_mapping)], self.full_precision)
@@ -314,7 +318,7 @@ class StylexTrainer:
 
     def _path_length_step(self, condition: Tensor) -> dict[str, float]:
         count = max(1, len(condition) // 2)
-        w = self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+        w = self._random_w(count)
         images = self.G(w, condition[torch.randperm(len(condition), device=self.device)[:count]], noise_mode="random")
         penalty, mean, _ = g_path_length_loss(images, w, self.mean_path_length)
         self.mean_path_length = mean_across_ranks(mean, self.dist)
