@@ -31,6 +31,16 @@ def test_probe_reads_the_factors_of_held_out_faces(probe_and_data):
     assert scores.loc["background_hue", "metric"] == "r2" and scores.loc["background_hue", "score"] > 0.5
 
 
+def test_probe_does_not_learn_the_datasets_shortcut(probe_and_data):
+    """The data ties glasses to the smile (0.9 in train); the probe must read the mouth the same with or without them."""
+    probe, data = probe_and_data
+    rows = data.indices("test")  # glasses independent of the label here
+    truth = data.factors.iloc[rows]
+    error = (probe.read(data.images[torch.as_tensor(rows)]) - probe.normalise(truth))[:, probe.names.index("mouth_curve")]
+    glasses = torch.as_tensor(truth["glasses"].to_numpy() == 1)
+    assert abs(float(error[glasses].mean() - error[~glasses].mean())) < 0.05
+
+
 def test_factor_scores_catch_a_factor_lost_in_reconstruction(probe_and_data):
     probe, data = probe_and_data
     truth = data.factors.iloc[data.indices("val")].reset_index(drop=True)

@@ -115,3 +115,6 @@ def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(t
     reconfigure(run, "data.seed=1")
     factor_probe.fit_run_probe(run, load_dataset(run.cfg.data))
     assert len(calls) == 2  # retrained on the new data (it was never invalidated before)
+    monkeypatch.setattr(factor_probe, "PROBE_RECIPE", factor_probe.PROBE_RECIPE + 1)
+    factor_probe.fit_run_probe(run, load_dataset(run.cfg.data))
+    assert len(calls) == 3  # a probe saved by an older recipe (the shortcut-prone one) is retrained

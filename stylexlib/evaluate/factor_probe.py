@@ -1,7 +1,8 @@
 """Ground truth for the attributes found on synthetic faces: a CNN that reads every factor off an image.
 
 Every real synthetic face comes with its factors (:data:`stylexlib.data.synthetic.FACTORS`), a generated one does
-not. A probe trained to regress the factors from real faces reads them off reconstructions and their edits. Applied
+not. A probe trained to regress the factors from rendered faces (independent factors, so it cannot learn the
+dataset's shortcut) reads them off reconstructions and their edits. Applied
 to every StyleSpace coordinate, it maps what each one does to each factor; AttFind's attributes are then named by the
 factor they change most and compared with a random pick and with the best single coordinate: a measured check that
 AttFind found the label rule's factor and the planted shortcut (the paper asks human raters instead).
@@ -26,12 +27,14 @@ from stylexlib.core.io import torch_load, torch_save, write_table
 from stylexlib.core.progress import tqdm
 from stylexlib.core.provenance import data_fingerprint
 from stylexlib.data import ImageDataset, to_float
-from stylexlib.data.synthetic import FACTORS, Factor
+from stylexlib.data.synthetic import FACTORS, Factor, render, sample_factors
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import DIRECTIONS, edited_logits_fast, searched_coordinates, shift_targets
 from stylexlib.explain.attfind.examples import attribute_label
 
 PROBE_FILE = "factor_probe.pt"
+PROBE_RECIPE = 2  # bump when the probe's training changes: saved probes of another recipe are retrained
+PROBE_SEED_OFFSET = 1_000_003  # the probe's faces come from a factor stream no dataset seed draws
 
 
 class FactorProbe(nn.Module):
@@ -71,22 +74,31 @@ def smooth(images: Tensor) -> Tensor:
     return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
 
 
-def train_factor_probe(data: ImageDataset, epochs: int = 6, width: int = 16, batch_size: int = 128, lr: float = 3e-3,
-                       seed: int = 0, device: torch.device | str = "cpu") -> FactorProbe:
-    """Regress every factor from the train split's faces (MSE on scaled factors, half of each batch blurred)."""
+def train_factor_probe(data: ImageDataset, epochs: int = 8, width: int = 16, batch_size: int = 128, lr: float = 3e-3,
+                       seed: int = 0, num_images: int | None = None,
+                       device: torch.device | str = "cpu") -> FactorProbe:
+    """Regress every factor from freshly rendered faces (MSE on scaled factors, half of each batch blurred).
+
+    The faces are drawn with independent factors (``num_images``, default twice the train split), not taken from the
+    dataset: the dataset ties the label rule's factor to the planted shortcut, and a probe trained on it learns that
+    tie as a shortcut of its own. On the demo data such a probe read the mouth 0.23 of its range higher on faces with
+    glasses (test R^2 0.50 against 0.90 at the same cost), so edits of the glasses read as edits of the mouth.
+    """
     if data.factors is None:
         raise ValueError("the factor probe needs synthetic data with ground-truth factors (data.source: synthetic)")
+    count = num_images if num_images is not None else 2 * len(data.indices("train"))
+    factors = sample_factors(count, seed + PROBE_SEED_OFFSET)
+    images = render(factors, data.resolution)
     torch.manual_seed(seed)
     probe = FactorProbe(data.resolution, width).to(device)
-    rows = torch.as_tensor(data.indices("train"))
-    images, targets = data.images[rows], probe.normalise(data.factors.iloc[rows.numpy()])
+    targets = probe.normalise(factors)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * math.ceil(len(rows) / batch_size)
+    steps = epochs * math.ceil(count / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     order_gen = torch.Generator().manual_seed(seed)
     probe.train()
     for _ in tqdm(range(epochs), desc="factor probe"):
-        for batch in torch.randperm(len(rows), generator=order_gen).split(batch_size):
+        for batch in torch.randperm(count, generator=order_gen).split(batch_size):
             x = to_float(images[batch]).to(device)
             half = len(x) // 2
             x = torch.cat([smooth(x[:half]), x[half:]])
@@ -137,8 +149,9 @@ def _probe_from(payload: dict, device: torch.device | str) -> FactorProbe:
 
 
 def fit_run_probe(run, data: ImageDataset, device: torch.device | str = "cpu") -> FactorProbe:
-    """The run's probe: loaded from ``factor_probe.pt`` when made from this data, else trained and saved there."""
-    path, made_from = run.path(PROBE_FILE), data_fingerprint(run.cfg)
+    """The run's probe: loaded from ``factor_probe.pt`` when made for this data by this recipe, else trained and saved
+    there."""
+    path, made_from = run.path(PROBE_FILE), f"{data_fingerprint(run.cfg)}/probe-{PROBE_RECIPE}"
     payload = torch_load(path, map_location="cpu") if path.exists() else None
     if payload is not None and payload.get("fingerprint") == made_from:
         return _probe_from(payload, device)
