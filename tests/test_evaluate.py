@@ -6,9 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from stylexlib.data.synthetic import sample_factors
+from stylexlib.data import to_float
+from stylexlib.data.synthetic import render, sample_factors
 from stylexlib.evaluate import (bootstrap_interval, deletion_insertion_auc, factor_identification, factor_masks,
                                 factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
+from stylexlib.evaluate.ground_truth import factor_visibility, mirrored
+from stylexlib.gan.losses import load_lpips, lpips_distance
 
 
 class CornerRed(torch.nn.Module):
@@ -44,6 +47,21 @@ def test_sensitivity_finds_the_one_factor_a_classifier_reads(factors) -> None:
     table = factor_sensitivity(CornerRed(), factors, 32, torch.ones(6, dtype=torch.long))
     assert (table.idxmax(axis=1) == "background_hue").all()
     assert (table.drop(columns="background_hue").to_numpy() < 1e-6).all()
+
+
+def test_the_truths_visibility_yardstick_mirrors_one_factor_at_a_time(factors) -> None:
+    assert mirrored("mouth_curve", np.array([0.6, -0.2])).tolist() == [-0.6, 0.2]  # a smile becomes the frown
+    assert mirrored("glasses", np.array([1, 0])).tolist() == [0, 1]
+    lpips_model = load_lpips("squeeze")
+    table = factor_visibility(CornerRed(), factors, 32, lpips_model, ["background_hue", "glasses", "hat"])
+    table = table.set_index("factor")
+    changed = factors.assign(hat=1 - factors["hat"])
+    expected = lpips_distance(lpips_model, to_float(render(factors, 32)), to_float(render(changed, 32))).mean()
+    assert table.loc["hat", "mean_lpips"] == pytest.approx(float(expected), rel=1e-5)
+    assert table.loc["hat", "mean_lpips"] > table.loc["glasses", "mean_lpips"] > 0  # the hat is the larger change
+    assert table.loc["glasses", "mean_prob_change"] < 1e-6 < table.loc["background_hue", "mean_prob_change"]
+    assert table.loc["background_hue", "prob_change_per_lpips"] == pytest.approx(
+        table.loc["background_hue", "mean_prob_change"] / table.loc["background_hue", "mean_lpips"])
 
 
 def test_a_map_on_the_used_region_scores_on_every_measure(factors) -> None:

@@ -13,8 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
+from stylexlib.data import to_float
 from stylexlib.data.synthetic import FACTORS, intervene, render, render_interventions
 from stylexlib.explain.attfind.effects import class_score
+from stylexlib.gan.losses import lpips_distance
 
 CONCEPT_FACTORS = [f.name for f in FACTORS if not f.nuisance]
 
@@ -62,6 +64,35 @@ def factor_sensitivity(classifier: nn.Module, factors: pd.DataFrame, resolution:
     return pd.DataFrame(table)
 
 
+def mirrored(name: str, values: np.ndarray) -> np.ndarray:
+    """Each value of factor ``name`` reflected across its range: 0 <-> 1 (binary), low + high - v (continuous; a smile
+    of the demo's mouth becomes the matching frown)."""
+    spec = next(f for f in FACTORS if f.name == name)
+    return 1 - values if spec.kind == "binary" else spec.low + spec.high - values
+
+
+@torch.no_grad()
+def factor_visibility(classifier: nn.Module, factors: pd.DataFrame, resolution: int, lpips_model: nn.Module,
+                      names: list[str], batch_size: int = 256) -> pd.DataFrame:
+    """The true change of each factor as a yardstick for edits: per factor, the faces re-rendered with that factor
+    :func:`mirrored`, the mean LPIPS between each face and its re-render, the mean |change of p(predicted class)| and
+    their ratio. An attribute that moves p(class) far more per unit of LPIPS than the label rule's own factor does
+    hides the class in changes the truth does not make."""
+    device = next(lpips_model.parameters()).device
+    original = render(factors, resolution)
+    probs = classify(classifier, original, batch_size).softmax(1)
+    predicted = probs.argmax(1, keepdim=True)
+    rows = []
+    for name in names:
+        changed = render(intervene(factors, name, mirrored(name, factors[name].to_numpy())), resolution)
+        distance = torch.cat([lpips_distance(lpips_model, a.to(device), b.to(device)).cpu() for a, b in
+                              zip(to_float(original).split(batch_size), to_float(changed).split(batch_size))])
+        moved = (classify(classifier, changed, batch_size).softmax(1).gather(1, predicted) - probs.gather(1, predicted))
+        rows.append({"factor": name, "mean_prob_change": float(moved.abs().mean()), "mean_lpips": float(distance.mean()),
+                     "prob_change_per_lpips": float(moved.abs().mean() / distance.mean().clamp(min=1e-6))})
+    return pd.DataFrame(rows)
+
+
 @torch.no_grad()
 def intervention_flip_rate(
     classifier: torch.nn.Module,
@@ -86,4 +117,5 @@ def intervention_flip_rate(
     return (before != after).sum().item() / max(len(factors), 1)
 
 
-__all__ = ["CONCEPT_FACTORS", "factor_masks", "factor_sensitivity", "intervention_flip_rate", "intervention_values"]
+__all__ = ["CONCEPT_FACTORS", "factor_masks", "factor_sensitivity", "factor_visibility", "intervention_flip_rate",
+           "intervention_values", "mirrored"]

@@ -228,5 +228,8 @@ by more than the AttFind threshold.</dd>
 <dt>label</dt><dd><code>layer[channel] direction</code>: the generator layer and style channel of the coordinate.</dd>
 <dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical). An attribute whose examples move
 p(class) by at least {INVISIBLE_PROB_CHANGE} on average at a mean LPIPS under {INVISIBLE_LPIPS} is flagged
-<b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see.</dd>
+<b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see. On synthetic data
+the subtitle gives the same numbers for the truth's own changes (the label rule's factor and the shortcut re-rendered
+at their mirrored values): an attribute far above the label factor's |&Delta;p| per unit of LPIPS hides the class in
+changes the truth does not make.</dd>
 </dl>"""
