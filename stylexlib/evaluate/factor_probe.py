@@ -2,10 +2,10 @@
 
 Every real synthetic face comes with its factors (:data:`stylexlib.data.synthetic.FACTORS`), a generated one does
 not. A probe trained to regress the factors from rendered faces (independent factors, so it cannot learn the
-dataset's shortcut) reads them off reconstructions and their edits. Applied
-to every StyleSpace coordinate, it maps what each one does to each factor; AttFind's attributes are then named by the
-factor they change most and compared with a random pick and with the best single coordinate: a measured check that
-AttFind found the label rule's factor and the planted shortcut (the paper asks human raters instead).
+dataset's shortcut) reads them off reconstructions and their edits. Applied to every StyleSpace coordinate, it maps
+what each one does to each factor; AttFind's attributes are then named by the factor they change most and compared
+with a random pick and with the best single coordinate: a measured check that AttFind found the label rule's factor
+and the planted shortcut (the paper asks human raters instead).
 """
 from __future__ import annotations
 
