@@ -94,7 +94,7 @@ def _sample(spec: Factor, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def intervene(factors: pd.DataFrame, name: str, value: float | Sequence[float] | np.ndarray) -> pd.DataFrame:
     """A copy of ``factors`` with factor ``name`` set to ``value`` (a scalar, or one value per row)."""
-    spec = _spec(name)
+    spec = factor_spec(name)
     values = np.asarray(value, dtype=np.float64)
     if values.ndim and values.shape != (len(factors),):
         raise DataError(f"intervene: {values.size} values of '{name}' for {len(factors)} rows; give 1 or 1 per row")
@@ -105,7 +105,8 @@ def intervene(factors: pd.DataFrame, name: str, value: float | Sequence[float] |
     return out
 
 
-def _spec(name: str) -> Factor:
+def factor_spec(name: str) -> Factor:
+    """The spec of factor ``name`` (a clear error naming the factors for an unknown one)."""
     if name not in _BY_NAME:
         raise DataError(f"unknown factor '{name}'; factors: {', '.join(FACTOR_NAMES)}")
     return _BY_NAME[name]
@@ -186,7 +187,7 @@ def plant_spurious(
 
     The agreeing rows are a seeded random choice. ``rule``, when given, must not mention the factor.
     """
-    spec = _spec(factor)
+    spec = factor_spec(factor)
     if spec.kind != "binary":
         raise DataError(f"spurious factor '{factor}' must be binary; binary factors: {_binary_names()}")
     if rule is not None and re.search(rf"\b{re.escape(factor)}\b", rule):

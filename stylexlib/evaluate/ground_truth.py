@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import to_float
-from stylexlib.data.synthetic import FACTORS, intervene, render, render_interventions
+from stylexlib.data.synthetic import FACTORS, factor_spec, intervene, render, render_interventions
 from stylexlib.explain.attfind.effects import class_score
 from stylexlib.gan.losses import lpips_distance
 
@@ -23,7 +23,7 @@ CONCEPT_FACTORS = [f.name for f in FACTORS if not f.nuisance]
 
 def intervention_values(name: str) -> list[float]:
     """Values a factor is set to: 0 and 1 (binary), or its low end, middle and high end (either side of a gap)."""
-    spec = next(f for f in FACTORS if f.name == name)
+    spec = factor_spec(name)
     if spec.kind == "binary":
         return [0.0, 1.0]
     if spec.gap:
@@ -67,7 +67,7 @@ def factor_sensitivity(classifier: nn.Module, factors: pd.DataFrame, resolution:
 def mirrored(name: str, values: np.ndarray) -> np.ndarray:
     """Each value of factor ``name`` reflected across its range: 0 <-> 1 (binary), low + high - v (continuous; a smile
     of the demo's mouth becomes the matching frown)."""
-    spec = next(f for f in FACTORS if f.name == name)
+    spec = factor_spec(name)
     return 1 - values if spec.kind == "binary" else spec.low + spec.high - values
 
 
