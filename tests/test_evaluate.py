@@ -1,6 +1,8 @@
 """The synthetic answer key (factor regions, classifier sensitivity) and the scores of explanations against it."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,9 @@ from stylexlib.data import to_float
 from stylexlib.data.synthetic import render, sample_factors
 from stylexlib.evaluate import (bootstrap_interval, deletion_insertion_auc, factor_identification, factor_masks,
                                 factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
-from stylexlib.evaluate.ground_truth import factor_visibility, mirrored
+from stylexlib.core.config import DataConfig
+from stylexlib.evaluate.ground_truth import (factor_visibility, mirrored, truth_yardstick, yardstick_caption,
+                                             yardstick_metrics)
 from stylexlib.gan.losses import load_lpips, lpips_distance
 
 
@@ -62,6 +66,24 @@ def test_the_truths_visibility_yardstick_mirrors_one_factor_at_a_time(factors) -
     assert table.loc["glasses", "mean_prob_change"] < 1e-6 < table.loc["background_hue", "mean_prob_change"]
     assert table.loc["background_hue", "prob_change_per_lpips"] == pytest.approx(
         table.loc["background_hue", "mean_prob_change"] / table.loc["background_hue", "mean_lpips"])
+
+
+def test_the_yardstick_measures_the_label_and_shortcut_factors_on_test_faces(tmp_path) -> None:
+    from stylexlib.data.synthetic import make_synthetic_dataset
+
+    cfg = DataConfig(num_images=40, label_rule="mouth_curve > 0", spurious_factor="glasses")
+    data = make_synthetic_dataset(cfg, cache_dir=tmp_path)
+    lpips_model = load_lpips("squeeze")
+    truth = truth_yardstick(CornerRed(), data, cfg, lpips_model, images=5)
+    assert truth["factor"].tolist() == ["mouth_curve", "glasses"]
+    test = data.factors.iloc[data.indices("test")[:5]]
+    expected = factor_visibility(CornerRed(), test, data.resolution, lpips_model, ["mouth_curve", "glasses"])
+    pd.testing.assert_frame_equal(truth, expected)  # the test split's first faces, not the train split's
+    metrics = yardstick_metrics(truth)
+    assert metrics["truth_glasses_mean_lpips"] == pytest.approx(truth.loc[1, "mean_lpips"]) and len(metrics) == 6
+    assert yardstick_caption(truth).count("Δp") == 2
+    assert truth_yardstick(CornerRed(), dataclasses.replace(data, factors=None), cfg, lpips_model) is None
+    assert yardstick_metrics(None) == {} and yardstick_caption(None) == ""
 
 
 def test_a_map_on_the_used_region_scores_on_every_measure(factors) -> None:

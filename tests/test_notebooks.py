@@ -56,6 +56,8 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert 0 <= metrics["study_simulated_accuracy"] <= 1
     assert metrics["attributes_invisible"] >= 0 and (run / "attfind" / "attribute_visibility.csv").exists()
     assert "LPIPS" in (run / "gallery" / "index.html").read_text()
+    assert metrics["truth_mouth_curve_mean_lpips"] > 0 and metrics["truth_glasses_mean_prob_change"] >= 0
+    assert "own changes: mouth_curve" in (run / "gallery" / "index.html").read_text()  # the yardstick in the subtitle
     methods = pd.read_csv(run / "benchmark" / "methods.csv")  # stage 08's explainers, then stage 09's baselines
     expected = {"occlusion", "loo_superpixels", "gradient", "guided_backprop", "gradcam", "guided_gradcam",
                 "smoothgrad", "integrated_gradients", "blur_ig", "stylex", "wu_attfind", "wu_positives",

@@ -13,8 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
-from stylexlib.data import to_float
+from stylexlib.core.config import DataConfig
+from stylexlib.data import ImageDataset, to_float
 from stylexlib.data.synthetic import FACTORS, factor_spec, intervene, render, render_interventions
+from stylexlib.evaluate.factor_probe import factor_groups
 from stylexlib.explain.attfind.effects import class_score
 from stylexlib.gan.losses import lpips_distance
 
@@ -93,6 +95,35 @@ def factor_visibility(classifier: nn.Module, factors: pd.DataFrame, resolution: 
     return pd.DataFrame(rows)
 
 
+YARDSTICK_KEYS = ("mean_prob_change", "mean_lpips", "prob_change_per_lpips")
+
+
+def truth_yardstick(classifier: nn.Module, data: ImageDataset, data_cfg: DataConfig, lpips_model: nn.Module,
+                    images: int = 256) -> pd.DataFrame | None:
+    """:func:`factor_visibility` of the label rule's factors and the planted shortcut on the first ``images`` test
+    faces; None for data without ground-truth factors."""
+    if data.factors is None:
+        return None
+    names = [name for group in factor_groups(data_cfg.label_rule, data_cfg.spurious_factor).values() for name in group]
+    test = data.indices("test")[:images]
+    return factor_visibility(classifier, data.factors.iloc[test], data.resolution, lpips_model, names)
+
+
+def yardstick_metrics(truth: pd.DataFrame | None) -> dict[str, float]:
+    """``truth_<factor>_<key>`` for each row of :func:`truth_yardstick` (empty without one)."""
+    if truth is None:
+        return {}
+    return {f"truth_{row.factor}_{key}": float(getattr(row, key)) for row in truth.itertuples() for key in YARDSTICK_KEYS}
+
+
+def yardstick_caption(truth: pd.DataFrame | None) -> str:
+    """One line for a figure or page: each true factor change's Δp and LPIPS (empty without a yardstick)."""
+    if truth is None:
+        return ""
+    return "the truth's own changes: " + ", ".join(
+        f"{row.factor} Δp {row.mean_prob_change:.2f} at LPIPS {row.mean_lpips:.3f}" for row in truth.itertuples())
+
+
 @torch.no_grad()
 def intervention_flip_rate(
     classifier: torch.nn.Module,
@@ -118,4 +149,4 @@ def intervention_flip_rate(
 
 
 __all__ = ["CONCEPT_FACTORS", "factor_masks", "factor_sensitivity", "factor_visibility", "intervention_flip_rate",
-           "intervention_values", "mirrored"]
+           "intervention_values", "mirrored", "truth_yardstick", "yardstick_caption", "yardstick_metrics"]
