@@ -39,9 +39,12 @@ from stylexlib.gan.losses import load_lpips  # noqa: E402
 from stylexlib.gan.training import StylexTrainer  # noqa: E402
 from stylexlib.stylespace.inversion import evaluate_reconstruction  # noqa: E402
 
-PLOTTED = [("recon_lpips", "held-out LPIPS (lower is better)"), ("recon_consistency", "classifier consistency"),
-           ("recon_factor_min", "worst factor score on reconstructions"), ("sample_kid", "sample KID (lower is better)"),
-           ("sample_agreement", "samples: C agrees with c"), ("sample_hat_rate_gap", "samples: hat rate - data's")]
+PLOTTED = [("recon_lpips", "held-out LPIPS (lower is better, log)"), ("recon_consistency", "classifier consistency"),
+           ("recon_factor_min", "worst factor score on reconstructions"),
+           ("sample_kid", "sample KID (lower is better, log)"), ("sample_agreement", "samples: C agrees with c"),
+           ("sample_hat_rate_gap", "samples: hat rate - data's")]
+
+LOG_SCALED = {"recon_lpips", "sample_kid"}  # they span orders of magnitude between the variants
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -111,6 +114,8 @@ def figure(records: list[dict]) -> plt.Figure:
             if points:
                 ax.plot(*zip(*points), marker="o", label=name)
         ax.set_title(title)
+        if key in LOG_SCALED:
+            ax.set_yscale("log")
         ax.set_xlabel("training minutes")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)

@@ -64,6 +64,13 @@ def test_shipped_configs_load() -> None:
         load_config(path)
 
 
+def test_the_eyes_task_trains_stylex_as_the_demo_does() -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo, eyes = load_config(configs / "demo.yaml"), load_config(configs / "compare_eyes.yaml")
+    assert eyes.stylex == demo.stylex  # `make compare` compares the two tasks under one trainer
+    assert eyes.classifier == demo.classifier and eyes.data.label_rule != demo.data.label_rule
+
+
 @pytest.mark.parametrize("key, bad, allowed", [
     ("stylex.condition_on", "logit", "'probs', 'logits'"),
     ("stylex.path_mode", "both", "'mix', 'alternate'"),
