@@ -5,8 +5,9 @@ Every variant trains from the same seed on the same data against the same classi
 reconstructions (LPIPS, L1, classifier consistency, the factor probe's per-factor scores on synthetic data; also
 E paired with the trained G, ``g_recon_*``, and E with G_ema, ``gema_e_recon_*``) and random
 samples (KID on LPIPS-backbone features, the classifier's agreement with the conditioning, the probe's per-factor
-distributions against the data's). Writes ``OUT/time_to_quality.json`` (after every evaluation: an interrupted
-benchmark resumes at the next unfinished variant) and ``OUT/time_to_quality.png``; prints the final table as JSON.
+distributions against the data's). Writes ``OUT/time_to_quality.json`` (after every variant: an interrupted
+benchmark resumes at the first unfinished variant, which trains again from the start) and
+``OUT/time_to_quality.png``; prints the final table.
 
     python benchmarks/time_to_quality.py --minutes 20 --every 4 \\
         --variant baseline= --variant "warmup=stylex.warmup_steps=300;stylex.mixing_prob=0.9"
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 
 from stylexlib.classifier.training import fit_run_classifier, load_run_classifier  # noqa: E402
 from stylexlib.core.config import apply_overrides  # noqa: E402
-from stylexlib.core.figures import save_figure
+from stylexlib.core.figures import save_figure  # noqa: E402
 from stylexlib.core.io import read_json, write_json  # noqa: E402
 from stylexlib.core.run import CONFIG_FILE, open_run  # noqa: E402
 from stylexlib.data import load_dataset  # noqa: E402

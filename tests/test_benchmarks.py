@@ -1,0 +1,36 @@
+"""The time-to-quality benchmark end to end on the tiny config: its records, its resume and its --combine."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from stylexlib.core.io import read_json
+from stylexlib.evaluate.factor_probe import CONCEPTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def time_to_quality(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), *args], check=True, cwd=ROOT,
+                   capture_output=True, text=True, timeout=900)
+
+
+def test_time_to_quality_scores_each_variant_resumes_and_combines(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--minutes", "0.02", "--every", "0.01",
+            "--images", "16", "--out", str(out), "--variant", "base=", "--variant", "slow=stylex.lr_g=0.0001"]
+    time_to_quality(*args)
+    records = read_json(out / "time_to_quality.json")["records"]
+    assert [r["variant"] for r in records] == ["base", "base", "slow", "slow"]  # two evaluations per variant
+    assert records[1]["steps"] > records[0]["steps"] > 0 and records[3]["overrides"] == ["stylex.lr_g=0.0001"]
+    for record in records:
+        assert 0 < record["recon_lpips"] and 0 <= record["recon_consistency"] <= 1 and math.isfinite(record["sample_kid"])
+        assert record["recon_factor_min"] == min(record[f"recon_factor_{name}"] for name in CONCEPTS)  # no jitter
+    time_to_quality(*args)  # every variant is finished: nothing trains again
+    assert read_json(out / "time_to_quality.json")["records"] == records
+    time_to_quality("--out", str(tmp_path / "combined"), "--combine", str(out))
+    combined = read_json(tmp_path / "combined" / "time_to_quality.json")
+    assert combined["records"] == records and combined["combined_from"] == [str(out)]
+    assert (tmp_path / "combined" / "time_to_quality.png").stat().st_size > 10_000
