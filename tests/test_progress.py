@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from stylexlib.core import progress
@@ -26,6 +27,21 @@ def test_a_stage_bar_in_another_process_shows_in_the_terminal(tmp_path, monkeypa
     assert progress.PROGRESS_ENV not in os.environ and not (tmp_path / "progress.json").exists()
     shown = out.getvalue()
     assert "stylex" in shown and "40/40" in shown and "l1=0.25" in shown
+
+
+def test_a_mirror_writing_to_a_log_draws_a_bar_once_until_it_changes(tmp_path) -> None:
+    state = tmp_path / "progress.json"
+    out = io.StringIO()  # not a terminal: a log file, as `stylex run ... > log` gives it
+    with progress.ProgressMirror(state, interval=0.01, file=out):
+        state.write_text(json.dumps({"desc": "stylex", "n": 3, "total": 10, "unit": "it", "elapsed": 1.0,
+                                     "postfix": "l1=0.3", "closed": False, "pid": 1}))
+        time.sleep(0.5)  # 50 polls of an unchanged bar
+        assert out.getvalue().count("3/10") == 1
+        state.write_text(json.dumps({"desc": "stylex", "n": 4, "total": 10, "unit": "it", "elapsed": 1.5,
+                                     "postfix": "l1=0.2", "closed": False, "pid": 1}))
+        time.sleep(0.2)
+        assert "4/10" not in out.getvalue()  # changed, but a log gets a bar at most every LOG_SECONDS
+    assert "4/10" in out.getvalue()  # the last state is drawn when the stage ends
 
 
 def test_bars_write_nothing_without_the_variable_and_throttle_with_it(tmp_path, monkeypatch) -> None:

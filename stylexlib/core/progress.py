@@ -20,6 +20,7 @@ from stylexlib.core.io import write_text
 
 PROGRESS_ENV = "STYLEX_PROGRESS_FILE"
 MIRROR_SECONDS = 1.0  # at most one write per bar and second
+LOG_SECONDS = 30.0  # a terminal mirror writing to a file or pipe (a log) shows a changed bar at most this often
 
 
 class tqdm(auto_tqdm):  # noqa: N801 (a drop-in for tqdm.auto.tqdm)
@@ -70,6 +71,9 @@ class ProgressMirror:
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._bar: terminal_tqdm | None = None
         self._key: tuple | None = None
+        self._shown: tuple | None = None  # the (n, postfix, closed) last drawn, and when
+        self._shown_at = 0.0
+        self._every = interval if getattr(file, "isatty", lambda: False)() else LOG_SECONDS
 
     def __enter__(self) -> ProgressMirror:
         self.path.unlink(missing_ok=True)
@@ -85,7 +89,7 @@ class ProgressMirror:
             os.environ[PROGRESS_ENV] = self._previous
         self._stop.set()
         self._thread.join()
-        self._show()  # the last state
+        self._show(final=True)  # the last state
         if self._bar is not None:
             self._bar.close()
         self.path.unlink(missing_ok=True)
@@ -94,18 +98,25 @@ class ProgressMirror:
         while not self._stop.wait(self.interval):
             self._show()
 
-    def _show(self) -> None:
+    def _show(self, final: bool = False) -> None:
+        """Draw the mirrored bar: a new bar at once, a changed one at most every ``_every`` seconds (or ``final``)."""
         try:
             state = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return
         key = (state["desc"], state["total"], state["pid"])
-        if key != self._key or self._bar is None:
+        shown = (state["n"], state["postfix"], state["closed"])
+        if key == self._key and self._bar is not None:
+            due = time.monotonic() - self._shown_at >= self._every
+            if shown == self._shown or not (due or final or state["closed"]):
+                return
+        else:
             if self._bar is not None:
                 self._bar.close()
             self._bar = terminal_tqdm(total=state["total"], desc=f"  {state['desc']}", unit=state["unit"],
                                       file=self.file, leave=True, dynamic_ncols=True)
             self._key = key
+        self._shown, self._shown_at = shown, time.monotonic()
         self._bar.n = state["n"]
         self._bar.start_t = time.time() - state["elapsed"]  # rate and ETA as the stage measured them
         self._bar.set_postfix_str(state["postfix"], refresh=False)
