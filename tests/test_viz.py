@@ -181,3 +181,12 @@ def test_intervention_figure_shows_every_factor_at_each_of_its_values() -> None:
     blank = fig.axes[short * width + width - 1].images[0].get_array()
     assert (blank == 255).all()  # rows with fewer values are padded with white
 
+
+
+def test_image_grid_rows_grow_with_their_title_lines() -> None:
+    from stylexlib.core.figures import image_grid
+
+    images = torch.zeros(4, 3, 8, 8)
+    heights = [image_grid(images, titles, ncols=2).get_size_inches()[1] for titles in (None, ["a"] * 4, ["a\nb"] * 4)]
+    plt.close("all")
+    assert heights[0] < heights[1] < heights[2]  # a second title line no longer runs into the row above
