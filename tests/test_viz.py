@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stylexlib.core.figures import image_grid
 from stylexlib.explain.attfind.examples import AttributeExamples, load_examples, save_examples
 from stylexlib.report.gallery import ChromiumNotFound, dump_dom, find_chromium, screenshot_html, write_gallery
 from stylexlib.report.viz import pair_figure, save_toggle_gif, summary_figure
@@ -184,8 +185,6 @@ def test_intervention_figure_shows_every_factor_at_each_of_its_values() -> None:
 
 
 def test_image_grid_rows_grow_with_their_title_lines() -> None:
-    from stylexlib.core.figures import image_grid
-
     images = torch.zeros(4, 3, 8, 8)
     heights = [image_grid(images, titles, ncols=2).get_size_inches()[1] for titles in (None, ["a"] * 4, ["a\nb"] * 4)]
     plt.close("all")
