@@ -77,6 +77,7 @@ def test_summary_figure_has_top_rows_per_class() -> None:
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert len(labels) == 8 and labels[0].startswith("frown #1") and labels[-1].startswith("smile #4")
     assert sum(1 for ax in fig.axes if ax.images) == 8 * 4
+    assert (1 - fig.subplotpars.top) * fig.get_figheight() <= 0.6  # the title sits just above the grid, no gap
 
 
 def test_gallery_folder_is_self_contained_and_replaced_whole(tmp_path: Path) -> None:
