@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
+from stylexlib.core.config import DataConfig
 from stylexlib.data import to_float
-from stylexlib.data.synthetic import render, sample_factors
+from stylexlib.data.synthetic import make_synthetic_dataset, render, sample_factors
 from stylexlib.evaluate import (bootstrap_interval, deletion_insertion_auc, factor_identification, factor_masks,
                                 factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
-from stylexlib.core.config import DataConfig
 from stylexlib.evaluate.ground_truth import (factor_visibility, mirrored, truth_yardstick, yardstick_caption,
                                              yardstick_metrics)
 from stylexlib.gan.losses import load_lpips, lpips_distance
@@ -69,8 +69,6 @@ def test_the_truths_visibility_yardstick_mirrors_one_factor_at_a_time(factors) -
 
 
 def test_the_yardstick_measures_the_label_and_shortcut_factors_on_test_faces(tmp_path) -> None:
-    from stylexlib.data.synthetic import make_synthetic_dataset
-
     cfg = DataConfig(num_images=40, label_rule="mouth_curve > 0", spurious_factor="glasses")
     data = make_synthetic_dataset(cfg, cache_dir=tmp_path)
     lpips_model = load_lpips("squeeze")
