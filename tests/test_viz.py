@@ -184,7 +184,6 @@ def test_intervention_figure_shows_every_factor_at_each_of_its_values() -> None:
     assert (blank == 255).all()  # rows with fewer values are padded with white
 
 
-
 def test_image_grid_rows_grow_with_their_title_lines() -> None:
     images = torch.zeros(4, 3, 8, 8)
     heights = [image_grid(images, titles, ncols=2).get_size_inches()[1] for titles in (None, ["a"] * 4, ["a\nb"] * 4)]

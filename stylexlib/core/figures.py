@@ -34,7 +34,7 @@ def image_grid(
     pics = to_hwc(images)
     n = len(pics)
     nrows = max(1, int(np.ceil(n / ncols)))
-    title_lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    title_lines = max((str(t).count("\n") + 1 for t in titles or []), default=0)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1 + 0.25 * title_lines)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
