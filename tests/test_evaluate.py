@@ -10,12 +10,13 @@ import torch
 
 from stylexlib.core.config import DataConfig
 from stylexlib.data import to_float
-from stylexlib.data.synthetic import make_synthetic_dataset, render, sample_factors
+from stylexlib.data.synthetic import intervene, make_synthetic_dataset, render, sample_factors
 from stylexlib.evaluate import (bootstrap_interval, deletion_insertion_auc, factor_identification, factor_masks,
                                 factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
 from stylexlib.evaluate.ground_truth import (factor_visibility, mirrored, truth_yardstick, yardstick_caption,
                                              yardstick_metrics)
-from stylexlib.gan.losses import load_lpips, lpips_distance
+from stylexlib.evaluate.quality import INVISIBLE_LPIPS
+from stylexlib.gan.losses import load_lpips, lpips_distance, visible_change
 
 
 class CornerRed(torch.nn.Module):
@@ -60,12 +61,22 @@ def test_the_truths_visibility_yardstick_mirrors_one_factor_at_a_time(factors) -
     table = factor_visibility(CornerRed(), factors, 32, lpips_model, ["background_hue", "glasses", "hat"])
     table = table.set_index("factor")
     changed = factors.assign(hat=1 - factors["hat"])
-    expected = lpips_distance(lpips_model, to_float(render(factors, 32)), to_float(render(changed, 32))).mean()
+    expected = visible_change(lpips_model, to_float(render(factors, 32)), to_float(render(changed, 32))).mean()
     assert table.loc["hat", "mean_lpips"] == pytest.approx(float(expected), rel=1e-5)
     assert table.loc["hat", "mean_lpips"] > table.loc["glasses", "mean_lpips"] > 0  # the hat is the larger change
     assert table.loc["glasses", "mean_prob_change"] < 1e-6 < table.loc["background_hue", "mean_prob_change"]
     assert table.loc["background_hue", "prob_change_per_lpips"] == pytest.approx(
         table.loc["background_hue", "mean_prob_change"] / table.loc["background_hue", "mean_lpips"])
+
+
+def test_the_labels_own_change_is_visible_by_the_invisibility_threshold() -> None:
+    """At 32 px LPIPS calls the true frown-to-smile change invisible; judged enlarged (visible_change) it is not."""
+    faces = sample_factors(128, 1)
+    smiles = intervene(faces, "mouth_curve", mirrored("mouth_curve", faces["mouth_curve"].to_numpy()))
+    lpips_model = load_lpips("squeeze")
+    before, after = to_float(render(faces, 32)), to_float(render(smiles, 32))
+    assert lpips_distance(lpips_model, before, after).mean() < INVISIBLE_LPIPS <= visible_change(
+        lpips_model, before, after).mean()
 
 
 def test_the_yardstick_measures_the_label_and_shortcut_factors_on_test_faces(tmp_path) -> None:

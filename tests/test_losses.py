@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stylexlib.core.config import StylexConfig
 from stylexlib.gan import Discriminator, Generator, losses
@@ -111,6 +112,18 @@ def test_lpips_distance_handles_small_images(lpips_model: torch.nn.Module, resol
     x = torch.rand(3, 3, resolution, resolution) * 2 - 1
     distance = losses.lpips_distance(lpips_model, x, -x)
     assert distance.shape == (3,) and (distance > 0).all()
+
+
+def test_visible_change_judges_small_images_enlarged_to_lpips_patch_size(lpips_model: torch.nn.Module) -> None:
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = x.clone()
+    y[..., 20:24, 12:20] *= -1  # a mouth-sized patch changes
+    enlarged = lambda t: F.interpolate(t, size=64, mode="bilinear", align_corners=False)  # noqa: E731
+    expected = lpips_model(enlarged(x), enlarged(y)).flatten()
+    assert torch.allclose(losses.visible_change(lpips_model, x, y), expected, atol=1e-6)
+    assert not torch.allclose(losses.lpips_distance(lpips_model, x, y), expected, atol=1e-3)  # not the 32 px value
+    big_x, big_y = enlarged(x), enlarged(y)  # 64 px images are judged as they are
+    assert torch.allclose(losses.visible_change(lpips_model, big_x, big_y), lpips_model(big_x, big_y).flatten())
 
 
 def test_reconstruction_losses(lpips_model: torch.nn.Module) -> None:

@@ -18,7 +18,7 @@ from stylexlib.data import ImageDataset, to_float
 from stylexlib.data.synthetic import FACTORS, factor_spec, intervene, render, render_interventions
 from stylexlib.evaluate.factor_probe import factor_groups
 from stylexlib.explain.attfind.effects import class_score
-from stylexlib.gan.losses import lpips_distance
+from stylexlib.gan.losses import visible_change
 
 CONCEPT_FACTORS = [f.name for f in FACTORS if not f.nuisance]
 
@@ -77,9 +77,9 @@ def mirrored(name: str, values: np.ndarray) -> np.ndarray:
 def factor_visibility(classifier: nn.Module, factors: pd.DataFrame, resolution: int, lpips_model: nn.Module,
                       names: list[str], batch_size: int = 256) -> pd.DataFrame:
     """The true change of each factor as a yardstick for edits: per factor, the faces re-rendered with that factor
-    :func:`mirrored`, the mean LPIPS between each face and its re-render, the mean |change of p(predicted class)| and
-    their ratio. An attribute that moves p(class) far more per unit of LPIPS than the label rule's own factor does
-    hides the class in changes the truth does not make."""
+    :func:`mirrored`, the mean LPIPS (:func:`visible_change`) between each face and its re-render, the mean |change
+    of p(predicted class)| and their ratio. An attribute that moves p(class) far more per unit of LPIPS than the
+    label rule's own factor does hides the class in changes the truth does not make."""
     device = next(lpips_model.parameters()).device
     original = render(factors, resolution)
     probs = classify(classifier, original, batch_size).softmax(1)
@@ -87,7 +87,7 @@ def factor_visibility(classifier: nn.Module, factors: pd.DataFrame, resolution: 
     rows = []
     for name in names:
         changed = render(intervene(factors, name, mirrored(name, factors[name].to_numpy())), resolution)
-        distance = torch.cat([lpips_distance(lpips_model, a.to(device), b.to(device)).cpu() for a, b in
+        distance = torch.cat([visible_change(lpips_model, a.to(device), b.to(device)).cpu() for a, b in
                               zip(to_float(original).split(batch_size), to_float(changed).split(batch_size))])
         moved = (classify(classifier, changed, batch_size).softmax(1).gather(1, predicted) - probs.gather(1, predicted))
         rows.append({"factor": name, "mean_prob_change": float(moved.abs().mean()), "mean_lpips": float(distance.mean()),

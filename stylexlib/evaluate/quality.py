@@ -16,12 +16,12 @@ from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
-from stylexlib.gan.losses import lpips_distance, lpips_input, unbiased_mmd2
+from stylexlib.gan.losses import lpips_input, unbiased_mmd2, visible_change
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import evaluate_reconstruction
 
 INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
-INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS) is invisible
+INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS, visible_change) is invisible
 
 
 @torch.no_grad()
@@ -133,11 +133,11 @@ def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:
 
 @torch.no_grad()
 def measure_visibility(examples: list, lpips_model: nn.Module) -> pd.DataFrame:
-    """Set each attribute's ``lpips`` (original vs changed, per example) and return one row per shown example:
-    attribute (key, class, rank, label), image, p(class) before and after, its change, and the LPIPS."""
+    """Set each attribute's ``lpips`` (original vs changed, per example, :func:`visible_change`) and return one row
+    per shown example: attribute (key, class, rank, label), image, p(class) before and after, its change, the LPIPS."""
     device, rows = next(lpips_model.parameters()).device, []
     for ex in examples:
-        ex.lpips = (lpips_distance(lpips_model, ex.originals.to(device), ex.changed.to(device)).cpu()
+        ex.lpips = (visible_change(lpips_model, ex.originals.to(device), ex.changed.to(device)).cpu()
                     if ex.num_examples else torch.zeros(0))
         before, after = ex.class_probs()
         for i in range(ex.num_examples):

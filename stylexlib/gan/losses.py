@@ -24,6 +24,7 @@ LPIPS_TRUNK_CHECKPOINTS = {
     "vgg": "vgg16-397923af.pth",
 }
 LPIPS_MIN_SIZE = 32  # smaller images are upsampled first: the squeeze trunk's pooling needs >= 32 px
+VISIBILITY_SIZE = 64  # how visible an edit is, judged where LPIPS was fitted to people: 64 px patches (BAPPS)
 
 
 def d_logistic_loss(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -99,17 +100,25 @@ def _missing_trunk_message(net: str, exc: Exception) -> str:
             f"{folder} (that is $TORCH_HOME/hub/checkpoints/ with TORCH_HOME={torch_home}).")
 
 
-def lpips_input(images: Tensor) -> Tensor:
-    """Images as the LPIPS trunk takes them: float, and bilinearly upsampled to 32 px when smaller."""
+def lpips_input(images: Tensor, min_size: int = LPIPS_MIN_SIZE) -> Tensor:
+    """Images as the LPIPS trunk takes them: float, and bilinearly upsampled to ``min_size`` px when smaller."""
     images = images.float()
-    if min(images.shape[-2:]) < LPIPS_MIN_SIZE:
-        images = F.interpolate(images, size=LPIPS_MIN_SIZE, mode="bilinear", align_corners=False)
+    if min(images.shape[-2:]) < min_size:
+        images = F.interpolate(images, size=min_size, mode="bilinear", align_corners=False)
     return images
 
 
-def lpips_distance(lpips_model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-image LPIPS (N,) of images in [-1, 1]; images under 32 px are bilinearly upsampled to 32."""
-    return lpips_model(lpips_input(x), lpips_input(y)).flatten()
+def lpips_distance(lpips_model: torch.nn.Module, x: Tensor, y: Tensor, min_size: int = LPIPS_MIN_SIZE) -> Tensor:
+    """Per-image LPIPS (N,) of images in [-1, 1]; images under ``min_size`` px are bilinearly upsampled to it."""
+    return lpips_model(lpips_input(x, min_size), lpips_input(y, min_size)).flatten()
+
+
+def visible_change(lpips_model: torch.nn.Module, original: Tensor, changed: Tensor) -> Tensor:
+    """How much of an edit a person sees: per-image LPIPS with images under VISIBILITY_SIZE enlarged to it, as the
+    gallery shows them. LPIPS's weights were fitted to people's judgements of 64 px patches; at 32 px a mouth spans
+    about one cell of the trunk's deeper layers, and the synthetic label's own frown-to-smile change would read as
+    invisible (LPIPS 0.010 against 0.025 enlarged)."""
+    return lpips_distance(lpips_model, original, changed, VISIBILITY_SIZE)
 
 
 def reconstruction_losses(x: Tensor, x_rec: Tensor, w: Tensor, w_rec: Tensor,

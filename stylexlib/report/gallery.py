@@ -17,6 +17,7 @@ from torch import Tensor
 from stylexlib.core.io import atomic_write, write_text
 from stylexlib.evaluate.quality import INVISIBLE_LPIPS, INVISIBLE_PROB_CHANGE, is_invisible
 from stylexlib.explain.attfind.examples import AttributeExamples, by_class
+from stylexlib.gan.losses import VISIBILITY_SIZE
 from stylexlib.report.viz import display_scale, heat_strip, save_png, save_toggle_gif, to_pil
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,8 @@ units of <code>attfind.output</code>: one-vs-rest log-odds (default) or probabil
 <dt>fraction affected</dt><dd>the share of the searched images on which the attribute moved the classifier's output
 by more than the AttFind threshold.</dd>
 <dt>label</dt><dd><code>layer[channel] direction</code>: the generator layer and style channel of the coordinate.</dd>
-<dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical). An attribute whose examples move
+<dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical), images under {VISIBILITY_SIZE}
+px enlarged to it first (LPIPS was fitted to people's judgements of {VISIBILITY_SIZE} px patches). An attribute whose examples move
 p(class) by at least {INVISIBLE_PROB_CHANGE} on average at a mean LPIPS under {INVISIBLE_LPIPS} is flagged
 <b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see. On synthetic data
 the subtitle gives the same numbers for the truth's own changes (the label rule's factor and the shortcut re-rendered
