@@ -228,10 +228,10 @@ units of <code>attfind.output</code>: one-vs-rest log-odds (default) or probabil
 by more than the AttFind threshold.</dd>
 <dt>label</dt><dd><code>layer[channel] direction</code>: the generator layer and style channel of the coordinate.</dd>
 <dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical), images under {VISIBILITY_SIZE}
-px enlarged to it first (LPIPS was fitted to people's judgements of {VISIBILITY_SIZE} px patches). An attribute whose examples move
-p(class) by at least {INVISIBLE_PROB_CHANGE} on average at a mean LPIPS under {INVISIBLE_LPIPS} is flagged
-<b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see. On synthetic data
-the subtitle gives the same numbers for the truth's own changes (the label rule's factor and the shortcut re-rendered
-at their mirrored values): an attribute far above the label factor's |&Delta;p| per unit of LPIPS hides the class in
-changes the truth does not make.</dd>
+px enlarged to it first (LPIPS was fitted to people's judgements of {VISIBILITY_SIZE} px patches). An attribute
+whose examples move p(class) by at least {INVISIBLE_PROB_CHANGE} on average at a mean LPIPS under {INVISIBLE_LPIPS}
+is flagged <b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see. On
+synthetic data the subtitle gives the same numbers for the truth's own changes (the label rule's factor and the
+shortcut re-rendered at their mirrored values): an attribute far above the label factor's |&Delta;p| per unit of
+LPIPS hides the class in changes the truth does not make.</dd>
 </dl>"""
