@@ -15,6 +15,7 @@ benchmark resumes at the first unfinished variant, which trains again from the s
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import platform
@@ -33,14 +34,18 @@ from stylexlib.core.config import apply_overrides  # noqa: E402
 from stylexlib.core.figures import save_figure  # noqa: E402
 from stylexlib.core.io import read_json, write_json  # noqa: E402
 from stylexlib.core.run import CONFIG_FILE, open_run  # noqa: E402
-from stylexlib.data import load_dataset  # noqa: E402
+from stylexlib.data import load_dataset, to_float  # noqa: E402
 from stylexlib.evaluate.factor_probe import CONCEPTS, fit_run_probe  # noqa: E402
 from stylexlib.evaluate.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
+from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics  # noqa: E402
+from stylexlib.gan.checkpoint import load_checkpoint  # noqa: E402
+from stylexlib.gan.encoder_fit import fit_checkpoint_encoder  # noqa: E402
 from stylexlib.gan.losses import load_lpips  # noqa: E402
 from stylexlib.gan.training import StylexTrainer  # noqa: E402
 from stylexlib.stylespace.inversion import evaluate_reconstruction  # noqa: E402
 
-PLOTTED = [("recon_lpips", "held-out LPIPS (lower is better, log)"), ("recon_consistency", "classifier consistency"),
+PLOTTED = [("recon_self_retrieval", "reconstructions recognisable (self-retrieval)"),
+           ("recon_lpips", "held-out LPIPS (lower is better, log)"), ("recon_consistency", "classifier consistency"),
            ("recon_factor_min", "worst factor score on reconstructions"),
            ("sample_kid", "sample KID (lower is better, log)"), ("sample_agreement", "samples: C agrees with c"),
            ("sample_hat_rate_gap", "samples: hat rate - data's")]
@@ -54,9 +59,11 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [item for item in rest.split(";") if item]
 
 
-def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> dict[str, float]:
+def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int, encoder=None) -> dict[str, float]:
     images, rows = heldout_images(data, count)
     models = trainer.models()
+    if encoder is not None:
+        models = dataclasses.replace(models, encoder=encoder)
     factors = data.factors.iloc[rows] if data.factors is not None else None
     out = reconstruction_quality(models, images, lpips_model, probe, factors)
     out.update(worst_factor(out))
@@ -66,6 +73,9 @@ def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int) -> di
     with torch.no_grad():
         for prefix, paired in pairings.items():
             out.update({f"{prefix}{k}": v for k, v in evaluate_reconstruction(paired, images, lpips_model).items()})
+        x = to_float(images[:COLLAPSE_IMAGES]).to(models.device)
+        out.update(collapse_metrics(models.generator, models.encoder, models.classifier, x, lpips_model,
+                                    models.condition, seed=trainer.cfg.seed))
     return out
 
 
@@ -78,25 +88,39 @@ def worst_factor(record: dict) -> dict:
 def run_variant(base, name: str, overrides: list[str], minutes: float, every: float, out: Path, data, classifier,
                 probe, lpips_model, count: int) -> list[dict]:
     cfg = apply_overrides(base.cfg, overrides).stylex
+    fit_minutes = cfg.encoder_fit_minutes  # stage two takes the last minutes of the budget, as in stage 03
     cfg.time_limit_minutes, cfg.sample_every, cfg.checkpoint_every, cfg.steps = every, 0, 0, 10**9
     trainer = StylexTrainer(cfg, data, classifier, out_dir=out / name, lpips_model=lpips_model)
-    records, mark = [], 0.0
-    while mark < minutes - 1e-9:
-        mark = min(mark + every, minutes)
+    records, mark, train_minutes = [], 0.0, minutes - fit_minutes
+    while mark < train_minutes - 1e-9:
+        mark = min(mark + every, train_minutes)
         trainer.cfg.time_limit_minutes = mark - trainer.train_seconds / 60
         trainer.train(progress=False)
-        started = time.perf_counter()
-        record = {"variant": name, "overrides": overrides, "minutes": round(trainer.train_seconds / 60, 2),
-                  "steps": trainer.step, "images": trainer.step * cfg.batch_size,
-                  **evaluate(trainer, data, probe, lpips_model, count),
-                  "eval_seconds": round(time.perf_counter() - started, 1)}
-        records.append(record)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+        records.append(record(trainer, name, overrides, trainer.train_seconds / 60, data, probe, lpips_model, count))
+    if fit_minutes:
+        fit_checkpoint_encoder(trainer, data, fit_minutes, progress=False)
+        fitted = load_checkpoint(trainer.checkpoint_file)["E_fit"]
+        encoder = copy.deepcopy(trainer.models().encoder)
+        encoder.load_state_dict(fitted)
+        records.append(record(trainer, name, overrides, trainer.train_seconds / 60 + fit_minutes, data, probe,
+                              lpips_model, count, encoder))
     trainer.save_previews()
     return records
 
 
-TABLE_KEYS = ["minutes", "steps", "recon_lpips", "recon_l1", "recon_consistency", "recon_factor_min", "recon_factor_hat",
+def record(trainer: StylexTrainer, name: str, overrides: list[str], minutes: float, data, probe, lpips_model,
+           count: int, encoder=None) -> dict:
+    """One evaluation row (printed as a JSON line); ``encoder`` replaces the trainer's (the fitted one)."""
+    started = time.perf_counter()
+    row = {"variant": name, "overrides": overrides, "minutes": round(minutes, 2), "steps": trainer.step,
+           "images": trainer.step * trainer.cfg.batch_size,
+           **evaluate(trainer, data, probe, lpips_model, count, encoder),
+           "eval_seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return row
+
+
+TABLE_KEYS = ["minutes", "steps", "recon_self_retrieval", "encoder_spread_ratio", "recon_lpips", "recon_l1", "recon_consistency", "recon_factor_min", "recon_factor_hat",
               "recon_factor_glasses", "recon_factor_mouth_curve", "g_recon_lpips", "gema_e_recon_lpips", "sample_kid",
               "sample_agreement", "sample_hat_rate_gap"]
 
@@ -108,7 +132,7 @@ def table(records: list[dict]) -> pd.DataFrame:
 
 
 def figure(records: list[dict]) -> plt.Figure:
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
     for ax, (key, title) in zip(axes.flat, PLOTTED):
         for name in dict.fromkeys(r["variant"] for r in records):
             points = [(r["minutes"], r[key]) for r in records if r["variant"] == name and key in r]

@@ -225,3 +225,17 @@ def test_dataset_invariants_raise_clear_errors() -> None:
         ImageDataset(images, torch.zeros(3), ["a"], split)
     with pytest.raises(DataError, match="validation"):
         ImageDataset(images, torch.zeros(4), ["a"], np.array(["train", "train", "validation", "test"]))
+
+
+def test_label_queries_name_classes_and_leave_out_unmatched_rows(pets: Path, tmp_path: Path) -> None:
+    data = load(config(pets, labels_csv="labels.csv", label_queries={"young": "age < 10", "old": "age >= 20"}),
+                tmp_path)
+    assert data.class_names == ["old", "young"] and data.class_counts() == {"old": 2, "young": 2}
+    assert data.files == ["cat/0.png", "cat/2.png", "dog/0.jpg", "dog/2.jpg"]  # age 10 matches neither
+    assert data.labels.tolist() == [1, 0, 1, 0]
+    with pytest.raises(DataError, match="matches both 'young' and 'all'"):
+        load(config(pets, labels_csv="labels.csv", label_queries={"young": "age < 10", "all": "age >= 0"}), tmp_path)
+    with pytest.raises(DataError, match=r"label_queries\['old'\] = 'height > 3' failed"):
+        load(config(pets, labels_csv="labels.csv", label_queries={"old": "height > 3"}), tmp_path)
+    with pytest.raises(DataError, match="needs data.labels_csv"):
+        load(config(pets, label_queries={"old": "age > 3"}), tmp_path)

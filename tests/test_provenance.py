@@ -85,10 +85,16 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
     assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
     # a key added later counts only when set: checkpoints made before it existed stay valid
-    skipped = provenance.STYLEX_SCHEDULE_KEYS + ("weight_mapping_match",)
+    skipped = provenance.STYLEX_SCHEDULE_KEYS + provenance.STYLEX_ADDED_KEYS
+    assert "weight_mapping_match" in skipped and "encoder_fit_minutes" in skipped
     without = {k: v for k, v in to_dict(cfg.stylex).items() if k not in skipped}
     assert base[1] == provenance.fingerprint("stylex", base[0], without)
-    assert provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.weight_mapping_match=1"])) != base[1]
+    for added in ("stylex.weight_mapping_match=1", "stylex.encoder_fit_minutes=2", "stylex.encoder=squeeze"):
+        assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
+    data_without = {k: v for k, v in to_dict(cfg.data).items() if k not in provenance.DATA_ADDED_KEYS}
+    assert provenance.data_fingerprint(cfg) == provenance.fingerprint("data", data_without)
+    assert provenance.data_fingerprint(apply_overrides(cfg, ["data.label_queries={a: x > 1}"])) != \
+        provenance.data_fingerprint(cfg)
 
 
 def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(tmp_path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from stylexlib.core.install import shipped
+from stylexlib.core.presets import with_preset
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,8 @@ class DataConfig:
     labels_csv: str | None = None  # CSV inside root with a `file` column; None = use <class>/<file> folders
     file_column: str = "file"
     label_column: str | None = None  # CSV column holding the label; None = class folder name
+    label_queries: dict[str, str] = field(default_factory=dict)  # class name -> pandas query on the CSV's columns, e.g.
+    # {young: "age < 30", old: "age >= 50"}; rows matching none are left out, a row matching two is an error
     filter: str | None = None  # pandas query on the CSV, e.g. "age >= 18"
     max_images: int | None = None  # keep a seeded random subset (quick runs)
 
@@ -86,6 +89,19 @@ class StylexConfig:
     pl_every: int = 4
     ema_half_life_images: float = 2000.0
     encoder_ema: bool = False  # also keep an EMA of E, paired with G_ema in later stages (E itself is trained against G)
+    encoder: Literal["residual", "squeeze"] = "residual"  # E's backbone: "residual" (the paper's, from scratch) or
+    # "squeeze" (trained heads on the frozen ImageNet SqueezeNet trunk that LPIPS ships)
+    encoder_offset: bool = False  # E predicts an offset from the mapping network's mean latent (pSp's latent average)
+    beta1_e: float | None = None  # Adam beta1 of E (None: beta1; momentum, e.g. 0.9, steadies the encoder)
+    encoder_fit_minutes: float = 0.0  # stage two (gan.encoder_fit): the last minutes of the time limit fit E alone to
+    # the frozen G_ema that later stages render with (0: off; without a time limit, these minutes after training)
+    encoder_fit_lr: float = 1e-3
+    weight_sample_cycle: float = 0.1  # the fit's latent cycle |E(G_ema(w, c)) - w| on fresh samples
+    adv_on_reconstructions: bool = True  # D also judges the reconstructions G(E(x), c) (the paper); False: only the
+    # random path's samples, so the adversarial term cannot pull E(x) towards the generator's average image
+    preset: Literal["none", "real"] = "none"  # settings filled in beneath the file's own stylex keys (core.presets):
+    # "real" for photographs (the default for folder data), "none" (the defaults here) for the synthetic data
+    collapse_every: int = 250  # steps between encoder-collapse checks (gan.collapse) in stats.jsonl; 0: none
     weight_adv: float = 1.0
     weight_l1: float = 1.0  # paper: reconstruction L1
     weight_lpips: float = 0.1  # paper: LPIPS
@@ -180,6 +196,14 @@ class StudyConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Stage 04's checks of real data against its labels."""
+
+    attribute_columns: list[str] = field(default_factory=list)  # labels-CSV columns (e.g. age, race) whose linear
+    # probe is scored on held-out originals and their reconstructions (metrics orig_attr_<c>, recon_attr_<c>)
+
+
+@dataclass
 class CompareConfig:
     """Stage 09: the GAN-direction baselines beside StylEx, under one protocol (``make compare`` turns them on)."""
 
@@ -207,6 +231,7 @@ class Config:
     attfind: AttFindConfig = field(default_factory=AttFindConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form keys for later stages
 
 
@@ -219,6 +244,11 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "") -> Any:
     """Build a dataclass config from a dict, with an error naming any unknown or mistyped key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    if cls is Config and isinstance(raw.get("stylex") or {}, dict):
+        try:
+            raw = with_preset(raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -16,9 +16,14 @@ from typing import Any
 from stylexlib.core.config import Config, to_dict
 
 # StylEx keys that do not change what a checkpoint is: training longer or logging differently continues it.
-STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device")
+STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device",
+                        "collapse_every", "preset")  # a preset counts through the values it sets
+# Data and classifier keys added after run folders existed: fingerprinted only when set.
+DATA_ADDED_KEYS = ("label_queries",)
+CLASSIFIER_ADDED_KEYS: tuple[str, ...] = ()
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
-STYLEX_ADDED_KEYS = ("weight_mapping_match",)
+STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1_e", "adv_on_reconstructions",
+                     "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle")
 
 
 class StaleArtifact(RuntimeError):
@@ -32,7 +37,15 @@ def fingerprint(*parts: Any) -> str:
 
 
 def data_fingerprint(cfg: Config) -> str:
-    return fingerprint("data", cfg.data)
+    return fingerprint("data", without_added_defaults(cfg.data, DATA_ADDED_KEYS))
+
+
+def without_added_defaults(section: Any, added: tuple[str, ...], skipped: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config section as a dict, less ``skipped`` keys and the ``added`` keys that still hold their default (keys
+    introduced after run folders existed: an artifact made before them stays valid until they are set)."""
+    defaults = to_dict(type(section)())
+    return {k: v for k, v in to_dict(section).items()
+            if k not in skipped and not (k in added and v == defaults[k])}
 
 
 def classifier_fingerprint(cfg: Config) -> str:
@@ -42,14 +55,13 @@ def classifier_fingerprint(cfg: Config) -> str:
     if source != "train" and Path(source).exists():
         stat = Path(source).stat()
         identity = [stat.st_size, stat.st_mtime_ns]
-    return fingerprint("classifier", data_fingerprint(cfg), cfg.classifier, identity)
+    return fingerprint("classifier", data_fingerprint(cfg), without_added_defaults(cfg.classifier, CLASSIFIER_ADDED_KEYS),
+                       identity)
 
 
 def stylex_fingerprint(cfg: Config) -> str:
     """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one)."""
-    defaults = to_dict(type(cfg.stylex)())
-    section = {k: v for k, v in to_dict(cfg.stylex).items()
-               if k not in STYLEX_SCHEDULE_KEYS and not (k in STYLEX_ADDED_KEYS and v == defaults[k])}
+    section = without_added_defaults(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS)
     return fingerprint("stylex", classifier_fingerprint(cfg), section)
 
 

@@ -77,6 +77,8 @@ def _check_root(cfg: DataConfig) -> Path:
         raise DataError(f"data.root must be a folder, but {root} is a file")
     if cfg.label_column and not cfg.labels_csv:
         raise DataError(f"data.label_column='{cfg.label_column}' needs data.labels_csv (a CSV inside {root})")
+    if cfg.label_queries and not cfg.labels_csv:
+        raise DataError(f"data.label_queries needs data.labels_csv (a CSV inside {root}) to run the queries on")
     if cfg.max_images is not None and cfg.max_images < 1:
         raise DataError(f"data.max_images must be a positive number of images, got {cfg.max_images}")
     if cfg.resolution < 1:
@@ -141,14 +143,39 @@ def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame
     frame = _apply_filter(frame, cfg.filter, str(csv))
     for column in filter(None, [cfg.file_column, cfg.label_column]):
         frame = _drop_missing_values(frame, column, cfg.file_column, skipped)
+    if cfg.label_queries:
+        frame = frame.assign(_label=_query_labels(frame, cfg.label_queries, csv))
+        frame = frame[frame["_label"].notna()]
     files = frame[cfg.file_column].astype(str)
-    if cfg.label_column:
+    if cfg.label_queries:
+        labels = frame["_label"]
+    elif cfg.label_column:
         labels = _integral(frame[cfg.label_column])
     else:
         labels = files.map(lambda f: _class_folder(f, csv, cfg.file_column))
     if not len(files):
         raise DataError(f"no labelled rows left in {csv} (see the warnings above)")
     return pd.DataFrame({"file": files.to_numpy(), "label": labels.to_numpy()})
+
+
+def _query_labels(frame: pd.DataFrame, queries: dict[str, str], csv: Path) -> pd.Series:
+    """Each row's class from ``data.label_queries`` (None where no query matches)."""
+    labels = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for name, query in queries.items():
+        try:
+            hit = frame.index.isin(frame.query(query).index)
+        except Exception as exc:  # pandas raises many types for a bad expression
+            raise DataError(f"data.label_queries['{name}'] = '{query}' failed on {csv}: {type(exc).__name__}: {exc}; "
+                            f"columns: {', '.join(map(str, frame.columns))}") from exc
+        both = hit & labels.notna().to_numpy()
+        if both.any():
+            first = frame.index[both][0]
+            raise DataError(f"data.label_queries: CSV row {first + 2} of {csv} matches both '{labels[first]}' and "
+                            f"'{name}'; make the queries exclusive")
+        labels[hit] = name
+    if labels.isna().all():
+        raise DataError(f"data.label_queries {dict(queries)} match no row of {csv}")
+    return labels
 
 
 def _check_column(frame: pd.DataFrame, column: str, key: str, csv: Path) -> None:

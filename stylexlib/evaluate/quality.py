@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
+from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics
 from stylexlib.gan.losses import lpips_input, unbiased_mmd2, visible_change
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import evaluate_reconstruction
@@ -124,6 +125,14 @@ def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn
         for row in factor_scores(probe, recs, factors).itertuples():
             out[f"recon_factor_{row.factor}"] = row.score
     return out
+
+
+@torch.no_grad()
+def collapse_check(models: StylexModels, images: Tensor, lpips_model: nn.Module, seed: int = 0) -> dict[str, float]:
+    """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on the first 64 of uint8 or [-1, 1] images."""
+    x = models.prepare(images[:COLLAPSE_IMAGES])
+    return collapse_metrics(models.generator, models.encoder, models.classifier, x, lpips_model, models.condition,
+                            seed=seed)
 
 
 def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:

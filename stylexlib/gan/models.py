@@ -90,7 +90,8 @@ def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: 
     device = torch.device(device) if device is not None else pick_device(cfg.device)
     generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)
     generator.load_state_dict(state["G_ema"])
-    encoder.load_state_dict(state.get("E_ema", state["E"]))  # the encoder EMA pairs with G_ema when it was kept
+    # the encoder fitted to G_ema (gan.encoder_fit) when there is one, else the encoder EMA, else E as trained
+    encoder.load_state_dict(state.get("E_fit", state.get("E_ema", state["E"])))
     discriminator.load_state_dict(state["D"])
     generator, encoder, classifier, discriminator = (
         m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier, discriminator))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -39,6 +40,8 @@ from stylexlib.data import ImageDataset, to_float
 from stylexlib.gan.augment import diff_augment, parse_policy
 from stylexlib.gan.checkpoint import (CHECKPOINT_FORMAT, STATS_FILE, capture_rng, checkpoint_path, load_checkpoint,
                                       read_stats, restore_rng)
+from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics, collapse_warning
+from stylexlib.gan.encoder_fit import fit_checkpoint_encoder
 from stylexlib.gan.generator import MAPPING_LR_MUL
 from stylexlib.gan.losses import (classifier_kl_loss, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
                                   g_path_length_loss, latent_mmd_loss, latent_prior_loss, load_lpips, loss_weights,
@@ -122,10 +125,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def adam(params: Iterator[nn.Parameter], lr: float, cfg: StylexConfig, reg_every: int | None) -> torch.optim.Adam:
-    """Adam with StyleGAN2's lazy-regularisation correction of lr and betas (when ``reg_every`` is set)."""
+def adam(params: Iterator[nn.Parameter], lr: float, cfg: StylexConfig, reg_every: int | None,
+         beta1: float | None = None) -> torch.optim.Adam:
+    """Adam with StyleGAN2's lazy-regularisation correction of lr and betas (when ``reg_every`` is set); ``beta1``
+    defaults to ``cfg.beta1``."""
     ratio = reg_every / (reg_every + 1) if reg_every else 1.0
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(cfg.beta1**ratio, cfg.beta2**ratio))
+    beta1 = cfg.beta1 if beta1 is None else beta1
+    params = [p for p in params if p.requires_grad]  # frozen pretrained trunks never step
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(beta1**ratio, cfg.beta2**ratio))
 
 
 class StylexTrainer:
@@ -154,7 +161,7 @@ class StylexTrainer:
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
         self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.lpips_net, self.device)
         self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None)
-        self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None)
+        self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None, cfg.beta1_e)
         self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg, cfg.r1_every if cfg.r1_gamma > 0 else None)
         self.opt_mapping = adam(self.G.mapping.parameters(), cfg.lr_g / MAPPING_LR_MUL, cfg, None)  # the mapping match
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
@@ -165,6 +172,11 @@ class StylexTrainer:
         self.images, self.resolution, self.num_classes = data.images, data.resolution, data.num_classes
         self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), cfg.batch_size, cfg.seed * 1000 + dist.rank)
         self.preview_images = self._preview_images(data)
+        self.collapse_images = self._heldout_images(data, COLLAPSE_IMAGES)
+        self.collapse_lpips = None  # LPIPS for the collapse check, chosen on first use
+        self.collapse_flag: str | None = None  # the last check's self-retrieval when it fired
+        if cfg.encoder_offset:
+            self._init_w_avg()
         self.preview_z = torch.randn(PREVIEW_COUNT, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
         self.step, self.train_seconds, self.checkpoint_step = 0, 0.0, None
         self.mean_path_length = torch.zeros((), device=self.device)
@@ -195,6 +207,8 @@ class StylexTrainer:
                 losses.update(self._path_length_step(condition))
         if cfg.weight_mapping_match > 0 and generated.w_encoded is not None:
             losses.update(self._mapping_match_step(generated.w_encoded.detach()))
+        if cfg.encoder_offset:
+            self._track_w_avg(generated.w_sampled)
         self._update_ema()
         self.step += 1
         return losses
@@ -258,11 +272,23 @@ class StylexTrainer:
     def _augment(self, images: Tensor) -> Tensor:
         return diff_augment(images, self.cfg.augment) if self.cfg.augment else images
 
+    def _judged(self, generated: Generated) -> tuple[Tensor, Tensor] | None:
+        """The generated images D judges, with their class weights: all of them, or only the random path's samples
+        (``stylex.adv_on_reconstructions`` off); None when there are none this step."""
+        if self.cfg.adv_on_reconstructions:
+            return generated.images, generated.probs
+        if generated.w_sampled is None:
+            return None
+        count = len(generated.w_sampled)
+        return generated.images[-count:], generated.probs[-count:]
+
     def _discriminator_step(self, x: Tensor, probs: Tensor, generated: Generated) -> dict[str, float]:
+        judged = self._judged(generated)
+        if judged is None:
+            return {}
         self.D.requires_grad_(True)
         with self._autocast():
-            loss = d_logistic_loss(self.D(self._augment(x), probs),
-                                   self.D(self._augment(generated.images.detach()), generated.probs))
+            loss = d_logistic_loss(self.D(self._augment(x), probs), self.D(self._augment(judged[0].detach()), judged[1]))
         values = self._checked({"d": loss})
         self._optimize(loss, [(self.D, self.opt_d)], self.scaler_d)
         return values
@@ -277,8 +303,8 @@ class StylexTrainer:
     def _generator_step(self, x: Tensor, logits: Tensor, generated: Generated) -> dict[str, float]:
         self.D.requires_grad_(False)
         with self._autocast():
-            terms = {} if self.warming_up else {
-                "adv": g_nonsaturating_loss(self.D(self._augment(generated.images), generated.probs))}
+            judged = None if self.warming_up else self._judged(generated)
+            terms = {} if judged is None else {"adv": g_nonsaturating_loss(self.D(self._augment(judged[0]), judged[1]))}
             rec = generated.reconstructions
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
@@ -351,6 +377,33 @@ class StylexTrainer:
         return dict(zip(losses, values))
 
     @torch.no_grad()
+    def _init_w_avg(self, count: int = 1024) -> None:
+        """E's offset origin: the mean of mapping(z) over ``count`` draws (from the model seed: equal on every rank)."""
+        z = torch.randn(count, self.cfg.latent_dim, generator=torch.Generator().manual_seed(self.cfg.seed))
+        self.E.w_avg.copy_(self.G.mapping(z.to(self.device)).mean(0))
+
+    @torch.no_grad()
+    def _track_w_avg(self, w_sampled: Tensor | None, beta: float = 0.995) -> None:
+        """Move E's offset origin towards this step's mean of mapping(z) (StyleGAN2's w_avg tracking)."""
+        w = w_sampled if w_sampled is not None else self._random_w(self.cfg.batch_size)
+        self.E.w_avg.lerp_(mean_across_ranks(w.detach().float().mean(0), self.dist), 1.0 - beta)
+
+    @torch.no_grad()
+    def check_collapse(self) -> dict[str, float]:
+        """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on held-out images; warns when it fires."""
+        if self.collapse_lpips is None:  # the training LPIPS when it is a real one (tests may pass a stand-in)
+            self.collapse_lpips = self.lpips if hasattr(self.lpips, "lins") else load_lpips("squeeze", self.device)
+        models = self.models()
+        images = to_float(self.collapse_images).to(self.device)
+        metrics = collapse_metrics(models.generator, models.encoder, self.classifier, images, self.collapse_lpips,
+                                   models.condition, seed=self.cfg.seed)
+        warning = collapse_warning(metrics)
+        self.collapse_flag = f"{metrics['recon_self_retrieval']:.2f}" if warning else None  # shown on the bar
+        if warning:
+            log.warning("step %d: %s", self.step, warning)
+        return metrics
+
+    @torch.no_grad()
     def _update_ema(self) -> None:
         beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(self.cfg.ema_half_life_images, 1e-8))
         pairs = [(self.G_ema, self.G)] + ([(self.E_ema, self.E)] if self.E_ema is not None else [])
@@ -382,13 +435,16 @@ class StylexTrainer:
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == total:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in self._log(window, window_start).items() if k in ("d", "adv", "l1", "kl")})
+                    shown = {k: f"{v:.3g}" for k, v in self._log(window, window_start).items() if k in ("d", "adv", "l1", "kl")}
+                    bar.set_postfix({**shown, **({"COLLAPSE": self.collapse_flag} if self.collapse_flag else {})})
                     window, window_start = {}, (self.step, time.perf_counter())
                 stopped_by_time = any_rank(time.perf_counter() - started > limit, self.device, self.dist)
                 if stopped_by_time or self.step == total:
                     break
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_previews()
+                if cfg.collapse_every and self.step % cfg.collapse_every == 0 and self.dist.is_main:
+                    self._log_record({"step": self.step, **self.check_collapse()})
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         finally:
@@ -412,11 +468,15 @@ class StylexTrainer:
         record = {"step": self.step, "images": self.step * self.cfg.batch_size * self.dist.world_size,
                   "seconds": round(self.train_seconds, 3),
                   "images_per_second": steps * self.cfg.batch_size * self.dist.world_size / max(seconds, 1e-9), **means}
+        self._log_record(record)
+        log.debug("step %d: %s", self.step, record)
+        return means
+
+    def _log_record(self, record: dict) -> None:
+        """Append one line to stats.jsonl (main rank, when there is a run folder)."""
         if self.dist.is_main and self.out_dir is not None:
             with open(self.out_dir / STATS_FILE, "a") as stats:
                 stats.write(json.dumps(record) + "\n")
-        log.debug("step %d: %s", self.step, record)
-        return means
 
     def _trim_stats(self) -> None:
         """Drop stats.jsonl lines past the current step (left by an interrupted session)."""
@@ -491,10 +551,14 @@ class StylexTrainer:
 
     # ---------------------------------------------------------------- previews
     def _preview_images(self, data: ImageDataset) -> Tensor:
+        return self._heldout_images(data, PREVIEW_COUNT)
+
+    @staticmethod
+    def _heldout_images(data: ImageDataset, count: int) -> Tensor:
         positions = data.indices("val")
         if len(positions) == 0:
             positions = data.indices("train")
-        return data.images[torch.as_tensor(positions[:PREVIEW_COUNT])]
+        return data.images[torch.as_tensor(positions[:count])]
 
     def models(self) -> StylexModels:
         """The current EMA generator, encoder and classifier, as later stages load them."""
@@ -534,12 +598,23 @@ class StylexTrainer:
 # -------------------------------------------------------------------- run-level helpers
 def train_stylex(run: Run, data: ImageDataset, classifier: nn.Module | None = None, device: torch.device | None = None,
                  dist: DistInfo = SINGLE, progress: bool = True) -> TrainSummary:
-    """Stage 03: train StylEx into the run folder, resuming from its checkpoint; saves the loss curves."""
+    """Stage 03: train StylEx into the run folder, resuming from its checkpoint; then, with
+    ``stylex.encoder_fit_minutes``, fit the encoder to the frozen G_ema (:mod:`stylexlib.gan.encoder_fit`) in the last
+    minutes of the time limit; saves the loss curves."""
     classifier = classifier if classifier is not None else load_run_classifier(run, data)
-    trainer = StylexTrainer(run.cfg.stylex, data, classifier, out_dir=run.dir, device=device, dist=dist,
+    cfg = run.cfg.stylex
+    fit_minutes = cfg.encoder_fit_minutes
+    if fit_minutes and cfg.time_limit_minutes:
+        if fit_minutes >= cfg.time_limit_minutes:
+            raise ValueError(f"stylex.encoder_fit_minutes ({fit_minutes}) must be less than stylex.time_limit_minutes "
+                             f"({cfg.time_limit_minutes}): the fit takes its minutes from the time limit")
+        cfg = dataclasses.replace(cfg, time_limit_minutes=cfg.time_limit_minutes - fit_minutes)
+    trainer = StylexTrainer(cfg, data, classifier, out_dir=run.dir, device=device, dist=dist,
                             fingerprint=stylex_fingerprint(run.cfg))
     trainer.resume()
     summary = trainer.train(progress=progress)
+    if fit_minutes and dist.is_main:
+        fit_checkpoint_encoder(trainer, data, fit_minutes, progress)
     history = read_stats(run.dir)
     if dist.is_main and history:
         fig = loss_curves(history)

@@ -1,0 +1,56 @@
+"""Named sets of StylEx training settings (``stylex.preset``), applied beneath a config file's own ``stylex:`` keys.
+
+- ``real``: photographs (the default for folder data): the settings that keep the encoder path on real faces,
+  measured in docs/experiments.md ("Real photographs").
+- ``none``: the dataclass defaults (the paper's loss weights), the default for the synthetic data, whose configs set
+  their own keys (configs/demo.yaml).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+REAL: dict[str, Any] = {
+    # sizes for 2 CPU cores at 32-64 px
+    "latent_dim": 64,
+    "mapping_layers": 4,
+    "channel_base": 2048,
+    "channel_max": 64,
+    "batch_size": 16,
+    # the encoder path on real images (docs/experiments.md, "Real photographs"): E is fitted to the frozen G_ema in the
+    # last minutes of the budget, since during the adversarial game E co-adapts with the live G and drifts from G_ema
+    "encoder_fit_minutes": 8,
+    # the demo's time-to-quality levers that carry over
+    "warmup_steps": 1000,
+    "weight_lpips": 1.0,
+    "weight_kl": 0.1,
+    "weight_sample_kl": 0.1,
+    "weight_mapping_match": 1.0,
+    "mixing_prob": 0.9,
+    "augment": "color,translation,cutout",
+    "r1_every": 16,
+    # a 2-core CPU budget: the time limit ends training (a GPU config raises both)
+    "steps": 20000,
+    "time_limit_minutes": 60,
+    "log_every": 50,
+    "sample_every": 500,
+    "checkpoint_every": 250,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"real": REAL, "none": {}}
+
+
+def preset_name(raw_stylex: dict[str, Any], data_source: str) -> str:
+    """The preset a config's ``stylex:`` section asks for: its ``preset`` key, else ``real`` for folder data and
+    ``none`` for the synthetic data."""
+    name = raw_stylex.get("preset") or ("real" if data_source == "folder" else "none")
+    if name not in PRESETS:
+        raise ValueError(f"stylex.preset must be one of {sorted(PRESETS)}, got '{name}'")
+    return name
+
+
+def with_preset(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw config dict with its StylEx preset's settings filled in beneath the keys it sets itself."""
+    stylex = dict(raw.get("stylex") or {})
+    data_source = (raw.get("data") or {}).get("source", "synthetic")
+    name = preset_name(stylex, data_source)
+    return {**raw, "stylex": {**PRESETS[name], **stylex, "preset": name}}

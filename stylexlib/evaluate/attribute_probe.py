@@ -1,0 +1,140 @@
+"""Do labelled attributes survive reconstruction? Linear probes for a folder dataset's extra CSV columns.
+
+For each column named in ``evaluate.attribute_columns`` (UTKFace: age, race), a linear probe on LPIPS-backbone
+features (:func:`stylexlib.evaluate.quality.lpips_features`) is fitted on real training images and scored on held-out
+originals and on their reconstructions: R^2 for numeric columns, accuracy for categorical ones (text, or integers with
+at most ``CATEGORY_MAX_VALUES`` distinct values). A reconstruction that keeps age and race scores near the originals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stylexlib.data import DataError, ImageDataset
+
+CATEGORY_MAX_VALUES = 10
+RIDGE = 1.0  # L2 penalty, in units of the standardised features' count
+
+
+def attribute_table(data: ImageDataset, columns: list[str]) -> pd.DataFrame:
+    """The labels CSV's ``columns`` for every image of a folder dataset, in the dataset's order."""
+    csv, file_column = data.info.get("labels_csv"), data.info.get("file_column", "file")
+    if not columns:
+        return pd.DataFrame(index=range(len(data)))
+    if not csv or data.files is None:
+        raise DataError(f"evaluate.attribute_columns {columns} needs folder data with a labels CSV (data.labels_csv)")
+    table = pd.read_csv(csv)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"evaluate.attribute_columns: {missing} not in {csv}; its columns: {', '.join(table.columns)}")
+    if file_column not in table.columns:
+        raise DataError(f"{csv} has no '{file_column}' column to match images by (data.file_column)")
+    by_file = table.drop_duplicates(file_column).set_index(table.drop_duplicates(file_column)[file_column].astype(str))
+    return by_file.reindex([Path(f).as_posix() for f in data.files])[columns].reset_index(drop=True)
+
+
+def is_categorical(values: pd.Series) -> bool:
+    """Text or boolean columns, and integer columns with few distinct values, are categories."""
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return True
+    clean = values.dropna()
+    return bool((clean == clean.round()).all() and clean.nunique() <= CATEGORY_MAX_VALUES)
+
+
+@dataclass
+class LinearProbe:
+    """A fitted linear read-out of one column from standardised features."""
+
+    column: str
+    categorical: bool
+    mean: Tensor
+    scale: Tensor
+    weight: Tensor  # (F + 1, outputs): bias row last
+    classes: list
+
+    def _design(self, features: Tensor) -> Tensor:
+        x = (features.double() - self.mean) / self.scale
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+    def predict(self, features: Tensor) -> np.ndarray:
+        """Predicted values (numeric) or class labels (categorical)."""
+        out = self._design(features) @ self.weight
+        if self.categorical:
+            return np.asarray(self.classes, dtype=object)[out.argmax(1).numpy()]
+        return out[:, 0].numpy()
+
+    def score(self, features: Tensor, values: pd.Series) -> float:
+        """R^2 (numeric) or accuracy (categorical) against the true values; rows with a missing value are skipped."""
+        keep = values.notna().to_numpy().copy()
+        predicted, truth = self.predict(features[torch.as_tensor(keep)]), values[keep].to_numpy()
+        if self.categorical:
+            return float((predicted.astype(str) == truth.astype(str)).mean())
+        truth = truth.astype(float)
+        return float(1.0 - ((truth - predicted) ** 2).sum() / max(((truth - truth.mean()) ** 2).sum(), 1e-12))
+
+
+def fit_probe(features: Tensor, values: pd.Series, column: str, steps: int = 200) -> LinearProbe:
+    """Ridge regression (numeric) or L2-regularised softmax regression (categorical) of ``values`` on features."""
+    keep = values.notna().to_numpy().copy()
+    if keep.sum() < 2:
+        raise DataError(f"attribute column '{column}' has fewer than 2 values on the training images")
+    x, values = features[torch.as_tensor(keep)].double(), values[keep]
+    mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+    categorical = is_categorical(values)
+    design = torch.cat([(x - mean) / scale, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    penalty = RIDGE * torch.eye(design.shape[1], dtype=x.dtype)
+    penalty[-1, -1] = 0.0  # the bias is not shrunk
+    if not categorical:
+        target = torch.tensor(values.to_numpy(dtype=float), dtype=x.dtype)[:, None]
+        weight = torch.linalg.solve(design.T @ design + penalty, design.T @ target)
+        return LinearProbe(column, False, mean, scale, weight, [])
+    classes = sorted(values.astype(str).unique())
+    target = torch.tensor(pd.Categorical(values.astype(str), categories=classes).codes, dtype=torch.long)
+    weight = torch.zeros(design.shape[1], len(classes), dtype=x.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(design @ weight, target) + (RIDGE / len(x)) * 0.5 * weight[:-1].square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return LinearProbe(column, True, mean, scale, weight.detach(), classes)
+
+
+def attribute_scores(train_features: Tensor, train_table: pd.DataFrame, originals: Tensor, reconstructions: Tensor,
+                     heldout_table: pd.DataFrame) -> pd.DataFrame:
+    """Per column: the probe's kind and its score on held-out originals and on their reconstructions (features)."""
+    rows = []
+    for column in train_table.columns:
+        probe = fit_probe(train_features, train_table[column], column)
+        rows.append({"column": column, "kind": "accuracy" if probe.categorical else "r2",
+                     "original": probe.score(originals, heldout_table[column]),
+                     "reconstruction": probe.score(reconstructions, heldout_table[column])})
+    return pd.DataFrame(rows, columns=["column", "kind", "original", "reconstruction"])
+
+
+@torch.no_grad()
+def reconstruction_attribute_scores(models, data: ImageDataset, heldout: np.ndarray, lpips_model, columns: list[str],
+                                    train_images: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """:func:`attribute_scores` for a trained StylEx model: probes fitted on up to ``train_images`` training images,
+    scored on the held-out images at positions ``heldout`` and on their reconstructions G(E(x), C(x))."""
+    from stylexlib.evaluate.quality import lpips_features
+
+    table = attribute_table(data, columns)
+    train = data.indices("train")
+    train = np.sort(np.random.default_rng(seed).permutation(train)[:train_images])
+    originals = data.images[torch.as_tensor(heldout)]
+    reconstructions = torch.cat([models.reconstruct(batch).clamp(-1, 1).cpu() for batch in originals.split(64)])
+    features = {name: lpips_features(lpips_model, images) for name, images in
+                (("train", models.prepare(data.images[torch.as_tensor(train)]).cpu()),
+                 ("original", models.prepare(originals).cpu()), ("reconstruction", reconstructions))}
+    return attribute_scores(features["train"], table.iloc[train].reset_index(drop=True), features["original"],
+                            features["reconstruction"], table.iloc[heldout].reset_index(drop=True))

@@ -1,0 +1,147 @@
+"""The encoder-collapse detector, the encoder's backbones and offset, the real-data preset, D's judged images."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from stylexlib.core.config import ConfigError, StylexConfig, from_dict
+from stylexlib.core.presets import REAL
+from stylexlib.gan.collapse import collapse_warning, pairwise_lpips, self_retrieval, spread_ratio
+from stylexlib.gan.encoder import Encoder
+from stylexlib.gan.losses import load_lpips, lpips_distance
+from tests.test_train import TINY, make_trainer
+
+
+@pytest.fixture(scope="module")
+def lpips_model() -> torch.nn.Module:
+    return load_lpips("squeeze")
+
+
+def test_pairwise_lpips_equals_lpips_of_each_pair_at_64px(lpips_model) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1 for _ in range(2))
+    table = pairwise_lpips(lpips_model, x, y)
+    for i in range(4):  # row i: reconstruction y[i] against every input
+        expected = lpips_distance(lpips_model, x, y[i : i + 1].expand(4, -1, -1, -1), min_size=64)
+        assert torch.allclose(table[i], expected, atol=1e-5)
+    assert not torch.allclose(table[0], lpips_distance(lpips_model, x, y[:1].expand(4, -1, -1, -1)), atol=1e-4)
+
+
+def test_self_retrieval_tells_recognisable_from_collapsed_reconstructions(lpips_model) -> None:
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.rand(8, 3, 32, 32, generator=gen) * 2 - 1
+    noisy = (inputs + 0.1 * torch.randn(inputs.shape, generator=gen)).clamp(-1, 1)
+    assert self_retrieval(pairwise_lpips(lpips_model, inputs, noisy)) == 1.0
+    average = inputs.mean(0, keepdim=True).expand(8, -1, -1, -1)  # one average image for every input
+    assert self_retrieval(pairwise_lpips(lpips_model, inputs, average)) <= 1 / 8
+    assert self_retrieval(torch.tensor([[0.1, 0.1], [0.2, 0.3]])) == 0.0  # ties and misses do not count
+
+
+def test_spread_ratio_and_warning() -> None:
+    w = torch.randn(512, 8)
+    assert spread_ratio(w * 0.1, w) == pytest.approx(0.1, rel=1e-4)
+    assert collapse_warning({"recon_self_retrieval": 0.02, "encoder_spread_ratio": 0.1}) is not None
+    assert collapse_warning({"recon_self_retrieval": 0.95, "encoder_spread_ratio": 0.9}) is None
+    assert "recon_self_retrieval 0.30" in collapse_warning({"recon_self_retrieval": 0.3, "encoder_spread_ratio": 0.9})
+
+
+def test_residual_encoder_keeps_its_checkpoint_keys() -> None:
+    keys = set(Encoder(16, 8, dataclasses.replace(TINY, latent_dim=8)).state_dict())
+    assert {"fc.weight", "to_latent.weight", "conv.weight"} <= keys and "w_avg" not in keys
+
+
+def test_squeeze_encoder_trains_only_its_heads_and_offsets_from_w_avg(lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, encoder="squeeze", encoder_offset=True)
+    encoder = Encoder(16, cfg.latent_dim, cfg, trunk=lpips_model)
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    w = encoder(x)
+    encoder.w_avg.fill_(2.0)
+    assert torch.allclose(encoder(x), w + 2.0)
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith(("features.projections", "fc.", "to_latent.")) for name in trainable)
+    encoder.requires_grad_(True)  # as a trainer might: the pretrained trunk stays frozen
+    assert not any(p.requires_grad for p in encoder.features.slices.parameters())
+    with pytest.raises(ValueError, match="stylex.encoder"):
+        Encoder(16, 8, dataclasses.replace(TINY, encoder="resnet"))
+
+
+def test_trainer_tracks_w_avg_and_steps_only_trainable_encoder_weights(lpips_model) -> None:
+    from tests.test_train import tiny_dataset
+    from stylexlib.classifier.model import build_classifier
+
+    cfg = dataclasses.replace(TINY, encoder="squeeze", encoder_offset=True, beta1_e=0.9, warmup_steps=0)
+    trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, None)
+    with torch.no_grad():
+        expected = trainer.G.mapping(torch.randn(4096, cfg.latent_dim)).mean(0)
+    assert torch.allclose(trainer.E.w_avg, expected, atol=0.1 * expected.abs().max() + 1e-3)
+    assert trainer.opt_e.param_groups[0]["betas"][0] == 0.9
+    assert all(p.requires_grad for p in trainer.opt_e.param_groups[0]["params"])
+    before = trainer.E.w_avg.clone()
+    trainer.train_step()
+    assert not torch.equal(before, trainer.E.w_avg)
+    metrics = trainer.check_collapse()
+    assert 0.0 <= metrics["recon_self_retrieval"] <= 1.0 and metrics["encoder_spread_ratio"] > 0
+
+
+def test_adversarial_terms_can_leave_the_reconstructions_out(lpips_model) -> None:
+    from tests.test_train import tiny_dataset
+    from stylexlib.classifier.model import build_classifier
+
+    data, classifier = tiny_dataset(), build_classifier(2, 16, width=4).eval()
+    for on in (True, False):
+        trainer = make_trainer(dataclasses.replace(TINY, adv_on_reconstructions=on), data, classifier, lpips_model,
+                               None)
+        seen = []
+        forward = trainer.D.forward
+        trainer.D.forward = lambda images, probs: seen.append(len(images)) or forward(images, probs)
+        trainer.train_step()
+        batch = TINY.batch_size
+        # D step: real batch, then the judged fakes; the G step judges the same fakes
+        assert seen[:2] == [batch, 2 * batch if on else batch] and seen[-1] == (2 * batch if on else batch)
+
+
+def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
+    folder = {"data": {"source": "folder", "root": "/x"}}
+    cfg = from_dict(folder)
+    assert cfg.stylex.preset == "real" and cfg.stylex.encoder == REAL["encoder"] == "squeeze"
+    cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "encoder": "residual"}})
+    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "residual" and cfg.stylex.encoder_offset is True
+    plain = from_dict({**folder, "stylex": {"preset": "none"}})
+    assert plain.stylex.encoder == StylexConfig().encoder and plain.stylex.weight_kl == StylexConfig().weight_kl
+    assert from_dict({}).stylex == StylexConfig()  # synthetic data: the defaults
+    assert from_dict(dataclasses.asdict(cfg)) == cfg  # a resolved config reads back unchanged
+    with pytest.raises(ConfigError, match="stylex.preset"):
+        from_dict({"stylex": {"preset": "photos"}})
+
+
+def test_encoder_fit_trains_only_a_copy_of_e_and_later_stages_load_it(tmp_path, lpips_model) -> None:
+    from stylexlib.classifier.model import build_classifier
+    from stylexlib.gan.checkpoint import load_checkpoint
+    from stylexlib.gan.encoder_fit import EncoderFitter, fit_checkpoint_encoder
+    from stylexlib.gan.models import load_models
+    from tests.test_train import tiny_dataset
+
+    data, classifier = tiny_dataset(), build_classifier(2, 16, width=4).eval()
+    cfg = dataclasses.replace(TINY, steps=2, checkpoint_every=0, encoder_fit_lr=3e-3)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
+    trainer.train(progress=False)
+    models = trainer.models()
+    generator_before = {k: v.clone() for k, v in models.generator.state_dict().items()}
+    encoder_before = {k: v.clone() for k, v in models.encoder.state_dict().items()}
+    fitter = EncoderFitter(cfg, models.generator, models.encoder, classifier, lpips_model, data, torch.device("cpu"))
+    first = {k: float(v) for k, v in fitter.train_step().items()}
+    assert {"l1", "lpips", "kl", "sample_cycle"} <= set(first)
+    for _ in range(40):
+        last = fitter.train_step()
+    assert float(last["l1"]) + float(last["lpips"]) < first["l1"] + first["lpips"]  # it learns to reconstruct
+    assert all(torch.equal(v, models.generator.state_dict()[k]) for k, v in generator_before.items())  # G frozen
+    assert all(torch.equal(v, models.encoder.state_dict()[k]) for k, v in encoder_before.items())  # a copy trains
+
+    summary = fit_checkpoint_encoder(trainer, data, minutes=0.02, progress=False)
+    state = load_checkpoint(trainer.checkpoint_file)
+    assert summary.steps > 0 and state["encoder_fit"]["step"] == trainer.step == 2
+    loaded = load_models(trainer.checkpoint_file, classifier, None, "03", "cpu")
+    assert all(torch.equal(v, loaded.encoder.state_dict()[k]) for k, v in state["E_fit"].items())
+    assert fit_checkpoint_encoder(trainer, data, minutes=0.02, progress=False) is None  # done for this step already

@@ -1,0 +1,44 @@
+"""The shipped configs for photographs: the real-data preset, the age task's classes, the GPU config on CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stylexlib.core.config import load_config
+from stylexlib.core.presets import REAL
+from stylexlib.data import load_dataset
+from stylexlib.gan.training import StylexTrainer
+from tests.conftest import REPO, SHARED
+
+needs_data = pytest.mark.skipif(not (SHARED / "data" / "utkface").exists(), reason="../shared/data is not here")
+
+
+@pytest.mark.parametrize("name", ["utkface", "utkface_age", "utkface_gpu", "cats_vs_dogs"])
+def test_folder_configs_use_the_real_preset(name: str) -> None:
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes > 0
+    assert cfg.stylex.encoder_fit_minutes < cfg.stylex.time_limit_minutes
+    if name != "utkface_gpu":  # the CPU configs keep the preset's sizes and schedule
+        assert {k: getattr(cfg.stylex, k) for k in REAL if k != "time_limit_minutes"} == \
+            {k: v for k, v in REAL.items() if k != "time_limit_minutes"}
+
+
+@needs_data
+def test_age_task_keeps_young_and_old_adults_only() -> None:
+    cfg = load_config(REPO / "configs" / "utkface_age.yaml", ["data.resolution=16", "data.max_images=400"])
+    data = load_dataset(cfg.data)
+    assert data.class_names == ["old", "young"] and min(data.class_counts().values()) > 50
+
+
+@needs_data
+def test_gpu_config_starts_on_cpu() -> None:
+    cfg = load_config(REPO / "configs" / "utkface_gpu.yaml",
+                      ["data.max_images=48", "stylex.device=cpu", "stylex.batch_size=2", "stylex.warmup_steps=1",
+                       "stylex.precision=fp32"])
+    data = load_dataset(cfg.data)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2))
+    trainer = StylexTrainer(cfg.stylex, data, classifier)
+    assert trainer.G.latent_dim == 512 and trainer.G.style_dim > 4000
+    warmup, adversarial = trainer.train_step(), trainer.train_step()
+    assert "adv" not in warmup and {"d", "adv", "l1", "lpips"} <= set(adversarial)
+    assert all(torch.isfinite(torch.tensor(v)) for v in adversarial.values())
