@@ -43,5 +43,17 @@ def test_probes_read_a_linear_number_and_a_category_and_lose_them_on_noise() -> 
     assert scores.loc["age", "original"] > 0.98 and scores.loc["group", "original"] > 0.85
     assert scores.loc["age", "reconstruction"] < 0.2 and scores.loc["group", "reconstruction"] < 0.7
     reference = np.polyfit(features[train, 0].numpy(), age[train].to_numpy(), 1)  # one feature: ordinary least squares
-    single = fit_probe(features[train, :1], age[train], "age")
+    single = fit_probe(features[train, :1], age[train], "age")  # a tiny penalty wins on clean data
     assert np.allclose(single.predict(features[test, :1]), np.polyval(reference, features[test, 0].numpy()), atol=0.5)
+
+
+def test_the_penalty_is_chosen_so_that_wide_features_do_not_overfit() -> None:
+    from stylexlib.evaluate.attribute_probe import RIDGE_GRID, _solve
+
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(400, 240, generator=gen)  # about as many features as training rows, as on UTKFace
+    age = pd.Series((3 * features[:, :5].sum(1) + 4 * torch.randn(400, generator=gen)).numpy())
+    train, test = slice(0, 250), slice(250, 400)
+    chosen = fit_probe(features[train], age[train], "age").score(features[test], age[test].reset_index(drop=True))
+    weakest = _solve(features[train].double(), age[train], "age", False, min(RIDGE_GRID), 10)
+    assert chosen > 0.15 and weakest.score(features[test], age[test].reset_index(drop=True)) < -1  # unpenalised: noise

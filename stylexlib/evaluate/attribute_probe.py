@@ -19,7 +19,7 @@ from torch import Tensor
 from stylexlib.data import DataError, ImageDataset
 
 CATEGORY_MAX_VALUES = 10
-RIDGE = 1.0  # L2 penalty, in units of the standardised features' count
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 penalties tried per row of standardised features
 
 
 def attribute_table(data: ImageDataset, columns: list[str]) -> pd.DataFrame:
@@ -79,18 +79,28 @@ class LinearProbe:
         return float(1.0 - ((truth - predicted) ** 2).sum() / max(((truth - truth.mean()) ** 2).sum(), 1e-12))
 
 
-def fit_probe(features: Tensor, values: pd.Series, column: str, steps: int = 200) -> LinearProbe:
-    """Ridge regression (numeric) or L2-regularised softmax regression (categorical) of ``values`` on features."""
+def fit_probe(features: Tensor, values: pd.Series, column: str, steps: int = 100, seed: int = 0) -> LinearProbe:
+    """Ridge regression (numeric) or L2-regularised softmax regression (categorical) of ``values`` on features; the
+    penalty is chosen from ``RIDGE_GRID`` on a seeded fifth of the rows held out, then the probe is refitted on all."""
     keep = values.notna().to_numpy().copy()
-    if keep.sum() < 2:
-        raise DataError(f"attribute column '{column}' has fewer than 2 values on the training images")
-    x, values = features[torch.as_tensor(keep)].double(), values[keep]
-    mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+    if keep.sum() < 10:
+        raise DataError(f"attribute column '{column}' has fewer than 10 values on the training images")
+    x, values = features[torch.as_tensor(keep)].double(), values[keep].reset_index(drop=True)
     categorical = is_categorical(values)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    held, fit = order[: len(x) // 5], order[len(x) // 5 :]
+    best = max(RIDGE_GRID, key=lambda ridge: _solve(x[fit], values.iloc[fit.numpy()], column, categorical, ridge,
+                                                    steps).score(x[held], values.iloc[held.numpy()]))
+    return _solve(x, values, column, categorical, best, steps)
+
+
+def _solve(x: Tensor, values: pd.Series, column: str, categorical: bool, ridge: float, steps: int) -> LinearProbe:
+    """The probe at one penalty (``ridge`` x the number of rows, on standardised features)."""
+    mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
     design = torch.cat([(x - mean) / scale, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    penalty = RIDGE * torch.eye(design.shape[1], dtype=x.dtype)
-    penalty[-1, -1] = 0.0  # the bias is not shrunk
     if not categorical:
+        penalty = ridge * len(x) * torch.eye(design.shape[1], dtype=x.dtype)
+        penalty[-1, -1] = 0.0  # the bias is not shrunk
         target = torch.tensor(values.to_numpy(dtype=float), dtype=x.dtype)[:, None]
         weight = torch.linalg.solve(design.T @ design + penalty, design.T @ target)
         return LinearProbe(column, False, mean, scale, weight, [])
@@ -101,7 +111,7 @@ def fit_probe(features: Tensor, values: pd.Series, column: str, steps: int = 200
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(design @ weight, target) + (RIDGE / len(x)) * 0.5 * weight[:-1].square().sum()
+        loss = F.cross_entropy(design @ weight, target) + 0.5 * ridge * weight[:-1].square().sum()
         loss.backward()
         return loss
 
