@@ -18,11 +18,11 @@ from stylexlib.classifier.predict import classify
 from stylexlib.core.io import write_table
 from stylexlib.data import to_float
 from stylexlib.evaluate.scores import (bootstrap_interval, deletion_insertion_auc, factor_identification,
-                                       map_factor_scores, pointing_game, relevance_mass)
+                                       map_factor_scores, pointing_game, relevance_mass, relevance_rank_accuracy)
 from stylexlib.explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
 
-COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass", "pointing_game",
-           "deletion_auc", "insertion_auc", "seconds_per_image"]
+COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass",
+           "relevance_rank_accuracy", "pointing_game", "deletion_auc", "insertion_auc", "seconds_per_image"]
 
 
 def explanation_maps(classifier: nn.Module, images: Tensor, target: Tensor, methods: tuple[str, ...] = METHODS,
@@ -75,6 +75,7 @@ def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict
             region = torch.stack([masks[sensitivity.columns[f]][i] for i, f in enumerate(used)])
             per_image.update(factor_top1=ident["factor_top1"].to_numpy(), factor_spearman=ident["factor_spearman"].to_numpy(),
                              relevance_mass=relevance_mass(relevance, region).numpy(),
+                             relevance_rank_accuracy=relevance_rank_accuracy(relevance.abs(), region).numpy(),
                              pointing_game=pointing_game(relevance, region).numpy())
         row = {"method": method, "family": "attribute" if method == "stylex" else "saliency", "task": task,
                "images": len(images), "seconds_per_image": seconds}
