@@ -54,14 +54,27 @@ def saliency_by_image(classifier: nn.Module, images: Tensor, indices: list[int],
     return {int(index): torch.stack([maps[m][0][j] for m in methods]) for j, index in enumerate(indices)}
 
 
+def constant_guess(masks: dict[str, Tensor], sensitivity: pd.DataFrame) -> tuple[Tensor, pd.DataFrame]:
+    """The answer that ignores the image: the factor the classifier uses most often (over these images) named on every
+    image, as a map (its region) and as factor scores (each factor's share of images it is the most used on)."""
+    used = np.bincount(sensitivity.to_numpy().argmax(1), minlength=sensitivity.shape[1]) / len(sensitivity)
+    region = masks[sensitivity.columns[int(used.argmax())]].float()
+    return region, pd.DataFrame(np.repeat(used[None], len(sensitivity), 0), columns=sensitivity.columns)
+
+
 def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict[str, tuple[Tensor, float]],
                task: str, masks: dict[str, Tensor] | None = None, sensitivity: pd.DataFrame | None = None,
-               factor_scores: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+               factor_scores: dict[str, pd.DataFrame] | None = None, baseline: bool = True) -> pd.DataFrame:
     """One row per method: means over images (95% bootstrap intervals in ``*_low`` / ``*_high``).
 
     A map's factor scores are its rank accuracy in each factor's region; ``factor_scores`` (per method, images x
     factors) replaces them for explainers that say *what* changes: StylEx and the GAN edits, whose changes the factor
-    probe reads."""
+    probe reads. With the answer key and ``baseline``, a last row ``constant_guess`` (:func:`constant_guess`, family
+    "baseline") is scored the same way: what naming the usual factor without looking at the image achieves."""
+    if masks is not None and sensitivity is not None and baseline:
+        region, guessed = constant_guess(masks, sensitivity)
+        maps = {**maps, "constant_guess": (region, 0.0)}
+        factor_scores = {**(factor_scores or {}), "constant_guess": guessed}
     rows = []
     for method, (relevance, seconds) in maps.items():
         per_image = {}
@@ -77,7 +90,8 @@ def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict
                              relevance_mass=relevance_mass(relevance, region).numpy(),
                              relevance_rank_accuracy=relevance_rank_accuracy(relevance.abs(), region).numpy(),
                              pointing_game=pointing_game(relevance, region).numpy())
-        row = {"method": method, "family": "attribute" if method == "stylex" else "saliency", "task": task,
+        family = {"stylex": "attribute", "constant_guess": "baseline"}.get(method, "saliency")
+        row = {"method": method, "family": family, "task": task,
                "images": len(images), "seconds_per_image": seconds}
         for name, values in per_image.items():
             row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_interval(values)

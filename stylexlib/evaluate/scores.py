@@ -8,6 +8,8 @@
   2018: is the most relevant pixel inside it).
 - faithfulness: deletion and insertion AUC (Petsiuk et al. 2018): p(target) as pixels are removed (set to the
   baseline, gray) most relevant first, or inserted into the baseline most relevant first.
+- counterfactuals: COUT (Khorram & Fuxin 2022, as ACE evaluates it): how fast pasting a counterfactual's pixels into
+  the original, most changed first, moves the classifier from the source class to the target class.
 
 ``tests/test_metric_references.py`` checks these against Quantus 0.6 (``PointingGame``, ``RelevanceMassAccuracy``,
 ``RelevanceRankAccuracy``, ``PixelFlipping``) and the intervals against scipy; each function's docstring says where
@@ -102,6 +104,32 @@ def deletion_insertion_auc(classifier: nn.Module, images: Tensor, maps: Tensor, 
     Lower deletion and higher insertion AUC: the map ranks the pixels the classifier needs first."""
     fractions, deletion, insertion = deletion_insertion_curves(classifier, images, maps, target, steps, baseline)
     return torch.trapezoid(deletion, fractions, dim=1), torch.trapezoid(insertion, fractions, dim=1)
+
+
+@torch.no_grad()
+def cout(classifier: nn.Module, originals: Tensor, counterfactuals: Tensor, source: Tensor | int,
+         target: Tensor | int, steps: int = 50) -> Tensor:
+    """(N,) counterfactual transition (COUT): the counterfactual's pixels pasted into the original in order of
+    |x' - x| (summed over channels), ``H * W // steps`` pixels at a time; the area under p(target) minus the area
+    under p(source) over the fraction of pixels pasted, in [-1, 1]. A counterfactual equal to the original scores
+    p(target | x) - p(source | x); one whose first changed pixels already flip the class scores near 1.
+
+    As ACE's evaluation (from C3LT's code), except that the last, partial step counts for its true share of the
+    pixels (there every step counts as full, so the area can exceed 1 slightly)."""
+    n, _, h, w = originals.shape
+    source, target = (torch.as_tensor(c).expand(n).long()[:, None] for c in (source, target))
+    change = (counterfactuals - originals).abs().sum(1).flatten(1)
+    order = change.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(h * w).expand(n, -1).contiguous())
+    counts = list(range(0, h * w, max(1, h * w // steps))) + [h * w]
+    device = next(classifier.parameters(), torch.empty(0)).device
+    curve = []
+    for count in counts:
+        pasted = torch.where((ranks < count).view(n, 1, h, w), counterfactuals, originals)
+        p = classifier(pasted.to(device)).float().softmax(1).cpu()
+        curve.append(p.gather(1, target)[:, 0] - p.gather(1, source)[:, 0])
+    return torch.trapezoid(torch.stack(curve, 1), torch.tensor(counts) / (h * w), dim=1)
 
 
 def bootstrap_interval(values, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
