@@ -161,14 +161,16 @@ def test_bootstrap_interval_brackets_the_mean() -> None:
 def test_the_benchmark_scores_every_method_against_the_key(factors) -> None:
     from stylexlib.data import to_float
     from stylexlib.data.synthetic import render
-    from stylexlib.evaluate import COLUMNS, explanation_maps, score_maps
+    from stylexlib.evaluate import COLUMNS, explanation_maps, paired_bootstrap_interval, score_maps
+    from stylexlib.evaluate.benchmark import paired_differences
 
     classifier, images = CornerRed(), to_float(render(factors, 32))
     target = torch.ones(6, dtype=torch.long)
     maps = explanation_maps(classifier, images, target, ("gradient", "occlusion", "integrated_gradients"))
     masks = factor_masks(factors, 32)
+    per_image = {}
     table = score_maps(classifier, images, target, maps, "corner", masks,
-                       factor_sensitivity(classifier, factors, 32, target)).set_index("method")
+                       factor_sensitivity(classifier, factors, 32, target), per_image=per_image).set_index("method")
     assert list(table.reset_index().columns[:len(COLUMNS)]) == COLUMNS
     assert table.loc["gradient", "factor_top1"] == 1.0 and table.loc["gradient", "relevance_mass"] == pytest.approx(1.0)
     assert table.loc["integrated_gradients", "pointing_game"] == 1.0
@@ -176,6 +178,15 @@ def test_the_benchmark_scores_every_method_against_the_key(factors) -> None:
     assert (table["factor_top1_low"] <= table["factor_top1"]).all() and (table["task"] == "corner").all()
     guess = table.loc["constant_guess"]  # CornerRed reads only the background: naming it always is right
     assert guess["family"] == "baseline" and guess["factor_top1"] == 1.0 and guess["relevance_mass"] == 1.0
+    assert set(per_image) == set(table.index) and len(per_image["gradient"]) == 6
+    assert per_image["occlusion"]["deletion_auc"].mean() == pytest.approx(table.loc["occlusion", "deletion_auc"])
+    paired = paired_differences(per_image, reference="gradient", task="corner").set_index(["method", "score"])
+    assert set(paired.index.get_level_values(0)) == set(table.index) - {"gradient"}
+    row = paired.loc[("occlusion", "deletion_auc")]
+    a, b = per_image["gradient"]["deletion_auc"], per_image["occlusion"]["deletion_auc"]
+    assert (row["difference"], row["low"], row["high"]) == pytest.approx(paired_bootstrap_interval(a, b))
+    assert row["images"] == 6 and row["difference"] == pytest.approx(a.mean() - b.mean())
+    assert paired_differences(per_image).empty  # no StylEx among these methods
     real = score_maps(classifier, images, target, maps, "folder")  # no key: faithfulness only
     assert real["factor_top1"].isna().all() and real["deletion_auc"].notna().all() and "constant_guess" not in set(
         real["method"])
