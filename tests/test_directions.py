@@ -148,6 +148,35 @@ def test_separation_needs_the_rule_and_the_shortcut_in_different_edits() -> None
     assert separation(both, groups)["top_factors"] == "a#1:mouth a#2:hair b#1:glasses"
 
 
+def test_edit_measures_score_the_usable_edits_visible_change_cout_and_named_kid() -> None:
+    from stylexlib.evaluate.directions import edit_measures
+    from stylexlib.evaluate.quality import feature_kid, lpips_features
+    from stylexlib.evaluate.scores import cout
+    from stylexlib.gan.losses import load_lpips, lpips_distance, visible_change
+
+    gen = torch.Generator().manual_seed(0)
+    original = torch.rand(6, 3, 16, 16, generator=gen) * 2 - 1
+    edited = original.clone()
+    edited[:, :, 4:10, 4:10] = 1.0  # a bright square
+    edited[5] = -original[5]  # the one image without an edit: left out of every measure
+    usable = torch.tensor([True] * 5 + [False])
+    top1 = {"original": original, "edited": edited, "usable": usable, "drop": torch.tensor([1.0] * 5 + [9.0]),
+            "target": torch.zeros(6, dtype=torch.long), "toward": torch.ones(6, dtype=torch.long)}
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2)).eval()
+    lpips_model = load_lpips("squeeze")
+    real = lpips_features(lpips_model, torch.rand(8, 3, 16, 16, generator=gen) * 2 - 1)
+    out = edit_measures(top1, lpips_model, real, classifier)
+    seen = visible_change(lpips_model, original[:5], edited[:5]).mean()
+    assert out["lpips"] == pytest.approx(float(seen), rel=1e-5) and out["logodds_change"] == 1.0
+    assert out["lpips"] != pytest.approx(float(lpips_distance(lpips_model, original[:5], edited[:5]).mean()), rel=0.05)
+    assert out["kid_lpips_squeeze"] == pytest.approx(feature_kid(lpips_features(lpips_model, edited[:5]), real))
+    assert "kid_lpips_squeeze_unedited" in out
+    expected = cout(classifier, original[:5], edited[:5], 0, 1)
+    assert out["cout"] == pytest.approx(float(expected.mean()), rel=1e-5) and out["cout_low"] <= out["cout"]
+    assert "cout" not in edit_measures(top1, lpips_model, real)  # no classifier, no COUT
+
+
 def test_methods_table_keeps_one_stylex_row_with_both_stages_scores() -> None:
     from stylexlib.evaluate.gan_baselines import merge_methods
 
@@ -156,10 +185,13 @@ def test_methods_table_keeps_one_stylex_row_with_both_stages_scores() -> None:
     gan_rows = pd.DataFrame({"method": ["stylex", "ganspace", "ganspace"],
                              "family": ["attribute", "direction", "direction"], "task": "t",
                              "gan": ["stylex", "stylex", "plain"],
-                             "factor_top1": [0.1, 0.3, 0.4], "flip_rate_top1": [0.6, 0.2, 0.1]})
+                             "factor_top1": [0.1, 0.3, 0.4], "flip_rate_top1": [0.6, 0.2, 0.1],
+                             "cout": [0.7, 0.1, 0.2], "kid_lpips_squeeze": [0.05, 0.3, 0.2],
+                             "realism": [0.05, 0.3, 0.2]})
     table = merge_methods(saliency, gan_rows)
     assert list(table["method"]) == ["occlusion", "stylex", "ganspace", "ganspace"]
     stylex = table[table["method"] == "stylex"].iloc[0]
     assert stylex["factor_top1"] == 0.5 and stylex["flip_rate_top1"] == 0.6 and stylex["gan"] == "stylex"
+    assert stylex["cout"] == 0.7 and stylex["kid_lpips_squeeze"] == 0.05 and stylex["realism"] == 0.05
     assert list(table.loc[table["method"] == "ganspace", "factor_top1"]) == [0.3, 0.4]
     assert merge_methods(None, gan_rows).equals(gan_rows)

@@ -11,7 +11,7 @@ import torch
 from stylexlib.core.config import DataConfig
 from stylexlib.data import to_float
 from stylexlib.data.synthetic import intervene, make_synthetic_dataset, render, sample_factors
-from stylexlib.evaluate import (bootstrap_interval, deletion_insertion_auc, factor_identification, factor_masks,
+from stylexlib.evaluate import (bootstrap_interval, cout, deletion_insertion_auc, factor_identification, factor_masks,
                                 factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
 from stylexlib.evaluate.ground_truth import (factor_visibility, mirrored, truth_yardstick, yardstick_caption,
                                              yardstick_metrics)
@@ -122,6 +122,37 @@ def test_deletion_and_insertion_prefer_the_pixels_the_classifier_uses() -> None:
     assert (deletion_right < deletion_random).all() and (insertion_right > insertion_random).all()
 
 
+class RedShare(torch.nn.Module):
+    """Class 1 exactly when more than a quarter of the red channel is lit (mean red > 0.25); a hard threshold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1e4))
+
+    def forward(self, images):
+        lit = images[:, 0].mean(dim=(1, 2)) - 0.25
+        return torch.stack([torch.zeros_like(lit), lit * self.scale], 1)
+
+
+def test_cout_integrates_the_transition_from_source_to_target() -> None:
+    """10x10 images, 2 pixels per step: the counterfactual lights 50 red pixels (and faintly tints 50 others in the
+    channels the classifier ignores). Pasted most changed first, p(1) turns 1 after 13 steps: the area under p(1) is
+    (0.5 + 37) / 50 = 0.75, under p(0) 0.25, COUT 0.5; pasted least changed first it would be -0.5."""
+    original = torch.zeros(2, 3, 10, 10)
+    counterfactual = original.clone()
+    counterfactual.view(2, 3, 100)[:, :, :50] = 1.0
+    counterfactual.view(2, 3, 100)[:, 1:, 50:] = 0.01
+    classifier = RedShare()
+    assert torch.allclose(cout(classifier, original, counterfactual, 0, 1), torch.tensor([0.5, 0.5]), atol=1e-6)
+    assert torch.allclose(cout(classifier, original, counterfactual, torch.tensor([1, 1]), 0), torch.tensor([-0.5] * 2),
+                          atol=1e-6)  # source and target swapped
+    assert torch.allclose(cout(classifier, original, original, 0, 1), torch.tensor([-1.0, -1.0]))  # p(1|x) - p(0|x)
+    undecided = torch.full_like(original, 0.25)
+    assert torch.allclose(cout(classifier, undecided, undecided, 0, 1), torch.zeros(2))
+    flat = cout(classifier, original, counterfactual, 0, 1, steps=10)  # 10 px a step: p(1) = 1 from step 3 on
+    assert torch.allclose(flat, torch.tensor([2 * (0.5 + 7) / 10 - 1] * 2), atol=1e-6)
+
+
 def test_bootstrap_interval_brackets_the_mean() -> None:
     mean, low, high = bootstrap_interval(np.r_[np.linspace(0, 1, 50), np.nan])
     assert low < mean < high and mean == pytest.approx(0.5) and high - low < 0.25
@@ -130,17 +161,44 @@ def test_bootstrap_interval_brackets_the_mean() -> None:
 def test_the_benchmark_scores_every_method_against_the_key(factors) -> None:
     from stylexlib.data import to_float
     from stylexlib.data.synthetic import render
-    from stylexlib.evaluate import COLUMNS, explanation_maps, score_maps
+    from stylexlib.evaluate import COLUMNS, explanation_maps, paired_bootstrap_interval, score_maps
+    from stylexlib.evaluate.benchmark import paired_differences
 
     classifier, images = CornerRed(), to_float(render(factors, 32))
     target = torch.ones(6, dtype=torch.long)
     maps = explanation_maps(classifier, images, target, ("gradient", "occlusion", "integrated_gradients"))
     masks = factor_masks(factors, 32)
+    per_image = {}
     table = score_maps(classifier, images, target, maps, "corner", masks,
-                       factor_sensitivity(classifier, factors, 32, target)).set_index("method")
+                       factor_sensitivity(classifier, factors, 32, target), per_image=per_image).set_index("method")
     assert list(table.reset_index().columns[:len(COLUMNS)]) == COLUMNS
     assert table.loc["gradient", "factor_top1"] == 1.0 and table.loc["gradient", "relevance_mass"] == pytest.approx(1.0)
     assert table.loc["integrated_gradients", "pointing_game"] == 1.0
+    assert 0 < table.loc["gradient", "relevance_rank_accuracy"] < 1  # 9 pixels lit of the large background region
     assert (table["factor_top1_low"] <= table["factor_top1"]).all() and (table["task"] == "corner").all()
+    guess = table.loc["constant_guess"]  # CornerRed reads only the background: naming it always is right
+    assert guess["family"] == "baseline" and guess["factor_top1"] == 1.0 and guess["relevance_mass"] == 1.0
+    assert set(per_image) == set(table.index) and len(per_image["gradient"]) == 6
+    assert per_image["occlusion"]["deletion_auc"].mean() == pytest.approx(table.loc["occlusion", "deletion_auc"])
+    paired = paired_differences(per_image, reference="gradient", task="corner").set_index(["method", "score"])
+    assert set(paired.index.get_level_values(0)) == set(table.index) - {"gradient"}
+    row = paired.loc[("occlusion", "deletion_auc")]
+    a, b = per_image["gradient"]["deletion_auc"], per_image["occlusion"]["deletion_auc"]
+    assert (row["difference"], row["low"], row["high"]) == pytest.approx(paired_bootstrap_interval(a, b))
+    assert row["images"] == 6 and row["difference"] == pytest.approx(a.mean() - b.mean())
+    assert paired_differences(per_image).empty  # no StylEx among these methods
     real = score_maps(classifier, images, target, maps, "folder")  # no key: faithfulness only
-    assert real["factor_top1"].isna().all() and real["deletion_auc"].notna().all()
+    assert real["factor_top1"].isna().all() and real["deletion_auc"].notna().all() and "constant_guess" not in set(
+        real["method"])
+
+
+def test_the_constant_guess_names_the_most_often_used_factor_everywhere(factors) -> None:
+    from stylexlib.evaluate.benchmark import constant_guess
+
+    masks = factor_masks(factors, 32)
+    top = ["hat", "glasses", "hat", "hat", "mouth_curve", "hat"]  # the factor the classifier uses most, per image
+    sensitivity = pd.DataFrame({name: [1.0 if name == t else 0.0 for t in top] for name in masks})
+    region, scores = constant_guess(masks, sensitivity)
+    assert torch.equal(region, masks["hat"].float())
+    assert factor_identification(scores, sensitivity)["factor_top1"].mean() == pytest.approx(4 / 6)
+    assert scores.loc[0, "hat"] == pytest.approx(4 / 6) and scores.loc[5, "glasses"] == pytest.approx(1 / 6)

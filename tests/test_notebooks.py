@@ -61,11 +61,16 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     methods = pd.read_csv(run / "benchmark" / "methods.csv")  # stage 08's explainers, then stage 09's baselines
     expected = {"occlusion", "loo_superpixels", "gradient", "guided_backprop", "gradcam", "guided_gradcam",
                 "smoothgrad", "integrated_gradients", "blur_ig", "stylex", "wu_attfind", "wu_positives",
-                "voynov_babenko", "ganspace", "sefa", "random_directions", "random_coordinates"}
+                "voynov_babenko", "ganspace", "sefa", "random_directions", "random_coordinates", "constant_guess"}
     assert set(methods["method"]) == expected and (methods["method"] == "stylex").sum() == 1
-    gan_rows = methods[methods["family"] != "saliency"]
+    gan_rows = methods[methods["family"].isin(["attribute", "direction"])]
     assert set(gan_rows["gan"]) == {"stylex", "plain"} and gan_rows["flip_rate_top1"].between(0, 1).all()
-    assert (gan_rows["logodds_per_lpips"].notna()).all() and (gan_rows["realism"] > -1).all()
+    assert (gan_rows["logodds_per_lpips"].notna()).all() and (gan_rows["kid_lpips_squeeze"] > -1).all()
+    assert gan_rows["cout"].between(-1, 1).all() and (gan_rows["realism"] == gan_rows["kid_lpips_squeeze"]).all()
+    paired = pd.read_csv(run / "benchmark" / "paired.csv")  # StylEx minus each stage-08 method, per score
+    assert set(paired["method"]) == set(methods.loc[methods["family"].isin(["saliency", "baseline"]), "method"])
+    finite = paired.dropna(subset=["difference"])
+    assert len(finite) and (finite["low"] <= finite["high"]).all()
     assert (run / "baselines" / "plain_gan" / "checkpoints" / "stylex.pt").exists()
     assert (run / "figures" / "sufficiency_all.png").exists() and (run / "figures" / "voynov_babenko_plain.png").exists()
     assert 0 <= metrics["gan_wu_attfind_plain_flip_rate_top1"] <= 1 and metrics["gan_stylex_stylex_realism"] > -1

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from stylexlib.evaluate.quality import invisible_attributes, kernel_distance, lpips_features, wasserstein_1d
+from stylexlib.evaluate.quality import (invisible_attributes, kernel_distance, kid_name, lpips_features,
+                                       wasserstein_1d)
 from stylexlib.gan.losses import load_lpips
 
 
@@ -46,6 +47,7 @@ def test_lpips_features_tell_images_apart() -> None:
     fs, fn = lpips_features(model, smooth), lpips_features(model, noisy)
     assert fs.shape == fn.shape and fs.shape[0] == 8
     assert kernel_distance(fs, fn, subset_size=8) > 10 * abs(kernel_distance(fs[:4], fs[4:], subset_size=4))
+    assert kid_name(model) == "kid_lpips_squeeze"  # the realism score names its features
 
 
 def test_invisible_attributes_flags_large_classifier_changes_without_visible_change() -> None:

@@ -18,11 +18,12 @@ from stylexlib.classifier.predict import classify
 from stylexlib.core.io import write_table
 from stylexlib.data import to_float
 from stylexlib.evaluate.scores import (bootstrap_interval, deletion_insertion_auc, factor_identification,
-                                       map_factor_scores, pointing_game, relevance_mass)
+                                       map_factor_scores, paired_bootstrap_interval, pointing_game, relevance_mass,
+                                       relevance_rank_accuracy)
 from stylexlib.explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
 
-COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass", "pointing_game",
-           "deletion_auc", "insertion_auc", "seconds_per_image"]
+COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass",
+           "relevance_rank_accuracy", "pointing_game", "deletion_auc", "insertion_auc", "seconds_per_image"]
 
 
 def explanation_maps(classifier: nn.Module, images: Tensor, target: Tensor, methods: tuple[str, ...] = METHODS,
@@ -54,38 +55,74 @@ def saliency_by_image(classifier: nn.Module, images: Tensor, indices: list[int],
     return {int(index): torch.stack([maps[m][0][j] for m in methods]) for j, index in enumerate(indices)}
 
 
+def constant_guess(masks: dict[str, Tensor], sensitivity: pd.DataFrame) -> tuple[Tensor, pd.DataFrame]:
+    """The answer that ignores the image: the factor the classifier uses most often (over these images) named on every
+    image, as a map (its region) and as factor scores (each factor's share of images it is the most used on)."""
+    used = np.bincount(sensitivity.to_numpy().argmax(1), minlength=sensitivity.shape[1]) / len(sensitivity)
+    region = masks[sensitivity.columns[int(used.argmax())]].float()
+    return region, pd.DataFrame(np.repeat(used[None], len(sensitivity), 0), columns=sensitivity.columns)
+
+
 def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict[str, tuple[Tensor, float]],
                task: str, masks: dict[str, Tensor] | None = None, sensitivity: pd.DataFrame | None = None,
-               factor_scores: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+               factor_scores: dict[str, pd.DataFrame] | None = None, baseline: bool = True,
+               per_image: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per method: means over images (95% bootstrap intervals in ``*_low`` / ``*_high``).
 
     A map's factor scores are its rank accuracy in each factor's region; ``factor_scores`` (per method, images x
     factors) replaces them for explainers that say *what* changes: StylEx and the GAN edits, whose changes the factor
-    probe reads."""
+    probe reads. With the answer key and ``baseline``, a last row ``constant_guess`` (:func:`constant_guess`, family
+    "baseline") is scored the same way: what naming the usual factor without looking at the image achieves. A dict
+    passed as ``per_image`` receives each method's per-image scores (images x scores; :func:`paired_differences`)."""
+    if masks is not None and sensitivity is not None and baseline:
+        region, guessed = constant_guess(masks, sensitivity)
+        maps = {**maps, "constant_guess": (region, 0.0)}
+        factor_scores = {**(factor_scores or {}), "constant_guess": guessed}
     rows = []
     for method, (relevance, seconds) in maps.items():
-        per_image = {}
+        scores_of = {}
         deletion, insertion = deletion_insertion_auc(classifier, images, relevance, target)
-        per_image["deletion_auc"], per_image["insertion_auc"] = deletion.numpy(), insertion.numpy()
+        scores_of["deletion_auc"], scores_of["insertion_auc"] = deletion.numpy(), insertion.numpy()
         if masks is not None and sensitivity is not None:
             scores = (factor_scores or {}).get(method)
             ident = factor_identification(map_factor_scores(relevance, masks) if scores is None
                                           else scores.reset_index(drop=True), sensitivity)
             used = sensitivity.to_numpy().argmax(1)  # the factor this classifier uses most on each image
             region = torch.stack([masks[sensitivity.columns[f]][i] for i, f in enumerate(used)])
-            per_image.update(factor_top1=ident["factor_top1"].to_numpy(), factor_spearman=ident["factor_spearman"].to_numpy(),
+            scores_of.update(factor_top1=ident["factor_top1"].to_numpy(), factor_spearman=ident["factor_spearman"].to_numpy(),
                              relevance_mass=relevance_mass(relevance, region).numpy(),
+                             relevance_rank_accuracy=relevance_rank_accuracy(relevance.abs(), region).numpy(),
                              pointing_game=pointing_game(relevance, region).numpy())
-        row = {"method": method, "family": "attribute" if method == "stylex" else "saliency", "task": task,
+        family = {"stylex": "attribute", "constant_guess": "baseline"}.get(method, "saliency")
+        row = {"method": method, "family": family, "task": task,
                "images": len(images), "seconds_per_image": seconds}
-        for name, values in per_image.items():
+        for name, values in scores_of.items():
             row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_interval(values)
         rows.append(row)
+        if per_image is not None:
+            per_image[method] = pd.DataFrame(scores_of)
     table = pd.DataFrame(rows)
     for column in COLUMNS:
         if column not in table:
             table[column] = np.nan
     return table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+
+
+def paired_differences(per_image: dict[str, pd.DataFrame], reference: str = "stylex", task: str = "") -> pd.DataFrame:
+    """``benchmark/paired.csv``: per other method and score, the mean over images of ``reference`` minus that method
+    with its paired 95% bootstrap interval (:func:`paired_bootstrap_interval`: both scored on the same resampled
+    images); an interval that excludes 0 is a difference these images support."""
+    rows = []
+    if reference in per_image:
+        ours = per_image[reference]
+        for method, theirs in per_image.items():
+            for score in [c for c in ours.columns if method != reference and c in theirs.columns]:
+                a, b = ours[score].to_numpy(float), theirs[score].to_numpy(float)
+                difference, low, high = paired_bootstrap_interval(a, b)
+                rows.append({"task": task, "reference": reference, "method": method, "score": score,
+                             "images": int((np.isfinite(a) & np.isfinite(b)).sum()), "difference": difference,
+                             "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["task", "reference", "method", "score", "images", "difference", "low", "high"])
 
 
 def benchmark_metrics(table: pd.DataFrame, scores: tuple[str, ...] = ("factor_top1", "relevance_mass",

@@ -7,9 +7,12 @@ Edits are selected on one split and scored on another:
   the method's pool in either sign, ``step`` of each edit's own std; Wu et al.'s positives ranking for that method;
 - **sufficiency**: the flip rate with the top-k edits of the class each image is pushed toward applied together;
 - **per image**, the top-1 edit of the class it is pushed toward: the drop of its class's log-odds, that drop per
-  unit of LPIPS between the renders (no method wins by breaking images), realism (KID of the edited renders against
-  real images, beside the unedited renders' KID), its map |G(s + edit) - G(s)| for localisation and faithfulness,
-  and on synthetic data the factors it changes (read by the factor probe) against the classifier's true use.
+  unit of visible change (LPIPS between the renders enlarged as people see them, :func:`visible_change`: no method
+  wins by breaking images), COUT (how fast pasting the edit's pixels moves the classifier from the image's class to
+  the one it is pushed toward), realism (``kid_lpips_squeeze``: KID on LPIPS-SqueezeNet features of the edited
+  renders against real images, beside the unedited renders'), its map |G(s + edit) - G(s)| for localisation and
+  faithfulness, and on synthetic data the factors it changes (read by the factor probe) against the classifier's
+  true use.
 
 The pools differ in size (every StyleSpace coordinate for StylEx and Wu et al., K directions for the others); the
 controls hold pools of K random directions or K random coordinates under the same rule, so what selection alone buys
@@ -22,11 +25,12 @@ import torch
 from torch import Tensor
 
 from stylexlib.core.config import AttFindConfig
-from stylexlib.evaluate.quality import feature_kid, lpips_features
+from stylexlib.evaluate.quality import feature_kid, kid_name, lpips_features
+from stylexlib.evaluate.scores import bootstrap_interval, cout
 from stylexlib.explain.attfind.effects import DIRECTIONS, Effects, class_score, predict_styles
 from stylexlib.explain.attfind.selection import class_attributes, default_thresholds
 from stylexlib.explain.directions import DirectionExplainer, pool_logits, wu_positive_ranking
-from stylexlib.gan.losses import lpips_distance
+from stylexlib.gan.losses import visible_change
 
 RULES = ("attfind", "wu_positives")
 
@@ -97,32 +101,44 @@ def sufficiency_curve(explainer: DirectionExplainer, styles: Tensor, selected: p
 
 def top1_edits(explainer: DirectionExplainer, styles: Tensor, selected: pd.DataFrame) -> dict[str, Tensor]:
     """Each image's top-1 edit (of the class it is pushed toward) applied: the renders before and after, the target
-    (its predicted class), the drop of the target's log-odds and which images had an edit (``usable``)."""
+    (its predicted class), the class it is pushed toward (``toward``), the drop of the target's log-odds and which
+    images had an edit (``usable``)."""
     G, C = explainer.generator, explainer.models.classifier
     base = predict_styles(G, C, styles, explainer.batch_size)
-    target = base.argmax(1)
-    picks, signs, usable = top_edits(selected, runner_up(base), 1)
+    target, toward = base.argmax(1), runner_up(base)
+    picks, signs, usable = top_edits(selected, toward, 1)
     edited_styles = explainer.pool.apply(styles, picks, signs, explainer.step)
     after = predict_styles(G, C, edited_styles, explainer.batch_size)
     drop = class_score(base, target, "logits") - class_score(after, target, "logits")
     return {"styles": styles, "original": explainer.render(styles), "edited": explainer.render(edited_styles),
-            "target": target, "drop": drop, "usable": usable, "picks": picks[:, 0], "signs": signs[:, 0]}
+            "target": target, "toward": toward, "drop": drop, "usable": usable, "picks": picks[:, 0],
+            "signs": signs[:, 0]}
 
 
-def edit_measures(top1: dict[str, Tensor], lpips_model: torch.nn.Module, real_features: Tensor) -> dict[str, float]:
-    """The top-1 edits' mean log-odds drop, mean LPIPS, drop per LPIPS and realism (KID to real images, and the
-    unedited renders' KID for reference; lower is more realistic)."""
+def edit_measures(top1: dict[str, Tensor], lpips_model: torch.nn.Module, real_features: Tensor,
+                  classifier: torch.nn.Module | None = None, feature_model: torch.nn.Module | None = None
+                  ) -> dict[str, float]:
+    """The top-1 edits' mean log-odds drop, mean visible change (``lpips``: :func:`visible_change`), drop per unit of
+    it, realism (``kid_lpips_<net>``: KID of the edited renders' features from ``feature_model``, default
+    ``lpips_model``, to ``real_features`` of the same model, and ``kid_lpips_<net>_unedited`` for the unedited
+    renders; lower is more realistic) and, given the classifier, COUT (:func:`cout`, from the image's class to the
+    one it is pushed toward; mean and 95% bootstrap interval)."""
     use = top1["usable"]
     original, edited = top1["original"][use], top1["edited"][use]
+    feature_model = feature_model if feature_model is not None else lpips_model
     device = next(lpips_model.parameters()).device
     with torch.no_grad():
-        distance = torch.cat([lpips_distance(lpips_model, a.to(device), b.to(device)).cpu()
+        distance = torch.cat([visible_change(lpips_model, a.to(device), b.to(device)).cpu()
                               for a, b in zip(original.split(64), edited.split(64))])
-    drop = float(top1["drop"][use].mean())
-    return {"logodds_change": drop, "lpips": float(distance.mean()),
-            "logodds_per_lpips": drop / max(float(distance.mean()), 1e-6),
-            "realism": feature_kid(lpips_features(lpips_model, edited), real_features),
-            "realism_unedited": feature_kid(lpips_features(lpips_model, original), real_features)}
+    drop, kid = float(top1["drop"][use].mean()), kid_name(feature_model)
+    out = {"logodds_change": drop, "lpips": float(distance.mean()),
+           "logodds_per_lpips": drop / max(float(distance.mean()), 1e-6),
+           kid: feature_kid(lpips_features(feature_model, edited), real_features),
+           f"{kid}_unedited": feature_kid(lpips_features(feature_model, original), real_features)}
+    if classifier is not None:
+        scores = cout(classifier, original, edited, top1["target"][use], top1["toward"][use])
+        out["cout"], out["cout_low"], out["cout_high"] = bootstrap_interval(scores.numpy())
+    return out
 
 
 def probe_factor_changes(probe: torch.nn.Module, original: Tensor, edited: Tensor, factors: list[str]) -> pd.DataFrame:

@@ -40,8 +40,13 @@ from stylexlib.stylespace.inversion import invert
 
 GAN_METHODS = ("stylex", "wu_attfind", "wu_positives", "voynov_babenko", "ganspace", "sefa", "random_directions",
                "random_coordinates")
+KID_NET = "squeeze"  # realism: KID on this LPIPS backbone's features, whatever LPIPS the run trains with
+REALISM = f"kid_lpips_{KID_NET}"
 EXTRA_COLUMNS = ["gan", "flip_rate_top1", "flip_rate_top5", "flip_rate_top10", "logodds_change", "lpips",
-                 "logodds_per_lpips", "realism", "realism_unedited", "top_factors", "rule_and_shortcut_separate"]
+                 "logodds_per_lpips", "cout", REALISM, f"{REALISM}_unedited", "top_factors",
+                 "rule_and_shortcut_separate"]
+ALIASES = {"realism": REALISM, "realism_unedited": f"{REALISM}_unedited"}  # old column names, kept for old readers
+CARRIED = EXTRA_COLUMNS + ["cout_low", "cout_high", *ALIASES]  # stage 09's columns StylEx's stage-08 row takes
 
 
 @dataclass
@@ -164,8 +169,9 @@ class Evaluated:
 
 def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Tensor, task: str, lpips_model,
                     real_features: Tensor, probe=None, masks=None, sensitivity=None, groups=None,
-                    top_k: int = 10) -> Evaluated:
-    """One method under the protocol: select on ``selection`` images, score on ``evaluation`` images."""
+                    top_k: int = 10, feature_model=None) -> Evaluated:
+    """One method under the protocol: select on ``selection`` images, score on ``evaluation`` images (realism on
+    ``feature_model``'s LPIPS features, default ``lpips_model``, against ``real_features`` of the same model)."""
     explainer = method.explainer
     started = time.perf_counter()
     selected = select_edits(explainer, explainer.encode(selection)[0], top_k, method.rule)
@@ -185,10 +191,11 @@ def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Ten
                        {method.name: (relevance[use], seconds)}, task,
                        {n: m[use] for n, m in masks.items()} if masks is not None else None,
                        sensitivity[use.numpy()].reset_index(drop=True) if sensitivity is not None else None,
-                       factor_scores)
+                       factor_scores, baseline=False)
     row = table.iloc[0].to_dict()
-    row.update(family=method.family, gan=gan, selection_seconds=selection_seconds,
-               **edit_measures(top1, lpips_model, real_features), **method.notes)
+    measures = edit_measures(top1, lpips_model, real_features, explainer.models.classifier, feature_model)
+    measures.update({old: measures[new] for old, new in ALIASES.items() if new in measures})
+    row.update(family=method.family, gan=gan, selection_seconds=selection_seconds, **measures, **method.notes)
     for k in (1, 5, 10):
         hit = curve[curve["k"] == k]
         row[f"flip_rate_top{k}"] = float(hit["flip_rate"].iloc[0]) if len(hit) else float("nan")
@@ -207,8 +214,10 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     rows = data.indices("test")[: cfg.evaluation_images]
     evaluation = to_float(data.images[torch.as_tensor(rows)])
     classifier = methods[0].explainer.models.classifier
-    lpips_model = load_lpips(run.cfg.stylex.lpips_net, methods[0].explainer.models.device)
-    real_features = lpips_features(lpips_model, to_float(data.images[torch.as_tensor(data.indices("test"))]))
+    device = methods[0].explainer.models.device
+    lpips_model = load_lpips(run.cfg.stylex.lpips_net, device)
+    feature_model = lpips_model if run.cfg.stylex.lpips_net == KID_NET else load_lpips(KID_NET, device)
+    real_features = lpips_features(feature_model, to_float(data.images[torch.as_tensor(data.indices("test"))]))
     masks = sensitivity = groups = None
     if data.factors is not None and probe is not None:
         factors = data.factors.iloc[rows].reset_index(drop=True)
@@ -220,7 +229,8 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     for method in tqdm(methods, desc="GAN baselines", disable=not progress):
         gan = gan_of(method)
         results[f"{method.name}@{gan}"] = evaluate_method(method, gan, selection, evaluation, run.cfg.name, lpips_model,
-                                                          real_features, probe, masks, sensitivity, groups, cfg.top_k)
+                                                          real_features, probe, masks, sensitivity, groups, cfg.top_k,
+                                                          feature_model)
     table = pd.DataFrame([r.row for r in results.values()])
     leading = COLUMNS[:3] + ["gan"] + COLUMNS[3:] + EXTRA_COLUMNS[1:]
     return table[leading + [c for c in table.columns if c not in leading]], results
@@ -235,7 +245,7 @@ def merge_methods(saliency: pd.DataFrame | None, gan_rows: pd.DataFrame) -> pd.D
     stylex = gan_rows[(gan_rows["method"] == "stylex") & (gan_rows["gan"] == "stylex")]
     mask = saliency["method"] == "stylex"
     if mask.any() and len(stylex):
-        for column in EXTRA_COLUMNS + ["family"]:
+        for column in CARRIED + ["family"]:
             if column in stylex:
                 saliency[column] = saliency[column].astype(object) if column in saliency else None
                 saliency.loc[mask, column] = stylex.iloc[0][column]
@@ -273,5 +283,6 @@ def method_figure(key: str, result: Evaluated, explainer: DirectionExplainer, sh
     return image_grid(torch.cat(rows), titles, ncols=shown, suptitle=f"{key}: top edits, {explainer.step:g} std")
 
 
-__all__ = ["GAN_METHODS", "Gan", "Method", "baseline_explainer", "build_methods", "evaluate_all", "evaluate_method",
-           "gan_of", "load_gans", "merge_methods", "method_figure", "sufficiency_figure"]
+__all__ = ["ALIASES", "EXTRA_COLUMNS", "GAN_METHODS", "REALISM", "Gan", "Method", "baseline_explainer",
+           "build_methods", "evaluate_all", "evaluate_method", "gan_of", "load_gans", "merge_methods", "method_figure",
+           "sufficiency_figure"]

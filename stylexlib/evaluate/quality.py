@@ -3,8 +3,9 @@
 Reconstructions: L1, LPIPS, classifier consistency and, on synthetic data, which ground-truth factors survive the
 round trip (the factor probe). Samples ``G_ema(mapping(z), c)`` with ``c = C(x)`` of held-out images: the kernel
 distance (KID, Binkowski et al. 2018) between LPIPS-backbone features of samples and real images (centred and scaled
-by the real features' spread), whether the
-classifier agrees with the conditioning, and the probe's per-factor distributions against the data's.
+by the real features' spread; reported as ``kid_lpips_<net>``, e.g. ``kid_lpips_squeeze``: not Inception features, so
+not comparable with published KIDs), whether the classifier agrees with the conditioning, and the probe's per-factor
+distributions against the data's.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def kernel_distance(a: Tensor, b: Tensor, subsets: int = 20, subset_size: int = 
     return total / subsets
 
 
+def kid_name(lpips_model: nn.Module) -> str:
+    """The name of a KID on this LPIPS model's features: ``kid_lpips_<its backbone>`` (``kid_lpips_squeeze``)."""
+    return f"kid_lpips_{lpips_model.pnet_type}"
+
+
 def feature_kid(fake: Tensor, real: Tensor) -> float:
     """KID between LPIPS features of generated and real images, both centred on the real features and scaled to unit
     mean variance (so that x.y / d is O(1) for the cubic kernel); comparable across runs of one feature extractor."""
@@ -85,17 +91,17 @@ def random_samples(models: StylexModels, real: Tensor, seed: int = 0, batch_size
 @torch.no_grad()
 def sample_quality(models: StylexModels, real: Tensor, lpips_model: nn.Module, probe: nn.Module | None = None,
                    seed: int = 0) -> dict[str, float]:
-    """Random samples against held-out real images: KID on LPIPS features, the classifier's agreement with the
-    conditioning and, given the factor probe, per factor the 1-D Wasserstein distance between the probe's readings of
-    samples and of real images (binary factors also: the samples' rate minus the real images' rate)."""
+    """Random samples against held-out real images: KID on LPIPS features (``sample_kid_lpips_<net>``, and under its
+    old name ``sample_kid``), the classifier's agreement with the conditioning and, given the factor probe, per factor
+    the 1-D Wasserstein distance between the probe's readings of samples and of real images (binary factors also: the
+    samples' rate minus the real images' rate)."""
     samples, wanted = random_samples(models, real, seed)
     real_float = models.prepare(real).cpu()
     predicted = classify(models.classifier, samples).argmax(1)
     fake_features, real_features = lpips_features(lpips_model, samples), lpips_features(lpips_model, real_float)
-    out = {
-        "sample_kid": feature_kid(fake_features, real_features),
-        "sample_agreement": float((predicted == wanted).float().mean()),
-    }
+    kid = feature_kid(fake_features, real_features)
+    out = {f"sample_{kid_name(lpips_model)}": kid, "sample_kid": kid,
+           "sample_agreement": float((predicted == wanted).float().mean())}
     if probe is not None:
         read_fake, read_real = probe.read(samples).numpy(), probe.read(real_float).numpy()
         for k, name in enumerate(probe.names):

@@ -331,8 +331,10 @@ def simulate_respondent(key: pd.DataFrame, accuracy: float, seed: int = 0, respo
 
 
 # --------------------------------------------------------------------------------------------- scoring
-def wilson_interval(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval (95% by default) of a binomial proportion; NaN where n == 0."""
+def wilson_interval(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (95% by default: z is the normal's 97.5% quantile) of a binomial proportion, without
+    continuity correction (``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``); NaN where n == 0."""
     k, n = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = k / n
