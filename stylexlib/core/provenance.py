@@ -19,6 +19,10 @@ from stylexlib.core.config import Config, to_dict
 STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device")
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
 STYLEX_ADDED_KEYS = ("weight_mapping_match",)
+# The same for the data and classifier sections; and classifier keys that only check, never change, the model.
+DATA_ADDED_KEYS = ("split_column", "group_column")
+CLASSIFIER_ADDED_KEYS = ("class_names",)
+CLASSIFIER_CHECK_KEYS = ("check_accuracy",)
 
 
 class StaleArtifact(RuntimeError):
@@ -31,8 +35,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _section(section: Any, added: tuple[str, ...], skipped: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config section as a dict without ``skipped`` keys and without ``added`` keys left at their defaults."""
+    defaults = to_dict(type(section)())
+    return {k: v for k, v in to_dict(section).items()
+            if k not in skipped and not (k in added and v == defaults.get(k))}
+
+
 def data_fingerprint(cfg: Config) -> str:
-    return fingerprint("data", cfg.data)
+    return fingerprint("data", _section(cfg.data, DATA_ADDED_KEYS))
 
 
 def classifier_fingerprint(cfg: Config) -> str:
@@ -42,14 +53,13 @@ def classifier_fingerprint(cfg: Config) -> str:
     if source != "train" and Path(source).exists():
         stat = Path(source).stat()
         identity = [stat.st_size, stat.st_mtime_ns]
-    return fingerprint("classifier", data_fingerprint(cfg), cfg.classifier, identity)
+    section = _section(cfg.classifier, CLASSIFIER_ADDED_KEYS, CLASSIFIER_CHECK_KEYS)
+    return fingerprint("classifier", data_fingerprint(cfg), section, identity)
 
 
 def stylex_fingerprint(cfg: Config) -> str:
     """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one)."""
-    defaults = to_dict(type(cfg.stylex)())
-    section = {k: v for k, v in to_dict(cfg.stylex).items()
-               if k not in STYLEX_SCHEDULE_KEYS and not (k in STYLEX_ADDED_KEYS and v == defaults[k])}
+    section = _section(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS)
     return fingerprint("stylex", classifier_fingerprint(cfg), section)
 
 

@@ -130,7 +130,8 @@ def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame
     """``file``/``label`` rows from the labels CSV, filtered, with unlabelled rows skipped."""
     csv = root / cfg.labels_csv
     if not csv.is_file():
-        raise DataError(f"labels CSV not found: {csv} (check data.labels_csv, relative to data.root)")
+        raise DataError(f"labels CSV not found: {csv} (check data.labels_csv: a path inside data.root, relative to "
+                        "the config file's folder, or absolute)")
     try:
         frame = pd.read_csv(csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
