@@ -42,6 +42,8 @@ class DataConfig:
     file_column: str = "file"
     label_column: str | None = None  # CSV column holding the label; None = class folder name
     filter: str | None = None  # pandas query on the CSV, e.g. "age >= 18"
+    split_column: str | None = None  # CSV column of train / val / test: your own splits (val/test_fraction unused)
+    group_column: str | None = None  # CSV column of groups (patients, subjects) kept whole in one split
     max_images: int | None = None  # keep a seeded random subset (quick runs)
 
 
