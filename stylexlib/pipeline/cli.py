@@ -1,5 +1,6 @@
 """The ``stylex`` command: run the notebook pipeline, list stages and their parameters, show configs; train StylEx
-or run AttFind in a run folder (also under ``torchrun -m stylexlib``); combine benchmark tables."""
+or run AttFind in a run folder (also under ``torchrun -m stylexlib``); explain image files with a finished run; combine
+benchmark tables."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("attfind", "run AttFind in a run folder trained by stages 01-03 (under torchrun: images sharded)")):
         step = sub.add_parser(name, help=what)
         step.add_argument("run_dir", help="run folder holding config.yaml")
+
+    explain = sub.add_parser("explain", help="explain image files with a finished run (stages 01-05): top-k attributes, "
+                                              "p(class) before and after, pair PNGs and a CSV")
+    explain.add_argument("run_dir", help="run folder (stylex run CONFIG --out RUN_DIR, stages 01-05 finished)")
+    explain.add_argument("images", nargs="+", help="image files, or folders of images")
+    explain.add_argument("--out", required=True, help="folder for the pair PNGs and attributes.csv")
+    explain.add_argument("-k", "--top", type=int, default=5, help="attributes per image (default 5)")
+    explain.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
+    explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's stylex.device)")
 
     combine = sub.add_parser("combine", help="concatenate the benchmark/methods.csv of run folders into one table")
     combine.add_argument("out", help="the combined CSV, e.g. runs/compare/benchmark/methods.csv")
@@ -102,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             print("set by stylex run itself: " + ", ".join(f"{k} ({v})" for k, v in RUNNER_PARAMETERS.items()))
         elif args.command in ("train", "attfind"):
             return run_step(args.command, Path(args.run_dir))
+        elif args.command == "explain":
+            from stylexlib.core.run import open_run, pick_device
+            from stylexlib.report.explain_files import explain_files
+
+            device = args.device or (open_run(args.run_dir).cfg.stylex.device
+                                     if (Path(args.run_dir) / "config.yaml").is_file() else "auto")
+            table = explain_files(args.run_dir, args.images, args.out, args.top, args.target, pick_device(device))
+            print(table.drop(columns=["png"]).round(3).to_string(index=False))
+            print(f"[stylex] {table['file'].nunique()} images explained: {Path(args.out) / 'attributes.csv'}")
         elif args.command == "combine":
             print(combine(args.out, args.run_dirs).round(3).to_string(index=False))
         elif args.command == "config":
