@@ -205,3 +205,20 @@ def test_an_upload_decodes_like_the_same_file_in_a_folder(tmp_path) -> None:
     folder = torch.from_numpy(decode_image(str(tmp_path / "face.png"), RES)).permute(2, 0, 1)[None]
     assert torch.equal(upload, folder)
     assert (upload[0, :, : RES // 2 - 1] > 250).all()  # transparency composited onto white
+
+
+def test_the_respondents_notebook_runs_the_study_without_showing_answers(study_dir: Path, tmp_path: Path) -> None:
+    import nbformat
+    import papermill
+
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    stage = nbformat.read(notebooks / "07_user_study.ipynb", as_version=4)
+    assert not any("StudyRunner(" in c.source for c in stage.cells if c.cell_type == "code")  # 07 prints the key
+    executed = tmp_path / "runner.ipynb"
+    papermill.execute_notebook(str(notebooks / "study_runner.ipynb"), str(executed), kernel_name="python3",
+                               parameters={"run_dir": str(study_dir.parent), "respondent": "ann"}, progress_bar=False)
+    shown = "\n".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
+                      for cell in nbformat.read(executed, as_version=4).cells for out in cell.get("outputs", []))
+    assert "StudyRunner" in shown and "Question 1 of" in shown  # the runner is on screen
+    key = pd.read_csv(study_dir / "classification" / "answer_key.csv")
+    assert "correct" not in shown and "answer" not in shown.lower() and key.columns[0] not in shown
