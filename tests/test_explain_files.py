@@ -22,7 +22,9 @@ from stylexlib.pipeline.cli import main
 TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
         "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
         "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
-        "stylex.checkpoint_every=0", "stylex.device=cpu", "stylex.log_every=1", "attfind.stats_images=16"]
+        "stylex.checkpoint_every=0", "stylex.device=cpu", "stylex.log_every=1", "attfind.stats_images=16",
+        "attfind.num_images=4", "attfind.top_k=2", "attfind.sufficiency_k=2", "attfind.random_trials=1",
+        "attfind.drop_inconsistent=false"]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +80,30 @@ def test_stylex_explain_writes_pairs_and_a_table(run_dir: Path, pictures: Path, 
     assert pair.width > 3 * 16 * 8  # input | original | changed, enlarged
     assert main(["explain", str(run_dir), str(pictures), "--out", str(out), "--target", "grin"]) == 2
     assert "--target 'grin' is not a class of this run; use one of ['frown', 'smile']" in capsys.readouterr().err
+
+
+def test_attribute_names_reach_the_gallery_and_the_studies_and_survive_a_forced_rerun(run_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    from stylexlib.explain.attfind.examples import collect_examples
+    from stylexlib.explain.attfind.search import load_attfind, load_editor, run_attfind
+    from stylexlib.pipeline.runner import Stage, _remove_resume_state
+    from stylexlib.report.gallery import write_gallery
+    from stylexlib.report.study import generate_studies
+
+    run = open_run(run_dir)
+    data = load_dataset(run.cfg.data)
+    found = run_attfind(run, data, load_stylex(run, "cpu", data), progress=False)
+    names_file = run_dir / "attfind" / "attribute_names.csv"
+    template = pd.read_csv(names_file, keep_default_na=False)
+    assert len(template) == len(found.attributes) and (template["name"] == "").all()
+    template.loc[0, "name"] = "rosy cheeks"
+    template.to_csv(names_file, index=False)
+    result = load_attfind(run)
+    examples = collect_examples(run, load_editor(run, "cpu"), top=2, per_attribute=3, result=result)
+    named = [ex for ex in examples if ex.flat == template.loc[0, "flat"] and ex.label.endswith(template.loc[0, "direction"])]
+    assert named and all(ex.label.startswith("rosy cheeks: ") for ex in named)
+    assert "rosy cheeks" in write_gallery(examples, tmp_path / "gallery").read_text()
+    key = generate_studies(examples, tmp_path / "study", seed=0, min_gap=0.0)
+    assert key.astype(str).apply(lambda column: column.str.contains("rosy cheeks")).any().any()
+    _remove_resume_state(run_dir, Stage("05", "05_attribute_search", Path("05_attribute_search.ipynb")))
+    assert names_file.exists() and not (run_dir / "attfind" / "effects.pt").exists()  # --force keeps the names

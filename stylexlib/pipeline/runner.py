@@ -33,6 +33,8 @@ FORCED_FRESH = {
     "06": ("factor_probe.pt",),
     "09": ("baselines",),
 }
+# What people wrote by hand inside those: kept (attribute names are keyed by coordinate and direction).
+KEPT = ("attfind/attribute_names.csv",)
 # Config sections only the stages from this number on read: a change there re-runs those stages, no --force needed.
 LATE_SECTIONS = {"study": "07", "compare": "08"}
 # Stages that run only when the config asks for them (the reason is printed when they are skipped).
@@ -227,12 +229,16 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
 
 def _remove_resume_state(run_dir: Path, stage: Stage) -> None:
     """--force: the stage and everything downstream start afresh instead of resuming what an earlier run left."""
+    kept = {run_dir / name for name in KEPT}
     for name in (name for number, names in FORCED_FRESH.items() if number >= stage.number for name in names):
         path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        for item in (list(path.iterdir()) if path.is_dir() and any(k.parent == path for k in kept) else [path]):
+            if item in kept:
+                continue
+            if item.is_dir():
+                shutil.rmtree(item)
+            elif item.exists():
+                item.unlink()
 
 
 def _invalidate_later(state: dict, stage: Stage) -> None:
