@@ -172,7 +172,7 @@ def _user_run(tmp_path: Path, *overrides: str):
     return Run(tmp_path, load_config(None, [f"classifier.source={path}", *overrides]))
 
 
-def test_class_names_reorder_a_user_model_to_the_data_order(tmp_path: Path) -> None:
+def test_class_names_reorder_a_user_model_to_the_data_order(tmp_path: Path, monkeypatch) -> None:
     from stylexlib.classifier.training import evaluate, load_run_classifier
 
     data = _colour_dataset(200)
@@ -180,6 +180,9 @@ def test_class_names_reorder_a_user_model_to_the_data_order(tmp_path: Path) -> N
     assert evaluate(model, data.images, data.labels, data.class_names).accuracy > 0.9
     x = data.tensors()[0][:4]
     assert torch.equal(model(x), RedFirst()(x).flip(1))
+    run = _user_run(tmp_path, "classifier.class_names=[red, dark]")
+    monkeypatch.setattr("stylexlib.data.load_dataset", lambda cfg: data)  # loaded without data (StylEx.from_run)
+    assert torch.equal(load_run_classifier(run)(x), model(x))
     with pytest.raises(ClassifierError, match=r"classifier.class_names \['red', 'blue'\] does not match .*'dark'"):
         load_run_classifier(_user_run(tmp_path, "classifier.class_names=[red, blue]"), data)
 

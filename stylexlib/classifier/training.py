@@ -183,6 +183,10 @@ def load_run_classifier(run, data: ImageDataset | None = None) -> ClassifierWrap
         check(model.made_from, classifier_fingerprint(run.cfg), run.dir / CLASSIFIER_FILE, "02")
     else:
         model = load_user_classifier(c.source, c.input_size, c.mean, c.std)
+        if data is None and c.class_names is not None:  # the outputs still need the data's class order
+            from stylexlib.data import load_dataset
+
+            model.set_class_order(c.class_names, load_dataset(run.cfg.data).class_names)
     if data is not None:
         check_classifier(model, data.num_classes, data.resolution)
         if c.source != "train":
