@@ -41,14 +41,23 @@ bench: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[bench]'
 	$(BIN)/python benchmarks/train_step.py
 
-# Headless Chromium renders the HTML gallery (stage 06) and runs its test: the Debian/Ubuntu package `chromium`.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Headless Chromium renders the HTML gallery (stage 06) and runs its screenshot test: the Debian/Ubuntu package
+# `chromium`, installed with apt-get when that works without a password prompt (as root, or with `sudo -n`).
+# Otherwise one line says so and pytest skips only the screenshot test, except under CI=true, where this fails.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  command -v apt-get >/dev/null 2>&1 || { echo "install Chromium (package chromium) for the gallery test" >&2; exit 1; }; \
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != none ]; then \
 	  echo "installing chromium with apt-get (headless gallery rendering)"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && exit 0; \
+	fi; \
+	if [ "$$CI" = true ]; then \
+	  echo "CI=true: Chromium is required and could not be installed (apt-get as root or with passwordless sudo)" >&2; \
+	  exit 1; \
+	fi; \
+	echo "Chromium not found and not installable without a password (apt-get install chromium): the gallery screenshot test will be skipped"
 
 lock:  # refresh the pinned versions from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^stylexlib' > requirements.lock

@@ -152,3 +152,46 @@ def test_training_resumes_the_same_trajectory(tmp_path: Path, monkeypatch) -> No
     assert [h["epoch"] for h in history] == [1, 2]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+class RedFirst(nn.Module):
+    """A user's model whose output 0 is 'red' and output 1 is 'dark' (not the data's sorted order)."""
+
+    def forward(self, x):
+        red = x[:, 0].mean(dim=(1, 2)) - x[:, 1:].mean(dim=(1, 2, 3)) - 0.47
+        return torch.stack([red, -red], dim=1) * 10
+
+
+def _user_run(tmp_path: Path, *overrides: str):
+    from stylexlib.core.config import load_config
+    from stylexlib.core.run import Run
+
+    path = tmp_path / "red_first.ts"
+    with pytest.warns(FutureWarning):
+        torch.jit.script(RedFirst()).save(str(path))
+    return Run(tmp_path, load_config(None, [f"classifier.source={path}", *overrides]))
+
+
+def test_class_names_reorder_a_user_model_to_the_data_order(tmp_path: Path, monkeypatch) -> None:
+    from stylexlib.classifier.training import evaluate, load_run_classifier
+
+    data = _colour_dataset(200)
+    model = load_run_classifier(_user_run(tmp_path, "classifier.class_names=[red, dark]"), data)
+    assert evaluate(model, data.images, data.labels, data.class_names).accuracy > 0.9
+    x = data.tensors()[0][:4]
+    assert torch.equal(model(x), RedFirst()(x).flip(1))
+    run = _user_run(tmp_path, "classifier.class_names=[red, dark]")
+    monkeypatch.setattr("stylexlib.data.load_dataset", lambda cfg: data)  # loaded without data (StylEx.from_run)
+    assert torch.equal(load_run_classifier(run)(x), model(x))
+    with pytest.raises(ClassifierError, match=r"classifier.class_names \['red', 'blue'\] does not match .*'dark'"):
+        load_run_classifier(_user_run(tmp_path, "classifier.class_names=[red, blue]"), data)
+
+
+def test_a_user_model_at_chance_stops_with_the_order_that_fits(tmp_path: Path) -> None:
+    from stylexlib.classifier.training import load_run_classifier
+
+    data = _colour_dataset(200)
+    with pytest.raises(ClassifierError, match="no better than chance") as info:
+        load_run_classifier(_user_run(tmp_path), data)  # read in the data's order (dark, red): always wrong
+    assert "classifier.class_names: ['red', 'dark'] would give 100.0%" in str(info.value)
+    assert load_run_classifier(_user_run(tmp_path, "classifier.check_accuracy=false"), data) is not None

@@ -110,3 +110,25 @@ def test_a_relative_data_root_that_does_not_exist_names_the_paths_tried(tmp_path
 def test_an_empty_override_of_a_text_field_is_the_empty_text() -> None:
     assert load_config(None, ["stylex.augment=color", "stylex.augment="]).stylex.augment == ""
     assert load_config(None, ["data.labels_csv="]).data.labels_csv is None  # optional fields: None
+
+
+def test_classifier_source_and_labels_csv_resolve_against_the_config_file(tmp_path: Path, monkeypatch) -> None:
+    project = tmp_path / "project"
+    for folder in ("images", "models", "tables", "configs"):
+        (project / folder).mkdir(parents=True)
+    (project / "models" / "net.ts").write_bytes(b"x")
+    (project / "tables" / "labels.csv").write_text("file,label\n")
+    config = project / "mine.yaml"
+    config.write_text("data:\n  source: folder\n  root: images\n  labels_csv: tables/labels.csv\n"
+                      "classifier:\n  source: models/net.ts\n")
+    monkeypatch.chdir(project / "configs")  # not the config's folder: paths must not depend on where stylex starts
+    cfg = load_config(config)
+    assert cfg.classifier.source == str(project / "models" / "net.ts")
+    assert cfg.data.labels_csv == str(project / "tables" / "labels.csv")
+    (project / "images" / "inside.csv").write_text("file,label\n")  # a CSV inside data.root stays root-relative
+    assert load_config(config, ["data.labels_csv=inside.csv"]).data.labels_csv == "inside.csv"
+    assert load_config(None, ["classifier.source=my_pkg.models:make"]).classifier.source == "my_pkg.models:make"
+    config.write_text("classifier:\n  source: models/missing.ts\n")
+    with pytest.raises(ConfigError, match="classifier.source 'models/missing.ts' not found") as info:
+        load_config(config)
+    assert str(project / "models" / "missing.ts") in str(info.value)

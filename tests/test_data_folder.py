@@ -38,7 +38,8 @@ def pets(tmp_path: Path) -> Path:
 
 
 def config(root: Path, **kwargs) -> DataConfig:
-    return DataConfig(source="folder", root=str(root), resolution=8, val_fraction=0.0, test_fraction=0.0, **kwargs)
+    return DataConfig(**{"source": "folder", "root": str(root), "resolution": 8, "val_fraction": 0.0,
+                         "test_fraction": 0.0, **kwargs})
 
 
 def load(cfg: DataConfig, tmp_path: Path):
@@ -53,7 +54,7 @@ def test_class_folders(pets: Path, tmp_path: Path) -> None:
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert data.images[0, :, 4, 4].tolist() == list(COLOURS["cat"])
     assert data.info["skipped"] == [] and data.info["labels_csv"] is None
-    assert set(data.info) == {"root", "labels_csv", "label_column", "filter", "skipped", "cache"}
+    assert set(data.info) == {"root", "labels_csv", "label_column", "filter", "skipped", "cache", "split"}
 
 
 def test_csv_labels_filter_and_folder_classes(pets: Path, tmp_path: Path) -> None:
@@ -239,3 +240,47 @@ def test_label_queries_name_classes_and_leave_out_unmatched_rows(pets: Path, tmp
         load(config(pets, labels_csv="labels.csv", label_queries={"old": "height > 3"}), tmp_path)
     with pytest.raises(DataError, match="needs data.labels_csv"):
         load(config(pets, label_queries={"old": "age > 3"}), tmp_path)
+
+
+def _study_csv(root: Path, rows: list[str]) -> None:
+    """root/{cat,dog}/N.png for each row 'kind,N,split,subject' and a study.csv listing them."""
+    lines = ["file,kind,part,subject"]
+    for row in rows:
+        kind, i, part, subject = row.split(",")
+        save_image(root / kind / f"{i}.png", COLOURS[kind])
+        lines.append(f"{kind}/{i}.png,{kind},{part},{subject}")
+    (root / "study.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_split_column_keeps_the_users_splits(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    _study_csv(root, ["cat,0,train,a", "cat,1,Test ,b", "dog,0,val,c", "dog,1,train,d", "dog,2,train,e"])
+    cfg = config(root, labels_csv="study.csv", label_column="kind", split_column="part", val_fraction=0.5)
+    data = load(cfg, tmp_path)
+    assert dict(zip(data.files, data.split)) == {"cat/0.png": "train", "cat/1.png": "test", "dog/0.png": "val",
+                                                 "dog/1.png": "train", "dog/2.png": "train"}
+    assert data.info["split"] == "column 'part'"
+    (root / "study.csv").write_text((root / "study.csv").read_text().replace("val,c", "validation,c"))
+    with pytest.raises(DataError, match=r"data.split_column: column 'part' .* holds \['validation'\]; use train"):
+        load(cfg, tmp_path)
+
+
+def test_group_column_keeps_each_group_in_one_split(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    subjects = [f"s{i // 3}" for i in range(30)]  # 10 subjects with 3 images each
+    _study_csv(root, [f"{'cat' if i % 2 else 'dog'},{i},train,{s}" for i, s in enumerate(subjects)])
+    data = load(config(root, labels_csv="study.csv", label_column="kind", group_column="subject",
+                       val_fraction=0.2, test_fraction=0.2), tmp_path)
+    of_file = {f"{'cat' if i % 2 else 'dog'}/{i}.png": s for i, s in enumerate(subjects)}
+    splits_of = {}
+    for file, split in zip(data.files, data.split):
+        splits_of.setdefault(of_file[file], set()).add(split)
+    assert all(len(s) == 1 for s in splits_of.values()), splits_of  # no subject in two splits
+    assert sorted(np.unique(data.split)) == ["test", "train", "val"]
+    assert (data.split == "val").sum() == 6 and (data.split == "test").sum() == 6
+    leak = config(root, labels_csv="study.csv", label_column="kind", group_column="subject", split_column="part")
+    (root / "study.csv").write_text((root / "study.csv").read_text().replace("cat/1.png,cat,train", "cat/1.png,cat,val"))
+    with pytest.raises(DataError, match=r"group\(s\) \['s0'\] appear in more than one split"):
+        load(leak, tmp_path)
+    with pytest.raises(DataError, match="data.group_column='subject' needs data.labels_csv"):
+        load(config(root, group_column="subject"), tmp_path)

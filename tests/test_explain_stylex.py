@@ -71,3 +71,29 @@ def test_direction_is_one_type() -> None:
     assert Direction.of(Direction.DOWN) is Direction.DOWN and Direction.UP == "up"
     with pytest.raises(ValueError):
         Direction.of("left")
+
+
+def test_inputs_in_the_wrong_range_shape_or_target_get_clear_errors(planted) -> None:
+    explainer, _, images = planted
+    with pytest.raises(ValueError, match=r"look like \[0, 1\] images .*pass x \* 2 - 1"):
+        explainer.attribute((images + 1) / 2, target=1, k=1)
+    with pytest.raises(ValueError, match=r"float images in \[-1, 1\], got values in \[0.*, 25.\]; scale"):
+        explainer.attribute((images + 1) * 127.5, target=1, k=1)
+    with pytest.raises(ValueError, match=r"target has 2 entries for 6 images: give one class index \(0 to 1"):
+        explainer.attribute(images, target=torch.tensor([0, 1]), k=1)
+    with pytest.raises(ValueError, match=r"target \[2\] holds a class index outside 0 to 1"):
+        explainer.attribute(images, target=2, k=1)
+    with pytest.raises(ValueError, match=r"RGB images shaped \(N, 3, 16, 16\), got \(6, 1, 16, 16\)"):
+        explainer.attribute(images[:, :1], k=1)
+    with pytest.raises(ValueError, match="square images"):
+        explainer.attribute(images[..., :12], k=1)
+    per_image = explainer.attribute(images[:2], target=torch.tensor([0, 1]), k=1)
+    assert per_image.target.tolist() == [0, 1]
+
+
+def test_another_image_size_is_resized_with_a_warning(planted) -> None:
+    explainer, flat, images = planted
+    larger = torch.nn.functional.interpolate(images, size=(32, 32), mode="nearest")
+    with pytest.warns(UserWarning, match="resized the images from 32 x 32 to the generator's 16 x 16"):
+        result = explainer.attribute(larger, target=1, k=1)
+    assert result.images.shape[-1] == 16 and (result.to_dataframe()["flat"] == flat).all()

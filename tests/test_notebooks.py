@@ -92,3 +92,64 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     run_pipeline(tiny, ["classifier.epochs=2", "classifier.width=6"], out=run, only=["02"], force=True, progress=False)
     payload = torch_load(run / "classifier.pt")
     assert len(payload["history"]) == 2 and payload["arch"]["width"] == 6
+
+
+class RedVsBlue(torch.nn.Module):
+    """A user's classifier: output 0 is 'red', output 1 is 'blue' (not the data's sorted order blue, red)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (x[:, 0] - x[:, 2]).mean(dim=(1, 2)) * 4
+        return torch.stack([score, -score], dim=1)
+
+
+def test_the_pipeline_runs_on_an_image_folder_with_a_users_torchscript_classifier(tmp_path: Path, monkeypatch) -> None:
+    """Stages 01-06 on a folder of 48 images (CSV labels and splits), a TorchScript classifier named by a path relative
+    to the config, classes listed in the model's (unsorted) order; then `stylex explain` on two of the files."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    project = tmp_path / "project"
+    (project / "images").mkdir(parents=True)
+    (project / "models").mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["file,label,split"]
+    for i in range(48):
+        label = "red" if i % 2 else "blue"
+        pixels = rng.integers(0, 90, (20, 20, 3))
+        pixels[..., 0 if label == "red" else 2] += 150
+        Image.fromarray(pixels.astype(np.uint8)).save(project / "images" / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{label},{'train' if i < 32 else 'val' if i < 40 else 'test'}")
+    (project / "images" / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(FutureWarning):
+        torch.jit.script(RedVsBlue()).save(str(project / "models" / "red_vs_blue.ts"))
+    tiny = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    config = {"name": "folder_smoke",
+              "data": {"source": "folder", "root": "images", "labels_csv": "labels.csv", "label_column": "label",
+                       "split_column": "split", "resolution": 16},
+              "classifier": {"source": "models/red_vs_blue.ts", "class_names": ["red", "blue"]},
+              "stylex": {**tiny["stylex"], "steps": 2, "sample_every": 2, "checkpoint_every": 2},
+              "inversion": {"num_images": 8, "refine_images": 1, "refine_steps": 2},
+              "attfind": {"num_images": 4, "stats_images": 16, "top_k": 2, "sufficiency_k": 2, "random_trials": 1,
+                          "examples_per_attribute": 2, "drop_inconsistent": False}}
+    (project / "smoke.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # not the config's folder: the relative paths resolve against the config file
+    run = tmp_path / "run"
+    assert cli.main(["run", str(project / "smoke.yaml"), "--out", str(run), "--only", *"01 02 03 04 05 06".split()]) == 0
+    state = read_json(run / "stages.json")
+    assert all(state[s.name]["status"] == "done" for s in discover_stages() if s.number <= "06")
+    metrics = read_json(run / "metrics.json")
+    assert metrics["classifier_val_accuracy"] == 1.0 and metrics["classifier_test_accuracy"] == 1.0  # order applied
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["classifier"]["source"] == str(project / "models" / "red_vs_blue.ts")
+    from stylexlib.core.run import open_run
+    from stylexlib.data import load_dataset
+
+    data = load_dataset(open_run(run).cfg.data)
+    assert data.class_names == ["blue", "red"] and [(data.split == s).sum() for s in ("train", "val", "test")] == [32, 8, 8]
+    assert (run / "attfind" / "attribute_names.csv").exists() and (run / "gallery" / "index.html").exists()
+    out = tmp_path / "explained"
+    images = [str(project / "images" / "01.png"), str(project / "images" / "02.png")]
+    assert cli.main(["explain", str(run), *images, "--out", str(out), "-k", "2", "--target", "blue"]) == 0
+    table = pd.read_csv(out / "attributes.csv").groupby("file").first()
+    assert table.loc[images[1], "p_input"] > 0.9 > 0.1 > table.loc[images[0], "p_input"]  # 02 is blue, 01 red

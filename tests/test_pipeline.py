@@ -123,7 +123,8 @@ def test_failure_names_notebook_cell_and_copy(notebooks: Path, tmp_path: Path, c
 def test_cli_params_and_config(notebooks: Path, capsys) -> None:
     assert main(["params", "--notebooks", str(notebooks), "01"]) == 0
     out = capsys.readouterr().out
-    assert "01_first" in out and "factor = 2  # a stage parameter" in out
+    assert "01_first" in out and "-p factor=2  # a stage parameter" in out
+    assert "run_dir =" not in out and "-p run_dir" not in out and "run_dir (--out)" in out  # not settable by -p
     assert main(["config", "--set", "data.resolution=64"]) == 0
     assert "resolution: 64" in capsys.readouterr().out
     assert main(["config", "--set", "data.nope=1"]) == 2
@@ -141,3 +142,19 @@ def test_the_readme_test_command_sets_itself_up_and_ci_calls_exactly_it() -> Non
     commands = [line.split("#")[0].strip() for line in (root / ".ci" / "run").read_text().splitlines()]
     assert "make test" in commands and "make chromium" not in commands
     assert "make test" in (root / "README.md").read_text()
+
+
+def test_run_sets_notebook_parameters_and_reruns_a_stage_whose_parameters_changed(notebooks: Path, tmp_path: Path,
+                                                                                     capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["run", "tiny", "--out", str(run), "--notebooks", str(notebooks), "-p", "factor=5"]) == 0
+    assert read_json(run / "metrics.json") == {"first_value": 5, "second_value": 5}
+    run_pipeline("tiny", [], run, notebook_dir=notebooks, progress=False, parameters=["factor=5"])  # same: skipped
+    assert (_count(run, "first"), _count(run, "second")) == (1, 1)
+    run_pipeline("tiny", [], run, only=["02"], notebook_dir=notebooks, progress=False, parameters=["factor=7"])
+    assert (_count(run, "first"), _count(run, "second")) == (1, 2) and read_json(run / "metrics.json")["second_value"] == 7
+    for bad, message in (("nope=1", r"no selected stage has a parameter 'nope' \(settable: 01_first: factor"),
+                         ("factor=many", "expected int"), ("run_dir=x", "sets run_dir itself; use --out"),
+                         ("factor", "must look like NAME=VALUE")):
+        with pytest.raises(ConfigError, match=message):
+            run_pipeline("tiny", [], run, notebook_dir=notebooks, progress=False, parameters=[bad])

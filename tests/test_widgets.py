@@ -205,3 +205,47 @@ def test_an_upload_decodes_like_the_same_file_in_a_folder(tmp_path) -> None:
     folder = torch.from_numpy(decode_image(str(tmp_path / "face.png"), RES)).permute(2, 0, 1)[None]
     assert torch.equal(upload, folder)
     assert (upload[0, :, : RES // 2 - 1] > 250).all()  # transparency composited onto white
+
+
+def test_the_respondents_notebook_runs_the_study_without_showing_answers(study_dir: Path, tmp_path: Path) -> None:
+    import nbformat
+    import papermill
+
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    stage = nbformat.read(notebooks / "07_user_study.ipynb", as_version=4)
+    assert not any("StudyRunner(" in c.source for c in stage.cells if c.cell_type == "code")  # 07 prints the key
+    executed = tmp_path / "runner.ipynb"
+    papermill.execute_notebook(str(notebooks / "study_runner.ipynb"), str(executed), kernel_name="python3",
+                               parameters={"run_dir": str(study_dir.parent), "respondent": "ann"}, progress_bar=False)
+    shown = "\n".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
+                      for cell in nbformat.read(executed, as_version=4).cells for out in cell.get("outputs", []))
+    assert "StudyRunner" in shown and "Question 1 of" in shown  # the runner is on screen
+    key = pd.read_csv(study_dir / "classification" / "answer_key.csv")
+    assert "correct" not in shown and "answer" not in shown.lower() and key.columns[0] not in shown
+
+
+def test_the_browser_shows_attribute_names_and_the_picked_images_file_label_and_split(tmp_path: Path) -> None:
+    from stylexlib.data import ImageDataset
+    from stylexlib.explain.attfind.names import read_attribute_names, with_names, write_name_template
+
+    editor = TinyEditor()
+    attributes = attributes_table(editor)
+    names_file = write_name_template(tmp_path / "attribute_names.csv", attributes)
+    template = pd.read_csv(names_file, keep_default_na=False)
+    assert len(template) == 5 and (template["name"] == "").all() and read_attribute_names(names_file) == {}
+    template.loc[template["flat"] == 3, "name"] = "wide smile"  # what a person does in a spreadsheet
+    template.to_csv(names_file, index=False)
+    write_name_template(names_file, attributes)  # stage 05 again: the name is kept
+    assert read_attribute_names(names_file) == {(3, "down"): "wide smile"}
+    data = ImageDataset(torch.randint(0, 256, (3, 3, RES, RES), dtype=torch.uint8), torch.tensor([0, 1, 1]),
+                        ["class0", "class1"], np.array(["train", "val", "test"]), files=["a.png", "b.png", "c.png"])
+    named = with_names(attributes, read_attribute_names(names_file))
+    browser = AttributeBrowser(editor, named, data, image_index=1, class_index=0, display_size=32)
+    assert browser.attribute_choice.options[0][0].startswith("#1 wide smile: ")  # class 0's rank 1 is flat 3 down
+    assert "#2 wide smile" not in browser.attribute_choice.options[1][0]
+    assert "image #1 · b.png · label class1 · val split" in browser.image_info.value
+    browser.image_index.value = 2
+    assert "c.png · label class1 · test split" in browser.image_info.value
+    (tmp_path / "broken.csv").write_text("flat,name\n3,x\n")
+    with pytest.raises(ValueError, match=r"broken.csv lacks column\(s\) \['direction'\]"):
+        read_attribute_names(tmp_path / "broken.csv")

@@ -62,6 +62,8 @@ class ClassifierWrapper(nn.Module):
             raise ClassifierError("classifier.mean and classifier.std must be given together")
         self.register_buffer("mean", None if mean is None else torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", None if std is None else torch.tensor(std).view(1, -1, 1, 1))
+        # the model's output for each of the data's classes (classifier.class_names); None: the same order
+        self.register_buffer("output_order", None, persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images
@@ -69,7 +71,19 @@ class ClassifierWrapper(nn.Module):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
         if self.mean is not None:
             x = ((x + 1) / 2 - self.mean) / self.std
-        return self.model(x)
+        logits = self.model(x)
+        return logits if self.output_order is None else logits[:, self.output_order]
+
+    def set_class_order(self, class_names: list[str] | None, data_class_names: list[str]) -> None:
+        """Reorder the outputs from the model's class order (``classifier.class_names``) to the data's."""
+        if class_names is None:
+            self.output_order = None
+            return
+        if len(set(class_names)) != len(class_names) or sorted(class_names) != sorted(data_class_names):
+            raise ClassifierError(
+                f"classifier.class_names {list(class_names)} does not match the data's classes "
+                f"{list(data_class_names)}: list each of the data's classes once, in the order of your model's outputs")
+        self.output_order = torch.tensor([list(class_names).index(name) for name in data_class_names])
 
 
 def build_classifier(num_classes: int, resolution: int, width: int = 32) -> ClassifierWrapper:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stylexlib.classifier.checks import check_accuracy
 from stylexlib.classifier.model import (ClassifierWrapper, build_classifier, check_classifier, load_trained_classifier,
                                         load_user_classifier, save_classifier)
 from stylexlib.classifier.predict import classify
@@ -174,15 +175,24 @@ def fit_run_classifier(run, data: ImageDataset, device: torch.device | str = "cp
 
 
 def load_run_classifier(run, data: ImageDataset | None = None) -> ClassifierWrapper:
-    """The frozen classifier of a run: the one stage 02 trained, or the user's own (``classifier.source``)."""
+    """The frozen classifier of a run: the one stage 02 trained, or the user's own (``classifier.source``; given
+    ``data``: its outputs in the data's class order and checked to beat chance)."""
     c = run.cfg.classifier
     if c.source == "train":
         model, _ = load_trained_classifier(run.dir / CLASSIFIER_FILE)
         check(model.made_from, classifier_fingerprint(run.cfg), run.dir / CLASSIFIER_FILE, "02")
     else:
         model = load_user_classifier(c.source, c.input_size, c.mean, c.std)
+        if data is None and c.class_names is not None:  # the outputs still need the data's class order
+            from stylexlib.data import load_dataset
+
+            model.set_class_order(c.class_names, load_dataset(run.cfg.data).class_names)
     if data is not None:
         check_classifier(model, data.num_classes, data.resolution)
+        if c.source != "train":
+            model.set_class_order(c.class_names, data.class_names)
+            if c.check_accuracy:
+                check_accuracy(model, data, c.class_names, seed=c.seed)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -38,12 +38,15 @@ class DataConfig:
     spurious_agreement_test: float = 0.5  # in the test split (0.5 = no correlation)
     # folder ------------------------------------------------------------------
     root: str = ""  # dataset folder; relative paths are resolved against the config file's folder
-    labels_csv: str | None = None  # CSV inside root with a `file` column; None = use <class>/<file> folders
+    labels_csv: str | None = None  # CSV with a `file` column (inside root, or relative to the config file's folder);
+    # None = use <class>/<file> folders
     file_column: str = "file"
     label_column: str | None = None  # CSV column holding the label; None = class folder name
     label_queries: dict[str, str] = field(default_factory=dict)  # class name -> pandas query on the CSV's columns, e.g.
     # {young: "age < 30", old: "age >= 50"}; rows matching none are left out, a row matching two is an error
     filter: str | None = None  # pandas query on the CSV, e.g. "age >= 18"
+    split_column: str | None = None  # CSV column of train / val / test: your own splits (val/test_fraction unused)
+    group_column: str | None = None  # CSV column of groups (patients, subjects) kept whole in one split
     max_images: int | None = None  # keep a seeded random subset (quick runs)
 
 
@@ -51,7 +54,10 @@ class DataConfig:
 class ClassifierConfig:
     """The classifier to explain: trained here, or the user's own."""
 
-    source: str = "train"  # "train", a TorchScript file, or "package.module:factory"
+    source: str = "train"  # "train", a TorchScript file (relative to the config file's folder), or "package.module:factory"
+    class_names: list[str] | None = None  # a user model's classes in the order of its outputs (checked against the
+    # data's classes; the outputs are reordered to the data's order). None: the data's order (sorted folder names)
+    check_accuracy: bool = True  # a user model at or below chance accuracy on the data stops stage 02
     input_size: int | None = None  # resize inputs to this size inside the wrapper (user models)
     mean: list[float] | None = None  # per-channel normalisation applied to [0, 1] images (user models)
     std: list[float] | None = None
@@ -295,17 +301,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = from_dict(raw)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        if cfg.data.root and not Path(cfg.data.root).is_absolute():
-            candidate = (path.parent / cfg.data.root).resolve()
-            if candidate.exists():
-                cfg.data.root = str(candidate)
-            elif cfg.data.source == "folder" and not Path(cfg.data.root).exists():
-                raise ConfigError(f"{path}: data.root '{cfg.data.root}' not found; tried {candidate} (next to the "
-                                  f"config) and {Path(cfg.data.root).resolve()} (the working directory): give an "
-                                  "absolute path or one relative to the config file")
+        resolve_paths(cfg, path.parent, str(path))
     else:
         cfg = Config()
-    return apply_overrides(cfg, overrides or [])
+    cfg = apply_overrides(cfg, overrides or [])
+    resolve_paths(cfg, Path.cwd(), "override")  # paths given as overrides: relative to the working directory
+    return cfg
+
+
+FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def resolve_paths(cfg: Config, base: Path, where: str) -> None:
+    """Make ``data.root``, ``data.labels_csv`` and ``classifier.source`` absolute: a relative path is looked up in
+    ``base`` (the config file's folder), then in the working directory; ``labels_csv`` first inside ``data.root``."""
+    d, c = cfg.data, cfg.classifier
+    if d.root:
+        d.root = _resolve(d.root, base, "data.root", where, required=d.source == "folder")
+    if d.labels_csv and not (d.root and (Path(d.root) / d.labels_csv).is_file()):
+        d.labels_csv = _resolve(d.labels_csv, base, "data.labels_csv", where, required=False)
+    if c.source != "train" and not (FACTORY_PATTERN.fullmatch(c.source) and not _candidates(c.source, base)[0].exists()):
+        c.source = _resolve(c.source, base, "classifier.source", where, required=True)
+
+
+def _candidates(value: str, base: Path) -> list[Path]:
+    return [(base / Path(value).expanduser()).resolve(), Path(value).expanduser().resolve()]
+
+
+def _resolve(value: str, base: Path, key: str, where: str, required: bool) -> str:
+    """An existing relative path as an absolute one (or an error naming the paths tried when ``required``)."""
+    if Path(value).expanduser().is_absolute():
+        return value
+    candidates = _candidates(value, base)
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    if not required:
+        return value
+    raise ConfigError(f"{where}: {key} '{value}' not found; tried {candidates[0]} (next to the config) and "
+                      f"{candidates[1]} (the working directory): give an absolute path or one relative to the "
+                      "config file")
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

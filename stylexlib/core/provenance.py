@@ -18,12 +18,13 @@ from stylexlib.core.config import Config, to_dict
 # StylEx keys that do not change what a checkpoint is: training longer or logging differently continues it.
 STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device",
                         "collapse_every", "preset")  # a preset counts through the values it sets
-# Data and classifier keys added after run folders existed: fingerprinted only when set.
-DATA_ADDED_KEYS = ("label_queries",)
-CLASSIFIER_ADDED_KEYS: tuple[str, ...] = ()
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
 STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1_e", "adv_on_reconstructions",
                      "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle")
+# The same for the data and classifier sections; and classifier keys that only check, never change, the model.
+DATA_ADDED_KEYS = ("label_queries", "split_column", "group_column")
+CLASSIFIER_ADDED_KEYS = ("class_names",)
+CLASSIFIER_CHECK_KEYS = ("check_accuracy",)
 
 
 class StaleArtifact(RuntimeError):
@@ -36,16 +37,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def data_fingerprint(cfg: Config) -> str:
-    return fingerprint("data", without_added_defaults(cfg.data, DATA_ADDED_KEYS))
-
-
-def without_added_defaults(section: Any, added: tuple[str, ...], skipped: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A config section as a dict, less ``skipped`` keys and the ``added`` keys that still hold their default (keys
-    introduced after run folders existed: an artifact made before them stays valid until they are set)."""
+def _section(section: Any, added: tuple[str, ...], skipped: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config section as a dict without ``skipped`` keys and without ``added`` keys left at their defaults."""
     defaults = to_dict(type(section)())
     return {k: v for k, v in to_dict(section).items()
-            if k not in skipped and not (k in added and v == defaults[k])}
+            if k not in skipped and not (k in added and v == defaults.get(k))}
+
+
+def data_fingerprint(cfg: Config) -> str:
+    return fingerprint("data", _section(cfg.data, DATA_ADDED_KEYS))
 
 
 def classifier_fingerprint(cfg: Config) -> str:
@@ -55,13 +55,13 @@ def classifier_fingerprint(cfg: Config) -> str:
     if source != "train" and Path(source).exists():
         stat = Path(source).stat()
         identity = [stat.st_size, stat.st_mtime_ns]
-    return fingerprint("classifier", data_fingerprint(cfg), without_added_defaults(cfg.classifier, CLASSIFIER_ADDED_KEYS),
-                       identity)
+    section = _section(cfg.classifier, CLASSIFIER_ADDED_KEYS, CLASSIFIER_CHECK_KEYS)
+    return fingerprint("classifier", data_fingerprint(cfg), section, identity)
 
 
 def stylex_fingerprint(cfg: Config) -> str:
     """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one)."""
-    section = without_added_defaults(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS)
+    section = _section(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS)
     return fingerprint("stylex", classifier_fingerprint(cfg), section)
 
 

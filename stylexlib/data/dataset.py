@@ -95,6 +95,20 @@ def random_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
     return split.astype(str)
 
 
+def group_split(groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Seeded assignment of items to train/val/test that keeps each group (e.g. a patient) in one split: groups in a
+    random order fill val, then test, up to their fractions of the items."""
+    random_split(0, val_fraction, test_fraction, seed)  # the fractions' check
+    names, inverse, counts = np.unique(np.asarray(groups).astype(str), return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    before = np.cumsum(counts[order]) - counts[order]  # items in the groups drawn earlier
+    n_val, n_test = round(len(groups) * val_fraction), round(len(groups) * test_fraction)
+    of_group = np.full(len(names), "train", dtype=object)
+    of_group[order[before < n_val]] = "val"
+    of_group[order[(before >= n_val) & (before < n_val + n_test)]] = "test"
+    return of_group[inverse].astype(str)
+
+
 def summary_table(data: ImageDataset) -> pd.DataFrame:
     """Images per class and split, with totals."""
     table = pd.DataFrame({split: data.class_counts(split) for split in SPLITS})

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from stylexlib.core.config import DataConfig
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.data.cache import cache_root
-from stylexlib.data.dataset import DataError, ImageDataset, random_split
+from stylexlib.data.dataset import SPLITS, DataError, ImageDataset, group_split, random_split
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,13 @@ def load_folder_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) ->
         "filter": cfg.filter or None,
         "skipped": skipped + payload["skipped"],
         "cache": str(path),
+        "split": _split_source(cfg),
     }
     return ImageDataset(
         images=payload["images"],
         labels=payload["labels"],
         class_names=payload["class_names"],
-        split=random_split(len(payload["files"]), cfg.val_fraction, cfg.test_fraction, cfg.seed),
+        split=_splits(table, payload["files"], cfg),
         files=payload["files"],
         info=info,
     )
@@ -75,8 +76,9 @@ def _check_root(cfg: DataConfig) -> Path:
         raise DataError(f"dataset folder not found: {root} (check data.root)")
     if not root.is_dir():
         raise DataError(f"data.root must be a folder, but {root} is a file")
-    if cfg.label_column and not cfg.labels_csv:
-        raise DataError(f"data.label_column='{cfg.label_column}' needs data.labels_csv (a CSV inside {root})")
+    for key in ("label_column", "split_column", "group_column"):
+        if getattr(cfg, key) and not cfg.labels_csv:
+            raise DataError(f"data.{key}='{getattr(cfg, key)}' needs data.labels_csv (a CSV inside {root})")
     if cfg.label_queries and not cfg.labels_csv:
         raise DataError(f"data.label_queries needs data.labels_csv (a CSV inside {root}) to run the queries on")
     if cfg.max_images is not None and cfg.max_images < 1:
@@ -132,16 +134,18 @@ def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame
     """``file``/``label`` rows from the labels CSV, filtered, with unlabelled rows skipped."""
     csv = root / cfg.labels_csv
     if not csv.is_file():
-        raise DataError(f"labels CSV not found: {csv} (check data.labels_csv, relative to data.root)")
+        raise DataError(f"labels CSV not found: {csv} (check data.labels_csv: a path inside data.root, relative to "
+                        "the config file's folder, or absolute)")
     try:
         frame = pd.read_csv(csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read labels CSV {csv}: {exc}") from exc
     _check_column(frame, cfg.file_column, "data.file_column", csv)
-    if cfg.label_column:
-        _check_column(frame, cfg.label_column, "data.label_column", csv)
+    for key in ("label_column", "split_column", "group_column"):
+        if getattr(cfg, key):
+            _check_column(frame, getattr(cfg, key), f"data.{key}", csv)
     frame = _apply_filter(frame, cfg.filter, str(csv))
-    for column in filter(None, [cfg.file_column, cfg.label_column]):
+    for column in filter(None, [cfg.file_column, cfg.label_column, cfg.split_column, cfg.group_column]):
         frame = _drop_missing_values(frame, column, cfg.file_column, skipped)
     if cfg.label_queries:
         frame = frame.assign(_label=_query_labels(frame, cfg.label_queries, csv))
@@ -155,7 +159,53 @@ def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame
         labels = files.map(lambda f: _class_folder(f, csv, cfg.file_column))
     if not len(files):
         raise DataError(f"no labelled rows left in {csv} (see the warnings above)")
-    return pd.DataFrame({"file": files.to_numpy(), "label": labels.to_numpy()})
+    table = pd.DataFrame({"file": files.to_numpy(), "label": labels.to_numpy()})
+    if cfg.split_column:
+        table["split"] = _split_values(frame[cfg.split_column], cfg.split_column, csv)
+    if cfg.group_column:
+        table["group"] = frame[cfg.group_column].astype(str).to_numpy()
+    return table
+
+
+def _split_values(values: pd.Series, column: str, csv: Path) -> np.ndarray:
+    """The split column's values as train / val / test (case and surrounding spaces ignored)."""
+    clean = values.astype(str).str.strip().str.lower()
+    bad = sorted(set(values[~clean.isin(SPLITS)].astype(str)))
+    if bad:
+        raise DataError(f"data.split_column: column '{column}' of {csv} holds {bad[:SHOW_NAMES]}; "
+                        f"use {', '.join(SPLITS)} (or leave data.split_column unset for a random split)")
+    return clean.to_numpy()
+
+
+def _split_source(cfg: DataConfig) -> str:
+    if cfg.split_column:
+        return f"column '{cfg.split_column}'"
+    return f"random, groups of column '{cfg.group_column}' kept whole" if cfg.group_column else "random"
+
+
+def _splits(table: pd.DataFrame, files: list[str], cfg: DataConfig) -> np.ndarray:
+    """Each decoded file's split: the CSV's split column, a group-keeping random split, or a random split."""
+    if cfg.split_column:
+        of_file = dict(zip(table["file"], table["split"]))
+        split = np.array([of_file[f] for f in files], dtype=str)
+        if cfg.group_column:
+            _check_groups_in_one_split(table, cfg)
+        if not (split == "train").any():
+            raise DataError(f"data.split_column '{cfg.split_column}': no image is in the train split; "
+                            "mark the training images 'train'")
+        return split
+    if cfg.group_column:
+        of_file = dict(zip(table["file"], table["group"]))
+        return group_split(np.array([of_file[f] for f in files]), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return random_split(len(files), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+
+
+def _check_groups_in_one_split(table: pd.DataFrame, cfg: DataConfig) -> None:
+    spread = table.groupby("group")["split"].nunique()
+    leaking = spread[spread > 1].index.tolist()
+    if leaking:
+        raise DataError(f"data.group_column '{cfg.group_column}': group(s) {leaking[:SHOW_NAMES]} appear in more than "
+                        f"one split of data.split_column '{cfg.split_column}'; keep each group in one split")
 
 
 def _query_labels(frame: pd.DataFrame, queries: dict[str, str], csv: Path) -> pd.Series:

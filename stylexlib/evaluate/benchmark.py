@@ -6,6 +6,7 @@ and faithfulness (:mod:`stylexlib.evaluate.scores`); on a folder of real images 
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -42,6 +43,20 @@ def stylex_map(stylex: StylEx, images: Tensor, target: Tensor) -> tuple[Tensor, 
     result = stylex.attribute(images, target, k=1)
     change = (result.edited[:, 0] - result.reconstructions).abs().sum(1)
     return change, (time.perf_counter() - started) / len(images), result
+
+
+def available_methods(classifier: nn.Module, methods: tuple[str, ...] = METHODS, layer: str | None = None
+                      ) -> tuple[str, ...]:
+    """The methods that apply to this classifier: without a convolution Grad-CAM can use (a TorchScript model hides
+    its modules; ``classifier.gradcam_layer`` not set) the Grad-CAM methods are left out, with a warning."""
+    from stylexlib.explain.saliency import gradcam_layer
+
+    try:
+        gradcam_layer(classifier, layer)
+    except ValueError as exc:
+        logging.getLogger(__name__).warning("Grad-CAM and Guided Grad-CAM left out: %s", exc)
+        return tuple(m for m in methods if m not in ("gradcam", "guided_gradcam"))
+    return methods
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ AttFind shift (Lang et al., ICCV 2021); its effect is the change of the target's
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylexlib.core.config import AttFindConfig, StylexConfig
@@ -107,6 +109,9 @@ class StylEx:
         from stylexlib.core.run import open_run
         from stylexlib.explain.attfind.search import load_editor
 
+        if not (Path(run_dir) / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml): give the folder stylex run wrote "
+                                    "(stylex run CONFIG --out RUN_DIR, stages 01-05)")
         run = open_run(run_dir)
         editor = load_editor(run, device)
         m, a = editor.models, run.cfg.attfind
@@ -117,9 +122,50 @@ class StylEx:
     def generator(self) -> Generator:
         return self.models.generator
 
+    def check_images(self, images: Tensor) -> Tensor:
+        """Images as the generator expects them: (N, 3, R, R), uint8 or float in [-1, 1]; a single (3, H, W) image
+        gains a batch axis and another square size is resized (with a warning). Anything else raises ValueError."""
+        res = self.generator.resolution
+        if not isinstance(images, Tensor):
+            raise TypeError(f"StylEx expects images as a torch.Tensor (N, 3, {res}, {res}), got {type(images).__name__};"
+                            " load image files with stylexlib.data.files.load_images")
+        images = images[None] if images.ndim == 3 else images
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"StylEx expects RGB images shaped (N, 3, {res}, {res}), got {tuple(images.shape)}")
+        if images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"StylEx expects square images ({res} x {res}), got {images.shape[-2]} x {images.shape[-1]}"
+                             "; centre-crop them (stylexlib.data.files.load_images does)")
+        if images.dtype != torch.uint8:
+            if not images.is_floating_point():
+                raise ValueError(f"StylEx expects uint8 images or float images in [-1, 1], got {images.dtype}")
+            low, high = float(images.min()), float(images.max())
+            if low < -1.01 or high > 1.01:
+                raise ValueError(f"StylEx expects float images in [-1, 1], got values in [{low:.3g}, {high:.3g}]; "
+                                 "scale [0, 255] images with x / 127.5 - 1, or pass them as uint8")
+            if low >= 0:
+                raise ValueError(f"these images look like [0, 1] images (values in [{low:.3g}, {high:.3g}]); StylEx "
+                                 "expects [-1, 1]: pass x * 2 - 1")
+        if images.shape[-1] != res:
+            warnings.warn(f"StylEx resized the images from {images.shape[-1]} x {images.shape[-1]} to the generator's "
+                          f"{res} x {res}", stacklevel=3)
+            x = images.float() if images.dtype != torch.uint8 else images.float() / 127.5 - 1
+            images = F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+        return images
+
+    def check_target(self, target: int | Tensor, count: int) -> Tensor:
+        """One class index per image, from one index or one per image (ValueError naming what was expected)."""
+        names = self.models.class_names
+        target = torch.as_tensor(target).long().flatten()
+        if len(target) not in (1, count):
+            raise ValueError(f"target has {len(target)} entries for {count} images: give one class index (0 to "
+                             f"{len(names) - 1}: {names}) or one per image")
+        if ((target < 0) | (target >= len(names))).any():
+            raise ValueError(f"target {target.tolist()} holds a class index outside 0 to {len(names) - 1} ({names})")
+        return target.expand(count)
+
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Images in [-1, 1] or uint8 -> (StyleSpace styles (N, S), the classifier's logits on the images (N, C))."""
-        inverted = invert(self.models, images, self.batch_size)
+        inverted = invert(self.models, self.check_images(images), self.batch_size)
         return inverted.styles, inverted.logits
 
     def render(self, styles: Tensor) -> Tensor:
@@ -134,10 +180,11 @@ class StylEx:
         """Per image, the ``k`` attributes whose edit lowers the target's log-odds most (the StyleSpace attributes the
         decision for ``target`` rests on; None: the predicted class), with the edited images and probabilities."""
         started = time.perf_counter()
+        inputs = self.check_images(inputs)
         styles, _ = self.encode(inputs)
         reconstructions = self.render(styles)
         probs = self.probabilities(reconstructions)
-        target = probs.argmax(1) if target is None else torch.as_tensor(target).expand(len(styles)).long()
+        target = probs.argmax(1) if target is None else self.check_target(target, len(styles))
         change, apply, describe = self._candidates(styles, target)
         effects, columns = (-change).flatten(1).topk(min(k, change[0].numel()), dim=1)
         picks, signs = columns // 2, columns % 2

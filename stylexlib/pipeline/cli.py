@@ -1,5 +1,6 @@
 """The ``stylex`` command: run the notebook pipeline, list stages and their parameters, show configs; train StylEx
-or run AttFind in a run folder (also under ``torchrun -m stylexlib``); combine benchmark tables."""
+or run AttFind in a run folder (also under ``torchrun -m stylexlib``); explain image files with a finished run; combine
+benchmark tables."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from stylexlib.core.config import ConfigError, dump_config, load_config
 from stylexlib.evaluate.benchmark import combine
-from stylexlib.pipeline.runner import (DEFAULT_NOTEBOOKS, StageFailed, discover_stages, run_pipeline, select_stages,
-                                       stage_parameters)
+from stylexlib.pipeline.runner import (DEFAULT_NOTEBOOKS, RUNNER_PARAMETERS, StageFailed, discover_stages, run_pipeline,
+                                       select_stages, settable_parameters)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,13 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config, e.g. configs/demo.yaml, or a shipped config's name, e.g. demo")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set data.resolution=64 (repeatable)")
+    run.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a notebook parameter of the stages that declare it, e.g. -p num_images=16 "
+                          "(repeatable; stylex params lists them)")
     run.add_argument("--out", help="run folder (default: runs/<config name>)")
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (numbers or names, e.g. 01 02_classifier)")
     run.add_argument("--force", action="store_true", help="re-run stages that already finished")
     run.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS), help="folder of numbered notebooks")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: python3, this interpreter)")
 
-    params = sub.add_parser("params", help="list each notebook's parameters (from its 'parameters' cell)")
+    params = sub.add_parser("params", help="list the notebook parameters stylex run -p NAME=VALUE sets, per stage")
     params.add_argument("stages", nargs="*", help="stage numbers or names (default: all)")
     params.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS))
 
@@ -37,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("attfind", "run AttFind in a run folder trained by stages 01-03 (under torchrun: images sharded)")):
         step = sub.add_parser(name, help=what)
         step.add_argument("run_dir", help="run folder holding config.yaml")
+
+    explain = sub.add_parser("explain", help="explain image files with a finished run (stages 01-05): top-k attributes, "
+                                              "p(class) before and after, pair PNGs and a CSV")
+    explain.add_argument("run_dir", help="run folder (stylex run CONFIG --out RUN_DIR, stages 01-05 finished)")
+    explain.add_argument("images", nargs="+", help="image files, or folders of images")
+    explain.add_argument("--out", required=True, help="folder for the pair PNGs and attributes.csv")
+    explain.add_argument("-k", "--top", type=int, default=5, help="attributes per image (default 5)")
+    explain.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
+    explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's stylex.device)")
 
     combine = sub.add_parser("combine", help="concatenate the benchmark/methods.csv of run folders into one table")
     combine.add_argument("out", help="the combined CSV, e.g. runs/compare/benchmark/methods.csv")
@@ -86,16 +99,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook chatter hides our progress
     try:
         if args.command == "run":
-            run_dir = run_pipeline(args.config, args.overrides, args.out, args.only, args.force, args.notebooks, args.kernel)
+            run_dir = run_pipeline(args.config, args.overrides, args.out, args.only, args.force, args.notebooks, args.kernel,
+                                   parameters=args.parameters)
             print(f"[stylex] run folder: {run_dir}")
         elif args.command == "params":
             for stage in select_stages(discover_stages(args.notebooks), args.stages or None):
-                print(stage.name)
-                for name, spec in stage_parameters(stage).items():
+                settable = settable_parameters(stage)
+                print(f"{stage.name}{'' if settable else ' (no parameters to set)'}")
+                for name, spec in settable.items():
                     help_text = f"  # {spec['help']}" if spec.get("help") else ""
-                    print(f"  {name} = {spec['default']}{help_text}")
+                    print(f"  -p {name}={spec['default']}{help_text}")
+            print("set by stylex run itself: " + ", ".join(f"{k} ({v})" for k, v in RUNNER_PARAMETERS.items()))
         elif args.command in ("train", "attfind"):
             return run_step(args.command, Path(args.run_dir))
+        elif args.command == "explain":
+            from stylexlib.core.run import open_run, pick_device
+            from stylexlib.report.explain_files import explain_files
+
+            device = args.device or (open_run(args.run_dir).cfg.stylex.device
+                                     if (Path(args.run_dir) / "config.yaml").is_file() else "auto")
+            table = explain_files(args.run_dir, args.images, args.out, args.top, args.target, pick_device(device))
+            print(table.drop(columns=["png"]).round(3).to_string(index=False))
+            print(f"[stylex] {table['file'].nunique()} images explained: {Path(args.out) / 'attributes.csv'}")
         elif args.command == "combine":
             print(combine(args.out, args.run_dirs).round(3).to_string(index=False))
         elif args.command == "config":

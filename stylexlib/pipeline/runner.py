@@ -1,6 +1,7 @@
 """Run the numbered notebooks in order with papermill, writing everything to a run folder."""
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import re
@@ -8,8 +9,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import papermill as pm
+import yaml
 
 from stylexlib.core.config import Config, ConfigError, dump_config, load_config, save_config, to_dict
 from stylexlib.core.install import shipped
@@ -30,11 +33,16 @@ FORCED_FRESH = {
     "06": ("factor_probe.pt",),
     "09": ("baselines",),
 }
+# What people wrote by hand inside those: kept (attribute names are keyed by coordinate and direction).
+KEPT = ("attfind/attribute_names.csv",)
 # Config sections only the stages from this number on read: a change there re-runs those stages, no --force needed.
 LATE_SECTIONS = {"evaluate": "04", "study": "07", "compare": "08"}
 # Stages that run only when the config asks for them (the reason is printed when they are skipped).
 OPTIONAL_STAGES = {"09": (lambda cfg: cfg.compare.gan_baselines,
                           "compare.gan_baselines is off (make compare, or --set compare.gan_baselines=true)")}
+# Parameters every notebook declares that `stylex run` sets itself (or that only matter when a notebook runs alone).
+RUNNER_PARAMETERS = {"run_dir": "--out", "config": "the CONFIG argument", "overrides": "--set"}
+PARAMETER_TYPES = {"int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
 PROGRESS_FILE = ".progress.json"  # the running stage's progress bars, mirrored to the terminal
 DEFAULT_NOTEBOOKS = shipped("notebooks")
 
@@ -90,6 +98,46 @@ def stage_parameters(stage: Stage) -> dict[str, dict]:
     return pm.inspect_notebook(str(stage.path))
 
 
+def settable_parameters(stage: Stage) -> dict[str, dict]:
+    """The parameters of a stage that ``stylex run -p NAME=VALUE`` sets (all but those the runner sets itself)."""
+    return {name: spec for name, spec in stage_parameters(stage).items() if name not in RUNNER_PARAMETERS}
+
+
+def parse_parameters(items: list[str], stages: list[Stage]) -> dict[str, Any]:
+    """``NAME=VALUE`` items (values parsed as YAML), checked against what the stages declare."""
+    declared = {stage.name: settable_parameters(stage) for stage in stages}
+    parsed: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"-p '{item}' must look like NAME=VALUE, e.g. -p num_images=16")
+        if name in RUNNER_PARAMETERS:
+            raise ConfigError(f"-p {name}: stylex run sets {name} itself; use {RUNNER_PARAMETERS[name]} instead")
+        specs = [spec[name] for spec in declared.values() if name in spec]
+        if not specs:
+            known = "; ".join(f"{stage}: {', '.join(names)}" for stage, names in declared.items() if names) or "none"
+            raise ConfigError(f"-p {name}: no selected stage has a parameter '{name}' (settable: {known}; "
+                              "see stylex params)")
+        value = yaml.safe_load(text) if text.strip() else None
+        kind = _type_name(specs[0])
+        wanted = PARAMETER_TYPES.get(kind)
+        if wanted is not None and (not isinstance(value, wanted) or (wanted is not bool and isinstance(value, bool))):
+            raise ConfigError(f"-p {name}={text}: expected {kind} (default {specs[0]['default']})")
+        parsed[name] = str(value) if kind == "str" else value
+    return parsed
+
+
+def _type_name(spec: dict) -> str:
+    """A parameter's declared type, or the type of its default when it has no annotation."""
+    if spec.get("inferred_type_name") in (*PARAMETER_TYPES, "str"):
+        return spec["inferred_type_name"]
+    try:
+        return type(ast.literal_eval(spec["default"])).__name__
+    except (ValueError, SyntaxError):
+        return ""
+
+
 def run_pipeline(
     config: str | Path | None,
     overrides: list[str] | None = None,
@@ -99,15 +147,23 @@ def run_pipeline(
     notebook_dir: str | Path = DEFAULT_NOTEBOOKS,
     kernel_name: str | None = None,
     progress: bool = True,
+    parameters: list[str] | None = None,
 ) -> Path:
-    """Execute the selected stages into a run folder; return the folder. Finished stages are skipped unless forced."""
+    """Execute the selected stages into a run folder; return the folder. Finished stages are skipped unless forced or
+    run with other notebook ``parameters`` (``NAME=VALUE``, each passed to the stages that declare it)."""
     cfg = load_config(config, overrides)
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
     stages = select_stages(discover_stages(notebook_dir), only)
+    given = parse_parameters(parameters or [], stages)
     _prepare_run_dir(run_dir, cfg, force)
     state = read_json(run_dir / STATE_FILE, default={})
     for stage in stages:
-        if state.get(stage.name, {}).get("status") == "done" and not force:
+        declared = settable_parameters(stage) if given else {}
+        own = {name: value for name, value in given.items() if name in declared}
+        done = state.get(stage.name, {})
+        if done.get("status") == "done" and not force and done.get("parameters", {}) != own:
+            print(f"[stylex] {stage.name}: parameters changed ({own or 'defaults'}): it runs again")
+        elif done.get("status") == "done" and not force:
             log.info("skip %s (finished; use --force to re-run)", stage.name)
             print(f"[stylex] skip {stage.name}: already finished (use --force to re-run)")
             continue
@@ -129,7 +185,7 @@ def run_pipeline(
                 pm.execute_notebook(
                     str(stage.path),
                     str(executed),
-                    parameters={"run_dir": str(run_dir.resolve())},
+                    parameters={"run_dir": str(run_dir.resolve()), **own},
                     kernel_name=kernel_name or "python3",
                     cwd=str(stage.path.parent),
                     progress_bar=progress,
@@ -140,7 +196,7 @@ def run_pipeline(
             write_json(run_dir / STATE_FILE, state)
             raise StageFailed(stage, executed, exc.exec_count, f"{exc.ename}: {exc.evalue}") from None
         seconds = round(time.time() - started, 2)
-        state[stage.name] = {"status": "done", "seconds": seconds, "notebook": str(executed)}
+        state[stage.name] = {"status": "done", "seconds": seconds, "notebook": str(executed), "parameters": own}
         write_json(run_dir / STATE_FILE, state)
         print(f"[stylex] done {stage.name} in {seconds:.1f} s")
     return run_dir
@@ -173,12 +229,16 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
 
 def _remove_resume_state(run_dir: Path, stage: Stage) -> None:
     """--force: the stage and everything downstream start afresh instead of resuming what an earlier run left."""
+    kept = {run_dir / name for name in KEPT}
     for name in (name for number, names in FORCED_FRESH.items() if number >= stage.number for name in names):
         path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        for item in (list(path.iterdir()) if path.is_dir() and any(k.parent == path for k in kept) else [path]):
+            if item in kept:
+                continue
+            if item.is_dir():
+                shutil.rmtree(item)
+            elif item.exists():
+                item.unlink()
 
 
 def _invalidate_later(state: dict, stage: Stage) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from stylexlib.data import ImageDataset
 from stylexlib.data.folder import decode_image
 from stylexlib.report.study import RESPONSES_FILE, STUDIES, StudyError, append_response, load_answer_key, read_responses
 from stylexlib.report.viz import to_pil
@@ -86,13 +87,17 @@ def png_bytes(image: Tensor, scale: int = 1) -> bytes:
 
 
 class AttributeBrowser(widgets.VBox):
-    """Pick a class, one of its attributes, an image (dataset or upload) and a strength; see the edit live."""
+    """Pick a class, one of its attributes, an image (dataset or upload) and a strength; see the edit live. Given an
+    :class:`ImageDataset` for ``images``, the picked image's file, label and split are shown; an attributes table with
+    a ``name`` column (``attfind/attribute_names.csv``) shows the names."""
 
-    def __init__(self, editor: Editor, attributes: pd.DataFrame, images: Tensor, image_index: int = 0,
+    def __init__(self, editor: Editor, attributes: pd.DataFrame, images: Tensor | ImageDataset, image_index: int = 0,
                  class_index: int | None = None, max_strength: float = 2.0, display_size: int = 192, threads: int | None = 1, cache_size: int = 64) -> None:
         missing = [c for c in ATTRIBUTE_COLUMNS if c not in attributes.columns]
         if missing:
             raise ValueError(f"attributes table lacks column(s) {missing}; expected attfind/attributes.csv from stage 05")
+        self.dataset = images if isinstance(images, ImageDataset) else None
+        images = images.images if isinstance(images, ImageDataset) else images
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
             raise ValueError(f"images must be uint8 (N, 3, H, W) with N > 0, got {images.dtype} {tuple(images.shape)}")
         self.editor, self.images, self.threads = editor, images, threads
@@ -117,11 +122,11 @@ class AttributeBrowser(widgets.VBox):
         self.strength = widgets.FloatSlider(value=1.0, min=0.0, max=max_strength, step=0.05, description="strength",
                                             readout_format=".2f", continuous_update=True)
         self.input_view, self.original_view, self.changed_view = (widgets.Image(format="png") for _ in range(3))
-        self.probs_view, self.status = widgets.HTML(), widgets.HTML()
+        self.probs_view, self.status, self.image_info = widgets.HTML(), widgets.HTML(), widgets.HTML()
         panes = [widgets.VBox([widgets.HTML(f"<b>{title}</b>"), view]) for title, view in
                  (("input", self.input_view), ("original (reconstruction)", self.original_view), ("changed", self.changed_view))]
         super().__init__([widgets.HBox([self.class_choice, self.attribute_choice]),
-                          widgets.HBox([self.source, self.image_index, self.upload]), self.strength,
+                          widgets.HBox([self.source, self.image_index, self.upload]), self.image_info, self.strength,
                           widgets.HBox(panes), self.probs_view, self.status])
 
         self.class_choice.observe(self._on_class, "value")
@@ -148,7 +153,8 @@ class AttributeBrowser(widgets.VBox):
         label = (f"{row['layer_name']}[{row['channel']}] {row['direction']}" if {"layer_name", "channel"} <= set(row.index)
                  else f"s[{row['flat']}] {row['direction']}")
         effect = f"  (effect {row['mean_effect']:+.3f})" if "mean_effect" in row.index else ""
-        return f"#{row['rank']} {label}{effect}"
+        name = str(row["name"]).strip() if "name" in row.index and pd.notna(row["name"]) else ""
+        return f"#{row['rank']} {name + ': ' if name else ''}{label}{effect}"
 
     def _on_control(self, _: dict) -> None:
         if not self._populating:
@@ -190,7 +196,15 @@ class AttributeBrowser(widgets.VBox):
         image = self.images[index:index + 1]
         if image.shape[-1] != self.editor.resolution:
             image = torch.nn.functional.interpolate(image.float(), size=self.editor.resolution, mode="area").round().to(torch.uint8)
-        return ("dataset", index), image, f"image #{index}"
+        return ("dataset", index), image, self.describe_image(index)
+
+    def describe_image(self, index: int) -> str:
+        """``image #i``, with its file, label and split when the browser was given the dataset."""
+        data = self.dataset
+        if data is None:
+            return f"image #{index}"
+        parts = [f"image #{index}"] + ([data.files[index]] if data.files else [])
+        return " · ".join(parts + [f"label {data.class_names[int(data.labels[index])]}", f"{data.split[index]} split"])
 
     def current_attribute(self) -> pd.Series | None:
         """The selected row of the attributes table (None when the class has none)."""
@@ -237,6 +251,7 @@ class AttributeBrowser(widgets.VBox):
         self.update_seconds.append(self.last_update_seconds)
         self.last_error = None
         what = "no attribute for this class" if row is None else f"{self._describe(row)} at strength {strength:.2f}"
+        self.image_info.value = f"<small>{html.escape(where)}</small>"
         self.status.value = (f"<small>{html.escape(where)} · {html.escape(what)} · updated in "
                              f"{1000 * self.last_update_seconds:.1f} ms</small>")
 

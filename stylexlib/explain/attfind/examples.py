@@ -12,6 +12,7 @@ from torch import Tensor
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import DIRECTIONS
+from stylexlib.explain.attfind.names import named_label
 from stylexlib.explain.attfind.search import AttFindResult, load_attfind
 
 
@@ -23,7 +24,7 @@ class AttributeExamples:
     class_name: str
     rank: int
     flat: int
-    label: str  # human-readable, e.g. "b16.conv1[12] up"
+    label: str  # human-readable, e.g. "b16.conv1[12] up", or "wide smile: b16.conv1[12] up" once named
     mean_effect: float
     fraction_affected: float
     image_indices: list[int]  # dataset indices of the examples
@@ -102,7 +103,8 @@ def collect_examples(run, editor: AttributeEditor, top: int = 4, per_attribute: 
         changed = editor.render(editor.edit(styles, row.flat, row.direction))
         examples.append(AttributeExamples(
             class_index=int(row.class_index), class_name=row.class_name, rank=int(row.rank), flat=int(row.flat),
-            label=attribute_label(row.layer_name, row.channel, row.direction), mean_effect=float(row.mean_effect),
+            label=named_label(attribute_label(row.layer_name, row.channel, row.direction), getattr(row, "name", "")),
+            mean_effect=float(row.mean_effect),
             fraction_affected=float(row.fraction_affected), image_indices=effects.image_indices[chosen].tolist(),
             originals=originals, changed=changed, probs_original=editor.probabilities(originals),
             probs_changed=editor.probabilities(changed), class_names=list(editor.class_names),

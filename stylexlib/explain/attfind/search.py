@@ -19,6 +19,7 @@ from stylexlib.core.provenance import stylex_fingerprint
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, searched_coordinates,
                                                shift_targets, style_statistics)
+from stylexlib.explain.attfind.names import NAMES_FILE, read_attribute_names, with_names, write_name_template
 from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
                                                  realism_check, sufficiency)
 from stylexlib.gan.models import StylexModels, load_stylex
@@ -122,11 +123,13 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
         for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
             write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)
         torch_save(run.path(ATTFIND_DIR, "styles.pt"), {"styles": styles, "image_indices": effects.image_indices})
+        write_name_template(run.path(ATTFIND_DIR, NAMES_FILE), attributes)
+    attributes = with_names(attributes, read_attribute_names(run.dir / ATTFIND_DIR / NAMES_FILE))
     return AttFindResult(effects, styles, stats, attributes, per_image, scores, seconds)
 
 
 def load_attfind(run) -> AttFindResult:
-    """Read stage 05's results from a run folder."""
+    """Read stage 05's results from a run folder (attributes with the names of ``attfind/attribute_names.csv``)."""
     folder = run.dir / ATTFIND_DIR
     if not (folder / "attributes.csv").exists():
         raise FileNotFoundError(f"no AttFind results in {folder}; run stage 05_attribute_search first")
@@ -134,7 +137,9 @@ def load_attfind(run) -> AttFindResult:
     styles = torch_load(folder / "styles.pt")["styles"]
     stats = StyleStats.from_state_dict(torch_load(folder / "style_stats.pt")["stats"])
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("attributes", "image_attributes", "sufficiency")}
-    return AttFindResult(Effects(**saved["effects"]), styles, stats, tables["attributes"],
+    names = write_name_template(folder / NAMES_FILE, tables["attributes"])  # made here for runs from before the file
+    return AttFindResult(Effects(**saved["effects"]), styles, stats,
+                         with_names(tables["attributes"], read_attribute_names(names)),
                          tables["image_attributes"], tables["sufficiency"], float(saved["seconds_per_image"]))
 
 
