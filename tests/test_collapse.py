@@ -105,11 +105,12 @@ def test_adversarial_terms_can_leave_the_reconstructions_out(lpips_model) -> Non
 def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
     folder = {"data": {"source": "folder", "root": "/x"}}
     cfg = from_dict(folder)
-    assert cfg.stylex.preset == "real" and cfg.stylex.encoder == REAL["encoder"] == "squeeze"
-    cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "encoder": "residual"}})
-    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "residual" and cfg.stylex.encoder_offset is True
+    assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes == REAL["encoder_fit_minutes"] > 0
+    assert cfg.stylex.weight_kl == REAL["weight_kl"] != StylexConfig().weight_kl
+    cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "encoder": "squeeze"}})
+    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "squeeze" and cfg.stylex.warmup_steps == REAL["warmup_steps"]
     plain = from_dict({**folder, "stylex": {"preset": "none"}})
-    assert plain.stylex.encoder == StylexConfig().encoder and plain.stylex.weight_kl == StylexConfig().weight_kl
+    assert plain.stylex.encoder_fit_minutes == 0 and plain.stylex.weight_kl == StylexConfig().weight_kl
     assert from_dict({}).stylex == StylexConfig()  # synthetic data: the defaults
     assert from_dict(dataclasses.asdict(cfg)) == cfg  # a resolved config reads back unchanged
     with pytest.raises(ConfigError, match="stylex.preset"):
