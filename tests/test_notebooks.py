@@ -128,7 +128,8 @@ def test_the_pipeline_runs_on_an_image_folder_with_a_users_torchscript_classifie
               "data": {"source": "folder", "root": "images", "labels_csv": "labels.csv", "label_column": "label",
                        "split_column": "split", "resolution": 16},
               "classifier": {"source": "models/red_vs_blue.ts", "class_names": ["red", "blue"]},
-              "stylex": {**tiny["stylex"], "steps": 2, "sample_every": 2, "checkpoint_every": 2},
+              "stylex": {**tiny["stylex"], "steps": 2, "sample_every": 2, "checkpoint_every": 2,
+                         "encoder_fit_minutes": 0.02},  # folder data: the real preset, with a second of encoder fit
               "inversion": {"num_images": 8, "refine_images": 1, "refine_steps": 2},
               "attfind": {"num_images": 4, "stats_images": 16, "top_k": 2, "sufficiency_k": 2, "random_trials": 1,
                           "examples_per_attribute": 2, "drop_inconsistent": False}}
@@ -148,6 +149,8 @@ def test_the_pipeline_runs_on_an_image_folder_with_a_users_torchscript_classifie
     data = load_dataset(open_run(run).cfg.data)
     assert data.class_names == ["blue", "red"] and [(data.split == s).sum() for s in ("train", "val", "test")] == [32, 8, 8]
     assert (run / "attfind" / "attribute_names.csv").exists() and (run / "gallery" / "index.html").exists()
+    assert saved["stylex"]["preset"] == "real" and "E_fit" in torch.load(run / "checkpoints" / "stylex.pt",
+                                                                        weights_only=True)
     out = tmp_path / "explained"
     images = [str(project / "images" / "01.png"), str(project / "images" / "02.png")]
     assert cli.main(["explain", str(run), *images, "--out", str(out), "-k", "2", "--target", "blue"]) == 0
