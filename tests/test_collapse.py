@@ -108,7 +108,8 @@ def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
     assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes == REAL["encoder_fit_minutes"] > 0
     assert cfg.stylex.weight_kl == REAL["weight_kl"] != StylexConfig().weight_kl
     cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "encoder": "squeeze"}})
-    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "squeeze" and cfg.stylex.warmup_steps == REAL["warmup_steps"]
+    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "squeeze"
+    assert cfg.stylex.warmup_steps == REAL["warmup_steps"]
     plain = from_dict({**folder, "stylex": {"preset": "none"}})
     assert plain.stylex.encoder_fit_minutes == 0 and plain.stylex.weight_kl == StylexConfig().weight_kl
     assert from_dict({}).stylex == StylexConfig()  # synthetic data: the defaults

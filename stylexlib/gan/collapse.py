@@ -26,7 +26,8 @@ SPREAD_WARNING = 0.25  # encoder_spread_ratio under this: the warning fires
 
 
 @torch.no_grad()
-def pairwise_lpips(lpips_model: nn.Module, inputs: Tensor, reconstructions: Tensor, size: int = RETRIEVAL_SIZE) -> Tensor:
+def pairwise_lpips(lpips_model: nn.Module, inputs: Tensor, reconstructions: Tensor,
+                   size: int = RETRIEVAL_SIZE) -> Tensor:
     """(N, N) LPIPS between every reconstruction (rows) and every input (columns), images enlarged to ``size``."""
     model_device = next(lpips_model.parameters()).device
     x, rec = (lpips_input(t.to(model_device), size) for t in (inputs, reconstructions))

@@ -56,7 +56,8 @@ class EncoderFitter:
         self.step = 0
 
     def _batch(self) -> Tensor:
-        picks = self.train_positions[torch.randint(len(self.train_positions), (self.cfg.batch_size,), generator=self.rng)]
+        count = len(self.train_positions)
+        picks = self.train_positions[torch.randint(count, (self.cfg.batch_size,), generator=self.rng)]
         return to_float(self.images[picks]).to(self.device)
 
     def train_step(self) -> dict[str, Tensor]:

@@ -288,7 +288,8 @@ class StylexTrainer:
             return {}
         self.D.requires_grad_(True)
         with self._autocast():
-            loss = d_logistic_loss(self.D(self._augment(x), probs), self.D(self._augment(judged[0].detach()), judged[1]))
+            real = self.D(self._augment(x), probs)
+            loss = d_logistic_loss(real, self.D(self._augment(judged[0].detach()), judged[1]))
         values = self._checked({"d": loss})
         self._optimize(loss, [(self.D, self.opt_d)], self.scaler_d)
         return values
@@ -304,7 +305,8 @@ class StylexTrainer:
         self.D.requires_grad_(False)
         with self._autocast():
             judged = None if self.warming_up else self._judged(generated)
-            terms = {} if judged is None else {"adv": g_nonsaturating_loss(self.D(self._augment(judged[0]), judged[1]))}
+            terms = {} if judged is None else {
+                "adv": g_nonsaturating_loss(self.D(self._augment(judged[0]), judged[1]))}
             rec = generated.reconstructions
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
@@ -435,7 +437,8 @@ class StylexTrainer:
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == total:
-                    shown = {k: f"{v:.3g}" for k, v in self._log(window, window_start).items() if k in ("d", "adv", "l1", "kl")}
+                    shown = {k: f"{v:.3g}" for k, v in self._log(window, window_start).items()
+                             if k in ("d", "adv", "l1", "kl")}
                     bar.set_postfix({**shown, **({"COLLAPSE": self.collapse_flag} if self.collapse_flag else {})})
                     window, window_start = {}, (self.step, time.perf_counter())
                 stopped_by_time = any_rank(time.perf_counter() - started > limit, self.device, self.dist)
