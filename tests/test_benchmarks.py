@@ -34,3 +34,20 @@ def test_time_to_quality_scores_each_variant_resumes_and_combines(tmp_path: Path
     combined = read_json(tmp_path / "combined" / "time_to_quality.json")
     assert combined["records"] == records and combined["combined_from"] == [str(out)]
     assert (tmp_path / "combined" / "time_to_quality.png").stat().st_size > 10_000
+
+
+def test_encoder_fit_variant_and_the_pairing_benchmark(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "bench"
+    time_to_quality("--config", str(ROOT / "configs" / "tiny.yaml"), "--minutes", "0.02", "--every", "0.01",
+                    "--images", "16", "--out", str(out), "--variant", "fit=stylex.encoder_fit_minutes=0.01")
+    records = read_json(out / "time_to_quality.json")["records"]
+    assert [r["minutes"] for r in records] == [0.01, 0.02]  # trained for 0.01 min, then the encoder fit's 0.01
+    assert all(0 <= r["recon_self_retrieval"] <= 1 and r["encoder_spread_ratio"] > 0 for r in records)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encoder_pairing.py"), str(out / "fit"),
+                             "--base", str(out / "base"), "--images", "16", "--refine-images", "2"],
+                            check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    pairing = json.loads(result.stdout)
+    assert {"G+E", "G_ema+E", "G_ema+E_fit"} <= set(pairing) and pairing["encoder_fit"]["steps"] > 0
+    assert pairing["G_ema+E_fit"]["recon_lpips"] != pairing["G_ema+E"]["recon_lpips"]
