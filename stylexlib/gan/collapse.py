@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import lpips as lpips_package
 import torch
 from torch import Tensor, nn
 
@@ -36,16 +37,12 @@ def pairwise_lpips(lpips_model: nn.Module, inputs: Tensor, reconstructions: Tens
     feats_r = lpips_model.net(lpips_model.scaling_layer(rec))
     total = torch.zeros(len(rec), len(x), device=model_device)
     for k, (fx, fr) in enumerate(zip(feats_x, feats_r)):
-        fx, fr = _unit(fx), _unit(fr)
+        fx, fr = lpips_package.normalize_tensor(fx), lpips_package.normalize_tensor(fr)
         weight = lpips_model.lins[k].model[-1].weight.flatten()  # (C,) non-negative channel weights
         for i in range(len(fr)):  # row i: reconstruction i against all inputs
             diff = (fr[i : i + 1] - fx).square()
             total[i] += (diff * weight[None, :, None, None]).sum(1).mean(dim=(1, 2))
     return total.cpu()
-
-
-def _unit(features: Tensor) -> Tensor:
-    return features / (features.square().sum(dim=1, keepdim=True).sqrt() + 1e-10)
 
 
 def self_retrieval(distances: Tensor) -> float:
