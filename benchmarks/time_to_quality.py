@@ -15,7 +15,6 @@ benchmark resumes at the first unfinished variant, which trains again from the s
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import platform
@@ -38,7 +37,6 @@ from stylexlib.data import load_dataset, to_float  # noqa: E402
 from stylexlib.evaluate.factor_probe import CONCEPTS, fit_run_probe  # noqa: E402
 from stylexlib.evaluate.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics  # noqa: E402
-from stylexlib.gan.checkpoint import load_checkpoint  # noqa: E402
 from stylexlib.gan.encoder_fit import fit_checkpoint_encoder  # noqa: E402
 from stylexlib.gan.losses import load_lpips  # noqa: E402
 from stylexlib.gan.training import StylexTrainer  # noqa: E402
@@ -98,12 +96,9 @@ def run_variant(base, name: str, overrides: list[str], minutes: float, every: fl
         trainer.train(progress=False)
         records.append(record(trainer, name, overrides, trainer.train_seconds / 60, data, probe, lpips_model, count))
     if fit_minutes:
-        fit_checkpoint_encoder(trainer, data, fit_minutes, progress=False)
-        fitted = load_checkpoint(trainer.checkpoint_file)["E_fit"]
-        encoder = copy.deepcopy(trainer.models().encoder)
-        encoder.load_state_dict(fitted)
+        fitted = fit_checkpoint_encoder(trainer, data, fit_minutes, progress=False).encoder
         records.append(record(trainer, name, overrides, trainer.train_seconds / 60 + fit_minutes, data, probe,
-                              lpips_model, count, encoder))
+                              lpips_model, count, fitted))
     trainer.save_previews()
     return records
 

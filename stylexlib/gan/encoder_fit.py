@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.core.config import StylexConfig
+from stylexlib.core.io import torch_save
 from stylexlib.core.progress import tqdm
 from stylexlib.data import ImageDataset, to_float
+from stylexlib.gan.checkpoint import load_checkpoint
 from stylexlib.gan.losses import classifier_kl_loss, lpips_distance
 from stylexlib.gan.models import class_input
 
@@ -34,6 +36,7 @@ class FitSummary:
     steps: int
     seconds: float
     losses: dict[str, float]  # the last 50 steps' mean of each term
+    encoder: nn.Module  # the fitted encoder (frozen)
 
 
 class EncoderFitter:
@@ -106,15 +109,12 @@ class EncoderFitter:
             if not math.isfinite(value):
                 raise RuntimeError(f"fitting the encoder diverged: '{name}' is {value}; lower stylex.encoder_fit_lr")
         self.encoder.eval().requires_grad_(False)
-        return FitSummary(self.step, time.perf_counter() - started, losses)
+        return FitSummary(self.step, time.perf_counter() - started, losses, self.encoder)
 
 
 def fit_checkpoint_encoder(trainer, data: ImageDataset, minutes: float, progress: bool = True) -> FitSummary | None:
     """Fit the trainer's encoder to its G_ema for ``minutes`` and store it in the checkpoint as ``E_fit`` (which
     :func:`stylexlib.gan.models.load_models` prefers); skipped when the checkpoint already holds a fit of this step."""
-    from stylexlib.core.io import torch_save
-    from stylexlib.gan.checkpoint import load_checkpoint
-
     path = trainer.checkpoint_file
     state = load_checkpoint(path)
     if state.get("encoder_fit", {}).get("step") == state["step"] and "E_fit" in state:
