@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from stylexlib.core.config import ConfigError, StylexConfig, from_dict
-from stylexlib.core.presets import REAL
+from stylexlib.core.config import ConfigError, InversionConfig, StylexConfig, from_dict
+from stylexlib.core.presets import REAL, REAL_INVERSION
 from stylexlib.gan.collapse import collapse_warning, pairwise_lpips, self_retrieval, spread_ratio
 from stylexlib.gan.encoder import Encoder
 from stylexlib.gan.losses import load_lpips, lpips_distance
@@ -110,9 +110,13 @@ def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
     cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "encoder": "squeeze"}})
     assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "squeeze"
     assert cfg.stylex.warmup_steps == REAL["warmup_steps"]
+    assert cfg.inversion.per_image_steps == REAL_INVERSION["per_image_steps"] > 0  # the preset's other section
+    own = from_dict({**folder, "inversion": {"per_image_steps": 0, "num_images": 8}})
+    assert own.inversion.per_image_steps == 0 and own.inversion.num_images == 8
     plain = from_dict({**folder, "stylex": {"preset": "none"}})
     assert plain.stylex.encoder_fit_minutes == 0 and plain.stylex.weight_kl == StylexConfig().weight_kl
-    assert from_dict({}).stylex == StylexConfig()  # synthetic data: the defaults
+    assert plain.inversion == InversionConfig()
+    assert from_dict({}).stylex == StylexConfig() and from_dict({}).inversion == InversionConfig()  # synthetic data
     assert from_dict(dataclasses.asdict(cfg)) == cfg  # a resolved config reads back unchanged
     with pytest.raises(ConfigError, match="stylex.preset"):
         from_dict({"stylex": {"preset": "photos"}})

@@ -86,18 +86,23 @@ def test_changed_config_needs_force(notebooks: Path, tmp_path: Path) -> None:
 def test_late_sections_rerun_only_their_stages_and_optional_stages_skip(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "nbs"
     folder.mkdir()
-    for name in ("01_first", "07_study", "09_gan_baselines"):
+    for name in ("01_first", "04_inversion", "07_study", "09_gan_baselines"):
         _notebook(folder / f"{name}.ipynb", COUNT.format(name=name[3:]))
     run = tmp_path / "run"
     run_pipeline(None, [], run, notebook_dir=folder, progress=False)
     assert (_count(run, "first"), _count(run, "study"), _count(run, "gan_baselines")) == (1, 1, 0)
     assert "skip 09_gan_baselines: compare.gan_baselines is off" in capsys.readouterr().out
-    run_pipeline(None, ["compare.gan_baselines=true"], run, notebook_dir=folder, progress=False)  # no --force needed
-    assert (_count(run, "first"), _count(run, "study"), _count(run, "gan_baselines")) == (1, 1, 1)
-    run_pipeline(None, ["compare.gan_baselines=true", "study.top=2"], run, notebook_dir=folder, progress=False)
-    assert (_count(run, "first"), _count(run, "study"), _count(run, "gan_baselines")) == (1, 2, 2)
+    run_pipeline(None, ["inversion.per_image_steps=3"], run, notebook_dir=folder, progress=False)  # stages 04 on
+    assert (_count(run, "first"), _count(run, "inversion"), _count(run, "study")) == (1, 2, 2)
+    run_pipeline(None, ["inversion.per_image_steps=3", "compare.gan_baselines=true"], run, notebook_dir=folder,
+                 progress=False)  # no --force needed
+    assert (_count(run, "first"), _count(run, "study"), _count(run, "gan_baselines")) == (1, 2, 1)
+    run_pipeline(None, ["inversion.per_image_steps=3", "compare.gan_baselines=true", "study.top=2"], run,
+                 notebook_dir=folder, progress=False)
+    assert (_count(run, "first"), _count(run, "study"), _count(run, "gan_baselines")) == (1, 3, 2)
     with pytest.raises(ConfigError, match="changed: data.num_images"):  # an early section still needs --force
-        run_pipeline(None, ["compare.gan_baselines=true", "study.top=2", "data.num_images=10"], run,
+        run_pipeline(None, ["inversion.per_image_steps=3", "compare.gan_baselines=true", "study.top=2",
+                            "data.num_images=10"], run,
                      notebook_dir=folder, progress=False)
 
 

@@ -145,14 +145,19 @@ class StylexConfig:
 
 @dataclass
 class InversionConfig:
-    """Stage 04: encode images into (w, c) and StyleSpace; optional per-image refinement of w."""
+    """How images are inverted into (w, c) and StyleSpace (stage 04 on, `stylex explain`, the browser), and stage 04's
+    evaluation of it."""
 
+    per_image_steps: int = 0  # optimisation steps of w per image from E(x) (LPIPS + L1 + weight_kl * KL) wherever images
+    # are inverted (stages 04-08, `stylex explain`, the browser); 0: the encoder alone, as in the paper; the `real` preset
+    # sets 25 (docs/experiments.md, "Real photographs")
+    per_image_lr: float = 0.05
     num_images: int = 256  # held-out images evaluated (from `split`)
     split: Literal["train", "val", "test"] = "val"
-    refine_images: int = 16  # images refined by optimisation (0: none)
+    refine_images: int = 16  # stage 04 compares E(x) with w refined for `refine_steps` on this many images (0: skip)
     refine_steps: int = 100
     refine_lr: float = 0.02
-    weight_kl: float = 1.0  # KL(C(x) || C(G(w, c))) next to LPIPS + L1 in the refinement objective
+    weight_kl: float = 1.0  # KL(C(x) || C(G(w, c))) next to LPIPS + L1 in both refinement objectives
     batch_size: int = 64
 
 

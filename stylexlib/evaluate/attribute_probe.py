@@ -133,16 +133,20 @@ def attribute_scores(train_features: Tensor, train_table: pd.DataFrame, original
 
 @torch.no_grad()
 def reconstruction_attribute_scores(models, data: ImageDataset, heldout: np.ndarray, lpips_model, columns: list[str],
-                                    train_images: int = 2000, seed: int = 0) -> pd.DataFrame:
+                                    train_images: int = 2000, seed: int = 0,
+                                    reconstructions: Tensor | None = None) -> pd.DataFrame:
     """:func:`attribute_scores` for a trained StylEx model: probes fitted on up to ``train_images`` training images,
-    scored on the held-out images at positions ``heldout`` and on their reconstructions G(E(x), C(x))."""
+    scored on the held-out images at positions ``heldout`` and on their ``reconstructions`` (default: inverted here
+    with :func:`stylexlib.stylespace.inversion.reconstruct`)."""
     from stylexlib.evaluate.quality import lpips_features
+    from stylexlib.stylespace.inversion import reconstruct
 
     table = attribute_table(data, columns)
     train = data.indices("train")
     train = np.sort(np.random.default_rng(seed).permutation(train)[:train_images])
     originals = data.images[torch.as_tensor(heldout)]
-    reconstructions = torch.cat([models.reconstruct(batch).clamp(-1, 1).cpu() for batch in originals.split(64)])
+    if reconstructions is None:
+        reconstructions = reconstruct(models, originals)
     features = {name: lpips_features(lpips_model, images) for name, images in
                 (("train", models.prepare(data.images[torch.as_tensor(train)]).cpu()),
                  ("original", models.prepare(originals).cpu()), ("reconstruction", reconstructions))}

@@ -20,7 +20,7 @@ from stylexlib.data import ImageDataset
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics
 from stylexlib.gan.losses import lpips_input, unbiased_mmd2, visible_change
 from stylexlib.gan.models import StylexModels
-from stylexlib.stylespace.inversion import evaluate_reconstruction
+from stylexlib.stylespace.inversion import invert, reconstruction_table, render_inverted
 
 INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
 INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS, visible_change) is invisible
@@ -117,7 +117,6 @@ def wasserstein_1d(a: np.ndarray, b: np.ndarray, quantiles: int = 101) -> float:
     return float(np.abs(np.quantile(a, q) - np.quantile(b, q)).mean())
 
 
-@torch.no_grad()
 def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn.Module,
                            probe: nn.Module | None = None, factors: pd.DataFrame | None = None) -> dict[str, float]:
     """Held-out reconstructions: consistency, LPIPS, L1, KL and, with the probe and true factors, each factor's
@@ -125,20 +124,23 @@ def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn
     from stylexlib.evaluate.factor_probe import \
         factor_scores  # the probe module imports the editor; keep this import local
 
-    out = evaluate_reconstruction(models, images, lpips_model)
+    inverted = invert(models, images)
+    table = reconstruction_table(models, images, lpips_model, w=inverted.w)
+    out = {f"recon_{name}": float(table[column].mean())
+           for name, column in (("consistency", "consistent"), ("lpips", "lpips"), ("l1", "l1"), ("kl", "kl"))}
     if probe is not None and factors is not None:
-        recs = torch.cat([models.reconstruct(b).cpu() for b in images.split(128)])
-        for row in factor_scores(probe, recs, factors).itertuples():
+        for row in factor_scores(probe, render_inverted(models, inverted), factors).itertuples():
             out[f"recon_factor_{row.factor}"] = row.score
     return out
 
 
-@torch.no_grad()
-def collapse_check(models: StylexModels, images: Tensor, lpips_model: nn.Module, seed: int = 0) -> dict[str, float]:
-    """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on the first 64 of uint8 or [-1, 1] images."""
+def collapse_check(models: StylexModels, images: Tensor, lpips_model: nn.Module, seed: int = 0,
+                   w: Tensor | None = None) -> dict[str, float]:
+    """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on the first 64 of uint8 or [-1, 1] images, with
+    their latents ``w`` when given (e.g. refined ones), else E(x)."""
     x = models.prepare(images[:COLLAPSE_IMAGES])
     return collapse_metrics(models.generator, models.encoder, models.classifier, x, lpips_model, models.condition,
-                            seed=seed)
+                            seed=seed, w=None if w is None else w[:COLLAPSE_IMAGES].to(x.device))
 
 
 def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:

@@ -59,10 +59,11 @@ def spread_ratio(w_encoded: Tensor, w_sampled: Tensor) -> float:
 
 @torch.no_grad()
 def collapse_metrics(generator: nn.Module, encoder: nn.Module, classifier: nn.Module, images: Tensor,
-                     lpips_model: nn.Module, condition, samples: int = 1024, seed: int = 0) -> dict[str, float]:
+                     lpips_model: nn.Module, condition, samples: int = 1024, seed: int = 0,
+                     w: Tensor | None = None) -> dict[str, float]:
     """``recon_self_retrieval`` and ``encoder_spread_ratio`` of float images in [-1, 1] (on the models' device);
-    ``condition`` maps classifier logits to the generator's class input."""
-    w = encoder(images)
+    ``condition`` maps classifier logits to the generator's class input; ``w``: the images' latents (default E(x))."""
+    w = encoder(images) if w is None else w
     reconstructions = generator(w, condition(classifier(images).float()), noise_mode="const")
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(samples, generator.latent_dim, generator=gen).to(images.device)

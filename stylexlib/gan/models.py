@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from stylexlib.classifier.training import load_run_classifier
-from stylexlib.core.config import StylexConfig, from_dict
+from stylexlib.core.config import InversionConfig, StylexConfig, from_dict
 from stylexlib.core.provenance import check, stylex_fingerprint
 from stylexlib.core.run import Run, pick_device
 from stylexlib.data import ImageDataset, to_float
@@ -51,6 +51,7 @@ class StylexModels:
     step: int
     device: torch.device
     discriminator: Discriminator | None = None  # for AttFind's optional realism filter
+    inversion: InversionConfig = field(default_factory=InversionConfig)  # how stylespace.inversion.invert inverts
 
     def condition(self, logits: Tensor) -> Tensor:
         """The generator's class input for classifier logits (``cfg.condition_on``)."""
@@ -62,21 +63,25 @@ class StylexModels:
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Images -> (w = E(x), c = the classifier's output on x, as the generator takes it)."""
+        """Images -> (w = E(x), c = the classifier's output on x, as the generator takes it): the encoder alone
+        (``stylespace.inversion.invert`` adds the refinement ``inversion.per_image_steps`` asks for)."""
         x = self.prepare(images)
         return self.encoder(x), self.condition(self.classifier(x).float())
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, noise_mode: str = "const") -> Tensor:
-        """G(E(x), C(x)) for uint8 or [-1, 1] images."""
+        """G(E(x), C(x)) for uint8 or [-1, 1] images: the encoder alone (``stylespace.inversion.reconstruct`` refines)."""
         w, c = self.encode(images)
         return self.generator(w, c, noise_mode=noise_mode)
 
 
 def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageDataset | None = None) -> StylexModels:
-    """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier."""
-    return load_models(checkpoint_path(run.dir), load_run_classifier(run, data), stylex_fingerprint(run.cfg), "03",
-                       device)
+    """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier, inverting
+    images as the run's ``inversion`` section says."""
+    models = load_models(checkpoint_path(run.dir), load_run_classifier(run, data), stylex_fingerprint(run.cfg), "03",
+                         device)
+    models.inversion = run.cfg.inversion
+    return models
 
 
 def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: str,

@@ -36,7 +36,7 @@ FORCED_FRESH = {
 # What people wrote by hand inside those: kept (attribute names are keyed by coordinate and direction).
 KEPT = ("attfind/attribute_names.csv",)
 # Config sections only the stages from this number on read: a change there re-runs those stages, no --force needed.
-LATE_SECTIONS = {"evaluate": "04", "study": "07", "compare": "08"}
+LATE_SECTIONS = {"inversion": "04", "evaluate": "04", "study": "07", "compare": "08"}
 # Stages that run only when the config asks for them (the reason is printed when they are skipped).
 OPTIONAL_STAGES = {"09": (lambda cfg: cfg.compare.gan_baselines,
                           "compare.gan_baselines is off (make compare, or --set compare.gan_baselines=true)")}

@@ -62,8 +62,9 @@ class StyleStats:
 
 
 def style_statistics(models: StylexModels, images: Tensor, batch_size: int = 256) -> StyleStats:
-    """StyleSpace min / max / mean / std of the encoded ``images``."""
-    return StyleStats.of(invert(models, images, batch_size).styles)
+    """StyleSpace min / max / mean / std of the ``images`` as the encoder alone places them (thousands of images: no
+    per-image refinement)."""
+    return StyleStats.of(invert(models, images, batch_size, refine=False).styles)
 
 
 def shift_targets(styles: Tensor, stats: StyleStats, mode: str = "minmax", shift_std: float = 2.0) -> Tensor:
