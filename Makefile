@@ -41,9 +41,10 @@ bench: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[bench]'
 	$(BIN)/python benchmarks/train_step.py
 
-# Headless Chromium renders the HTML gallery (stage 06) and runs its screenshot test: the Debian/Ubuntu package
-# `chromium`, installed with apt-get when that works without a password prompt (as root, or with `sudo -n`).
-# Otherwise one line says so and pytest skips only the screenshot test, except under CI=true, where this fails.
+# Headless Chromium renders the HTML gallery (stage 06) and runs the browser tests (the gallery's screenshot, the
+# attribute browser in JupyterLab): the Debian/Ubuntu package `chromium`, installed with apt-get when that works
+# without a password prompt (as root, or with `sudo -n`). Otherwise one line says so and pytest skips only the
+# browser tests, except under CI=true, where this fails.
 chromium:
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; \
@@ -57,7 +58,7 @@ chromium:
 	  echo "CI=true: Chromium is required and could not be installed (apt-get as root or with passwordless sudo)" >&2; \
 	  exit 1; \
 	fi; \
-	echo "Chromium not found and not installable without a password (apt-get install chromium): the gallery screenshot test will be skipped"
+	echo "Chromium not found and not installable without a password (apt-get install chromium): the browser tests will be skipped"
 
 lock:  # refresh the pinned versions from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^stylexlib' > requirements.lock

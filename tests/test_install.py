@@ -42,7 +42,7 @@ def test_make_chromium_without_chromium_or_apt_get(tmp_path: Path, ci: str) -> N
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines() == [
             "Chromium not found and not installable without a password (apt-get install chromium): "
-            "the gallery screenshot test will be skipped"]
+            "the browser tests will be skipped"]
 
 
 def test_the_readme_says_how_to_install_cpu_only_torch_before_make_install() -> None:

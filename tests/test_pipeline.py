@@ -143,7 +143,7 @@ def test_the_readme_test_command_sets_itself_up_and_ci_calls_exactly_it() -> Non
     root = Path(__file__).resolve().parents[1]
     makefile = (root / "Makefile").read_text()
     prerequisites = next(line for line in makefile.splitlines() if line.startswith("test:")).split(":", 1)[1].split()
-    assert {"install", "chromium"} <= set(prerequisites)  # the gallery test needs Chromium; CI=true never skips it
+    assert {"install", "chromium"} <= set(prerequisites)  # the browser tests need Chromium; CI=true never skips them
     commands = [line.split("#")[0].strip() for line in (root / ".ci" / "run").read_text().splitlines()]
     assert "make test" in commands and "make chromium" not in commands
     assert "make test" in (root / "README.md").read_text()

@@ -1,7 +1,6 @@
 """Attribute figures, GIFs and the standalone HTML gallery (rendered in headless Chromium)."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -105,16 +104,6 @@ def test_missing_chromium_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ChromiumNotFound, match="apt-get install -y chromium"):
         screenshot_html(tmp_path / "index.html", tmp_path / "shot.png")
     assert not (tmp_path / "shot.png").exists()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    found = find_chromium()
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI must have headless Chromium: .ci/run installs the 'chromium' apt package")
-        pytest.skip("headless Chromium not installed (apt-get install chromium); CI runs this test")
-    return found
 
 
 def test_gallery_renders_with_its_images_in_chromium(tmp_path: Path, chromium: str) -> None:
