@@ -1,0 +1,186 @@
+"""Where one StylEx training step spends its time: exclusive milliseconds per part, warm-up and adversarial steps.
+
+Builds StylexTrainer with a config's networks on random images (an untrained classifier, the real LPIPS), wraps
+its parts in timers (nested parts are subtracted from their parents) and runs ``--steps`` steps of each phase
+through ``StylexTrainer.train`` (logging included; R1 at its real frequency: use a multiple of ``r1_every``).
+Prints one table per phase and the same numbers as JSON on the last line.
+
+    python benchmarks/profile_step.py --resolution 32 --threads 1
+    python benchmarks/profile_step.py --resolution 64 --steps 16 --set stylex.compile=true
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stylexlib.core.config import StylexConfig, load_config  # noqa: E402
+from stylexlib.gan.training import StylexTrainer  # noqa: E402
+
+
+class SectionTimer:
+    """Exclusive wall time per section label: a nested section's time is taken out of its parent's."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.stack: list[list] = []  # [label, start, seconds spent in children]
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        label = name if not self.stack else f"{self.stack[0][0]} / {name}"
+        frame = [label if not self.stack else self.stack[0][0], time.perf_counter(), 0.0]
+        self.stack.append(frame)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+            elapsed = time.perf_counter() - frame[1]
+            self.seconds[label] += elapsed - frame[2]
+            self.calls[label] += 1
+            if self.stack:
+                self.stack[-1][2] += elapsed
+
+    def wrap(self, owner: object, attribute: str, name: str) -> None:
+        """Replace ``owner.attribute`` (a callable) by a timed call of it."""
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            with self.section(name):
+                return original(*args, **kwargs)
+
+        setattr(owner, attribute, timed)
+
+
+PHASES = {  # trainer method -> the part it is a phase of
+    "_real_batch": "data", "_generate": "generate", "_discriminator_step": "D step", "_r1_step": "R1 step",
+    "_generator_step": "G+E step", "_mapping_match_step": "mapping match", "_path_length_step": "path length",
+    "_track_w_avg": "w_avg", "_update_ema": "EMA", "_log": "logging", "_checked": "loss check",
+    "_augment": "DiffAugment", "_mix_styles": "style mixing",
+}
+EXCLUDED = ("save_checkpoint", "save_previews")  # the end of StylexTrainer.train, not a step
+
+
+def instrument(trainer: StylexTrainer, timer: SectionTimer) -> None:
+    """Time the trainer's phases, its networks' forwards, backward passes and optimizer steps."""
+    for method, name in PHASES.items():
+        timer.wrap(trainer, method, name)
+    for method in EXCLUDED:
+        timer.wrap(trainer, method, "excluded")
+    nets = {"classifier fwd": trainer.classifier, "E fwd": trainer.E, "D fwd": trainer.D,
+            "LPIPS fwd": trainer.lpips, "mapping fwd": trainer.G.mapping}
+    for name, net in nets.items():
+        timer.wrap(net, "forward", name)
+    timer.wrap(trainer.G, "styles", "G styles fwd")
+    timer.wrap(trainer.G, "synthesize", "G synthesis fwd")
+    timer.wrap(trainer.G, "forward", "G fwd")
+    for optimizer in (trainer.opt_g, trainer.opt_e, trainer.opt_d, trainer.opt_mapping):
+        timer.wrap(optimizer, "step", "optimizer step")
+        timer.wrap(optimizer, "zero_grad", "optimizer step")
+
+
+@contextlib.contextmanager
+def timed_autograd(timer: SectionTimer) -> Iterator[None]:
+    """Time every backward pass (``Tensor.backward`` and ``torch.autograd.grad``) while inside."""
+    backward, grad = torch.Tensor.backward, torch.autograd.grad
+
+    def timed_backward(*args, **kwargs):
+        with timer.section("backward"):
+            return backward(*args, **kwargs)
+
+    def timed_grad(*args, **kwargs):
+        with timer.section("autograd.grad"):
+            return grad(*args, **kwargs)
+
+    torch.Tensor.backward, torch.autograd.grad = timed_backward, timed_grad
+    try:
+        yield
+    finally:
+        torch.Tensor.backward, torch.autograd.grad = backward, grad
+
+
+def build_trainer(cfg: StylexConfig, resolution: int, out_dir: Path, images: int = 64) -> StylexTrainer:
+    """StylexTrainer on random images, with an untrained classifier of the demo's width and the real LPIPS."""
+    import numpy as np
+
+    from stylexlib.classifier.model import build_classifier
+    from stylexlib.data import ImageDataset
+
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (images, 3, resolution, resolution), dtype=torch.uint8)
+    data = ImageDataset(pixels, torch.arange(images) % 2, ["a", "b"], np.array(["train"] * images))
+    classifier = build_classifier(2, resolution, width=32)
+    return StylexTrainer(cfg, data, classifier, out_dir=out_dir)
+
+
+def profile_phase(trainer: StylexTrainer, first_step: int, steps: int, warmup: int) -> dict:
+    """Exclusive ms per step of each part over ``steps`` steps from ``first_step`` (after ``warmup`` untimed ones)."""
+    trainer.step = first_step
+    trainer.train(first_step + warmup, progress=False)
+    timer = SectionTimer()
+    instrument(trainer, timer)
+    started = time.perf_counter()
+    with timed_autograd(timer):
+        trainer.train(first_step + warmup + steps, progress=False)
+    total = time.perf_counter() - started - timer.seconds.pop("excluded", 0.0)
+    rows = {label: seconds * 1000 / steps for label, seconds in timer.seconds.items()}
+    rows["other (loop, losses, glue)"] = total * 1000 / steps - sum(rows.values())
+    return {"ms_per_step": round(total * 1000 / steps, 2),
+            "images_per_s": round(steps * trainer.cfg.batch_size / total, 2),
+            "parts_ms": {k: round(v, 2) for k, v in sorted(rows.items(), key=lambda kv: -kv[1])}}
+
+
+def print_table(title: str, result: dict) -> None:
+    print(f"\n{title}: {result['ms_per_step']:.1f} ms/step, {result['images_per_s']:.1f} img/s", file=sys.stderr)
+    print(f"{'part':<44} {'ms/step':>9} {'share':>7}", file=sys.stderr)
+    for label, ms in result["parts_ms"].items():
+        print(f"{label:<44} {ms:>9.1f} {ms / result['ms_per_step']:>7.1%}", file=sys.stderr)
+
+
+def stylex_config(path: str, overrides: list[str], batch: int) -> StylexConfig:
+    cfg = load_config(path, overrides=overrides).stylex
+    return dataclasses.replace(cfg, batch_size=batch, device="cpu", sample_every=0, checkpoint_every=0,
+                               collapse_every=0, time_limit_minutes=None)
+
+
+def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--set", action="append", default=[], help="config override, e.g. stylex.compile=true")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per phase (R1 runs every r1_every)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each phase")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("stylexlib").setLevel(logging.ERROR)
+    cfg = stylex_config(args.config, args.set, args.batch)
+    report = {"resolution": args.resolution, "batch": args.batch, "threads": args.threads, "overrides": args.set,
+              "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as out_dir:
+        trainer = build_trainer(cfg, args.resolution, Path(out_dir))
+        for phase, first in (("warm-up", 0), ("adversarial", cfg.warmup_steps)):  # any r1_every steps hold one R1
+            if phase == "warm-up" and cfg.warmup_steps < args.warmup + args.steps:
+                continue
+            report[phase] = profile_phase(trainer, first, args.steps, args.warmup)
+            print_table(f"{phase} step at {args.resolution} px, {args.threads} thread(s)", report[phase])
+    emit(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
