@@ -290,3 +290,21 @@ def test_step_speedups_learn_what_the_plain_step_learns(data, classifier, lpips_
             assert fast_step[name] == pytest.approx(plain_step[name], rel=1e-4, abs=1e-5), name
     for name in plain_state:
         torch.testing.assert_close(fast_state[name], plain_state[name], rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lpips_model, compile) -> None:
+    """The GPU path: autocast (bf16, or fp16 with its scaler), channels_last, the step's speed-ups and optionally
+    stylex.compile; a warm-up step and adversarial steps with R1 stay finite and train D."""
+    cfg = dataclasses.replace(TINY, device="cuda", precision="auto", channels_last=True, compile=compile,
+                              warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
+                              mixing_prob=0.9, weight_mapping_match=1.0)
+    trainer = train.StylexTrainer(cfg, data, copy.deepcopy(classifier), lpips_model=copy.deepcopy(lpips_model).cuda())
+    assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
+    d_before = [p.detach().clone() for p in trainer.D.parameters()]
+    losses = [trainer.train_step() for _ in range(3)]
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+    assert "r1" in losses[2] and {"d", "adv", "kl", "sample_kl"} <= set(losses[1])
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, trainer.D.parameters()))
+    assert next(trainer.G.parameters()).is_cuda and trainer.G_ema.const.is_cuda
