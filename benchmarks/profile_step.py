@@ -28,13 +28,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stylexlib.core.config import StylexConfig, load_config  # noqa: E402
+from stylexlib.gan.step_options import StepOptions  # noqa: E402
 from stylexlib.gan.training import StylexTrainer  # noqa: E402
 
 
-class SectionTimer:
-    """Exclusive wall time per section label: a nested section's time is taken out of its parent's."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
 
-    def __init__(self) -> None:
+
+class SectionTimer:
+    """Exclusive time per section label: a nested section's time is taken out of its parent's."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.stack: list[list] = []  # [label, start, seconds spent in children]
@@ -42,13 +47,13 @@ class SectionTimer:
     @contextlib.contextmanager
     def section(self, name: str) -> Iterator[None]:
         label = name if not self.stack else f"{self.stack[0][0]} / {name}"
-        frame = [label if not self.stack else self.stack[0][0], time.perf_counter(), 0.0]
+        frame = [label if not self.stack else self.stack[0][0], self.clock(), 0.0]
         self.stack.append(frame)
         try:
             yield
         finally:
             self.stack.pop()
-            elapsed = time.perf_counter() - frame[1]
+            elapsed = self.clock() - frame[1]
             self.seconds[label] += elapsed - frame[2]
             self.calls[label] += 1
             if self.stack:
@@ -80,13 +85,15 @@ def instrument(trainer: StylexTrainer, timer: SectionTimer) -> None:
         timer.wrap(trainer, method, name)
     for method in EXCLUDED:
         timer.wrap(trainer, method, "excluded")
-    nets = {"classifier fwd": trainer.classifier, "E fwd": trainer.E, "D fwd": trainer.D,
+    nets = {"classifier fwd": trainer.step_classifier, "E fwd": trainer.E, "D fwd": trainer.D,
             "LPIPS fwd": trainer.lpips, "mapping fwd": trainer.G.mapping}
     for name, net in nets.items():
         timer.wrap(net, "forward", name)
     timer.wrap(trainer.G, "styles", "G styles fwd")
     timer.wrap(trainer.G, "synthesize", "G synthesis fwd")
     timer.wrap(trainer.G, "forward", "G fwd")
+    if hasattr(trainer.D, "judge_batches"):
+        timer.wrap(trainer.D, "judge_batches", "D fwd")
     for optimizer in (trainer.opt_g, trainer.opt_e, trainer.opt_d, trainer.opt_mapping):
         timer.wrap(optimizer, "step", "optimizer step")
         timer.wrap(optimizer, "zero_grad", "optimizer step")
@@ -112,7 +119,8 @@ def timed_autograd(timer: SectionTimer) -> Iterator[None]:
         torch.Tensor.backward, torch.autograd.grad = backward, grad
 
 
-def build_trainer(cfg: StylexConfig, resolution: int, out_dir: Path, images: int = 64) -> StylexTrainer:
+def build_trainer(cfg: StylexConfig, resolution: int, out_dir: Path, options: StepOptions = StepOptions(),
+                  images: int = 64) -> StylexTrainer:
     """StylexTrainer on random images, with an untrained classifier of the demo's width and the real LPIPS."""
     import numpy as np
 
@@ -123,19 +131,19 @@ def build_trainer(cfg: StylexConfig, resolution: int, out_dir: Path, images: int
     pixels = torch.randint(0, 256, (images, 3, resolution, resolution), dtype=torch.uint8)
     data = ImageDataset(pixels, torch.arange(images) % 2, ["a", "b"], np.array(["train"] * images))
     classifier = build_classifier(2, resolution, width=32)
-    return StylexTrainer(cfg, data, classifier, out_dir=out_dir)
+    return StylexTrainer(cfg, data, classifier, out_dir=out_dir, options=options)
 
 
-def profile_phase(trainer: StylexTrainer, first_step: int, steps: int, warmup: int) -> dict:
+def profile_phase(trainer: StylexTrainer, first_step: int, steps: int, warmup: int, clock: str = "wall") -> dict:
     """Exclusive ms per step of each part over ``steps`` steps from ``first_step`` (after ``warmup`` untimed ones)."""
     trainer.step = first_step
     trainer.train(first_step + warmup, progress=False)
-    timer = SectionTimer()
+    timer = SectionTimer(CLOCKS[clock])
     instrument(trainer, timer)
-    started = time.perf_counter()
+    started = timer.clock()
     with timed_autograd(timer):
         trainer.train(first_step + warmup + steps, progress=False)
-    total = time.perf_counter() - started - timer.seconds.pop("excluded", 0.0)
+    total = timer.clock() - started - timer.seconds.pop("excluded", 0.0)
     rows = {label: seconds * 1000 / steps for label, seconds in timer.seconds.items()}
     rows["other (loop, losses, glue)"] = total * 1000 / steps - sum(rows.values())
     return {"ms_per_step": round(total * 1000 / steps, 2),
@@ -165,19 +173,23 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--steps", type=int, default=16, help="timed steps per phase (R1 runs every r1_every)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each phase")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
+    parser.add_argument("--plain-step", action="store_true", help="every speed-up of StepOptions off (the before)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("stylexlib").setLevel(logging.ERROR)
     cfg = stylex_config(args.config, args.set, args.batch)
     report = {"resolution": args.resolution, "batch": args.batch, "threads": args.threads, "overrides": args.set,
-              "torch": torch.__version__}
+              "clock": args.clock, "plain_step": args.plain_step, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer = build_trainer(cfg, args.resolution, Path(out_dir))
+        options = StepOptions.none() if args.plain_step else StepOptions()
+        trainer = build_trainer(cfg, args.resolution, Path(out_dir), options)
         for phase, first in (("warm-up", 0), ("adversarial", cfg.warmup_steps)):  # any r1_every steps hold one R1
             if phase == "warm-up" and cfg.warmup_steps < args.warmup + args.steps:
                 continue
-            report[phase] = profile_phase(trainer, first, args.steps, args.warmup)
-            print_table(f"{phase} step at {args.resolution} px, {args.threads} thread(s)", report[phase])
+            report[phase] = profile_phase(trainer, first, args.steps, args.warmup, args.clock)
+            print_table(f"{phase} step at {args.resolution} px, {args.threads} thread(s), {args.clock} clock"
+                        + (", plain step" if args.plain_step else ""), report[phase])
     emit(json.dumps(report))
     return report
 

@@ -135,7 +135,7 @@ class Measured:
     align: Callable[[], None] = lambda: None
 
 
-def build(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> Measured:
+def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str | None = None) -> Measured:
     """The step function of one measurement ("plain", "peer", "stylex", "stylex_warmup", "stylex:<variant>")."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -143,7 +143,7 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> Measured
     probs = torch.softmax(torch.randn(batch, NUM_CLASSES), dim=1)
     if kind.split(":")[0] in VARIANT_PREFIXES:
         phase, _, variant = kind.partition(":")
-        return stylex_step(cfg, resolution, batch, phase, variant or "all")
+        return stylex_step(cfg, resolution, batch, phase, variant or "all", config)
     if kind == "plain":
         G, D = Generator(resolution, NUM_CLASSES, cfg), Discriminator(resolution, NUM_CLASSES, cfg)
         G.to(memory_format=memory_format)
@@ -172,19 +172,22 @@ VARIANT_PREFIXES = ("stylex", "stylex_warmup")
 
 def variant_settings(variant: str) -> tuple[StepOptions, list[str]]:
     """The step options and config overrides of a trainer variant: "all" (the default trainer), "plain_step" (every
-    speed-up off), "without_<option>", or "compile" (stylex.compile=true)."""
+    speed-up off), "without_<option>", "compile" (stylex.compile=true), or any "stylex.<key>=<value>" override."""
     if variant == "all":
         return StepOptions(), []
     if variant == "plain_step":
         return StepOptions.none(), []
     if variant == "compile":
-        return StepOptions(), ["compile=true"]
+        return StepOptions(), ["stylex.compile=true"]
+    if "=" in variant:
+        return StepOptions(), [variant]
     if variant.startswith("without_") and variant[len("without_"):] in option_names():
         return StepOptions().without(variant[len("without_"):]), []
     raise SystemExit(f"unknown variant '{variant}'")
 
 
-def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, variant: str = "all") -> Measured:
+def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, variant: str = "all",
+                config: str | None = None) -> Measured:
     """StylexTrainer.train_step on random images with an untrained built-in classifier, in the warm-up or the
     adversarial phase (R1 on its real schedule: the step counter is kept in the phase, not reset)."""
     import numpy as np
@@ -194,7 +197,8 @@ def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, vari
     from stylexlib.gan.training import StylexTrainer
 
     options, overrides = variant_settings(variant)
-    cfg = dataclasses.replace(cfg, **{k: v == "true" for k, v in (o.split("=") for o in overrides)})
+    if overrides:
+        cfg = load_config(config, overrides).stylex
     n = 4 * batch
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
     data = ImageDataset(images, torch.arange(n) % NUM_CLASSES, ["a", "b"], np.array(["train"] * n))
@@ -216,10 +220,14 @@ def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, vari
                     align)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
+CLOCK = CLOCKS["wall"]
+
+
 def timed(step: Callable[[], None]) -> float:
-    started = time.perf_counter()
+    started = CLOCK()
     step()
-    return time.perf_counter() - started
+    return CLOCK() - started
 
 
 def step_seconds(durations: list[float], lazy: list[bool], every: int) -> float:
@@ -264,22 +272,23 @@ def in_subprocess(kind: str, resolution: int, args: argparse.Namespace) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def kinds_to_time(cfg: StylexConfig, variants: bool) -> list[str]:
-    """The measured kinds: the plain steps, the StylEx phases, and with ``variants`` each trainer variant."""
+def kinds_to_time(cfg: StylexConfig, variants: bool, extra: list[str]) -> list[str]:
+    """The measured kinds: the plain steps, the StylEx phases, with ``variants`` each trainer variant, and ``extra``
+    variants (config overrides)."""
     phases = ["stylex_warmup", "stylex"] if cfg.warmup_steps > 0 else ["stylex"]
     kinds = ["plain", "peer", *phases]
-    if variants:
-        names = ["plain_step", *(f"without_{name}" for name in option_names()), "compile"]
-        kinds += [f"{phase}:{name}" for name in names for phase in phases]
-    return kinds
+    names = (["plain_step", *(f"without_{name}" for name in option_names()), "compile"] if variants else []) + extra
+    if names and "plain_step" not in names:
+        names.insert(0, "plain_step")
+    return kinds + [f"{phase}:{name}" for name in names for phase in phases]
 
 
 def measure_resolution(cfg: StylexConfig, resolution: int, args: argparse.Namespace) -> dict:
     """Every kind at one resolution, timed in the same run; the ratios against the peer and the plain step."""
-    kinds = kinds_to_time(cfg, args.variants)
+    kinds = kinds_to_time(cfg, args.variants, args.variant)
     results = {kind: in_subprocess(kind, resolution, args) for kind in kinds if ":" not in kind}
     with contextlib.redirect_stdout(sys.stderr):
-        measured = {kind: build(kind, cfg, resolution, args.batch) for kind in kinds}
+        measured = {kind: build(kind, cfg, resolution, args.batch, args.config) for kind in kinds}
     for kind, rate in interleaved_rates(measured, args.batch, args.steps, args.warmup).items():
         results.setdefault(kind, dict(measured[kind].facts)).update(rate)
     rate = {kind: result["images_per_s"] for kind, result in results.items()}
@@ -307,17 +316,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", action="store_true", help="also time the trainer without each speed-up")
+    parser.add_argument("--variant", action="append", default=[], help="also time a variant, e.g. stylex.path_mode=alternate")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only: the peer hard-codes .cuda() elsewhere")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     cfg = load_config(args.config).stylex
     if args.memory_of:
         with contextlib.redirect_stdout(sys.stderr):
             result = peak_memory(args.memory_of, cfg, args.resolution[0], args.batch)
         print(json.dumps(result))
         return
-    report = {"batch": args.batch, "threads": args.threads, "channels_last": cfg.channels_last, "config": args.config,
+    report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last, "config": args.config,
               "torch": torch.__version__, "machine": platform.machine()}
     for resolution in args.resolution:
         measured = measure_resolution(cfg, resolution, args)
