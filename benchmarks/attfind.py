@@ -54,7 +54,8 @@ def floor_seconds(G, C, styles: torch.Tensor, targets: torch.Tensor, coords: tor
         work = []
         for layer in torch.unique(layer_of).tolist():
             state = G.synthesize_prefix(styles[n : n + 1], layer)
-            edits = effects.single_edits(styles[n : n + 1], targets[:, n], coords[(layer_of == layer).nonzero().flatten()])
+            positions = (layer_of == layer).nonzero().flatten()
+            edits = effects.single_edits(styles[n : n + 1], targets[:, n], coords[positions])
             work += [(effects._materialise(state, len(chunk)), chunk, layer) for chunk in edits.split(batch_size)]
         start = time.perf_counter()
         for state, chunk, layer in work:

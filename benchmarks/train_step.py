@@ -316,7 +316,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", action="store_true", help="also time the trainer without each speed-up")
-    parser.add_argument("--variant", action="append", default=[], help="also time a variant, e.g. stylex.path_mode=alternate")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="also time a variant, e.g. stylex.path_mode=alternate")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only: the peer hard-codes .cuda() elsewhere")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -330,8 +331,8 @@ def main() -> None:
             result = peak_memory(args.memory_of, cfg, args.resolution[0], args.batch)
         print(json.dumps(result))
         return
-    report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last, "config": args.config,
-              "torch": torch.__version__, "machine": platform.machine()}
+    report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last,
+              "config": args.config, "torch": torch.__version__, "machine": platform.machine()}
     for resolution in args.resolution:
         measured = measure_resolution(cfg, resolution, args)
         report.update({key: value for key, value in measured.items() if key.startswith("stylex")})

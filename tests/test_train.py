@@ -265,7 +265,7 @@ def test_encoder_ema_tracks_the_encoder_and_is_what_later_stages_load(tmp_path, 
     assert make_trainer(TINY, data, classifier, lpips_model, None).E_ema is None
 
 
-def test_step_speedups_learn_what_the_plain_step_learns(data, classifier, lpips_model) -> None:
+def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model) -> None:
     """Every lossless speed-up of the step (StepOptions) on against all off: the same losses and weights after a warm-up
     step and adversarial steps with R1, both paths, mixing, DiffAugment and both KL terms, to float rounding."""
     from stylexlib.gan.step_options import StepOptions
@@ -276,11 +276,12 @@ def test_step_speedups_learn_what_the_plain_step_learns(data, classifier, lpips_
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.2, 0.2)
+    # No path-length term: it is a Jacobian norm, which jumps when rounding flips one leaky ReLU's side (0.2% here).
     cfg = dataclasses.replace(TINY, warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
-                              mixing_prob=0.9, encoder_ema=True, weight_mapping_match=1.0)
-    runs = {}
+                              mixing_prob=0.9, encoder_ema=True, weight_mapping_match=1.0, pl_weight=0.0)
+    runs, few = {}, tiny_dataset(10)  # 8 training images: the 4 steps draw each twice (the cached C(x) is reused)
     for name, options in (("fast", StepOptions()), ("plain", StepOptions.none())):
-        trainer = train.StylexTrainer(cfg, data, classifier, lpips_model=lpips_model, options=options)
+        trainer = train.StylexTrainer(cfg, few, classifier, lpips_model=lpips_model, options=options)
         runs[name] = ([trainer.train_step() for _ in range(4)], all_state(trainer))
     (fast_losses, fast_state), (plain_losses, plain_state) = runs["fast"], runs["plain"]
     assert {"r1", "d", "kl", "sample_kl"} <= set(plain_losses[-2]) | set(plain_losses[-1])

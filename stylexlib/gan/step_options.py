@@ -12,6 +12,7 @@ from torch import nn
 class StepOptions:
     """What ``StylexTrainer.train_step`` may do faster without changing what is learned (beyond float rounding)."""
 
+    cached_real_logits: bool = True  # C(x) of each training image computed once, when first drawn (C is frozen)
     batched_classifier: bool = True  # one classifier pass over reconstructions and samples (the KL terms)
     batched_discriminator: bool = True  # the D step's real and generated images share one pass of D's trunk
     folded_classifier: bool = True  # the frozen classifier's eval-mode BatchNorms folded into its convolutions

@@ -165,6 +165,8 @@ class StylexTrainer:
         broadcast_modules(self._networks(), dist)
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
         self.step_classifier = folded_copy(self.classifier) if options.folded_classifier else self.classifier
+        self.real_logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
+        self.real_logits_known = torch.zeros(0, dtype=torch.bool)
         self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.lpips_net, self.device)
         fused = options.fused_adam
         self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None, fused=fused)
@@ -198,9 +200,9 @@ class StylexTrainer:
     def train_step(self) -> dict[str, float]:
         """One D step and one G+E step (plus the lazy regularisers when due; during the warm-up the G+E step only)."""
         cfg = self.cfg
-        x = self._real_batch()
-        with torch.no_grad(), self._autocast():
-            logits = self.step_classifier(x).float()
+        positions = self.sampler.next()
+        x = self._real_batch(positions)
+        logits = self._real_logits(positions, x)
         probs, condition = logits.softmax(dim=1), class_input(logits, cfg.condition_on)
         if cfg.condition_on == "none":  # no classifier: D's class heads averaged (unconditional)
             probs = torch.full_like(probs, 1 / probs.shape[1])
@@ -243,9 +245,27 @@ class StylexTrainer:
     def _networks(self) -> list[nn.Module]:
         return [self.G, self.E, self.D, self.G_ema] + ([self.E_ema] if self.E_ema is not None else [])
 
-    def _real_batch(self) -> Tensor:
-        x = to_float(self.images[self.sampler.next()]).to(self.device, non_blocking=True)
+    def _real_batch(self, positions: Tensor) -> Tensor:
+        x = to_float(self.images[positions]).to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self.memory_format)
+
+    @torch.no_grad()
+    def _real_logits(self, positions: Tensor, x: Tensor) -> Tensor:
+        """C(x) for the real batch; with ``options.cached_real_logits`` each image's logits are computed the first time
+        it is drawn and kept (the classifier is frozen and in eval mode: the same values, to float rounding)."""
+        if not self.options.cached_real_logits:
+            with self._autocast():
+                return self.step_classifier(x).float()
+        if self.real_logits is None:
+            self.real_logits = torch.zeros(len(self.images), self.num_classes, device=self.device)
+            self.real_logits_known = torch.zeros(len(self.images), dtype=torch.bool)
+        missing = ~self.real_logits_known[positions]
+        if missing.any():
+            new = positions[missing]
+            with self._autocast():
+                self.real_logits[new.to(self.device)] = self.step_classifier(x[missing.to(self.device)]).float()
+            self.real_logits_known[new] = True
+        return self.real_logits[positions.to(self.device)]
 
     def _paths(self) -> tuple[bool, bool]:
         """(encoder path, random path) for the current step."""
