@@ -283,10 +283,11 @@ def kinds_to_time(cfg: StylexConfig, variants: bool, extra: list[str]) -> list[s
     return kinds + [f"{phase}:{name}" for name in names for phase in phases]
 
 
-def measure_resolution(cfg: StylexConfig, resolution: int, args: argparse.Namespace) -> dict:
+def measure_resolution(cfg: StylexConfig, resolution: int, args: argparse.Namespace,
+                       memory: dict[str, dict]) -> dict:
     """Every kind at one resolution, timed in the same run; the ratios against the peer and the plain step."""
     kinds = kinds_to_time(cfg, args.variants, args.variant)
-    results = {kind: in_subprocess(kind, resolution, args) for kind in kinds if ":" not in kind}
+    results = {kind: dict(facts) for kind, facts in memory.items()}
     with contextlib.redirect_stdout(sys.stderr):
         measured = {kind: build(kind, cfg, resolution, args.batch, args.config) for kind in kinds}
     for kind, rate in interleaved_rates(measured, args.batch, args.steps, args.warmup).items():
@@ -301,7 +302,7 @@ def measure_resolution(cfg: StylexConfig, resolution: int, args: argparse.Namesp
         report[f"stylex_warmup_vs_peer_{resolution}"] = round(rate["stylex_warmup"] / rate["peer"], 3)
     for phase in VARIANT_PREFIXES:
         if f"{phase}:plain_step" in rate:
-            report[f"{phase}_speedup_vs_plain_step"] = {
+            report[f"{phase}_speedup_vs_plain_step_{resolution}"] = {
                 kind.split(":")[1] if ":" in kind else "all": round(value / rate[f"{phase}:plain_step"], 3)
                 for kind, value in rate.items() if kind.split(":")[0] == phase}
     return report
@@ -333,8 +334,11 @@ def main() -> None:
         return
     report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last,
               "config": args.config, "torch": torch.__version__, "machine": platform.machine()}
+    # Peak memory first, while this process is small: Linux carries a parent's peak RSS into the subprocesses.
+    kinds = [kind for kind in kinds_to_time(cfg, False, []) if ":" not in kind]
+    memory = {r: {kind: in_subprocess(kind, r, args) for kind in kinds} for r in args.resolution}
     for resolution in args.resolution:
-        measured = measure_resolution(cfg, resolution, args)
+        measured = measure_resolution(cfg, resolution, args, memory[resolution])
         report.update({key: value for key, value in measured.items() if key.startswith("stylex")})
         report[f"at_{resolution}"] = measured
     print(json.dumps(report, indent=2))
