@@ -1,9 +1,10 @@
 """Where one StylEx training step spends its time: exclusive milliseconds per part, warm-up and adversarial steps.
 
-Builds StylexTrainer with a config's networks on random images (an untrained classifier, the real LPIPS), wraps
-its parts in timers (nested parts are subtracted from their parents) and runs ``--steps`` steps of each phase
-through ``StylexTrainer.train`` (logging included; R1 at its real frequency: use a multiple of ``r1_every``).
-Prints one table per phase and the same numbers as JSON on the last line.
+Builds StylexTrainer with a config's networks on random images (an untrained classifier, the real LPIPS), once as it
+is ("all") and once with every lossless speed-up off ("plain_step", the before), wraps their parts in timers (nested
+parts are subtracted from their parents) and runs ``--steps`` steps of each phase, the two trainers in turn (R1 at its
+real frequency: use a multiple of ``r1_every``; stats.jsonl logging, 0.01 ms a step, is left out). Prints one table
+per phase and trainer, and the same numbers as JSON on the last line.
 
     python benchmarks/profile_step.py --resolution 32 --threads 1
     python benchmarks/profile_step.py --resolution 64 --steps 16 --set stylex.compile=true
@@ -76,15 +77,13 @@ PHASES = {  # trainer method -> the part it is a phase of
     "_track_w_avg": "w_avg", "_update_ema": "EMA", "_log": "logging", "_checked": "loss check",
     "_augment": "DiffAugment", "_mix_styles": "style mixing",
 }
-EXCLUDED = ("save_checkpoint", "save_previews")  # the end of StylexTrainer.train, not a step
+TRAINERS = {"all": StepOptions(), "plain_step": StepOptions.none()}
 
 
 def instrument(trainer: StylexTrainer, timer: SectionTimer) -> None:
     """Time the trainer's phases, its networks' forwards, backward passes and optimizer steps."""
     for method, name in PHASES.items():
         timer.wrap(trainer, method, name)
-    for method in EXCLUDED:
-        timer.wrap(trainer, method, "excluded")
     nets = {"classifier fwd": trainer.step_classifier, "E fwd": trainer.E, "D fwd": trainer.D,
             "LPIPS fwd": trainer.lpips, "mapping fwd": trainer.G.mapping}
     for name, net in nets.items():
@@ -134,20 +133,30 @@ def build_trainer(cfg: StylexConfig, resolution: int, out_dir: Path, options: St
     return StylexTrainer(cfg, data, classifier, out_dir=out_dir, options=options)
 
 
-def profile_phase(trainer: StylexTrainer, first_step: int, steps: int, warmup: int, clock: str = "wall") -> dict:
-    """Exclusive ms per step of each part over ``steps`` steps from ``first_step`` (after ``warmup`` untimed ones)."""
-    trainer.step = first_step
-    trainer.train(first_step + warmup, progress=False)
-    timer = SectionTimer(CLOCKS[clock])
-    instrument(trainer, timer)
-    started = timer.clock()
-    with timed_autograd(timer):
-        trainer.train(first_step + warmup + steps, progress=False)
-    total = timer.clock() - started - timer.seconds.pop("excluded", 0.0)
+def profile_phase(trainers: dict[str, StylexTrainer], timers: dict[str, SectionTimer], first_step: int, steps: int,
+                  warmup: int) -> dict[str, dict]:
+    """Exclusive ms per step of each part, per trainer, over ``steps`` steps from ``first_step`` (after ``warmup``
+    untimed ones); the trainers take one step each in turn, so that load from other work hits them alike."""
+    totals = dict.fromkeys(trainers, 0.0)
+    for name, trainer in trainers.items():
+        trainer.step = first_step
+        for _ in range(warmup):
+            trainer.train_step()
+        timers[name].seconds.clear()
+    for _ in range(steps):
+        for name, trainer in trainers.items():
+            timer = timers[name]
+            started = timer.clock()
+            with timed_autograd(timer):
+                trainer.train_step()
+            totals[name] += timer.clock() - started
+    return {name: summary(timers[name], totals[name], steps, trainers[name].cfg.batch_size) for name in trainers}
+
+
+def summary(timer: SectionTimer, total: float, steps: int, batch: int) -> dict:
     rows = {label: seconds * 1000 / steps for label, seconds in timer.seconds.items()}
     rows["other (loop, losses, glue)"] = total * 1000 / steps - sum(rows.values())
-    return {"ms_per_step": round(total * 1000 / steps, 2),
-            "images_per_s": round(steps * trainer.cfg.batch_size / total, 2),
+    return {"ms_per_step": round(total * 1000 / steps, 2), "images_per_s": round(steps * batch / total, 2),
             "parts_ms": {k: round(v, 2) for k, v in sorted(rows.items(), key=lambda kv: -kv[1])}}
 
 
@@ -174,22 +183,27 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each phase")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
-    parser.add_argument("--plain-step", action="store_true", help="every speed-up of StepOptions off (the before)")
+    parser.add_argument("--trainers", choices=sorted(TRAINERS), nargs="+", default=sorted(TRAINERS),
+                        help="all: the trainer as it is; plain_step: every speed-up of StepOptions off (the before)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("stylexlib").setLevel(logging.ERROR)
     cfg = stylex_config(args.config, args.set, args.batch)
     report = {"resolution": args.resolution, "batch": args.batch, "threads": args.threads, "overrides": args.set,
-              "clock": args.clock, "plain_step": args.plain_step, "torch": torch.__version__}
+              "clock": args.clock, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as out_dir:
-        options = StepOptions.none() if args.plain_step else StepOptions()
-        trainer = build_trainer(cfg, args.resolution, Path(out_dir), options)
+        trainers = {name: build_trainer(cfg, args.resolution, Path(out_dir) / name, TRAINERS[name])
+                    for name in args.trainers}
+        timers = {name: SectionTimer(CLOCKS[args.clock]) for name in trainers}
+        for name, trainer in trainers.items():
+            instrument(trainer, timers[name])
         for phase, first in (("warm-up", 0), ("adversarial", cfg.warmup_steps)):  # any r1_every steps hold one R1
             if phase == "warm-up" and cfg.warmup_steps < args.warmup + args.steps:
                 continue
-            report[phase] = profile_phase(trainer, first, args.steps, args.warmup, args.clock)
-            print_table(f"{phase} step at {args.resolution} px, {args.threads} thread(s), {args.clock} clock"
-                        + (", plain step" if args.plain_step else ""), report[phase])
+            report[phase] = profile_phase(trainers, timers, first, args.steps, args.warmup)
+            for name, result in report[phase].items():
+                print_table(f"{phase} step at {args.resolution} px, {args.threads} thread(s), {args.clock} clock, "
+                            f"trainer '{name}'", result)
     emit(json.dumps(report))
     return report
 
