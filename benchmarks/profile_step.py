@@ -74,7 +74,7 @@ class SectionTimer:
 PHASES = {  # trainer method -> the part it is a phase of
     "_real_batch": "data", "_real_logits": "C(x)", "_generate": "generate", "_discriminator_step": "D step", "_r1_step": "R1 step",
     "_generator_step": "G+E step", "_mapping_match_step": "mapping match", "_path_length_step": "path length",
-    "_track_w_avg": "w_avg", "_update_ema": "EMA", "_log": "logging", "_checked": "loss check",
+    "_track_w_avg": "w_avg", "_update_ema": "EMA", "_checked": "loss check",
     "_augment": "DiffAugment", "_mix_styles": "style mixing",
 }
 TRAINERS = {"all": StepOptions(), "plain_step": StepOptions.none()}

@@ -42,12 +42,12 @@ from stylexlib.gan.augment import diff_augment, parse_policy
 from stylexlib.gan.checkpoint import (CHECKPOINT_FORMAT, STATS_FILE, capture_rng, checkpoint_path, load_checkpoint,
                                       read_stats, restore_rng)
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics, collapse_warning
+from stylexlib.gan.discriminator import Discriminator
 from stylexlib.gan.encoder_fit import fit_checkpoint_encoder
 from stylexlib.gan.generator import MAPPING_LR_MUL
 from stylexlib.gan.losses import (classifier_kl_loss, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
                                   g_path_length_loss, latent_mmd_loss, latent_prior_loss, load_lpips, loss_weights,
                                   reconstruction_losses, weighted_sum)
-from stylexlib.gan.discriminator import Discriminator
 from stylexlib.gan.models import StylexModels, build_networks, class_input
 from stylexlib.gan.step_options import StepOptions, update_ema
 
