@@ -1,14 +1,21 @@
 """Images/s and peak memory of StylEx training steps, against a peer measured in the same run; prints JSON.
 
-Measurements, each in its own subprocess (so its peak RSS is its own):
-  stylex  one full StylEx step: G, E, conditional D, frozen classifier, LPIPS (StylexTrainer.train_step)
-  plain   a plain G+D step with our networks: G forward, D step (logistic loss), G step (non-saturating)
-  peer    the same plain step with the `stylegan2_pytorch` package (lucidrains; the base of the public StylEx
-          reproduction): its StyleVectorizer, Generator and Discriminator, no augmentation, no attention,
-          network_capacity/fmap_max picked so that G's and D's channel widths at each resolution match ours
-          (the same work per image; both parameter counts are reported).
+Measurements at each ``--resolution``, timed in turn within one process (one step of each per round, so load from
+other work hits all alike); peak memory each in its own subprocess (so its peak RSS is its own):
+  stylex         the adversarial StylEx step (StylexTrainer.train_step after the warm-up): G, E, conditional D with
+                 DiffAugment on both paths, frozen classifier, LPIPS, the mapping match, EMA, and R1 at its real
+                 frequency (every r1_every steps: timed apart and amortised)
+  stylex_warmup  a warm-up step (the config's first warmup_steps: E and G as an autoencoder, no D)
+  plain          a plain G+D step with our networks: G forward, D step (logistic loss), G step (non-saturating)
+  peer           the same plain step with the `stylegan2_pytorch` package (lucidrains; the base of the public StylEx
+                 reproduction): its StyleVectorizer, Generator and Discriminator, no augmentation, no attention,
+                 network_capacity/fmap_max picked so that G's and D's channel widths at each resolution match ours
+                 (the same work per image; both parameter counts are reported).
+``stylex_vs_peer_{R}`` is the adversarial step's real images/s over the peer's images/s. ``--variants`` adds the
+trainer with each lossless speed-up of stylexlib.gan.step_options off in turn, with all of them off ("plain_step"),
+and with ``stylex.compile`` on (compile time reported as its warm-up), both phases; ``speedup_vs_plain_step``.
 
-    make bench        # or: python benchmarks/train_step.py --resolution 32 --batch 16
+    make bench        # or: python benchmarks/train_step.py --resolution 32 64 --threads 2 --variants
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from unittest import mock
@@ -33,6 +41,7 @@ from torch import nn
 from stylexlib.core.config import StylexConfig, load_config
 from stylexlib.gan import Discriminator, Generator
 from stylexlib.gan.losses import d_logistic_loss, g_nonsaturating_loss
+from stylexlib.gan.step_options import StepOptions, option_names
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 2
@@ -114,21 +123,34 @@ def plain_step(generate: Callable[[], torch.Tensor], discriminate: Callable[[tor
     return step
 
 
-def build(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> tuple[Callable[[], None], dict]:
-    """The step function of one measurement and facts about it (parameter counts)."""
+@dataclass
+class Measured:
+    """One measured step function and facts about it; ``is_lazy_step`` tells whether the next call is one of the
+    costlier steps that come every ``lazy_every`` calls (R1); ``align`` makes the next call one of them."""
+
+    step: Callable[[], None]
+    facts: dict
+    lazy_every: int = 0
+    is_lazy_step: Callable[[], bool] = lambda: False
+    align: Callable[[], None] = lambda: None
+
+
+def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str | None = None) -> Measured:
+    """The step function of one measurement ("plain", "peer", "stylex", "stylex_warmup", "stylex:<variant>")."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     real = torch.rand(batch, 3, resolution, resolution).mul(2).sub(1).contiguous(memory_format=memory_format)
     probs = torch.softmax(torch.randn(batch, NUM_CLASSES), dim=1)
-    if kind == "stylex":
-        return stylex_step(cfg, resolution, batch)
+    if kind.split(":")[0] in VARIANT_PREFIXES:
+        phase, _, variant = kind.partition(":")
+        return stylex_step(cfg, resolution, batch, phase, variant or "all", config)
     if kind == "plain":
         G, D = Generator(resolution, NUM_CLASSES, cfg), Discriminator(resolution, NUM_CLASSES, cfg)
         G.to(memory_format=memory_format)
         D.to(memory_format=memory_format)
         step = plain_step(lambda: G(G.mapping(torch.randn(batch, cfg.latent_dim)), probs, noise_mode="random"),
                           lambda images: D(images, probs), real, G.parameters(), D.parameters(), cfg)
-        return step, {"params_g": count(G), "params_d": count(D)}
+        return Measured(step, {"params_g": count(G), "params_d": count(D)})
     peer = import_peer()
     capacity_g, fmap_max_g = matched_peer_size(peer, resolution, cfg, "G")
     capacity_d, fmap_max_d = matched_peer_size(peer, resolution, cfg, "D")
@@ -141,98 +163,185 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> tuple[Ca
 
     step = plain_step(generate, lambda images: D(images)[0], real.contiguous(),
                       [*mapping.parameters(), *G.parameters()], D.parameters(), cfg)
-    return step, {"params_g": count(mapping, G), "params_d": count(D), "network_capacity_g": capacity_g,
-                  "fmap_max_g": fmap_max_g, "network_capacity_d": capacity_d, "fmap_max_d": fmap_max_d}
+    return Measured(step, {"params_g": count(mapping, G), "params_d": count(D), "network_capacity_g": capacity_g,
+                           "fmap_max_g": fmap_max_g, "network_capacity_d": capacity_d, "fmap_max_d": fmap_max_d})
 
 
-def stylex_step(cfg: StylexConfig, resolution: int, batch: int) -> tuple[Callable[[], None], dict]:
-    """StylexTrainer.train_step on random images with an untrained built-in classifier."""
+VARIANT_PREFIXES = ("stylex", "stylex_warmup")
+
+
+def variant_settings(variant: str) -> tuple[StepOptions, list[str]]:
+    """The step options and config overrides of a trainer variant: "all" (the default trainer), "plain_step" (every
+    speed-up off), "without_<option>", "compile" (stylex.compile=true), or any "stylex.<key>=<value>" override."""
+    if variant == "all":
+        return StepOptions(), []
+    if variant == "plain_step":
+        return StepOptions.none(), []
+    if variant == "compile":
+        return StepOptions(), ["stylex.compile=true"]
+    if "=" in variant:
+        return StepOptions(), [variant]
+    if variant.startswith("without_") and variant[len("without_"):] in option_names():
+        return StepOptions().without(variant[len("without_"):]), []
+    raise SystemExit(f"unknown variant '{variant}'")
+
+
+def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, variant: str = "all",
+                config: str | None = None) -> Measured:
+    """StylexTrainer.train_step on random images with an untrained built-in classifier, in the warm-up or the
+    adversarial phase (R1 on its real schedule: the step counter is kept in the phase, not reset)."""
     import numpy as np
 
     from stylexlib.classifier.model import build_classifier
     from stylexlib.data import ImageDataset
     from stylexlib.gan.training import StylexTrainer
 
+    options, overrides = variant_settings(variant)
+    if overrides:
+        cfg = load_config(config, overrides).stylex
     n = 4 * batch
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
     data = ImageDataset(images, torch.arange(n) % NUM_CLASSES, ["a", "b"], np.array(["train"] * n))
     classifier = build_classifier(NUM_CLASSES, resolution, width=32)
-    trainer = StylexTrainer(dataclasses.replace(cfg, batch_size=batch, device="cpu"), data, classifier)
+    trainer = StylexTrainer(dataclasses.replace(cfg, batch_size=batch, device="cpu"), data, classifier,
+                            options=options)
     facts = {"params_g": count(trainer.G), "params_d": count(trainer.D), "params_e": count(trainer.E),
-             "path_mode": cfg.path_mode}
-    return trainer.train_step, facts
+             "path_mode": cfg.path_mode, "variant": variant}
+    r1_every = cfg.r1_every if cfg.r1_gamma > 0 else 0
+    if phase == "stylex_warmup":
+        return Measured(trainer.train_step, facts)
+    trainer.step = cfg.warmup_steps
+
+    def align() -> None:  # the first timed step is an R1 step
+        if r1_every:
+            trainer.step += -trainer.step % r1_every
+
+    return Measured(trainer.train_step, facts, r1_every, lambda: bool(r1_every) and trainer.step % r1_every == 0,
+                    align)
 
 
-KINDS = ("plain", "peer", "stylex")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
+CLOCK = CLOCKS["wall"]
 
 
 def timed(step: Callable[[], None]) -> float:
-    started = time.perf_counter()
+    started = CLOCK()
     step()
-    return time.perf_counter() - started
+    return CLOCK() - started
 
 
-def interleaved_rates(steps: dict[str, Callable[[], None]], batch: int, rounds: int, warmup: int) -> dict[str, dict]:
-    """Median images/s per kind, timing one step of each kind per round (so load from other work hits all alike)."""
-    warmup_seconds = {kind: sum(timed(step) for _ in range(warmup)) for kind, step in steps.items()}
-    durations: dict[str, list[float]] = {kind: [] for kind in steps}
+def step_seconds(durations: list[float], lazy: list[bool], every: int) -> float:
+    """Seconds per step: the median ordinary step, plus the lazy steps' extra time (mean) spread over ``every``."""
+    ordinary = statistics.median(d for d, is_lazy in zip(durations, lazy) if not is_lazy)
+    extra = [d - ordinary for d, is_lazy in zip(durations, lazy) if is_lazy]
+    return ordinary + (statistics.mean(extra) / every if extra and every else 0.0)
+
+
+def interleaved_rates(measured: dict[str, Measured], batch: int, rounds: int, warmup: int) -> dict[str, dict]:
+    """Images/s per kind, timing one step of each kind per round (so load from other work hits all alike)."""
+    warmup_seconds = {kind: sum(timed(m.step) for _ in range(warmup)) for kind, m in measured.items()}
+    for m in measured.values():
+        m.align()
+    durations: dict[str, list[float]] = {kind: [] for kind in measured}
+    lazy: dict[str, list[bool]] = {kind: [] for kind in measured}
     for _ in range(rounds):
-        for kind, step in steps.items():
-            durations[kind].append(timed(step))
-    return {kind: {"images_per_s": round(batch / statistics.median(durations[kind]), 2),
-                   "warmup_s": round(warmup_seconds[kind], 1)} for kind in steps}
+        for kind, m in measured.items():
+            lazy[kind].append(m.is_lazy_step())
+            durations[kind].append(timed(m.step))
+    return {kind: {"images_per_s": round(batch / step_seconds(durations[kind], lazy[kind], m.lazy_every), 2),
+                   "warmup_s": round(warmup_seconds[kind], 1)} for kind, m in measured.items()}
 
 
 def peak_memory(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> dict:
     """Peak RSS of a process that builds one kind and runs two steps (called in a fresh subprocess)."""
-    step, facts = build(kind, cfg, resolution, batch)
+    measured = build(kind, cfg, resolution, batch)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    step()
+    measured.step()
+    measured.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_mib": round(peak / 1024, 1), "peak_rss_over_built_mib": round((peak - before) / 1024, 1), **facts}
+    return {"peak_rss_mib": round(peak / 1024, 1), "peak_rss_over_built_mib": round((peak - before) / 1024, 1),
+            **measured.facts}
 
 
-def in_subprocess(kind: str, args: argparse.Namespace) -> dict:
+def in_subprocess(kind: str, resolution: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--memory-of", kind, "--config", args.config, "--resolution",
-               str(args.resolution), "--batch", str(args.batch), "--threads", str(args.threads)]
+               str(resolution), "--batch", str(args.batch), "--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"memory measurement of '{kind}' failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def kinds_to_time(cfg: StylexConfig, variants: bool, extra: list[str]) -> list[str]:
+    """The measured kinds: the plain steps, the StylEx phases, with ``variants`` each trainer variant, and ``extra``
+    variants (config overrides)."""
+    phases = ["stylex_warmup", "stylex"] if cfg.warmup_steps > 0 else ["stylex"]
+    kinds = ["plain", "peer", *phases]
+    names = (["plain_step", *(f"without_{name}" for name in option_names()), "compile"] if variants else []) + extra
+    if names and "plain_step" not in names:
+        names.insert(0, "plain_step")
+    return kinds + [f"{phase}:{name}" for name in names for phase in phases]
+
+
+def measure_resolution(cfg: StylexConfig, resolution: int, args: argparse.Namespace,
+                       memory: dict[str, dict]) -> dict:
+    """Every kind at one resolution, timed in the same run; the ratios against the peer and the plain step."""
+    kinds = kinds_to_time(cfg, args.variants, args.variant)
+    results = {kind: dict(facts) for kind, facts in memory.items()}
+    with contextlib.redirect_stdout(sys.stderr):
+        measured = {kind: build(kind, cfg, resolution, args.batch, args.config) for kind in kinds}
+    for kind, rate in interleaved_rates(measured, args.batch, args.steps, args.warmup).items():
+        results.setdefault(kind, dict(measured[kind].facts)).update(rate)
+    rate = {kind: result["images_per_s"] for kind, result in results.items()}
+    params = {kind: results[kind]["params_g"] + results[kind]["params_d"] for kind in ("plain", "peer")}
+    report = {"results": results,
+              f"stylex_vs_peer_{resolution}": round(rate["stylex"] / rate["peer"], 3),
+              "plain_vs_peer_speedup": round(rate["plain"] / rate["peer"], 2),
+              "peer_vs_plain_params": round(params["peer"] / params["plain"], 3)}
+    if "stylex_warmup" in rate:
+        report[f"stylex_warmup_vs_peer_{resolution}"] = round(rate["stylex_warmup"] / rate["peer"], 3)
+    for phase in VARIANT_PREFIXES:
+        if f"{phase}:plain_step" in rate:
+            report[f"{phase}_speedup_vs_plain_step_{resolution}"] = {
+                kind.split(":")[1] if ":" in kind else "all": round(value / rate[f"{phase}:plain_step"], 3)
+                for kind, value in rate.items() if kind.split(":")[0] == phase}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"), help="network widths from stylex:")
-    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--resolution", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per kind (median reported)")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per kind (one R1 step among them)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--variants", action="store_true", help="also time the trainer without each speed-up")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="also time a variant, e.g. stylex.path_mode=alternate")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only: the peer hard-codes .cuda() elsewhere")
-    parser.add_argument("--memory-of", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     cfg = load_config(args.config).stylex
     if args.memory_of:
         with contextlib.redirect_stdout(sys.stderr):
-            result = peak_memory(args.memory_of, cfg, args.resolution, args.batch)
+            result = peak_memory(args.memory_of, cfg, args.resolution[0], args.batch)
         print(json.dumps(result))
         return
-    results = {kind: in_subprocess(kind, args) for kind in KINDS}
-    with contextlib.redirect_stdout(sys.stderr):
-        steps = {kind: build(kind, cfg, args.resolution, args.batch)[0] for kind in KINDS}
-    for kind, rate in interleaved_rates(steps, args.batch, args.steps, args.warmup).items():
-        results[kind].update(rate)
-    params = {kind: results[kind]["params_g"] + results[kind]["params_d"] for kind in ("plain", "peer")}
-    print(json.dumps({
-        "resolution": args.resolution, "batch": args.batch, "threads": args.threads,
-        "channels_last": cfg.channels_last, "config": args.config, "torch": torch.__version__,
-        "machine": platform.machine(), "results": results,
-        "plain_vs_peer_speedup": round(results["plain"]["images_per_s"] / results["peer"]["images_per_s"], 2),
-        "peer_vs_plain_params": round(params["peer"] / params["plain"], 3),
-    }, indent=2))
+    report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last,
+              "config": args.config, "torch": torch.__version__, "machine": platform.machine()}
+    # Peak memory first, while this process is small: Linux carries a parent's peak RSS into the subprocesses.
+    kinds = [kind for kind in kinds_to_time(cfg, False, []) if ":" not in kind]
+    memory = {r: {kind: in_subprocess(kind, r, args) for kind in kinds} for r in args.resolution}
+    for resolution in args.resolution:
+        measured = measure_resolution(cfg, resolution, args, memory[resolution])
+        report.update({key: value for key, value in measured.items() if key.startswith("stylex")})
+        report[f"at_{resolution}"] = measured
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -51,3 +51,29 @@ def test_encoder_fit_variant_and_the_pairing_benchmark(tmp_path: Path) -> None:
     pairing = json.loads(result.stdout)
     assert {"G+E", "G_ema+E", "G_ema+E_fit"} <= set(pairing) and pairing["encoder_fit"]["steps"] > 0
     assert pairing["G_ema+E_fit"]["recon_lpips"] != pairing["G_ema+E"]["recon_lpips"]
+
+
+def load_benchmark(name: str):
+    """A benchmark script as a module (its helpers, without running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_timing_amortises_r1_and_the_profile_counts_exclusive_time() -> None:
+    import pytest
+
+    train_step = load_benchmark("train_step")
+    seconds = train_step.step_seconds([1.0, 1.2, 3.0, 0.9], [False, False, True, False], every=16)
+    assert seconds == pytest.approx(1.0 + (3.0 - 1.0) / 16)  # the median ordinary step plus R1's extra, spread
+
+    ticks = iter(range(100))
+    timer = load_benchmark("profile_step").SectionTimer(clock=lambda: float(next(ticks)))
+    with timer.section("G+E step"):  # 0 .. 5, of which 1 .. 4 inside
+        with timer.section("backward"):
+            next(ticks), next(ticks)
+    assert dict(timer.seconds) == {"G+E step / backward": 3.0, "G+E step": 2.0}

@@ -1,6 +1,7 @@
 """StylEx training: exact resume, NaN guard, time limit, path modes, loading, evaluation, the CLI."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -277,3 +278,49 @@ def test_encoder_ema_tracks_the_encoder_and_is_what_later_stages_load(tmp_path, 
     assert resumed.resume() and all(torch.equal(a, b) for a, b in zip(resumed.E_ema.parameters(),
                                                                           trainer.E_ema.parameters()))
     assert make_trainer(TINY, data, classifier, lpips_model, None).E_ema is None
+
+
+def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model) -> None:
+    """Every lossless speed-up of the step (StepOptions) on against all off: the same losses and weights after a warm-up
+    step and adversarial steps with R1, both paths, mixing, DiffAugment and both KL terms, to float rounding."""
+    from stylexlib.gan.step_options import StepOptions
+
+    torch.manual_seed(1)
+    classifier = copy.deepcopy(classifier)
+    for module in classifier.modules():  # running statistics that folding must carry over
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.2, 0.2)
+    # No path-length term: it is a Jacobian norm, which jumps when rounding flips one leaky ReLU's side (0.2% here).
+    cfg = dataclasses.replace(TINY, warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
+                              mixing_prob=0.9, encoder_ema=True, weight_mapping_match=1.0, pl_weight=0.0)
+    runs, few = {}, tiny_dataset(10)  # 8 training images: the 4 steps draw each twice (the cached C(x) is reused)
+    for name, options in (("fast", StepOptions()), ("plain", StepOptions.none())):
+        trainer = train.StylexTrainer(cfg, few, classifier, lpips_model=lpips_model, options=options)
+        runs[name] = ([trainer.train_step() for _ in range(4)], all_state(trainer))
+    (fast_losses, fast_state), (plain_losses, plain_state) = runs["fast"], runs["plain"]
+    assert {"r1", "d", "kl", "sample_kl"} <= set(plain_losses[-2]) | set(plain_losses[-1])
+    for fast_step, plain_step in zip(fast_losses, plain_losses):
+        assert fast_step.keys() == plain_step.keys()
+        for name in plain_step:
+            assert fast_step[name] == pytest.approx(plain_step[name], rel=1e-4, abs=1e-5), name
+    for name in plain_state:
+        torch.testing.assert_close(fast_state[name], plain_state[name], rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lpips_model, compile) -> None:
+    """The GPU path: autocast (bf16, or fp16 with its scaler), channels_last, the step's speed-ups and optionally
+    stylex.compile; a warm-up step and adversarial steps with R1 stay finite and train D."""
+    cfg = dataclasses.replace(TINY, device="cuda", precision="auto", channels_last=True, compile=compile,
+                              warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
+                              mixing_prob=0.9, weight_mapping_match=1.0)
+    trainer = train.StylexTrainer(cfg, data, copy.deepcopy(classifier), lpips_model=copy.deepcopy(lpips_model).cuda())
+    assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
+    d_before = [p.detach().clone() for p in trainer.D.parameters()]
+    losses = [trainer.train_step() for _ in range(3)]
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+    assert "r1" in losses[2] and {"d", "adv", "kl", "sample_kl"} <= set(losses[1])
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, trainer.D.parameters()))
+    assert next(trainer.G.parameters()).is_cuda and trainer.G_ema.const.is_cuda

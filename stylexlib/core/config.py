@@ -140,6 +140,8 @@ class StylexConfig:
     time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     channels_last: bool = True
+    compile: bool = False  # torch.compile G's synthesis layers, E, D's trunk and the classifier for training (compile
+    # time counts against the time limit; benchmarks/train_step.py --variants measures whether it wins)
     seed: int = 0
 
 

@@ -70,10 +70,19 @@ class Discriminator(nn.Module):
         self.class_logits = EqualLinear(ch, num_classes)
 
     def forward(self, images: Tensor, class_probs: Tensor) -> Tensor:
-        if class_probs.shape != (images.shape[0], self.num_classes):
-            raise ValueError(f"class_probs must have shape ({images.shape[0]}, {self.num_classes}), "
+        return self._head(self.trunk(images), class_probs)
+
+    def judge_batches(self, batches: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """``[D(images, probs) for images, probs in batches]`` with one trunk pass over all the images: the trunk
+        works per image, so only the minibatch-stddev head runs per batch (the same values, to float rounding)."""
+        features = self.trunk(torch.cat([images for images, _ in batches])).split([len(i) for i, _ in batches])
+        return [self._head(part, probs) for part, (_, probs) in zip(features, batches)]
+
+    def _head(self, features: Tensor, class_probs: Tensor) -> Tensor:
+        if class_probs.shape != (features.shape[0], self.num_classes):
+            raise ValueError(f"class_probs must have shape ({features.shape[0]}, {self.num_classes}), "
                              f"got {tuple(class_probs.shape)}")
-        x = self.conv(minibatch_stddev(self.trunk(images)))
+        x = self.conv(minibatch_stddev(features))
         logits = self.class_logits(self.fc(x.flatten(1)))
         return (logits.float() * class_probs.float()).sum(dim=1)
 

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
 
+from stylexlib.classifier.fold import folded_copy
 from stylexlib.classifier.training import load_run_classifier
 from stylexlib.core.config import StylexConfig, to_dict
 from stylexlib.core.distributed import (SINGLE, DistInfo, any_rank, average_gradients, broadcast_modules,
@@ -41,12 +42,14 @@ from stylexlib.gan.augment import diff_augment, parse_policy
 from stylexlib.gan.checkpoint import (CHECKPOINT_FORMAT, STATS_FILE, capture_rng, checkpoint_path, load_checkpoint,
                                       read_stats, restore_rng)
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics, collapse_warning
+from stylexlib.gan.discriminator import Discriminator
 from stylexlib.gan.encoder_fit import fit_checkpoint_encoder
 from stylexlib.gan.generator import MAPPING_LR_MUL
 from stylexlib.gan.losses import (classifier_kl_loss, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
                                   g_path_length_loss, latent_mmd_loss, latent_prior_loss, load_lpips, loss_weights,
                                   reconstruction_losses, weighted_sum)
 from stylexlib.gan.models import StylexModels, build_networks, class_input
+from stylexlib.gan.step_options import StepOptions, update_ema
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +129,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def adam(params: Iterator[nn.Parameter], lr: float, cfg: StylexConfig, reg_every: int | None,
-         beta1: float | None = None) -> torch.optim.Adam:
+         beta1: float | None = None, fused: bool = False) -> torch.optim.Adam:
     """Adam with StyleGAN2's lazy-regularisation correction of lr and betas (when ``reg_every`` is set); ``beta1``
-    defaults to ``cfg.beta1``."""
+    defaults to ``cfg.beta1``; ``fused``: one fused kernel (CPU and CUDA parameters) instead of a per-tensor loop."""
     ratio = reg_every / (reg_every + 1) if reg_every else 1.0
     beta1 = cfg.beta1 if beta1 is None else beta1
     params = [p for p in params if p.requires_grad]  # frozen pretrained trunks never step
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(beta1**ratio, cfg.beta2**ratio))
+    fused = fused and bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(beta1**ratio, cfg.beta2**ratio), fused=fused or None)
 
 
 class StylexTrainer:
@@ -140,11 +144,12 @@ class StylexTrainer:
 
     def __init__(self, cfg: StylexConfig, data: ImageDataset, classifier: nn.Module, out_dir: str | Path | None = None,
                  device: torch.device | None = None, dist: DistInfo = SINGLE, lpips_model: nn.Module | None = None,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, options: StepOptions = StepOptions()) -> None:
         if cfg.path_mode not in PATH_MODES:
             raise ValueError(f"stylex.path_mode must be one of {PATH_MODES}, got '{cfg.path_mode}'")
         parse_policy(cfg.augment)
         self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
+        self.options = options
         self.device = device or pick_device(cfg.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and dist.is_main:
@@ -159,11 +164,18 @@ class StylexTrainer:
             net.to(self.device, memory_format=self.memory_format)
         broadcast_modules(self._networks(), dist)
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
+        self.step_classifier = folded_copy(self.classifier) if options.folded_classifier else self.classifier
+        self.real_logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
+        self.real_logits_known = torch.zeros(0, dtype=torch.bool)
         self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.lpips_net, self.device)
-        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None)
-        self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None, cfg.beta1_e)
-        self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg, cfg.r1_every if cfg.r1_gamma > 0 else None)
-        self.opt_mapping = adam(self.G.mapping.parameters(), cfg.lr_g / MAPPING_LR_MUL, cfg, None)  # the mapping match
+        fused = options.fused_adam
+        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None, fused=fused)
+        self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None, cfg.beta1_e, fused=fused)
+        self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg, cfg.r1_every if cfg.r1_gamma > 0 else None, fused=fused)
+        self.opt_mapping = adam(self.G.mapping.parameters(), cfg.lr_g / MAPPING_LR_MUL, cfg, None,  # the mapping match
+                                fused=fused)
+        if cfg.compile:
+            self._compile()
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         fp16 = self.amp_dtype == torch.float16
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -188,9 +200,9 @@ class StylexTrainer:
     def train_step(self) -> dict[str, float]:
         """One D step and one G+E step (plus the lazy regularisers when due; during the warm-up the G+E step only)."""
         cfg = self.cfg
-        x = self._real_batch()
-        with torch.no_grad(), self._autocast():
-            logits = self.classifier(x).float()
+        positions = self.sampler.next()
+        x = self._real_batch(positions)
+        logits = self._real_logits(positions, x)
         probs, condition = logits.softmax(dim=1), class_input(logits, cfg.condition_on)
         if cfg.condition_on == "none":  # no classifier: D's class heads averaged (unconditional)
             probs = torch.full_like(probs, 1 / probs.shape[1])
@@ -213,6 +225,18 @@ class StylexTrainer:
         self.step += 1
         return losses
 
+    def _compile(self) -> None:
+        """torch.compile (in place: state dicts keep their keys) the step's E and classifier copy, and G's synthesis
+        layers unless the path-length penalty needs their double backward (which compiled graphs lack; so does
+        D's R1, and D stays eager); shapes are dynamic (batches of 16 and 32 images)."""
+        if self.step_classifier is self.classifier:
+            self.step_classifier = copy.deepcopy(self.classifier)
+        layers = [*self.G.layers] if self.cfg.pl_weight == 0 else []
+        dynamo = torch._dynamo.config  # the layers share code objects: one compiled graph each
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 8 * len(self.G.layers))
+        for module in [*layers, self.E, self.step_classifier]:
+            module.compile(dynamic=True)
+
     @property
     def warming_up(self) -> bool:
         """True during the reconstruction-first warm-up (``stylex.warmup_steps``)."""
@@ -221,9 +245,27 @@ class StylexTrainer:
     def _networks(self) -> list[nn.Module]:
         return [self.G, self.E, self.D, self.G_ema] + ([self.E_ema] if self.E_ema is not None else [])
 
-    def _real_batch(self) -> Tensor:
-        x = to_float(self.images[self.sampler.next()]).to(self.device, non_blocking=True)
+    def _real_batch(self, positions: Tensor) -> Tensor:
+        x = to_float(self.images[positions]).to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self.memory_format)
+
+    @torch.no_grad()
+    def _real_logits(self, positions: Tensor, x: Tensor) -> Tensor:
+        """C(x) for the real batch; with ``options.cached_real_logits`` each image's logits are computed the first time
+        it is drawn and kept (the classifier is frozen and in eval mode: the same values, to float rounding)."""
+        if not self.options.cached_real_logits:
+            with self._autocast():
+                return self.step_classifier(x).float()
+        if self.real_logits is None:
+            self.real_logits = torch.zeros(len(self.images), self.num_classes, device=self.device)
+            self.real_logits_known = torch.zeros(len(self.images), dtype=torch.bool)
+        missing = ~self.real_logits_known[positions]
+        if missing.any():
+            new = positions[missing]
+            with self._autocast():
+                self.real_logits[new.to(self.device)] = self.step_classifier(x[missing.to(self.device)]).float()
+            self.real_logits_known[new] = True
+        return self.real_logits[positions.to(self.device)]
 
     def _paths(self) -> tuple[bool, bool]:
         """(encoder path, random path) for the current step."""
@@ -288,11 +330,18 @@ class StylexTrainer:
             return {}
         self.D.requires_grad_(True)
         with self._autocast():
-            real = self.D(self._augment(x), probs)
-            loss = d_logistic_loss(real, self.D(self._augment(judged[0].detach()), judged[1]))
+            real, fake = self._discriminate([(self._augment(x), probs), (self._augment(judged[0].detach()), judged[1])])
+            loss = d_logistic_loss(real, fake)
         values = self._checked({"d": loss})
         self._optimize(loss, [(self.D, self.opt_d)], self.scaler_d)
         return values
+
+    def _discriminate(self, batches: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """D's outputs for several (images, class weights) batches: one trunk pass (``options.batched_discriminator``)
+        or one call per batch."""
+        if self.options.batched_discriminator and isinstance(self.D, Discriminator):
+            return self.D.judge_batches(batches)
+        return [self.D(images, probs) for images, probs in batches]
 
     def _r1_step(self, x: Tensor, probs: Tensor) -> dict[str, float]:
         x = x.detach().requires_grad_(True)
@@ -308,22 +357,35 @@ class StylexTrainer:
             terms = {} if judged is None else {
                 "adv": g_nonsaturating_loss(self.D(self._augment(judged[0]), judged[1]))}
             rec = generated.reconstructions
+            rec_logits, sample_logits = self._classify_generated(generated)
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
                 if self.cfg.weight_kl > 0:
-                    terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
+                    terms["kl"] = classifier_kl_loss(logits, rec_logits)
                 if self.cfg.weight_w_prior > 0:
                     prior = latent_mmd_loss if self.cfg.w_prior == "mmd" else latent_prior_loss
                     terms["w_prior"] = prior(generated.w_encoded, self._reference_w(generated))
             if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
                 count = len(generated.w_sampled)  # the samples follow the reconstructions; their condition's probs
                 wanted = generated.probs[-count:].clamp_min(1e-8).log()
-                terms["sample_kl"] = classifier_kl_loss(wanted, self.classifier(generated.images[-count:]))
+                terms["sample_kl"] = classifier_kl_loss(wanted, sample_logits)
             loss = weighted_sum(terms, loss_weights(self.cfg))
         values = self._checked({"g": loss, **terms})
         nets = [(self.G, self.opt_g)] + ([(self.E, self.opt_e)] if rec is not None else [])
         self._optimize(loss, nets, self.scaler_g)
         return values
+
+    def _classify_generated(self, generated: Generated) -> tuple[Tensor | None, Tensor | None]:
+        """Classifier logits of the reconstructions and of the random samples where a KL term needs them (else None):
+        one pass over all the images when both are needed (``options.batched_classifier``), else one each."""
+        rec = generated.reconstructions if self.cfg.weight_kl > 0 else None
+        samples = None
+        if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
+            samples = generated.images[-len(generated.w_sampled):]
+        if rec is not None and samples is not None and self.options.batched_classifier:
+            both = self.step_classifier(generated.images)  # the images are the reconstructions, then the samples
+            return both[: len(rec)], both[len(rec):]
+        return tuple(None if images is None else self.step_classifier(images) for images in (rec, samples))
 
     @torch.no_grad()
     def _reference_w(self, generated: Generated) -> Tensor:
@@ -405,15 +467,11 @@ class StylexTrainer:
             log.warning("step %d: %s", self.step, warning)
         return metrics
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
         beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(self.cfg.ema_half_life_images, 1e-8))
         pairs = [(self.G_ema, self.G)] + ([(self.E_ema, self.E)] if self.E_ema is not None else [])
         for averaged, net in pairs:
-            for ema, param in zip(averaged.parameters(), net.parameters()):
-                ema.lerp_(param, 1.0 - beta)
-            for ema, buffer in zip(averaged.buffers(), net.buffers()):
-                ema.copy_(buffer)
+            update_ema(averaged, net, 1.0 - beta, self.options.foreach_ema)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
