@@ -33,6 +33,8 @@ compare: install
 	$(BIN)/stylex run configs/demo.yaml --out runs/demo --set compare.gan_baselines=true
 	$(BIN)/stylex run configs/compare_eyes.yaml --out runs/compare_eyes --set compare.gan_baselines=true
 	$(BIN)/stylex combine runs/compare/benchmark/methods.csv runs/demo runs/compare_eyes
+	$(BIN)/stylex combine runs/compare/benchmark/paired.csv runs/demo runs/compare_eyes --table paired.csv
+	$(BIN)/stylex combine runs/compare/benchmark/paired_gan.csv runs/demo runs/compare_eyes --table paired_gan.csv
 
 test: install chromium
 	$(BIN)/python -m pytest -q

@@ -195,3 +195,75 @@ def test_methods_table_keeps_one_stylex_row_with_both_stages_scores() -> None:
     assert stylex["cout"] == 0.7 and stylex["kid_lpips_squeeze"] == 0.05 and stylex["realism"] == 0.05
     assert list(table.loc[table["method"] == "ganspace", "factor_top1"]) == [0.3, 0.4]
     assert merge_methods(None, gan_rows).equals(gan_rows)
+
+
+def _evaluated(per_image: pd.DataFrame):
+    from stylexlib.evaluate.gan_baselines import Evaluated
+
+    return Evaluated({}, pd.DataFrame(), pd.DataFrame(), {}, per_image)
+
+
+def test_paired_table_is_stylex_minus_each_method_on_the_same_resampled_images() -> None:
+    """Images share a difficulty both methods see: the paired interval is tight around the planted +1; resampling
+    each method's images apart (unpaired) would span about +-0.5; a method scored on other images is refused."""
+    from stylexlib.evaluate.gan_baselines import PAIRED_COLUMNS, paired_table
+    from stylexlib.evaluate.scores import paired_bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    n, images = 40, pd.Index(range(100, 140), name="image")
+    hard = rng.normal(size=n)
+    lpips = rng.uniform(0.2, 0.4, size=n)
+    stylex = pd.DataFrame({"flip_rate_top1": (hard > -0.5).astype(float), "logodds_change": hard + 1.0,
+                           "lpips": lpips, "cout": 0.1 * hard}, index=images)
+    other = pd.DataFrame({"flip_rate_top1": (hard > 0.5).astype(float),
+                          "logodds_change": hard + 0.05 * rng.normal(size=n), "lpips": lpips,
+                          "cout": 0.1 * hard}, index=images)
+    other.iloc[3] = np.nan  # an image this method had no edit for
+    results = {"stylex@stylex": _evaluated(stylex), "ganspace@plain": _evaluated(other),
+               "ganspace@stylex": _evaluated(stylex.copy())}
+    paired = paired_table(results, "task")
+    assert list(paired.columns) == PAIRED_COLUMNS and set(paired["task"]) == {"task"}
+    assert set(paired["reference"]) == {"stylex"} and set(zip(paired["method"], paired["gan"])) == {
+        ("ganspace", "plain"), ("ganspace", "stylex")}
+    assert set(paired["score"]) == {"flip_rate_top1", "logodds_change", "lpips", "cout", "logodds_per_lpips"}
+    row = paired.set_index(["method", "gan", "score"]).loc[("ganspace", "plain", "logodds_change")]
+    keep = np.arange(n) != 3
+    assert row["difference"] == pytest.approx(float((stylex["logodds_change"] - other["logodds_change"])[keep].mean()))
+    assert 0.9 < row["low"] < row["difference"] < row["high"] < 1.1  # sign: StylEx minus the method; paired: tight
+    assert (row["images"], row["reference_images"], row["method_images"], row["evaluated"]) == (n - 1, n, n - 1, n)
+    ratio = paired.set_index(["method", "gan", "score"]).loc[("ganspace", "plain", "logodds_per_lpips")]
+    expected = (stylex["logodds_change"][keep].mean() / stylex["lpips"][keep].mean()
+                - other["logodds_change"][keep].mean() / other["lpips"][keep].mean())
+    assert ratio["difference"] == pytest.approx(expected) and ratio["low"] > 0
+    same = paired[paired["gan"] == "stylex"]  # the same scores: no difference, no width
+    assert (same["difference"] == 0).all() and (same["low"] == 0).all() and (same["high"] == 0).all()
+    flips = paired.set_index(["gan", "score"]).loc[("plain", "flip_rate_top1")]
+    assert (flips["difference"], flips["low"], flips["high"]) == pytest.approx(
+        paired_bootstrap_interval(stylex["flip_rate_top1"][keep], other["flip_rate_top1"][keep]))
+    shifted = other.set_axis(range(200, 240)).rename_axis("image")  # scored on other images: no pairs
+    with pytest.raises(ValueError, match="other images"):
+        paired_table({**results, "sefa@plain": _evaluated(shifted)}, "task")
+    assert paired_table({"ganspace@plain": _evaluated(other)}).empty  # no StylEx, nothing to pair
+
+
+def test_evaluate_method_keeps_per_image_scores_whose_means_are_the_row(planted) -> None:  # noqa: F811
+    from stylexlib.evaluate.gan_baselines import Method, evaluate_method
+    from stylexlib.evaluate.quality import lpips_features
+    from stylexlib.gan.losses import load_lpips
+
+    explainer, flat, _ = planted
+    coords = torch.arange(explainer.generator.style_dim)
+    full = DirectionExplainer(models_of(explainer), explainer.stats,
+                              coordinate_pool("all", explainer.generator, explainer.stats, coords), step=2.0)
+    gen = torch.Generator().manual_seed(5)
+    selection, evaluation = (torch.rand(m, 3, 16, 16, generator=gen) * 2 - 1 for m in (24, 12))
+    lpips_model = load_lpips("squeeze")
+    real = lpips_features(lpips_model, torch.rand(8, 3, 16, 16, generator=gen) * 2 - 1)
+    result = evaluate_method(Method("stylex", "attribute", "attfind", full), "stylex", selection, evaluation, "t",
+                             lpips_model, real, top_k=2)
+    per_image, row = result.per_image, result.row
+    assert len(per_image) == len(evaluation) and "kid_lpips_squeeze" not in per_image
+    for score in ("flip_rate_top1", "logodds_change", "lpips", "cout", "deletion_auc", "insertion_auc"):
+        assert per_image[score].mean() == pytest.approx(row[score], rel=1e-5, nan_ok=True), score
+    assert per_image["flip_rate_top5"].isna().all()  # no 5 edits selected: not scored, not a miss
+    assert per_image["logodds_change"].notna().sum() == int(result.top1["usable"].sum())

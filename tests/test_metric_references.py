@@ -55,6 +55,31 @@ def test_paired_bootstrap_is_scipys_paired_bootstrap_and_narrower_than_unpaired(
         paired_bootstrap_interval(a, b[:-1])
 
 
+def test_paired_ratio_interval_is_scipys_paired_bootstrap_of_the_ratio_of_means() -> None:
+    """Log-odds drop per unit of visible change, a ratio of means: all four per-image arrays on one draw."""
+    from stylexlib.evaluate.scores import paired_ratio_interval
+
+    rng = np.random.default_rng(2)
+    hard = rng.uniform(0.5, 1.5, size=40)  # per-image difficulty both methods share
+    drop_a, lpips_a = 2 * hard + 0.1 * rng.normal(size=40), hard * 0.5
+    drop_b, lpips_b = hard + 0.1 * rng.normal(size=40), hard * 0.6
+
+    def ratio(na, da, nb, db, axis=-1):
+        return na.mean(axis) / da.mean(axis) - nb.mean(axis) / db.mean(axis)
+
+    diff, low, high = paired_ratio_interval(drop_a, lpips_a, drop_b, lpips_b, samples=999, seed=4)
+    ref = stats.bootstrap((drop_a, lpips_a, drop_b, lpips_b), ratio, paired=True, vectorized=True, n_resamples=999,
+                          method="percentile", rng=np.random.default_rng(4))
+    assert diff == pytest.approx(ratio(drop_a, lpips_a, drop_b, lpips_b), rel=1e-12)
+    assert (low, high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12)
+    assert low > 0  # 4 - 1.67: clear on these images
+    drop_b[0] = np.nan  # an image one method has no edit for leaves the pairs
+    assert paired_ratio_interval(drop_a, lpips_a, drop_b, lpips_b, 999, 4) == paired_ratio_interval(
+        drop_a[1:], lpips_a[1:], drop_b[1:], lpips_b[1:], 999, 4)
+    with pytest.raises(ValueError, match="one value per image"):
+        paired_ratio_interval(drop_a, lpips_a, drop_b[:-1], lpips_b)
+
+
 class FixedFeatures(torch.nn.Module):
     """A feature extractor for torchmetrics that returns its inputs, (centred and scaled) fixed feature vectors."""
 

@@ -71,6 +71,16 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert set(paired["method"]) == set(methods.loc[methods["family"].isin(["saliency", "baseline"]), "method"])
     finite = paired.dropna(subset=["difference"])
     assert len(finite) and (finite["low"] <= finite["high"]).all()
+    paired_gan = pd.read_csv(run / "benchmark" / "paired_gan.csv")  # StylEx minus each GAN baseline, per image
+    assert list(paired_gan.columns) == ["task", "reference", "method", "gan", "score", "images", "reference_images",
+                                        "method_images", "evaluated", "difference", "low", "high"]
+    others = gan_rows[~((gan_rows["method"] == "stylex") & (gan_rows["gan"] == "stylex"))]
+    assert set(zip(paired_gan["method"], paired_gan["gan"])) == set(zip(others["method"], others["gan"]))
+    assert {"flip_rate_top1", "logodds_change", "lpips", "logodds_per_lpips", "cout"} <= set(paired_gan["score"])
+    assert not paired_gan["score"].str.contains("kid").any()  # aggregate scores have no per-image values
+    assert (paired_gan["images"] <= paired_gan[["reference_images", "method_images"]].min(axis=1)).all()
+    finite = paired_gan.dropna(subset=["difference"])
+    assert len(finite) and (finite["low"] <= finite["high"]).all()
     assert (run / "baselines" / "plain_gan" / "checkpoints" / "stylex.pt").exists()
     assert (run / "figures" / "sufficiency_all.png").exists() and (run / "figures" / "voynov_babenko_plain.png").exists()
     assert 0 <= metrics["gan_wu_attfind_plain_flip_rate_top1"] <= 1 and metrics["gan_stylex_stylex_realism"] > -1
@@ -80,6 +90,8 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     combined = tmp_path / "combined.csv"  # make compare's last step: one table over the tasks' run folders
     assert cli.main(["combine", str(combined), str(run), str(run)]) == 0
     assert len(pd.read_csv(combined)) == 2 * len(methods)
+    assert cli.main(["combine", str(combined), str(run), str(run), "--table", "paired_gan.csv"]) == 0
+    assert len(pd.read_csv(combined)) == 2 * len(paired_gan)
 
     # --force with a changed config retrains (it resumed the old model, or crashed, before provenance)
     tiny = REPO / "configs" / "tiny.yaml"

@@ -19,8 +19,8 @@ from stylexlib.classifier.predict import classify
 from stylexlib.core.io import write_table
 from stylexlib.data import to_float
 from stylexlib.evaluate.scores import (bootstrap_interval, deletion_insertion_auc, factor_identification,
-                                       map_factor_scores, paired_bootstrap_interval, pointing_game, relevance_mass,
-                                       relevance_rank_accuracy)
+                                       map_factor_scores, paired_bootstrap_interval, paired_ratio_interval,
+                                       pointing_game, relevance_mass, relevance_rank_accuracy)
 from stylexlib.explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
 
 COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass",
@@ -123,21 +123,42 @@ def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict
     return table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
 
 
-def paired_differences(per_image: dict[str, pd.DataFrame], reference: str = "stylex", task: str = "") -> pd.DataFrame:
+PAIRED_COLUMNS = ["task", "reference", "method", "score", "images", "difference", "low", "high"]
+
+
+def paired_differences(per_image: dict[str, pd.DataFrame], reference: str = "stylex", task: str = "",
+                       ratios: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
     """``benchmark/paired.csv``: per other method and score, the mean over images of ``reference`` minus that method
     with its paired 95% bootstrap interval (:func:`paired_bootstrap_interval`: both scored on the same resampled
-    images); an interval that excludes 0 is a difference these images support."""
+    images); an interval that excludes 0 is a difference these images support.
+
+    Every method's table must have the same index (the same images, one row each; NaN where a method has no score):
+    ``images`` counts the images both scored, the only ones paired. ``ratios`` adds scores that are a ratio of two
+    columns' means (name -> (numerator, denominator)), paired by :func:`paired_ratio_interval`."""
     rows = []
     if reference in per_image:
         ours = per_image[reference]
         for method, theirs in per_image.items():
-            for score in [c for c in ours.columns if method != reference and c in theirs.columns]:
+            if method == reference:
+                continue
+            if not ours.index.equals(theirs.index):
+                raise ValueError(f"'{method}' was scored on other images than '{reference}': pairs need the same "
+                                 f"images (index) in both per-image tables")
+            for score in [c for c in ours.columns if c in theirs.columns]:
                 a, b = ours[score].to_numpy(float), theirs[score].to_numpy(float)
                 difference, low, high = paired_bootstrap_interval(a, b)
                 rows.append({"task": task, "reference": reference, "method": method, "score": score,
                              "images": int((np.isfinite(a) & np.isfinite(b)).sum()), "difference": difference,
                              "low": low, "high": high})
-    return pd.DataFrame(rows, columns=["task", "reference", "method", "score", "images", "difference", "low", "high"])
+            for score, (num, den) in (ratios or {}).items():
+                if not {num, den} <= set(ours.columns) & set(theirs.columns):
+                    continue
+                arrays = [t[c].to_numpy(float) for t in (ours, theirs) for c in (num, den)]
+                difference, low, high = paired_ratio_interval(*arrays)
+                rows.append({"task": task, "reference": reference, "method": method, "score": score,
+                             "images": int(np.logical_and.reduce([np.isfinite(x) for x in arrays]).sum()),
+                             "difference": difference, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def benchmark_metrics(table: pd.DataFrame, scores: tuple[str, ...] = ("factor_top1", "relevance_mass",
@@ -147,8 +168,9 @@ def benchmark_metrics(table: pd.DataFrame, scores: tuple[str, ...] = ("factor_to
             for score in scores if pd.notna(row[score])}
 
 
-def combine(out: str | Path, run_dirs: list[str | Path]) -> pd.DataFrame:
-    """Concatenate the ``benchmark/methods.csv`` of several run folders (one task each) into ``out``."""
-    table = pd.concat([pd.read_csv(Path(d) / "benchmark" / "methods.csv") for d in run_dirs], ignore_index=True)
-    write_table(out, table)
-    return table
+def combine(out: str | Path, run_dirs: list[str | Path], table: str = "methods.csv") -> pd.DataFrame:
+    """Concatenate the ``benchmark/<table>`` of several run folders (one task each; ``methods.csv``, ``paired.csv``,
+    ``paired_gan.csv``) into ``out``."""
+    combined = pd.concat([pd.read_csv(Path(d) / "benchmark" / table) for d in run_dirs], ignore_index=True)
+    write_table(out, combined)
+    return combined

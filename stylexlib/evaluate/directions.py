@@ -84,8 +84,10 @@ def top_edits(selected: pd.DataFrame, toward: Tensor, k: int) -> tuple[Tensor, T
 
 
 def sufficiency_curve(explainer: DirectionExplainer, styles: Tensor, selected: pd.DataFrame,
-                      max_k: int = 10) -> pd.DataFrame:
-    """Flip rate (k, flip_rate, images) when each image's top-k edits are applied together, k = 1..max_k."""
+                      max_k: int = 10, per_image: dict | None = None) -> pd.DataFrame:
+    """Flip rate (k, flip_rate, images) when each image's top-k edits are applied together, k = 1..max_k. A dict
+    passed as ``per_image`` receives ``flip_rate_top<k>``: (N,) 1.0 where the top-k edits flipped the image's class,
+    0.0 where they did not, NaN where the image had no k edits (the images the flip rate leaves out)."""
     base = predict_styles(explainer.generator, explainer.models.classifier, styles, explainer.batch_size)
     predicted, toward, rows = base.argmax(1), runner_up(base), []
     for k in range(1, max_k + 1):
@@ -94,8 +96,11 @@ def sufficiency_curve(explainer: DirectionExplainer, styles: Tensor, selected: p
             break
         edited = explainer.pool.apply(styles[usable], picks[usable], signs[usable], explainer.step)
         after = predict_styles(explainer.generator, explainer.models.classifier, edited, explainer.batch_size)
-        rows.append(dict(k=k, flip_rate=float((after.argmax(1) != predicted[usable]).float().mean()),
-                         images=int(usable.sum())))
+        flipped = (after.argmax(1) != predicted[usable]).float()
+        rows.append(dict(k=k, flip_rate=float(flipped.mean()), images=int(usable.sum())))
+        if per_image is not None:
+            per_image[f"flip_rate_top{k}"] = torch.full((len(styles),), float("nan")).masked_scatter(
+                usable, flipped.cpu()).numpy()
     return pd.DataFrame(rows)
 
 
@@ -116,13 +121,14 @@ def top1_edits(explainer: DirectionExplainer, styles: Tensor, selected: pd.DataF
 
 
 def edit_measures(top1: dict[str, Tensor], lpips_model: torch.nn.Module, real_features: Tensor,
-                  classifier: torch.nn.Module | None = None, feature_model: torch.nn.Module | None = None
-                  ) -> dict[str, float]:
+                  classifier: torch.nn.Module | None = None, feature_model: torch.nn.Module | None = None,
+                  per_image: dict | None = None) -> dict[str, float]:
     """The top-1 edits' mean log-odds drop, mean visible change (``lpips``: :func:`visible_change`), drop per unit of
     it, realism (``kid_lpips_<net>``: KID of the edited renders' features from ``feature_model``, default
     ``lpips_model``, to ``real_features`` of the same model, and ``kid_lpips_<net>_unedited`` for the unedited
     renders; lower is more realistic) and, given the classifier, COUT (:func:`cout`, from the image's class to the
-    one it is pushed toward; mean and 95% bootstrap interval)."""
+    one it is pushed toward; mean and 95% bootstrap interval). A dict passed as ``per_image`` receives the per-image
+    values of the usable images (``logodds_change``, ``lpips``, ``cout``; KID has none: it compares two sets)."""
     use = top1["usable"]
     original, edited = top1["original"][use], top1["edited"][use]
     feature_model = feature_model if feature_model is not None else lpips_model
@@ -138,6 +144,10 @@ def edit_measures(top1: dict[str, Tensor], lpips_model: torch.nn.Module, real_fe
     if classifier is not None:
         scores = cout(classifier, original, edited, top1["target"][use], top1["toward"][use])
         out["cout"], out["cout_low"], out["cout_high"] = bootstrap_interval(scores.numpy())
+    if per_image is not None:
+        per_image.update(logodds_change=top1["drop"][use].cpu().numpy(), lpips=distance.numpy())
+        if classifier is not None:
+            per_image["cout"] = scores.numpy()
     return out
 
 

@@ -3,7 +3,8 @@
 Two GANs: the run's StylEx model and the classifier-free GAN (:mod:`stylexlib.gan.plain_gan`). Methods: ``stylex``
 (AttFind on StylEx's StyleSpace), ``wu_attfind`` (AttFind on the plain GAN's StyleSpace: the Wu et al. baseline as
 the StylEx paper ran it), ``wu_positives`` (Wu et al.'s own ranking there), and on both GANs ``voynov_babenko``,
-``ganspace``, ``sefa``, ``random_directions`` and ``random_coordinates``. Rows follow ``benchmark/methods.csv``.
+``ganspace``, ``sefa``, ``random_directions`` and ``random_coordinates``. Rows follow ``benchmark/methods.csv``;
+``benchmark/paired_gan.csv`` holds StylEx minus each other method per per-image score, paired (:func:`paired_table`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -22,7 +24,7 @@ from stylexlib.core.progress import tqdm
 from stylexlib.core.provenance import fingerprint, stylex_fingerprint
 from stylexlib.core.run import Run, pick_device
 from stylexlib.data import to_float
-from stylexlib.evaluate.benchmark import COLUMNS, score_maps
+from stylexlib.evaluate.benchmark import COLUMNS, paired_differences, score_maps
 from stylexlib.evaluate.directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
                                            sufficiency_curve, top1_edits)
 from stylexlib.evaluate.factor_probe import factor_groups
@@ -47,6 +49,11 @@ EXTRA_COLUMNS = ["gan", "flip_rate_top1", "flip_rate_top5", "flip_rate_top10", "
                  "rule_and_shortcut_separate"]
 ALIASES = {"realism": REALISM, "realism_unedited": f"{REALISM}_unedited"}  # old column names, kept for old readers
 CARRIED = EXTRA_COLUMNS + ["cout_low", "cout_high", *ALIASES]  # stage 09's columns StylEx's stage-08 row takes
+PAIRED_FILE = "paired_gan.csv"  # benchmark/paired_gan.csv: StylEx minus each other method, per per-image score
+FLIP_KS = (1, 5, 10)
+RATIOS = {"logodds_per_lpips": ("logodds_change", "lpips")}  # a ratio of means: paired on the same resampled images
+PAIRED_COLUMNS = ["task", "reference", "method", "gan", "score", "images", "reference_images", "method_images",
+                  "evaluated", "difference", "low", "high"]
 
 
 @dataclass
@@ -165,6 +172,14 @@ class Evaluated:
     curve: pd.DataFrame
     selected: pd.DataFrame
     top1: dict
+    per_image: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per evaluation image, NaN: not scored
+
+
+def _on_all_images(values, usable: np.ndarray) -> np.ndarray:
+    """Scores of the usable images back in place among all evaluation images (NaN elsewhere)."""
+    out = np.full(len(usable), np.nan)
+    out[usable] = np.asarray(values, dtype=float)
+    return out
 
 
 def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Tensor, task: str, lpips_model,
@@ -180,29 +195,37 @@ def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Ten
     styles, _ = explainer.encode(evaluation)
     top1 = top1_edits(explainer, styles, selected)
     seconds = (time.perf_counter() - started) / len(evaluation)
-    curve = sufficiency_curve(explainer, styles, selected, top_k)
+    flips: dict = {}
+    curve = sufficiency_curve(explainer, styles, selected, top_k, per_image=flips)
     use = top1["usable"]
     relevance = (top1["edited"] - top1["original"]).abs().sum(1)
     factor_scores = None
     if probe is not None and sensitivity is not None:
         factor_scores = {method.name: probe_factor_changes(probe, top1["original"], top1["edited"],
                                                            list(sensitivity.columns))[use.numpy()]}
+    map_scores: dict[str, pd.DataFrame] = {}
     table = score_maps(explainer.models.classifier, evaluation[use], top1["target"][use],
                        {method.name: (relevance[use], seconds)}, task,
                        {n: m[use] for n, m in masks.items()} if masks is not None else None,
                        sensitivity[use.numpy()].reset_index(drop=True) if sensitivity is not None else None,
-                       factor_scores, baseline=False)
+                       factor_scores, baseline=False, per_image=map_scores)
     row = table.iloc[0].to_dict()
-    measures = edit_measures(top1, lpips_model, real_features, explainer.models.classifier, feature_model)
+    edits: dict = {}
+    measures = edit_measures(top1, lpips_model, real_features, explainer.models.classifier, feature_model, edits)
     measures.update({old: measures[new] for old, new in ALIASES.items() if new in measures})
     row.update(family=method.family, gan=gan, selection_seconds=selection_seconds, **measures, **method.notes)
-    for k in (1, 5, 10):
+    for k in FLIP_KS:
         hit = curve[curve["k"] == k]
         row[f"flip_rate_top{k}"] = float(hit["flip_rate"].iloc[0]) if len(hit) else float("nan")
     if probe is not None and sensitivity is not None:
         factors = edit_factors(probe, explainer, styles, selected, list(sensitivity.columns))
         row.update(separation(factors, groups or {}))
-    return Evaluated(row, curve, selected, top1)
+    usable = use.numpy()
+    nan = np.full(len(usable), np.nan)
+    per_image = {f"flip_rate_top{k}": flips.get(f"flip_rate_top{k}", nan) for k in FLIP_KS}
+    per_image.update({name: _on_all_images(values, usable) for name, values in edits.items()})
+    per_image.update({name: _on_all_images(values, usable) for name, values in map_scores[method.name].items()})
+    return Evaluated(row, curve, selected, top1, pd.DataFrame(per_image))
 
 
 def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bool = True
@@ -228,9 +251,10 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     results = {}
     for method in tqdm(methods, desc="GAN baselines", disable=not progress):
         gan = gan_of(method)
-        results[f"{method.name}@{gan}"] = evaluate_method(method, gan, selection, evaluation, run.cfg.name, lpips_model,
-                                                          real_features, probe, masks, sensitivity, groups, cfg.top_k,
-                                                          feature_model)
+        result = evaluate_method(method, gan, selection, evaluation, run.cfg.name, lpips_model, real_features, probe,
+                                 masks, sensitivity, groups, cfg.top_k, feature_model)
+        result.per_image.index = pd.Index(rows, name="image")  # the dataset's index of each evaluation image
+        results[f"{method.name}@{gan}"] = result
     table = pd.DataFrame([r.row for r in results.values()])
     leading = COLUMNS[:3] + ["gan"] + COLUMNS[3:] + EXTRA_COLUMNS[1:]
     return table[leading + [c for c in table.columns if c not in leading]], results
@@ -251,6 +275,38 @@ def merge_methods(saliency: pd.DataFrame | None, gan_rows: pd.DataFrame) -> pd.D
                 saliency.loc[mask, column] = stylex.iloc[0][column]
         gan_rows = gan_rows.drop(stylex.index)
     return pd.concat([saliency, gan_rows], ignore_index=True)
+
+
+def paired_table(results: dict[str, Evaluated], task: str = "", reference: str = "stylex@stylex") -> pd.DataFrame:
+    """``benchmark/paired_gan.csv``: for every per-image score of the protocol, the mean over the same evaluation
+    images of ``reference`` (StylEx's AttFind on StylEx's GAN) minus each other method (``method`` on ``gan``), with
+    its paired 95% bootstrap interval (:func:`~stylexlib.evaluate.benchmark.paired_differences`).
+
+    Per image: whether the top-k edits flipped the class (``flip_rate_top1/5/10``), the top-1 edit's log-odds drop,
+    visible change (``lpips``) and COUT, and its map's factor and faithfulness scores; ``logodds_per_lpips``, a ratio
+    of means in the methods table, is paired as that ratio on each resample. An image a method had no edit for has no
+    score: ``images`` counts the images both scored (the only ones paired), ``reference_images`` and
+    ``method_images`` each method's, ``evaluated`` all of them. Methods scored on different evaluation images raise
+    a ValueError. Aggregate scores (KID) have no per-image values and are left out."""
+    if reference not in results:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    per_image = {key: result.per_image for key, result in results.items()}
+    table = paired_differences(per_image, reference, task, RATIOS)
+    if table.empty:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+
+    def scored(key: str, score: str) -> int:
+        frame = per_image[key]
+        columns = list(RATIOS.get(score, (score,)))
+        return int(frame[columns].notna().all(axis=1).sum())
+
+    table["reference_images"] = [scored(reference, s) for s in table["score"]]
+    table["method_images"] = [scored(m, s) for m, s in zip(table["method"], table["score"])]
+    table["evaluated"] = len(per_image[reference])
+    table["gan"] = table["method"].str.split("@").str[1]
+    table["method"] = table["method"].str.split("@").str[0]
+    table["reference"] = reference.split("@")[0]
+    return table[PAIRED_COLUMNS]
 
 
 def sufficiency_figure(results: dict[str, Evaluated]) -> plt.Figure:
@@ -283,6 +339,6 @@ def method_figure(key: str, result: Evaluated, explainer: DirectionExplainer, sh
     return image_grid(torch.cat(rows), titles, ncols=shown, suptitle=f"{key}: top edits, {explainer.step:g} std")
 
 
-__all__ = ["ALIASES", "EXTRA_COLUMNS", "GAN_METHODS", "REALISM", "Gan", "Method", "baseline_explainer",
+__all__ = ["ALIASES", "EXTRA_COLUMNS", "GAN_METHODS", "PAIRED_FILE", "REALISM", "Gan", "Method", "baseline_explainer",
            "build_methods", "evaluate_all", "evaluate_method", "gan_of", "load_gans", "merge_methods", "method_figure",
-           "sufficiency_figure"]
+           "paired_table", "sufficiency_figure"]

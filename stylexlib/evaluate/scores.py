@@ -156,6 +156,29 @@ def paired_bootstrap_interval(a, b, samples: int = 2000, seed: int = 0, level: f
     return _percentile_interval(a[both] - b[both], _resample_indices(int(both.sum()), samples, seed), level)
 
 
+def paired_ratio_interval(num_a, den_a, num_b, den_b, samples: int = 2000, seed: int = 0, level: float = 0.95,
+                          floor: float = 1e-6) -> tuple[float, float, float]:
+    """A ratio of means (``mean(num) / max(mean(den), floor)``, e.g. log-odds change per unit of visible change) of
+    method a minus method b, and its paired percentile-bootstrap ``level`` interval: image indices resampled once,
+    all four per-image arrays taken on the same draw (images where any is NaN left out). The same interval as
+    ``scipy.stats.bootstrap((num_a, den_a, num_b, den_b), ratio(a) - ratio(b), paired=True, method="percentile")``."""
+    arrays = [np.asarray(x, dtype=float) for x in (num_a, den_a, num_b, den_b)]
+    if len({x.shape for x in arrays}) != 1:
+        raise ValueError(f"paired scores need one value per image from each method, got {[x.shape for x in arrays]}")
+    both = np.logical_and.reduce([np.isfinite(x) for x in arrays])
+    if not both.any():
+        return float("nan"), float("nan"), float("nan")
+    na, da, nb, db = (x[both] for x in arrays)
+
+    def difference(idx):
+        return (na[idx].mean(-1) / np.maximum(da[idx].mean(-1), floor)
+                - nb[idx].mean(-1) / np.maximum(db[idx].mean(-1), floor))
+
+    draws = difference(_resample_indices(int(both.sum()), samples, seed))
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(difference(np.arange(int(both.sum())))), float(low), float(high)
+
+
 def _resample_indices(n: int, samples: int, seed: int) -> np.ndarray:
     """(samples, n) image indices drawn with replacement (the draw scipy.stats.bootstrap makes)."""
     return np.random.default_rng(seed).integers(0, n, (samples, n))

@@ -51,9 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
     explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's stylex.device)")
 
-    combine = sub.add_parser("combine", help="concatenate the benchmark/methods.csv of run folders into one table")
+    combine = sub.add_parser("combine", help="concatenate the benchmark/methods.csv (or --table) of run folders into "
+                                             "one table")
     combine.add_argument("out", help="the combined CSV, e.g. runs/compare/benchmark/methods.csv")
     combine.add_argument("run_dirs", nargs="+", help="run folders whose stage 08/09 wrote benchmark/methods.csv")
+    combine.add_argument("--table", default="methods.csv",
+                         help="the file of benchmark/ to combine: methods.csv (default), paired.csv (stage 08: StylEx "
+                              "minus each saliency method) or paired_gan.csv (stage 09: minus each GAN baseline)")
 
     show = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
     show.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table.drop(columns=["png"]).round(3).to_string(index=False))
             print(f"[stylex] {table['file'].nunique()} images explained: {Path(args.out) / 'attributes.csv'}")
         elif args.command == "combine":
-            print(combine(args.out, args.run_dirs).round(3).to_string(index=False))
+            print(combine(args.out, args.run_dirs, args.table).round(3).to_string(index=False))
         elif args.command == "config":
             print(dump_config(load_config(args.config, args.overrides)), end="")
     except StageFailed as exc:
