@@ -43,7 +43,10 @@ def test_encoder_fit_variant_and_the_pairing_benchmark(tmp_path: Path) -> None:
     time_to_quality("--config", str(ROOT / "configs" / "tiny.yaml"), "--minutes", "0.02", "--every", "0.01",
                     "--images", "16", "--out", str(out), "--variant", "fit=stylex.encoder_fit_minutes=0.01")
     records = read_json(out / "time_to_quality.json")["records"]
-    assert [r["minutes"] for r in records] == [0.01, 0.02]  # trained for 0.01 min, then the encoder fit's 0.01
+    # trained for 0.01 min (at least one step, longer on a busy machine), then the encoder fit's 0.01 on the same G
+    trained, fitted = records
+    assert trained["minutes"] >= 0.01 and fitted["minutes"] > trained["minutes"]
+    assert fitted["steps"] == trained["steps"] > 0
     assert all(0 <= r["recon_self_retrieval"] <= 1 and r["encoder_spread_ratio"] > 0 for r in records)
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encoder_pairing.py"), str(out / "fit"),
                              "--base", str(out / "base"), "--images", "16", "--refine-images", "2"],
