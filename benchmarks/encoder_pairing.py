@@ -14,7 +14,7 @@ import json
 from stylexlib.classifier.training import load_run_classifier
 from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset
-from stylexlib.evaluate.quality import collapse_check, heldout_images
+from stylexlib.evaluate.quality import collapse_check
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import build_networks, load_models
@@ -39,7 +39,7 @@ def main() -> None:
     encoder.load_state_dict(state.get("E_ema", state["E"]))
     generator.eval().requires_grad_(False)
     encoder.eval().requires_grad_(False)
-    lpips_model, (images, _) = load_lpips("squeeze"), heldout_images(data, args.images)
+    lpips_model, (images, _) = load_lpips("squeeze"), data.heldout(args.images)
     pairs = {"G+E": dataclasses.replace(models, generator=generator, encoder=encoder),
              "G_ema+E": dataclasses.replace(models, encoder=encoder)}
     if "E_fit" in state:

@@ -35,7 +35,7 @@ from stylexlib.core.io import read_json, write_json  # noqa: E402
 from stylexlib.core.run import CONFIG_FILE, open_run  # noqa: E402
 from stylexlib.data import load_dataset, to_float  # noqa: E402
 from stylexlib.evaluate.factor_probe import CONCEPTS, fit_run_probe  # noqa: E402
-from stylexlib.evaluate.quality import heldout_images, reconstruction_quality, sample_quality  # noqa: E402
+from stylexlib.evaluate.quality import reconstruction_quality, sample_quality  # noqa: E402
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics  # noqa: E402
 from stylexlib.gan.encoder_fit import fit_checkpoint_encoder  # noqa: E402
 from stylexlib.gan.losses import load_lpips  # noqa: E402
@@ -58,7 +58,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def evaluate(trainer: StylexTrainer, data, probe, lpips_model, count: int, encoder=None) -> dict[str, float]:
-    images, rows = heldout_images(data, count)
+    images, rows = data.heldout(count)
     models = trainer.models()
     if encoder is not None:
         models = dataclasses.replace(models, encoder=encoder)

@@ -59,6 +59,12 @@ class ImageDataset:
             raise DataError(f"unknown split '{split}'; use one of {SPLITS}")
         return np.flatnonzero(self.split == split)
 
+    def heldout(self, count: int, split: str = "val") -> tuple[torch.Tensor, np.ndarray]:
+        """The first ``count`` images of a split (falling back to train when it is empty) and their positions."""
+        rows = self.indices(split)
+        rows = (rows if len(rows) else self.indices("train"))[:count]
+        return self.images[torch.as_tensor(rows)], rows
+
     def tensors(self, split: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(float images in [-1, 1], labels) for one split, or all images."""
         idx = slice(None) if split is None else torch.as_tensor(self.indices(split))

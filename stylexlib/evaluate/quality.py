@@ -20,7 +20,7 @@ from stylexlib.data import ImageDataset
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics
 from stylexlib.gan.losses import lpips_input, unbiased_mmd2, visible_change
 from stylexlib.gan.models import StylexModels
-from stylexlib.stylespace.inversion import invert, reconstruction_table, render_inverted
+from stylexlib.stylespace.inversion import evaluate_reconstruction, invert, render_inverted
 
 INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
 INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS, visible_change) is invisible
@@ -64,14 +64,6 @@ def feature_kid(fake: Tensor, real: Tensor) -> float:
     mean = real.mean(0)
     scale = real.var(0).mean().sqrt().clamp_min(1e-8)
     return kernel_distance((fake - mean) / scale, (real - mean) / scale)
-
-
-def heldout_images(data: ImageDataset, count: int, split: str = "val") -> tuple[Tensor, np.ndarray]:
-    """The first ``count`` images of a split (falling back to train when it is empty) and their dataset rows."""
-    rows = data.indices(split)
-    rows = rows if len(rows) else data.indices("train")
-    rows = rows[:count]
-    return data.images[torch.as_tensor(rows)], rows
 
 
 @torch.no_grad()
@@ -124,10 +116,8 @@ def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn
     from stylexlib.evaluate.factor_probe import \
         factor_scores  # the probe module imports the editor; keep this import local
 
-    inverted = invert(models, images)
-    table = reconstruction_table(models, images, lpips_model, w=inverted.w)
-    out = {f"recon_{name}": float(table[column].mean())
-           for name, column in (("consistency", "consistent"), ("lpips", "lpips"), ("l1", "l1"), ("kl", "kl"))}
+    inverted = invert(models, images, lpips_model=lpips_model)
+    out = evaluate_reconstruction(models, images, lpips_model, w=inverted.w)
     if probe is not None and factors is not None:
         for row in factor_scores(probe, render_inverted(models, inverted), factors).itertuples():
             out[f"recon_factor_{row.factor}"] = row.score

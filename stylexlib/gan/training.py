@@ -184,7 +184,7 @@ class StylexTrainer:
         self.images, self.resolution, self.num_classes = data.images, data.resolution, data.num_classes
         self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), cfg.batch_size, cfg.seed * 1000 + dist.rank)
         self.preview_images = self._preview_images(data)
-        self.collapse_images = self._heldout_images(data, COLLAPSE_IMAGES)
+        self.collapse_images, _ = data.heldout(COLLAPSE_IMAGES)
         self.collapse_lpips = None  # LPIPS for the collapse check, chosen on first use
         self.collapse_flag: str | None = None  # the last check's self-retrieval when it fired
         if cfg.encoder_offset:
@@ -612,14 +612,7 @@ class StylexTrainer:
 
     # ---------------------------------------------------------------- previews
     def _preview_images(self, data: ImageDataset) -> Tensor:
-        return self._heldout_images(data, PREVIEW_COUNT)
-
-    @staticmethod
-    def _heldout_images(data: ImageDataset, count: int) -> Tensor:
-        positions = data.indices("val")
-        if len(positions) == 0:
-            positions = data.indices("train")
-        return data.images[torch.as_tensor(positions[:count])]
+        return data.heldout(PREVIEW_COUNT)[0]
 
     def models(self) -> StylexModels:
         """The current EMA generator, encoder and classifier, as later stages load them."""

@@ -31,11 +31,12 @@ class Inverted:
 
 
 def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: bool = True,
-           progress: bool = True) -> Inverted:
-    """Invert uint8 or [-1, 1] images: w = E(x), refined for ``models.inversion.per_image_steps`` when ``refine``;
-    c from C(x); styles = G.styles(w, c) (all on CPU)."""
+           progress: bool = True, lpips_model: nn.Module | None = None) -> Inverted:
+    """Invert uint8 or [-1, 1] images: w = E(x), refined for ``models.inversion.per_image_steps`` when ``refine``
+    (with ``lpips_model``, loaded when needed and not given); c from C(x); styles = G.styles(w, c) (all on CPU)."""
     steps = models.inversion.per_image_steps if refine else 0
-    lpips_model = load_lpips(models.cfg.lpips_net, models.device) if steps else None
+    if steps and lpips_model is None:
+        lpips_model = load_lpips(models.cfg.lpips_net, models.device)
     batches = images.split(batch_size)
     parts: list[tuple[Tensor, ...]] = []
     for batch in tqdm(batches, desc=f"invert (E(x) + {steps} refinement steps)", disable=not (steps and progress)):
@@ -74,7 +75,7 @@ def reconstruction_table(models: StylexModels, images: Tensor, lpips_model: nn.M
     """
     lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
     if w is None:
-        w = invert(models, images, batch_size, refine=refine).w
+        w = invert(models, images, batch_size, refine=refine, lpips_model=lpips_model).w
     rows: list[pd.DataFrame] = []
     start = 0
     for batch in images.split(batch_size):
@@ -96,9 +97,10 @@ def reconstruction_table(models: StylexModels, images: Tensor, lpips_model: nn.M
 
 
 def evaluate_reconstruction(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
-                            batch_size: int = 64, refine: bool = True) -> dict[str, float]:
-    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x')."""
-    table = reconstruction_table(models, images, lpips_model, batch_size, refine=refine)
+                            batch_size: int = 64, refine: bool = True, w: Tensor | None = None) -> dict[str, float]:
+    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x') (``w``: as in
+    :func:`reconstruction_table`)."""
+    table = reconstruction_table(models, images, lpips_model, batch_size, w=w, refine=refine)
     return {
         "recon_consistency": float(table["consistent"].mean()),
         "recon_lpips": float(table["lpips"].mean()),
