@@ -11,7 +11,9 @@ other work hits all alike); peak memory each in its own subprocess (so its peak 
                  reproduction): its StyleVectorizer, Generator and Discriminator, no augmentation, no attention,
                  network_capacity/fmap_max picked so that G's and D's channel widths at each resolution match ours
                  (the same work per image; both parameter counts are reported).
-``stylex_vs_peer_{R}`` is the adversarial step's real images/s over the peer's images/s. ``--variants`` adds the
+``stylex_vs_peer_{R}`` is the adversarial step's real images/s over the peer's images/s. ``--device cuda`` times the
+same steps on a GPU (the trainer's autocast; the plain step under the same autocast) without the peer, whose
+dependencies a GPU image rarely has, and reports ``stylex_vs_plain_{R}`` and CUDA peak memory instead. ``--variants`` adds the
 trainer with each lossless speed-up of stylexlib.gan.step_options off in turn, with all of them off ("plain_step"),
 and with ``stylex.compile`` on (compile time reported as its warm-up), both phases; ``speedup_vs_plain_step``.
 
@@ -45,6 +47,7 @@ from stylexlib.gan.step_options import StepOptions, option_names
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 2
+DEVICE = torch.device("cpu")  # --device
 PEER_CAPACITIES = (2, 4, 6, 8, 12, 16, 24, 32)
 PEER_FMAP_MAX = (32, 64, 128, 256, 512)
 
@@ -139,18 +142,20 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str
     """The step function of one measurement ("plain", "peer", "stylex", "stylex_warmup", "stylex:<variant>")."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    real = torch.rand(batch, 3, resolution, resolution).mul(2).sub(1).contiguous(memory_format=memory_format)
-    probs = torch.softmax(torch.randn(batch, NUM_CLASSES), dim=1)
+    real = torch.rand(batch, 3, resolution, resolution, device=DEVICE).mul(2).sub(1)
+    real = real.contiguous(memory_format=memory_format)
+    probs = torch.softmax(torch.randn(batch, NUM_CLASSES, device=DEVICE), dim=1)
     if kind.split(":")[0] in VARIANT_PREFIXES:
         phase, _, variant = kind.partition(":")
         return stylex_step(cfg, resolution, batch, phase, variant or "all", config)
     if kind == "plain":
         G, D = Generator(resolution, NUM_CLASSES, cfg), Discriminator(resolution, NUM_CLASSES, cfg)
-        G.to(memory_format=memory_format)
-        D.to(memory_format=memory_format)
-        step = plain_step(lambda: G(G.mapping(torch.randn(batch, cfg.latent_dim)), probs, noise_mode="random"),
+        G.to(DEVICE, memory_format=memory_format)
+        D.to(DEVICE, memory_format=memory_format)
+        step = plain_step(lambda: G(G.mapping(torch.randn(batch, cfg.latent_dim, device=DEVICE)), probs,
+                                    noise_mode="random"),
                           lambda images: D(images, probs), real, G.parameters(), D.parameters(), cfg)
-        return Measured(step, {"params_g": count(G), "params_d": count(D)})
+        return Measured(autocast(step), {"params_g": count(G), "params_d": count(D)})
     peer = import_peer()
     capacity_g, fmap_max_g = matched_peer_size(peer, resolution, cfg, "G")
     capacity_d, fmap_max_d = matched_peer_size(peer, resolution, cfg, "D")
@@ -168,6 +173,18 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str
 
 
 VARIANT_PREFIXES = ("stylex", "stylex_warmup")
+
+
+def autocast(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` under bf16 autocast on CUDA (as the trainer's precision "auto" runs there); unchanged on CPU."""
+    if DEVICE.type != "cuda":
+        return step
+
+    def cast_step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            step()
+
+    return cast_step
 
 
 def variant_settings(variant: str) -> tuple[StepOptions, list[str]]:
@@ -203,7 +220,7 @@ def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, vari
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
     data = ImageDataset(images, torch.arange(n) % NUM_CLASSES, ["a", "b"], np.array(["train"] * n))
     classifier = build_classifier(NUM_CLASSES, resolution, width=32)
-    trainer = StylexTrainer(dataclasses.replace(cfg, batch_size=batch, device="cpu"), data, classifier,
+    trainer = StylexTrainer(dataclasses.replace(cfg, batch_size=batch, device=DEVICE.type), data, classifier,
                             options=options)
     facts = {"params_g": count(trainer.G), "params_d": count(trainer.D), "params_e": count(trainer.E),
              "path_mode": cfg.path_mode, "variant": variant}
@@ -225,9 +242,16 @@ CLOCK = CLOCKS["wall"]
 
 
 def timed(step: Callable[[], None]) -> float:
+    synchronize()
     started = CLOCK()
     step()
+    synchronize()
     return CLOCK() - started
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def step_seconds(durations: list[float], lazy: list[bool], every: int) -> float:
@@ -255,6 +279,11 @@ def interleaved_rates(measured: dict[str, Measured], batch: int, rounds: int, wa
 def peak_memory(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> dict:
     """Peak RSS of a process that builds one kind and runs two steps (called in a fresh subprocess)."""
     measured = build(kind, cfg, resolution, batch)
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        measured.step()
+        measured.step()
+        return {"peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1), **measured.facts}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     measured.step()
     measured.step()
@@ -265,7 +294,7 @@ def peak_memory(kind: str, cfg: StylexConfig, resolution: int, batch: int) -> di
 
 def in_subprocess(kind: str, resolution: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--memory-of", kind, "--config", args.config, "--resolution",
-               str(resolution), "--batch", str(args.batch), "--threads", str(args.threads)]
+               str(resolution), "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"memory measurement of '{kind}' failed:\n{result.stderr[-3000:]}")
@@ -273,10 +302,10 @@ def in_subprocess(kind: str, resolution: int, args: argparse.Namespace) -> dict:
 
 
 def kinds_to_time(cfg: StylexConfig, variants: bool, extra: list[str]) -> list[str]:
-    """The measured kinds: the plain steps, the StylEx phases, with ``variants`` each trainer variant, and ``extra``
-    variants (config overrides)."""
+    """The measured kinds: the plain steps (the peer on CPU only), the StylEx phases, with ``variants`` each trainer
+    variant, and ``extra`` variants (config overrides)."""
     phases = ["stylex_warmup", "stylex"] if cfg.warmup_steps > 0 else ["stylex"]
-    kinds = ["plain", "peer", *phases]
+    kinds = ["plain", *(["peer"] if DEVICE.type == "cpu" else []), *phases]
     names = (["plain_step", *(f"without_{name}" for name in option_names()), "compile"] if variants else []) + extra
     if names and "plain_step" not in names:
         names.insert(0, "plain_step")
@@ -293,13 +322,14 @@ def measure_resolution(cfg: StylexConfig, resolution: int, args: argparse.Namesp
     for kind, rate in interleaved_rates(measured, args.batch, args.steps, args.warmup).items():
         results.setdefault(kind, dict(measured[kind].facts)).update(rate)
     rate = {kind: result["images_per_s"] for kind, result in results.items()}
-    params = {kind: results[kind]["params_g"] + results[kind]["params_d"] for kind in ("plain", "peer")}
-    report = {"results": results,
-              f"stylex_vs_peer_{resolution}": round(rate["stylex"] / rate["peer"], 3),
-              "plain_vs_peer_speedup": round(rate["plain"] / rate["peer"], 2),
-              "peer_vs_plain_params": round(params["peer"] / params["plain"], 3)}
+    reference = "peer" if "peer" in rate else "plain"
+    report = {"results": results, f"stylex_vs_{reference}_{resolution}": round(rate["stylex"] / rate[reference], 3)}
+    if reference == "peer":
+        params = {kind: results[kind]["params_g"] + results[kind]["params_d"] for kind in ("plain", "peer")}
+        report.update({"plain_vs_peer_speedup": round(rate["plain"] / rate["peer"], 2),
+                       "peer_vs_plain_params": round(params["peer"] / params["plain"], 3)})
     if "stylex_warmup" in rate:
-        report[f"stylex_warmup_vs_peer_{resolution}"] = round(rate["stylex_warmup"] / rate["peer"], 3)
+        report[f"stylex_warmup_vs_{reference}_{resolution}"] = round(rate["stylex_warmup"] / rate[reference], 3)
     for phase in VARIANT_PREFIXES:
         if f"{phase}:plain_step" in rate:
             report[f"{phase}_speedup_vs_plain_step_{resolution}"] = {
@@ -320,12 +350,15 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="also time a variant, e.g. stylex.path_mode=alternate")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
-    parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only: the peer hard-codes .cuda() elsewhere")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: without the peer")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global CLOCK
+    global CLOCK, DEVICE
     CLOCK = CLOCKS[args.clock]
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
     cfg = load_config(args.config).stylex
     if args.memory_of:
         with contextlib.redirect_stdout(sys.stderr):
@@ -333,7 +366,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last,
-              "config": args.config, "torch": torch.__version__, "machine": platform.machine()}
+              "config": args.config, "torch": torch.__version__, "machine": platform.machine(), "device": args.device}
+    if DEVICE.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
     # Peak memory first, while this process is small: Linux carries a parent's peak RSS into the subprocesses.
     kinds = [kind for kind in kinds_to_time(cfg, False, []) if ":" not in kind]
     memory = {r: {kind: in_subprocess(kind, r, args) for kind in kinds} for r in args.resolution}

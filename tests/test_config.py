@@ -132,3 +132,16 @@ def test_classifier_source_and_labels_csv_resolve_against_the_config_file(tmp_pa
     with pytest.raises(ConfigError, match="classifier.source 'models/missing.ts' not found") as info:
         load_config(config)
     assert str(project / "models" / "missing.ts") in str(info.value)
+
+
+def test_an_overridden_data_root_replaces_a_missing_one_from_the_file(tmp_path, monkeypatch) -> None:
+    """`--set data.root=...` rescues a config whose own root is absent on this machine (a shipped config moved to
+    another machine): the file's value is never looked up, and the override is relative to the working directory."""
+    config = tmp_path / "configs" / "mine.yaml"
+    config.parent.mkdir()
+    config.write_text("data:\n  source: folder\n  root: ../../elsewhere/images\n")
+    (tmp_path / "here" / "images").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    assert load_config(config, ["data.root=images"]).data.root == str(tmp_path / "here" / "images")
+    with pytest.raises(ConfigError, match="override: data.root 'nowhere' not found"):
+        load_config(config, ["data.root=nowhere"])

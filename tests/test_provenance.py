@@ -77,6 +77,15 @@ def test_stylex_checkpoints_continue_only_with_the_same_model_config(tmp_path) -
         load_stylex(run)
 
 
+# The stylex keys that checkpoints were first fingerprinted with (keys added later are fingerprinted only when set).
+FINGERPRINTED_STYLEX_KEYS = {
+    "latent_dim", "mapping_layers", "channel_base", "channel_max", "condition_on", "batch_size", "lr_g", "lr_d", "lr_e",
+    "beta1", "beta2", "r1_gamma", "r1_every", "pl_weight", "pl_every", "ema_half_life_images", "encoder_ema",
+    "weight_adv", "weight_l1", "weight_lpips", "weight_latent", "weight_kl", "weight_sample_kl", "weight_w_prior",
+    "w_prior", "path_mode", "encoder_every", "warmup_steps", "mixing_prob", "discriminator", "augment", "lpips_net",
+    "precision", "channels_last", "seed"}
+
+
 def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     cfg = open_run(tmp_path / "run", None, TINY).cfg
     base = (provenance.classifier_fingerprint(cfg), provenance.stylex_fingerprint(cfg))
@@ -89,6 +98,9 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert "weight_mapping_match" in skipped and "encoder_fit_minutes" in skipped
     without = {k: v for k, v in to_dict(cfg.stylex).items() if k not in skipped}
     assert base[1] == provenance.fingerprint("stylex", base[0], without)
+    assert set(without) == FINGERPRINTED_STYLEX_KEYS, (
+        "a new stylex key changes every existing checkpoint's fingerprint: list it in STYLEX_ADDED_KEYS (or in "
+        "STYLEX_SCHEDULE_KEYS when it does not change what is trained)")
     for added in ("stylex.weight_mapping_match=1", "stylex.encoder_fit_minutes=2", "stylex.encoder=squeeze"):
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
     data_without = {k: v for k, v in to_dict(cfg.data).items() if k not in provenance.DATA_ADDED_KEYS}

@@ -308,34 +308,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = from_dict(raw)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        resolve_paths(cfg, path.parent, str(path))
     else:
         cfg = Config()
     cfg = apply_overrides(cfg, overrides or [])
-    resolve_paths(cfg, Path.cwd(), "override")  # paths given as overrides: relative to the working directory
+    # a path is resolved where it was given: the file's relative to its folder, an override's to the working directory
+    overridden = {item.split("=", 1)[0].strip() for item in overrides or []}
+    origins = {key: (Path.cwd(), "override") if path is None or key in overridden else (path.parent, str(path))
+               for key in PATH_KEYS}
+    resolve_paths(cfg, origins)
     return cfg
 
 
 FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+PATH_KEYS = ("data.root", "data.labels_csv", "classifier.source")
 
 
-def resolve_paths(cfg: Config, base: Path, where: str) -> None:
+def resolve_paths(cfg: Config, origins: dict[str, tuple[Path, str]]) -> None:
     """Make ``data.root``, ``data.labels_csv`` and ``classifier.source`` absolute: a relative path is looked up in
-    ``base`` (the config file's folder), then in the working directory; ``labels_csv`` first inside ``data.root``."""
+    its origin's folder (``origins[key]``: the folder and where the value came from, for errors), then in the
+    working directory; ``labels_csv`` first inside ``data.root``."""
     d, c = cfg.data, cfg.classifier
     if d.root:
-        d.root = _resolve(d.root, base, "data.root", where, required=d.source == "folder")
+        d.root = _resolve(d.root, *origins["data.root"], "data.root", required=d.source == "folder")
     if d.labels_csv and not (d.root and (Path(d.root) / d.labels_csv).is_file()):
-        d.labels_csv = _resolve(d.labels_csv, base, "data.labels_csv", where, required=False)
+        d.labels_csv = _resolve(d.labels_csv, *origins["data.labels_csv"], "data.labels_csv", required=False)
+    base = origins["classifier.source"][0]
     if c.source != "train" and not (FACTORY_PATTERN.fullmatch(c.source) and not _candidates(c.source, base)[0].exists()):
-        c.source = _resolve(c.source, base, "classifier.source", where, required=True)
+        c.source = _resolve(c.source, *origins["classifier.source"], "classifier.source", required=True)
 
 
 def _candidates(value: str, base: Path) -> list[Path]:
     return [(base / Path(value).expanduser()).resolve(), Path(value).expanduser().resolve()]
 
 
-def _resolve(value: str, base: Path, key: str, where: str, required: bool) -> str:
+def _resolve(value: str, base: Path, where: str, key: str, required: bool) -> str:
     """An existing relative path as an absolute one (or an error naming the paths tried when ``required``)."""
     if Path(value).expanduser().is_absolute():
         return value

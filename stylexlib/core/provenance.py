@@ -15,9 +15,10 @@ from typing import Any
 
 from stylexlib.core.config import Config, to_dict
 
-# StylEx keys that do not change what a checkpoint is: training longer or logging differently continues it.
+# StylEx keys that do not change what a checkpoint is: training longer, logging differently or compiling (a lossless
+# speed-up) continues it.
 STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device",
-                        "collapse_every", "preset")  # a preset counts through the values it sets
+                        "collapse_every", "preset", "compile")  # a preset counts through the values it sets
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
 STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1_e", "adv_on_reconstructions",
                      "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle")
