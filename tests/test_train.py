@@ -19,7 +19,8 @@ from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stat
 from stylexlib.gan.losses import latent_mmd_loss, load_lpips
 from stylexlib.gan.models import load_stylex
 from stylexlib.pipeline import cli
-from stylexlib.stylespace.inversion import evaluate_reconstruction, invert, reconstruction_table, refinement_comparison
+from stylexlib.stylespace.inversion import (evaluate_reconstruction, invert, reconstruction_table, refinement_comparison,
+                                            render_inverted)
 
 RESOLUTION = 16
 TINY = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
@@ -190,12 +191,21 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
     assert torch.equal(encoded.w, invert(models, images, refine=False).w)  # the statistics' path stays E(x)
     assert not torch.allclose(refined.w, encoded.w) and torch.equal(refined.logits, encoded.logits)
     assert torch.allclose(refined.styles, models.generator.styles(refined.w, refined.c))
-    scored = {name: reconstruction_table(models, images, lpips_model, w=inv.w)[["l1", "lpips", "kl"]].sum(1).mean()
-              for name, inv in (("encoder", encoded), ("refined", refined))}
-    assert scored["refined"] < scored["encoder"]
+    # inversion.per_image_space "stylespace": the styles themselves are refined; w stays E(x)
+    models.inversion = dataclasses.replace(models.inversion, per_image_space="stylespace")
+    in_stylespace = invert(models, images, batch_size=2)
+    assert torch.allclose(in_stylespace.w, encoded.w, atol=1e-6) and not torch.allclose(in_stylespace.styles, encoded.styles)
+
+    def objective(inv) -> float:
+        return reconstruction_table(models, images, lpips_model, styles=inv.styles)[["l1", "lpips", "kl"]].sum(1).mean()
+
+    assert objective(refined) < objective(encoded) and objective(in_stylespace) < objective(encoded)
     assert torch.allclose(torch.tensor(reconstruction_table(models, images, lpips_model)["lpips"].to_numpy()),
-                          torch.tensor(reconstruction_table(models, images, lpips_model, w=refined.w)["lpips"].to_numpy()),
+                          torch.tensor(reconstruction_table(models, images, lpips_model,
+                                                            styles=in_stylespace.styles)["lpips"].to_numpy()),
                           atol=1e-5)  # its default is the refined inversion
+    rendered = models.generator.synthesize(in_stylespace.styles).clamp(-1, 1)
+    assert torch.allclose(render_inverted(models, in_stylespace), rendered)
 
 
 def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_model) -> None:

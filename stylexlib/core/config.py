@@ -154,6 +154,8 @@ class InversionConfig:
     # are inverted (stages 04-08, `stylex explain`, the browser); 0: the encoder alone, as in the paper; the `real` preset
     # sets 25 (docs/experiments.md, "Real photographs")
     per_image_lr: float = 0.05
+    per_image_space: Literal["w", "stylespace"] = "w"  # what the per-image steps optimise: w, or the StyleSpace vector
+    # that AttFind edits (finer detail; the `real` preset's choice, docs/experiments.md "Per-image inversion")
     num_images: int = 256  # held-out images evaluated (from `split`)
     split: Literal["train", "val", "test"] = "val"
     refine_images: int = 16  # stage 04 compares E(x) with w refined for `refine_steps` on this many images (0: skip)

@@ -117,7 +117,7 @@ def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn
         factor_scores  # the probe module imports the editor; keep this import local
 
     inverted = invert(models, images, lpips_model=lpips_model)
-    out = evaluate_reconstruction(models, images, lpips_model, w=inverted.w)
+    out = evaluate_reconstruction(models, images, lpips_model, styles=inverted.styles)
     if probe is not None and factors is not None:
         for row in factor_scores(probe, render_inverted(models, inverted), factors).itertuples():
             out[f"recon_factor_{row.factor}"] = row.score
@@ -125,12 +125,12 @@ def reconstruction_quality(models: StylexModels, images: Tensor, lpips_model: nn
 
 
 def collapse_check(models: StylexModels, images: Tensor, lpips_model: nn.Module, seed: int = 0,
-                   w: Tensor | None = None) -> dict[str, float]:
-    """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on the first 64 of uint8 or [-1, 1] images, with
-    their latents ``w`` when given (e.g. refined ones), else E(x)."""
+                   styles: Tensor | None = None) -> dict[str, float]:
+    """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on the first 64 of uint8 or [-1, 1] images,
+    reconstructed from their StyleSpace vectors ``styles`` when given (e.g. refined ones), else from E(x)."""
     x = models.prepare(images[:COLLAPSE_IMAGES])
     return collapse_metrics(models.generator, models.encoder, models.classifier, x, lpips_model, models.condition,
-                            seed=seed, w=None if w is None else w[:COLLAPSE_IMAGES].to(x.device))
+                            seed=seed, styles=None if styles is None else styles[:COLLAPSE_IMAGES].to(x.device))
 
 
 def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:

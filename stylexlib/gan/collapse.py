@@ -60,11 +60,14 @@ def spread_ratio(w_encoded: Tensor, w_sampled: Tensor) -> float:
 @torch.no_grad()
 def collapse_metrics(generator: nn.Module, encoder: nn.Module, classifier: nn.Module, images: Tensor,
                      lpips_model: nn.Module, condition, samples: int = 1024, seed: int = 0,
-                     w: Tensor | None = None) -> dict[str, float]:
-    """``recon_self_retrieval`` and ``encoder_spread_ratio`` of float images in [-1, 1] (on the models' device);
-    ``condition`` maps classifier logits to the generator's class input; ``w``: the images' latents (default E(x))."""
-    w = encoder(images) if w is None else w
-    reconstructions = generator(w, condition(classifier(images).float()), noise_mode="const")
+                     styles: Tensor | None = None) -> dict[str, float]:
+    """``recon_self_retrieval`` and ``encoder_spread_ratio`` (of E(x)) of float images in [-1, 1] (on the models'
+    device); ``condition`` maps classifier logits to the generator's class input; ``styles``: the images' StyleSpace
+    vectors to reconstruct from (default: those of E(x))."""
+    w = encoder(images)
+    if styles is None:
+        styles = generator.styles(w, condition(classifier(images).float()))
+    reconstructions = generator.synthesize(styles)
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(samples, generator.latent_dim, generator=gen).to(images.device)
     return {"recon_self_retrieval": self_retrieval(pairwise_lpips(lpips_model, images, reconstructions)),

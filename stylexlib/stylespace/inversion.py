@@ -1,10 +1,12 @@
 """Inversion: real images -> (w, c = C(x)) -> StyleSpace, reconstruction quality.
 
 StylEx (Lang et al., ICCV 2021) encodes an image with its encoder, w = E(x), and conditions the generator on the
-classifier's output. With ``inversion.per_image_steps`` > 0 every inversion then optimises w per image from E(x)
+classifier's output. With ``inversion.per_image_steps`` > 0 every inversion then optimises per image from E(x)
 (hybrid inversion, as in Zhu et al. 2020 "In-domain GAN inversion" and Abdal et al. 2019), minimising
-LPIPS + L1 + KL(C(x) || C(G(w, c))): on real photographs the encoder alone keeps skin tone, pose and lighting but
-loses who the person is (docs/experiments.md, "Real photographs").
+LPIPS + L1 + KL(C(x) || C(x')): on real photographs the encoder alone keeps skin tone, pose and lighting but loses who
+the person is (docs/experiments.md, "Real photographs"). ``inversion.per_image_space`` says what is optimised: w
+(x' = G(w, c)), or the StyleSpace vector s that AttFind edits (x' = G.synthesize(s), starting from G.styles(E(x), c)),
+which reaches finer detail than one w can.
 """
 from __future__ import annotations
 
@@ -24,17 +26,19 @@ from stylexlib.gan.models import StylexModels
 class Inverted:
     """Images encoded into the generator: latents, class inputs, StyleSpace and the classifier's logits on x."""
 
-    w: Tensor  # (N, latent_dim)
+    w: Tensor  # (N, latent_dim): E(x), refined when inversion.per_image_space is "w"
     c: Tensor  # (N, classes): the generator's class input (probabilities or logits of C(x))
-    styles: Tensor  # (N, S)
+    styles: Tensor  # (N, S): what the reconstruction renders, G.styles(w, c) or refined itself
     logits: Tensor  # (N, classes): C(x)
 
 
 def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: bool = True,
            progress: bool = True, lpips_model: nn.Module | None = None) -> Inverted:
-    """Invert uint8 or [-1, 1] images: w = E(x), refined for ``models.inversion.per_image_steps`` when ``refine``
-    (with ``lpips_model``, loaded when needed and not given); c from C(x); styles = G.styles(w, c) (all on CPU)."""
+    """Invert uint8 or [-1, 1] images: w = E(x); c from C(x); styles = G.styles(w, c); when ``refine``, w or the styles
+    (``models.inversion.per_image_space``) refined for ``models.inversion.per_image_steps`` (with ``lpips_model``,
+    loaded when needed and not given). All on the CPU."""
     steps = models.inversion.per_image_steps if refine else 0
+    in_stylespace = models.inversion.per_image_space == "stylespace"
     if steps and lpips_model is None:
         lpips_model = load_lpips(models.cfg.lpips_net, models.device)
     batches = images.split(batch_size)
@@ -44,20 +48,24 @@ def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: b
         with torch.no_grad():
             logits = models.classifier(x).float()
             w, c = models.encoder(x), models.condition(logits)
-        if steps:
+        if steps and not in_stylespace:
             w, _ = refine_latents(models, x, steps, models.inversion.per_image_lr, models.inversion.weight_kl,
                                   lpips_model, progress=False, start=w)
             w = w.to(models.device)
         with torch.no_grad():
-            parts.append((w.cpu(), c.cpu(), models.generator.styles(w, c).cpu(), logits.cpu()))
+            styles = models.generator.styles(w, c)
+        if steps and in_stylespace:
+            styles, _ = refine_styles(models, x, steps, models.inversion.per_image_lr, models.inversion.weight_kl,
+                                      lpips_model, start=styles)
+        parts.append((w.cpu(), c.cpu(), styles.cpu(), logits.cpu()))
     return Inverted(*(torch.cat(column) for column in zip(*parts)))
 
 
 @torch.no_grad()
 def render_inverted(models: StylexModels, inverted: Inverted, batch_size: int = 64) -> Tensor:
-    """The reconstructions G(w, c) of inverted images, in [-1, 1] on the CPU."""
-    return torch.cat([models.generator(w.to(models.device), c.to(models.device), noise_mode="const").clamp(-1, 1).cpu()
-                      for w, c in zip(inverted.w.split(batch_size), inverted.c.split(batch_size))])
+    """The reconstructions G.synthesize(styles) of inverted images, in [-1, 1] on the CPU."""
+    return torch.cat([models.generator.synthesize(styles.to(models.device)).clamp(-1, 1).cpu()
+                      for styles in inverted.styles.split(batch_size)])
 
 
 def reconstruct(models: StylexModels, images: Tensor, batch_size: int = 64) -> Tensor:
@@ -67,22 +75,21 @@ def reconstruct(models: StylexModels, images: Tensor, batch_size: int = 64) -> T
 
 @torch.no_grad()
 def reconstruction_table(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
-                         batch_size: int = 64, w: Tensor | None = None, refine: bool = True) -> pd.DataFrame:
-    """Per image: L1, LPIPS, KL of C(x) vs C(x'), and whether C's decision agrees on x' = G(w, c).
+                         batch_size: int = 64, styles: Tensor | None = None, refine: bool = True) -> pd.DataFrame:
+    """Per image: L1, LPIPS, KL of C(x) vs C(x'), and whether C's decision agrees on x' = G.synthesize(styles).
 
-    ``w`` defaults to :func:`invert`'s (E(x), refined as ``models.inversion`` says unless not ``refine``); pass latents
-    to score them instead.
+    ``styles`` default to :func:`invert`'s (refined as ``models.inversion`` says unless not ``refine``); pass
+    StyleSpace vectors to score them instead.
     """
     lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
-    if w is None:
-        w = invert(models, images, batch_size, refine=refine, lpips_model=lpips_model).w
+    if styles is None:
+        styles = invert(models, images, batch_size, refine=refine, lpips_model=lpips_model).styles
     rows: list[pd.DataFrame] = []
     start = 0
     for batch in images.split(batch_size):
         x = models.prepare(batch)
         logits = models.classifier(x).float()
-        latents = w[start : start + len(x)].to(models.device)
-        rec = models.generator(latents, models.condition(logits), noise_mode="const")
+        rec = models.generator.synthesize(styles[start : start + len(x)].to(models.device))
         rec_logits = models.classifier(rec).float()
         rows.append(pd.DataFrame({
             "l1": (x - rec).abs().flatten(1).mean(1).cpu().numpy(),
@@ -97,10 +104,11 @@ def reconstruction_table(models: StylexModels, images: Tensor, lpips_model: nn.M
 
 
 def evaluate_reconstruction(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
-                            batch_size: int = 64, refine: bool = True, w: Tensor | None = None) -> dict[str, float]:
-    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x') (``w``: as in
+                            batch_size: int = 64, refine: bool = True, styles: Tensor | None = None
+                            ) -> dict[str, float]:
+    """Held-out reconstruction quality: classifier consistency, LPIPS, L1 and KL of C(x) vs C(x') (``styles``: as in
     :func:`reconstruction_table`)."""
-    table = reconstruction_table(models, images, lpips_model, batch_size, w=w, refine=refine)
+    table = reconstruction_table(models, images, lpips_model, batch_size, styles=styles, refine=refine)
     return {
         "recon_consistency": float(table["consistent"].mean()),
         "recon_lpips": float(table["lpips"].mean()),
@@ -114,18 +122,40 @@ def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: f
                    start: Tensor | None = None) -> tuple[Tensor, list[dict[str, float]]]:
     """Optimise w per image (from ``start``, default E(x); c fixed to C(x)) for LPIPS + L1 + weight_kl * KL with Adam;
     returns (w on the CPU, per-step history of the batch means)."""
-    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
     x = models.prepare(images)
     with torch.no_grad():
         logits = models.classifier(x).float()
         c = models.condition(logits)
-        w = (models.encoder(x) if start is None else start.to(models.device)).detach().clone()
-    w.requires_grad_(True)
-    optimizer = torch.optim.Adam([w], lr=lr)
+        w = models.encoder(x) if start is None else start.to(models.device)
+    return _fit(lambda latents: models.generator(latents, c, noise_mode="const"), w, models, x, logits, steps, lr,
+                weight_kl, lpips_model, "refine w", progress)
+
+
+def refine_styles(models: StylexModels, images: Tensor, steps: int = 25, lr: float = 0.03, weight_kl: float = 1.0,
+                  lpips_model: nn.Module | None = None, progress: bool = False, start: Tensor | None = None
+                  ) -> tuple[Tensor, list[dict[str, float]]]:
+    """Optimise the StyleSpace vector per image (from ``start``, default G.styles(E(x), C(x))) for the same objective
+    as :func:`refine_latents`; returns (styles on the CPU, per-step history)."""
+    x = models.prepare(images)
+    with torch.no_grad():
+        logits = models.classifier(x).float()
+        if start is None:
+            start = models.generator.styles(models.encoder(x), models.condition(logits))
+    return _fit(models.generator.synthesize, start.to(models.device), models, x, logits, steps, lr, weight_kl,
+                lpips_model, "refine styles", progress)
+
+
+def _fit(render, start: Tensor, models: StylexModels, x: Tensor, logits: Tensor, steps: int, lr: float,
+         weight_kl: float, lpips_model: nn.Module | None, desc: str, progress: bool
+         ) -> tuple[Tensor, list[dict[str, float]]]:
+    """Adam on ``start`` per image, minimising LPIPS + L1 + weight_kl * KL(C(x) || C(render(variable)))."""
+    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
+    variable = start.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([variable], lr=lr)
     history = []
-    for step in tqdm(range(steps), desc="refine w", disable=not progress):
+    for step in tqdm(range(steps), desc=desc, disable=not progress):
         with torch.enable_grad():  # also when called under no_grad
-            rec = models.generator(w, c, noise_mode="const")
+            rec = render(variable)
             terms = {
                 "lpips": lpips_distance(lpips_model, x, rec).mean(),
                 "l1": (x - rec).abs().mean(),
@@ -136,7 +166,7 @@ def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: f
             loss.backward()
         optimizer.step()
         history.append({"step": step + 1, **{k: v.detach() for k, v in {"loss": loss, **terms}.items()}})
-    return w.detach().cpu(), [{k: float(v) for k, v in row.items()} for row in history]
+    return variable.detach().cpu(), [{k: float(v) for k, v in row.items()} for row in history]
 
 
 def refinement_comparison(models: StylexModels, images: Tensor, steps: int = 100, lr: float = 0.02,
@@ -145,10 +175,12 @@ def refinement_comparison(models: StylexModels, images: Tensor, steps: int = 100
     """The encoder's w = E(x) against w refined from it for ``steps`` by :func:`refine_latents` on the same images: mean
     L1, LPIPS, KL and classifier consistency (rows) of each (columns ``encoder``, ``refined``), and the refinement's
     history."""
-    encoded = invert(models, images, refine=False).w
-    refined, history = refine_latents(models, images, steps, lr, weight_kl, lpips_model, start=encoded)
-    tables = {"encoder": reconstruction_table(models, images, lpips_model, w=encoded),
-              "refined": reconstruction_table(models, images, lpips_model, w=refined)}
+    encoded = invert(models, images, refine=False)
+    refined, history = refine_latents(models, images, steps, lr, weight_kl, lpips_model, start=encoded.w)
+    with torch.no_grad():
+        refined_styles = models.generator.styles(refined.to(models.device), encoded.c.to(models.device))
+    tables = {"encoder": reconstruction_table(models, images, lpips_model, styles=encoded.styles),
+              "refined": reconstruction_table(models, images, lpips_model, styles=refined_styles)}
     rows = ["l1", "lpips", "kl", "consistent"]
     return pd.DataFrame({name: table[rows].astype(float).mean() for name, table in tables.items()}), history
 
