@@ -150,9 +150,9 @@ class InversionConfig:
     """How images are inverted into (w, c) and StyleSpace (stage 04 on, `stylex explain`, the browser), and stage 04's
     evaluation of it."""
 
-    per_image_steps: int = 0  # optimisation steps of w per image from E(x) (LPIPS + L1 + weight_kl * KL) wherever images
+    per_image_steps: int = 0  # optimisation steps per image from E(x) (LPIPS + L1 + weight_kl * KL) wherever images
     # are inverted (stages 04-08, `stylex explain`, the browser); 0: the encoder alone, as in the paper; the `real` preset
-    # sets 25 (docs/experiments.md, "Real photographs")
+    # sets 50, in StyleSpace (docs/experiments.md, "Real photographs")
     per_image_lr: float = 0.05
     per_image_space: Literal["w", "stylespace"] = "w"  # what the per-image steps optimise: w, or the StyleSpace vector
     # that AttFind edits (finer detail; the `real` preset's choice, docs/experiments.md "Per-image inversion")

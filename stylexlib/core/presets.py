@@ -38,8 +38,8 @@ REAL: dict[str, Any] = {
 }
 
 REAL_INVERSION: dict[str, Any] = {
-    # the StyleSpace vector refined per image from G.styles(E(x), C(x)) wherever images are inverted; on UTKFace at 64 px
-    # (docs/experiments.md, "Per-image inversion"): self-retrieval 0.48 -> 1.00, LPIPS 0.122 -> 0.033, age R^2 on
+    # the StyleSpace vector refined per image from G.styles(E(x), C(x)) wherever images are inverted; on UTKFace at
+    # 64 px (docs/experiments.md, "Per-image inversion"): self-retrieval 0.48 -> 1.00, LPIPS 0.122 -> 0.033, age R^2 on
     # reconstructions 0.12 -> 0.56 of the originals' 0.70 (25 steps of w instead: 0.98, 0.080, 0.33)
     "per_image_steps": 50,
     "per_image_space": "stylespace",

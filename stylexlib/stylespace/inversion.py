@@ -48,15 +48,14 @@ def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: b
         with torch.no_grad():
             logits = models.classifier(x).float()
             w, c = models.encoder(x), models.condition(logits)
+        fit = dict(models=models, x=x, logits=logits, steps=steps, lr=models.inversion.per_image_lr,
+                   weight_kl=models.inversion.weight_kl, lpips_model=lpips_model, progress=False)
         if steps and not in_stylespace:
-            w, _ = refine_latents(models, x, steps, models.inversion.per_image_lr, models.inversion.weight_kl,
-                                  lpips_model, progress=False, start=w)
-            w = w.to(models.device)
+            w = _fit(lambda latents: models.generator(latents, c, noise_mode="const"), w, **fit)[0].to(models.device)
         with torch.no_grad():
             styles = models.generator.styles(w, c)
         if steps and in_stylespace:
-            styles, _ = refine_styles(models, x, steps, models.inversion.per_image_lr, models.inversion.weight_kl,
-                                      lpips_model, start=styles)
+            styles = _fit(models.generator.synthesize, styles, **fit)[0]
         parts.append((w.cpu(), c.cpu(), styles.cpu(), logits.cpu()))
     return Inverted(*(torch.cat(column) for column in zip(*parts)))
 
@@ -128,27 +127,14 @@ def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: f
         c = models.condition(logits)
         w = models.encoder(x) if start is None else start.to(models.device)
     return _fit(lambda latents: models.generator(latents, c, noise_mode="const"), w, models, x, logits, steps, lr,
-                weight_kl, lpips_model, "refine w", progress)
-
-
-def refine_styles(models: StylexModels, images: Tensor, steps: int = 25, lr: float = 0.03, weight_kl: float = 1.0,
-                  lpips_model: nn.Module | None = None, progress: bool = False, start: Tensor | None = None
-                  ) -> tuple[Tensor, list[dict[str, float]]]:
-    """Optimise the StyleSpace vector per image (from ``start``, default G.styles(E(x), C(x))) for the same objective
-    as :func:`refine_latents`; returns (styles on the CPU, per-step history)."""
-    x = models.prepare(images)
-    with torch.no_grad():
-        logits = models.classifier(x).float()
-        if start is None:
-            start = models.generator.styles(models.encoder(x), models.condition(logits))
-    return _fit(models.generator.synthesize, start.to(models.device), models, x, logits, steps, lr, weight_kl,
-                lpips_model, "refine styles", progress)
+                weight_kl, lpips_model, progress, "refine w")
 
 
 def _fit(render, start: Tensor, models: StylexModels, x: Tensor, logits: Tensor, steps: int, lr: float,
-         weight_kl: float, lpips_model: nn.Module | None, desc: str, progress: bool
+         weight_kl: float, lpips_model: nn.Module | None, progress: bool, desc: str = "refine"
          ) -> tuple[Tensor, list[dict[str, float]]]:
-    """Adam on ``start`` per image, minimising LPIPS + L1 + weight_kl * KL(C(x) || C(render(variable)))."""
+    """Adam on ``start`` (w or StyleSpace vectors) per image, minimising LPIPS + L1 + weight_kl * KL(C(x) ||
+    C(render(variable))) for prepared images ``x`` with logits C(x); returns (the variable on the CPU, history)."""
     lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
     variable = start.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([variable], lr=lr)
