@@ -125,6 +125,14 @@ def test_greedy_covers_images_while_ranking_repeats_the_strongest() -> None:
         selection.class_attributes(effects, target=1, method="bogus")
 
 
+def test_a_coordinate_is_picked_in_one_direction_only() -> None:
+    effects = planted_effects()
+    effects.edited_logits[2:4, 2, 0] = torch.tensor([0.0, 0.0])  # 12 pushes toward class 1 from both ends
+    for method in ("greedy", "ranking"):
+        table = selection.class_attributes(effects, target=1, k=5, method=method, max_image_effect=0.2)
+        assert table.loc[0, ["flat", "direction"]].tolist() == [12, "up"] and table["flat"].is_unique, method
+
+
 def test_a_vetting_function_skips_rejected_edits() -> None:
     effects = planted_effects()
     vetted = []
@@ -184,6 +192,35 @@ def test_sufficiency_matches_a_direct_computation(models, encoded) -> None:
     expected = (effects.predict_styles(models.generator, models.classifier, edited).argmax(1) != predicted).float().mean()
     assert table.loc[0, "flip_rate"] == pytest.approx(float(expected))
     assert 0 <= table.loc[0, "random_flip_rate"] <= 1
+
+
+def test_each_images_own_top_k_is_applied_as_image_attributes_lists_it(models, encoded) -> None:
+    class Brightness(torch.nn.Module):  # a stand-in classifier with a known opinion: bright images are class 0
+        def forward(self, images):
+            brightness = images.mean(dim=(1, 2, 3)) - self.middle
+            return torch.stack([brightness, -brightness], 1) * 100
+
+    styles, logits = encoded
+    classifier = Brightness()
+    classifier.middle = models.generator.synthesize(styles).mean(dim=(1, 2, 3)).median()
+    targets = effects.shift_targets(styles, StyleStats.of(styles), "std", shift_std=5.0)
+    coords = effects.searched_coordinates(models.generator, include_torgb=False)
+    found = Effects(effects.edited_logits_fast(models.generator, classifier, styles, targets, coords),
+                    effects.predict_styles(models.generator, classifier, styles), logits, coords, torch.arange(6))
+    table = selection.image_sufficiency(models.generator, classifier, styles, targets, found, max_k=3)
+    assert list(table["k"]) == [1, 2, 3]
+    single = torch.tensor([bool(selection.image_attributes(found, i, k=1, output="logits").loc[0, "flips"])
+                           for i in range(6)])
+    assert single.any() and table.loc[0, "image_flip_rate"] == pytest.approx(single.float().mean().item())
+    tops = [selection.image_attributes(found, i, k=3, output="logits") for i in range(6)]
+    assert all(top["flat"].is_unique for top in tops)
+    flats = torch.tensor([top["flat"].tolist() for top in tops])
+    directions = torch.tensor([[effects.DIRECTIONS.index(d) for d in top["direction"]] for top in tops])
+    edited = effects.apply_attributes(styles, targets, flats, directions)
+    flipped = effects.predict_styles(models.generator, classifier, edited).argmax(1) != found.predicted
+    assert table.loc[2, "image_flip_rate"] == pytest.approx(flipped.float().mean().item())
+    metrics = selection.sufficiency_metrics(table.assign(flip_rate=0.5, random_flip_rate=0.0), ks=(1, 3))
+    assert metrics["image_flip_rate_top3"] == table.loc[2, "image_flip_rate"] and metrics["flip_rate_top1"] == 0.5
 
 
 def test_effects_resume_after_an_interruption(models, encoded, tmp_path, monkeypatch) -> None:

@@ -70,11 +70,27 @@ def test_classifier_kl() -> None:
 
 def test_weighted_sum_uses_config_weights() -> None:
     weights = losses.loss_weights(StylexConfig())
-    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0, "sample_kl": 0.0, "w_prior": 0.0}
+    assert weights == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0, "sample_kl": 0.0, "w_prior": 0.0,
+                       "class_sparsity": 0.0}
     total = losses.weighted_sum({"l1": torch.tensor(2.0), "lpips": torch.tensor(3.0)}, weights)
     assert torch.isclose(total, torch.tensor(2.3))
     with pytest.raises(KeyError, match="no weight"):
         losses.weighted_sum({"unknown": torch.tensor(1.0)}, weights)
+
+
+def test_class_pathway_sparsity_is_the_mean_norm_of_what_the_class_moves_each_coordinate_by() -> None:
+    generator = Generator(16, 2, TINY)
+    affine = generator.affine
+    with torch.no_grad():
+        affine.weight[:, TINY.latent_dim:] = 0.0
+        affine.weight[3, TINY.latent_dim:] = torch.tensor([3.0, 4.0]) / affine.weight_gain
+    loss = losses.class_pathway_sparsity(affine, TINY.latent_dim)
+    assert loss.item() == pytest.approx(5.0 / generator.style_dim)  # one coordinate, moved by (3, 4) per unit of c
+    w = torch.randn(1, TINY.latent_dim)
+    moved = generator.styles(w, torch.tensor([[1.0, 0.0]])) - generator.styles(w, torch.tensor([[0.0, 0.0]]))
+    assert moved.abs().argmax().item() == 3 and moved[0, 3].item() == pytest.approx(3.0, rel=1e-4)
+    loss.backward()
+    assert affine.weight.grad[:, : TINY.latent_dim].abs().sum() == 0  # w's columns are left alone
 
 
 def test_latent_prior_is_zero_on_the_mapping_distribution_and_trains_only_the_encoder() -> None:

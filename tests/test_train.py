@@ -274,6 +274,20 @@ def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> 
         make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
 
 
+def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, classifier, lpips_model) -> None:
+    def class_columns(trainer):
+        return trainer.G.affine.weight[:, trainer.G.latent_dim:].detach().norm(dim=1)
+
+    cfg = dataclasses.replace(TINY, warmup_steps=1, lr_g=0.05)  # Adam moves a weight by about lr_g per step
+    plain = make_trainer(cfg, data, classifier, lpips_model, None)
+    sparse = make_trainer(dataclasses.replace(cfg, weight_class_sparsity=10.0), data, classifier, lpips_model, None)
+    assert torch.equal(class_columns(plain), class_columns(sparse))
+    for _ in range(5):
+        assert "class_sparsity" not in plain.train_step()
+        assert sparse.train_step()["class_sparsity"] > 0
+    assert class_columns(sparse).mean() < 0.9 * class_columns(plain).mean()
+
+
 def test_encoder_ema_tracks_the_encoder_and_is_what_later_stages_load(tmp_path, data, classifier, lpips_model) -> None:
     cfg = dataclasses.replace(TINY, encoder_ema=True, steps=3, checkpoint_every=0)
     trainer = make_trainer(cfg, data, classifier, lpips_model, tmp_path)

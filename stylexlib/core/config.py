@@ -114,6 +114,8 @@ class StylexConfig:
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
+    weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns (losses.class_pathway_sparsity),
+    # so that the classifier's output reaches few StyleSpace coordinates, which AttFind can then find
     weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
     weight_mapping_match: float = 0.0  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
     # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It

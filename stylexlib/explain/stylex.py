@@ -22,7 +22,7 @@ from stylexlib.core.config import AttFindConfig, StylexConfig
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score,
                                                compute_effects, edited_logits_fast, predict_styles,
-                                               searched_coordinates, shift_targets)
+                                               searched_coordinates, shift_targets, top_edits)
 from stylexlib.explain.attfind.selection import class_attributes, default_thresholds
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
@@ -186,8 +186,7 @@ class StylEx:
         probs = self.probabilities(reconstructions)
         target = probs.argmax(1) if target is None else self.check_target(target, len(styles))
         change, apply, describe = self._candidates(styles, target)
-        effects, columns = (-change).flatten(1).topk(min(k, change[0].numel()), dim=1)
-        picks, signs = columns // 2, columns % 2
+        effects, picks, signs = top_edits(-change, k)
         edited = torch.stack([self.render(apply(picks[:, j:j + 1], signs[:, j:j + 1]))
                               for j in range(picks.shape[1])], 1)
         rows = [dict(image=i, rank=j + 1, **describe(int(p)), direction=DIRECTIONS[int(d)], effect=-float(e))

@@ -179,6 +179,13 @@ def latent_mmd_loss(latents: Tensor, reference: Tensor, scales: tuple[float, ...
     return sum(unbiased_mmd2(c / (c + dxx), c / (c + dyy), c / (c + dxy)) for c in (s * base for s in scales))
 
 
+def class_pathway_sparsity(affine: torch.nn.Module, latent_dim: int) -> Tensor:
+    """Group lasso on the class columns of the generator's stacked affine map A([w, c]): the mean over StyleSpace
+    coordinates of the L2 norm of how much the class input ``c`` moves that coordinate. Small when few coordinates
+    carry the class, so that single-coordinate edits (AttFind) can change it."""
+    return (affine.weight[:, latent_dim:] * affine.weight_gain).norm(dim=1).mean()
+
+
 def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:
     """The unbiased MMD^2 estimate from kernel matrices k(x, x), k(y, y) and k(x, y) (diagonals left out)."""
     m, n = len(kxx), len(kyy)
@@ -201,6 +208,7 @@ def loss_weights(cfg: StylexConfig) -> dict[str, float]:
         "kl": cfg.weight_kl,
         "sample_kl": cfg.weight_sample_kl,
         "w_prior": cfg.weight_w_prior,
+        "class_sparsity": cfg.weight_class_sparsity,
     }
 
 

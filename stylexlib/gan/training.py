@@ -45,9 +45,9 @@ from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics, collapse_w
 from stylexlib.gan.discriminator import Discriminator
 from stylexlib.gan.encoder_fit import fit_checkpoint_encoder
 from stylexlib.gan.generator import MAPPING_LR_MUL
-from stylexlib.gan.losses import (classifier_kl_loss, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
-                                  g_path_length_loss, latent_mmd_loss, latent_prior_loss, load_lpips, loss_weights,
-                                  reconstruction_losses, weighted_sum)
+from stylexlib.gan.losses import (class_pathway_sparsity, classifier_kl_loss, d_logistic_loss, d_r1_loss,
+                                  g_nonsaturating_loss, g_path_length_loss, latent_mmd_loss, latent_prior_loss,
+                                  load_lpips, loss_weights, reconstruction_losses, weighted_sum)
 from stylexlib.gan.models import StylexModels, build_networks, class_input
 from stylexlib.gan.step_options import StepOptions, update_ema
 
@@ -369,6 +369,8 @@ class StylexTrainer:
                 count = len(generated.w_sampled)  # the samples follow the reconstructions; their condition's probs
                 wanted = generated.probs[-count:].clamp_min(1e-8).log()
                 terms["sample_kl"] = classifier_kl_loss(wanted, sample_logits)
+            if self.cfg.weight_class_sparsity > 0:
+                terms["class_sparsity"] = class_pathway_sparsity(self.G.affine, self.G.latent_dim)
             loss = weighted_sum(terms, loss_weights(self.cfg))
         values = self._checked({"g": loss, **terms})
         nets = [(self.G, self.opt_g)] + ([(self.E, self.opt_e)] if rec is not None else [])

@@ -75,9 +75,12 @@ def histograms(columns: dict[str, np.ndarray], ncols: int = 4) -> plt.Figure:
 
 
 def flip_rate_curve(table, title: str = "sufficiency: top-k attributes applied together") -> plt.Figure:
-    """Flip rate against k for the found attributes and for k random coordinates (mean +- std of the draws)."""
+    """Flip rate against k for the class attributes (on held-out images), for each image's own top-k (where the
+    table has ``image_flip_rate``) and for k random coordinates (mean +- std of the draws)."""
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    ax.plot(table["k"], table["flip_rate"], marker="o", label="AttFind top-k")
+    ax.plot(table["k"], table["flip_rate"], marker="o", label="class top-k (held-out images)")
+    if "image_flip_rate" in table:
+        ax.plot(table["k"], table["image_flip_rate"], marker="^", label="each image's own top-k")
     ax.errorbar(table["k"], table["random_flip_rate"], yerr=table["random_flip_std"], marker="s", capsize=3,
                 label="k random coordinates")
     ax.set_xlabel("k (attributes applied together)")

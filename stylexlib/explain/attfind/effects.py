@@ -312,6 +312,15 @@ def _load_partial(path: Path | None, key: str) -> list[Tensor]:
 
 
 # ---------------------------------------------------------------------------- applying attributes
+def top_edits(score: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of ``score`` (N, K, 2), the ``k`` highest-scoring edits, one direction per coordinate (applied
+    together, a coordinate's second direction would undo its first): values, coordinate positions and directions,
+    each (N, k), best first."""
+    best, directions = score.max(-1)
+    values, positions = best.topk(min(k, best.shape[-1]), dim=-1)
+    return values, positions, directions.gather(-1, positions)
+
+
 def apply_attributes(styles: Tensor, targets: Tensor, flats: Tensor, directions: Tensor,
                      strength: float = 1.0) -> Tensor:
     """Styles (N, S) with coordinates ``flats`` (N, k) moved toward their targets (2, N, S) in ``directions`` (N, k)."""

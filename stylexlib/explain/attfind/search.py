@@ -21,7 +21,7 @@ from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, c
                                                shift_targets, style_statistics)
 from stylexlib.explain.attfind.names import NAMES_FILE, read_attribute_names, with_names, write_name_template
 from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
-                                                 realism_check, sufficiency)
+                                                 image_sufficiency, realism_check, sufficiency)
 from stylexlib.gan.models import StylexModels, load_stylex
 from stylexlib.stylespace.inversion import invert
 
@@ -119,6 +119,10 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
                          shift_targets(held_out_styles, stats, cfg.shift, cfg.shift_std), attributes,
                          searched_coordinates(models.generator, cfg.include_torgb), cfg.sufficiency_k,
                          cfg.random_trials, cfg.seed, cfg.batch_size)
+    own = image_sufficiency(models.generator, models.classifier, styles,
+                            shift_targets(styles, stats, cfg.shift, cfg.shift_std), effects, cfg.sufficiency_k,
+                            cfg.output, cfg.batch_size)
+    scores = scores.merge(own, on="k", how="outer")
     if dist.is_main:
         for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
             write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.core.config import AttFindConfig
-from stylexlib.explain.attfind.effects import DIRECTIONS, Effects, apply_attributes, predict_styles
+from stylexlib.explain.attfind.effects import DIRECTIONS, Effects, apply_attributes, predict_styles, top_edits
 from stylexlib.gan.generator import Generator
 from stylexlib.gan.models import StylexModels
 
@@ -39,7 +39,8 @@ def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "
 
     "greedy" is the paper's coverage procedure: pick the edit with the largest mean effect over the images
     still in the pool, add its effect to each image's tally, and drop images whose tally reaches
-    ``max_image_effect``. "ranking" ranks the edits by their mean effect alone. ``accept(flat, direction)``,
+    ``max_image_effect``. "ranking" ranks the edits by their mean effect alone. A coordinate is picked in one
+    direction at most. ``accept(flat, direction)``,
     when given, vets each pick (e.g. :func:`realism_check`); a rejected edit is skipped for good.
     """
     if method not in METHODS:
@@ -62,6 +63,7 @@ def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "
         if usable:
             picked.append(column)
             tally += positive[:, column].clamp(min=0)
+            positive[:, column ^ 1] = -1.0  # one direction per coordinate: applied together, the second would undo the first
         positive[:, column] = -1.0  # never again
     return pd.DataFrame([
         dict(rank=rank + 1, flat=int(effects.coords[column // 2]), direction=DIRECTIONS[column % 2],
@@ -110,21 +112,37 @@ def realism_check(models: StylexModels, styles: Tensor, targets: Tensor, quantil
 
 def image_attributes(effects: Effects, image: int, k: int = 5, output: str = "probs",
                      target: int | None = None) -> pd.DataFrame:
-    """Per-image top-``k``: the edits that most lower the image's predicted class (or raise ``target``).
+    """Per-image top-``k``: the edits that most lower the image's predicted class (or raise ``target``), one
+    direction per coordinate.
 
     ``image`` is a position in ``effects`` (see ``effects.image_indices`` for the dataset index).
     """
     one = effects.subset(torch.arange(len(effects.base_logits)) == image)
     predicted = int(one.predicted[0])
-    score = one.toward(target, output)[0] if target is not None else -one.toward(predicted, output)[0]
-    values, columns = score.flatten().topk(min(k, score.numel()))
-    flipped = (one.edited_logits[0].argmax(-1) != predicted).flatten()
+    score = one.toward(target, output) if target is not None else -one.toward(predicted, output)
+    values, positions, directions = (t[0].tolist() for t in top_edits(score, k))
+    flipped = one.edited_logits[0].argmax(-1) != predicted
     return pd.DataFrame([
         dict(image_index=int(one.image_indices[0]), predicted=predicted, rank=rank + 1,
-             flat=int(one.coords[column // 2]), direction=DIRECTIONS[column % 2], effect=float(value),
-             flips=bool(flipped[column]))
-        for rank, (value, column) in enumerate(zip(values.tolist(), columns.tolist()))
+             flat=int(one.coords[position]), direction=DIRECTIONS[direction], effect=float(value),
+             flips=bool(flipped[position, direction]))
+        for rank, (value, position, direction) in enumerate(zip(values, positions, directions))
     ])
+
+
+def image_sufficiency(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, effects: Effects,
+                      max_k: int = 10, output: str = "logits", batch_size: int = 256) -> pd.DataFrame:
+    """Flip rate when each image's own top-k attributes (:func:`image_attributes`, the per-image explanation) are
+    applied together, k = 1..max_k, on the searched images (``styles`` (N, S) and ``targets`` (2, N, S) in the order
+    of ``effects``)."""
+    predicted = effects.predicted
+    _, positions, directions = top_edits(-effects.toward(predicted, output), max_k)
+    rows = []
+    for k in range(1, positions.shape[1] + 1):
+        edited = apply_attributes(styles, targets, effects.coords[positions[:, :k]], directions[:, :k])
+        flips = predict_styles(generator, classifier, edited, batch_size).argmax(1) != predicted
+        rows.append(dict(k=k, image_flip_rate=float(flips.float().mean())))
+    return pd.DataFrame(rows)
 
 
 def describe(attributes: pd.DataFrame, generator: Generator) -> pd.DataFrame:
@@ -179,11 +197,11 @@ def sufficiency(generator: Generator, classifier: nn.Module, styles: Tensor, tar
 
 
 def sufficiency_metrics(scores: pd.DataFrame, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """flip_rate_topK and random_flip_rate_topK for the given k (those that were measured)."""
+    """flip_rate_topK, random_flip_rate_topK and (where measured) image_flip_rate_topK for the given k."""
     metrics = {}
     for k in ks:
         row = scores[scores["k"] == k]
-        if len(row):
-            metrics[f"flip_rate_top{k}"] = float(row["flip_rate"].iloc[0])
-            metrics[f"random_flip_rate_top{k}"] = float(row["random_flip_rate"].iloc[0])
+        for column in ("flip_rate", "random_flip_rate", "image_flip_rate"):
+            if len(row) and column in row and pd.notna(row[column].iloc[0]):
+                metrics[f"{column}_top{k}"] = float(row[column].iloc[0])
     return metrics
