@@ -145,3 +145,24 @@ def test_an_overridden_data_root_replaces_a_missing_one_from_the_file(tmp_path, 
     assert load_config(config, ["data.root=images"]).data.root == str(tmp_path / "here" / "images")
     with pytest.raises(ConfigError, match="override: data.root 'nowhere' not found"):
         load_config(config, ["data.root=nowhere"])
+
+
+def test_a_run_folders_config_is_its_record_and_a_preset_key_added_later_does_not_change_it(tmp_path, monkeypatch):
+    from stylexlib.core import presets
+    from stylexlib.core.provenance import stylex_fingerprint
+    from stylexlib.core.run import open_run
+    from stylexlib.pipeline.runner import _prepare_run_dir
+
+    written = tmp_path / "photos.yaml"
+    written.write_text("data: {source: folder, root: /x}\n")
+    run = open_run(tmp_path / "run", written)
+    before = stylex_fingerprint(run.cfg)
+    saved = tmp_path / "run" / "config.yaml"  # as written before the key existed
+    saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True)
+                             if "weight_class_sparsity" not in line))
+    monkeypatch.setitem(presets.REAL, "weight_class_sparsity", 10.0)  # the preset gains a key after the run was made
+    assert load_config(written).stylex.weight_class_sparsity == 10.0  # a config someone writes gets it
+    reopened = open_run(tmp_path / "run")  # the run folder keeps what it was trained with
+    assert reopened.cfg.stylex.weight_class_sparsity == 0.0 and stylex_fingerprint(reopened.cfg) == before
+    with pytest.raises(ConfigError, match="weight_class_sparsity"):  # asking the old folder for the new settings
+        _prepare_run_dir(tmp_path / "run", load_config(written), force=False)

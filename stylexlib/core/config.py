@@ -114,8 +114,9 @@ class StylexConfig:
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
-    weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns (losses.class_pathway_sparsity),
-    # so that the classifier's output reaches few StyleSpace coordinates, which AttFind can then find
+    weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns
+    # (losses.class_pathway_sparsity), so that the classifier's output reaches few StyleSpace coordinates, which
+    # AttFind can then find
     weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
     weight_mapping_match: float = 0.0  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
     # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
@@ -257,11 +258,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "") -> Any:
-    """Build a dataclass config from a dict, with an error naming any unknown or mistyped key."""
+def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets: bool = True) -> Any:
+    """Build a dataclass config from a dict, with an error naming any unknown or mistyped key. ``presets=False`` for a
+    run folder's own record: its preset was applied when it was written, and keys added since take their defaults."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
-    if cls is Config and isinstance(raw.get("stylex") or {}, dict):
+    if cls is Config and presets and isinstance(raw.get("stylex") or {}, dict):
         try:
             raw = with_preset(raw)
         except ValueError as exc:
@@ -299,8 +301,9 @@ def find_config(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path} (a path to a YAML file, or one of the shipped configs: {names})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, presets: bool = True) -> Config:
+    """Load a YAML config (defaults when ``path`` is None) and apply ``key=value`` overrides; ``presets=False`` reads a
+    run folder's ``config.yaml`` as the complete record it is (see :func:`from_dict`)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = find_config(path)
@@ -309,7 +312,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         try:
-            cfg = from_dict(raw)
+            cfg = from_dict(raw, presets=presets)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     else:

@@ -52,7 +52,7 @@ def open_run(run_dir: str | Path, config: str | Path | None = None, overrides: l
             raise ConfigError(
                 f"{saved} already holds the run's config; edit it, or start a new run folder to use overrides {overrides}"
             )
-        return Run(run_dir, load_config(saved))
+        return Run(run_dir, load_config(saved, presets=False))
     cfg = load_config(config, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)

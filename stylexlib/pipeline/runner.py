@@ -206,7 +206,7 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
     """Write the resolved config; refuse to mix two different configs in one folder unless forced."""
     saved = run_dir / CONFIG_FILE
     if saved.exists():
-        previous = load_config(saved)
+        previous = load_config(saved, presets=False)
         if to_dict(previous) != to_dict(cfg):
             changed = _changed_keys(to_dict(previous), to_dict(cfg))
             late = [LATE_SECTIONS.get(key.split(".")[0]) for key in changed]

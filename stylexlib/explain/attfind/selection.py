@@ -40,8 +40,8 @@ def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "
     "greedy" is the paper's coverage procedure: pick the edit with the largest mean effect over the images
     still in the pool, add its effect to each image's tally, and drop images whose tally reaches
     ``max_image_effect``. "ranking" ranks the edits by their mean effect alone. A coordinate is picked in one
-    direction at most. ``accept(flat, direction)``,
-    when given, vets each pick (e.g. :func:`realism_check`); a rejected edit is skipped for good.
+    direction at most. ``accept(flat, direction)``, when given, vets each pick (e.g. :func:`realism_check`); a
+    rejected edit is skipped for good.
     """
     if method not in METHODS:
         raise ValueError(f"attfind.method must be one of {METHODS}, got '{method}'")
@@ -63,7 +63,7 @@ def class_attributes(effects: Effects, target: int, k: int = 10, output: str = "
         if usable:
             picked.append(column)
             tally += positive[:, column].clamp(min=0)
-            positive[:, column ^ 1] = -1.0  # one direction per coordinate: applied together, the second would undo the first
+            positive[:, column ^ 1] = -1.0  # one direction per coordinate (together, the second would undo the first)
         positive[:, column] = -1.0  # never again
     return pd.DataFrame([
         dict(rank=rank + 1, flat=int(effects.coords[column // 2]), direction=DIRECTIONS[column % 2],
