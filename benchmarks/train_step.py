@@ -14,8 +14,9 @@ other work hits all alike); peak memory each in its own subprocess (so its peak 
 ``stylex_vs_peer_{R}`` is the adversarial step's real images/s over the peer's images/s. ``--device cuda`` times the
 same steps on a GPU (the trainer's autocast; the plain step under the same autocast) without the peer, whose
 dependencies a GPU image rarely has, and reports ``stylex_vs_plain_{R}`` and CUDA peak memory instead.
-``--variants`` adds the trainer with each lossless speed-up of stylexlib.gan.step_options off in turn, with all of them off ("plain_step"),
-and with ``stylex.compile`` on (compile time reported as its warm-up), both phases; ``speedup_vs_plain_step``.
+``--variants`` adds the trainer with each lossless speed-up of stylexlib.gan.step_options off in turn, with all of
+them off ("plain_step"), and with ``stylex.compile`` on (compile time reported as its warm-up), both phases;
+``speedup_vs_plain_step``.
 
     make bench        # or: python benchmarks/train_step.py --resolution 32 64 --threads 2 --variants
 """

@@ -84,7 +84,7 @@ def test_class_pathway_sparsity_is_the_mean_norm_of_what_the_class_moves_each_co
     with torch.no_grad():
         affine.weight[:, TINY.latent_dim:] = 0.0
         affine.weight[3, TINY.latent_dim:] = torch.tensor([3.0, 4.0]) / affine.weight_gain
-    loss = losses.class_pathway_sparsity(affine, TINY.latent_dim)
+    loss = losses.class_pathway_sparsity(generator)
     assert loss.item() == pytest.approx(5.0 / generator.style_dim)  # one coordinate, moved by (3, 4) per unit of c
     w = torch.randn(1, TINY.latent_dim)
     moved = generator.styles(w, torch.tensor([[1.0, 0.0]])) - generator.styles(w, torch.tensor([[0.0, 0.0]]))

@@ -276,7 +276,7 @@ def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> 
 
 def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, classifier, lpips_model) -> None:
     def class_columns(trainer):
-        return trainer.G.affine.weight[:, trainer.G.latent_dim:].detach().norm(dim=1)
+        return trainer.G.class_columns().detach().norm(dim=1)
 
     cfg = dataclasses.replace(TINY, warmup_steps=1, lr_g=0.05)  # Adam moves a weight by about lr_g per step
     plain = make_trainer(cfg, data, classifier, lpips_model, None)

@@ -229,6 +229,10 @@ class Generator(nn.Module):
                              f"got {tuple(w.shape)} and {tuple(c.shape)}")
         return self.affine(torch.cat([w, c.to(w.dtype)], dim=1))
 
+    def class_columns(self) -> Tensor:
+        """How far a unit of each class input moves each StyleSpace coordinate: A's columns for c (S, classes)."""
+        return self.affine.weight[:, self.latent_dim:] * self.affine.weight_gain
+
     def forward(self, w: Tensor, c: Tensor, noise_mode: str = "const") -> Tensor:
         """Images (N, 3, R, R), roughly in [-1, 1]."""
         return self.synthesize(self.styles(w, c), noise_mode)

@@ -179,11 +179,11 @@ def latent_mmd_loss(latents: Tensor, reference: Tensor, scales: tuple[float, ...
     return sum(unbiased_mmd2(c / (c + dxx), c / (c + dyy), c / (c + dxy)) for c in (s * base for s in scales))
 
 
-def class_pathway_sparsity(affine: torch.nn.Module, latent_dim: int) -> Tensor:
-    """Group lasso on the class columns of the generator's stacked affine map A([w, c]): the mean over StyleSpace
+def class_pathway_sparsity(generator: torch.nn.Module) -> Tensor:
+    """Group lasso on the generator's class columns (``Generator.class_columns``): the mean over StyleSpace
     coordinates of the L2 norm of how much the class input ``c`` moves that coordinate. Small when few coordinates
     carry the class, so that single-coordinate edits (AttFind) can change it."""
-    return (affine.weight[:, latent_dim:] * affine.weight_gain).norm(dim=1).mean()
+    return generator.class_columns().norm(dim=1).mean()
 
 
 def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:

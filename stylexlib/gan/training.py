@@ -370,7 +370,7 @@ class StylexTrainer:
                 wanted = generated.probs[-count:].clamp_min(1e-8).log()
                 terms["sample_kl"] = classifier_kl_loss(wanted, sample_logits)
             if self.cfg.weight_class_sparsity > 0:
-                terms["class_sparsity"] = class_pathway_sparsity(self.G.affine, self.G.latent_dim)
+                terms["class_sparsity"] = class_pathway_sparsity(self.G)
             loss = weighted_sum(terms, loss_weights(self.cfg))
         values = self._checked({"g": loss, **terms})
         nets = [(self.G, self.opt_g)] + ([(self.E, self.opt_e)] if rec is not None else [])
