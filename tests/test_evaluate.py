@@ -15,7 +15,7 @@ from stylexlib.evaluate import (bootstrap_interval, cout, deletion_insertion_auc
                                 factor_sensitivity, map_factor_scores, pointing_game, relevance_mass)
 from stylexlib.evaluate.ground_truth import (factor_visibility, mirrored, truth_yardstick, yardstick_caption,
                                              yardstick_metrics)
-from stylexlib.evaluate.quality import INVISIBLE_LPIPS
+from stylexlib.explain.attfind.visibility import FIXED_LPIPS
 from stylexlib.gan.losses import load_lpips, lpips_distance, visible_change
 
 
@@ -75,7 +75,7 @@ def test_the_labels_own_change_is_visible_by_the_invisibility_threshold() -> Non
     smiles = intervene(faces, "mouth_curve", mirrored("mouth_curve", faces["mouth_curve"].to_numpy()))
     lpips_model = load_lpips("squeeze")
     before, after = to_float(render(faces, 32)), to_float(render(smiles, 32))
-    assert lpips_distance(lpips_model, before, after).mean() < INVISIBLE_LPIPS <= visible_change(
+    assert lpips_distance(lpips_model, before, after).mean() < FIXED_LPIPS <= visible_change(
         lpips_model, before, after).mean()
 
 

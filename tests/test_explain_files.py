@@ -18,6 +18,7 @@ from stylexlib.explain.attfind.search import run_statistics
 from stylexlib.gan.models import load_stylex
 from stylexlib.gan.training import train_stylex
 from stylexlib.pipeline.cli import main
+from stylexlib.report.explain_files import unexplained_files
 
 TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
         "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
@@ -75,11 +76,20 @@ def test_stylex_explain_writes_pairs_and_a_table(run_dir: Path, pictures: Path, 
     assert len(table) == 4 and table["rank"].tolist() == [1, 2, 1, 2] and set(table["class"]) == {"smile"}
     assert table["p_before"].between(0, 1).all() and table["p_after"].between(0, 1).all()
     assert (table["effect"].diff().iloc[[1, 3]] >= 0).all()  # the strongest edit (most negative effect) first
-    assert all((out / png).exists() for png in table["png"]) and "2 images explained" in capsys.readouterr().out
+    assert all((out / png).exists() for png in table["png"]) and "2 images explained" in (said := capsys.readouterr().out)
+    moved = (table["p_after"] - table["p_before"]).abs()
+    assert (table["visible_change"] >= 0).all() and table["invisible"].dtype == bool
+    assert (table["explains"] == ((moved >= 0.1) & ~table["invisible"])).all()
+    assert said.count("no attribute both changes it visibly") == len(unexplained_files(table))
     pair = Image.open(out / table["png"][0])
     assert pair.width > 3 * 16 * 8  # input | original | changed, enlarged
     assert main(["explain", str(run_dir), str(pictures), "--out", str(out), "--target", "grin"]) == 2
     assert "--target 'grin' is not a class of this run; use one of ['frown', 'smile']" in capsys.readouterr().err
+
+
+def test_unexplained_files_are_those_without_one_explaining_edit() -> None:
+    table = pd.DataFrame({"file": ["a.png", "a.png", "b.png", "b.png"], "explains": [False, True, False, False]})
+    assert unexplained_files(table) == ["b.png"]
 
 
 def test_attribute_names_reach_the_gallery_and_the_studies_and_survive_a_forced_rerun(run_dir: Path,

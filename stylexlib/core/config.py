@@ -188,6 +188,8 @@ class AttFindConfig:
     realism_filter: bool = False  # reject attributes whose edits the discriminator finds unreal
     realism_quantile: float = 0.05  # ... an edited image is unreal below this quantile of unedited D scores
     realism_max_fraction: float = 0.5  # ... and an attribute is rejected when more of its edits are unreal
+    visible_only: bool = True  # reject attributes the visibility rule calls invisible on the images the gallery shows
+    # them on (p(class) moved far more than the generator's own class change per unit of visible change)
     sufficiency_k: int = 10  # flip rate for k = 1..sufficiency_k
     random_trials: int = 5  # random-coordinate baseline draws per k
     batch_size: int = 64  # edits per generator + classifier pass (CPU: 32-128 run fastest)

@@ -1,4 +1,5 @@
-"""How good a trained StylEx model is: held-out reconstructions, random samples, and how visible its edits are.
+"""How good a trained StylEx model is: held-out reconstructions and random samples (how visible its edits are:
+:mod:`stylexlib.explain.attfind.visibility`).
 
 Reconstructions: L1, LPIPS, classifier consistency and, on synthetic data, which ground-truth factors survive the
 round trip (the factor probe). Samples ``G_ema(mapping(z), c)`` with ``c = C(x)`` of held-out images: the kernel
@@ -18,12 +19,9 @@ from torch import Tensor, nn
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics
-from stylexlib.gan.losses import lpips_input, unbiased_mmd2, visible_change
+from stylexlib.gan.losses import lpips_input, unbiased_mmd2
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import evaluate_reconstruction, invert, render_inverted
-
-INVISIBLE_PROB_CHANGE = 0.3  # an edit that moves p(class) this much ...
-INVISIBLE_LPIPS = 0.02  # ... while changing the image less than this (LPIPS, visible_change) is invisible
 
 
 @torch.no_grad()
@@ -131,46 +129,3 @@ def collapse_check(models: StylexModels, images: Tensor, lpips_model: nn.Module,
     x = models.prepare(images[:COLLAPSE_IMAGES])
     return collapse_metrics(models.generator, models.encoder, models.classifier, x, lpips_model, models.condition,
                             seed=seed, styles=None if styles is None else styles[:COLLAPSE_IMAGES].to(x.device))
-
-
-def is_invisible(mean_prob_change: float, mean_lpips: float) -> bool:
-    """An attribute whose examples move p(class) a lot while the image barely changes (LPIPS)."""
-    return mean_prob_change >= INVISIBLE_PROB_CHANGE and mean_lpips < INVISIBLE_LPIPS
-
-
-@torch.no_grad()
-def measure_visibility(examples: list, lpips_model: nn.Module) -> pd.DataFrame:
-    """Set each attribute's ``lpips`` (original vs changed, per example, :func:`visible_change`) and return one row
-    per shown example: attribute (key, class, rank, label), image, p(class) before and after, its change, the LPIPS."""
-    device, rows = next(lpips_model.parameters()).device, []
-    for ex in examples:
-        ex.lpips = (visible_change(lpips_model, ex.originals.to(device), ex.changed.to(device)).cpu()
-                    if ex.num_examples else torch.zeros(0))
-        before, after = ex.class_probs()
-        for i in range(ex.num_examples):
-            rows.append({"attribute": ex.key, "class": ex.class_name, "rank": ex.rank, "label": ex.label,
-                         "image": ex.image_indices[i], "prob_original": float(before[i]),
-                         "prob_changed": float(after[i]), "prob_change": float(after[i] - before[i]),
-                         "lpips": float(ex.lpips[i])})
-    return pd.DataFrame(rows, columns=["attribute", "class", "rank", "label", "image", "prob_original",
-                                       "prob_changed", "prob_change", "lpips"])
-
-
-def invisible_attributes(examples: pd.DataFrame) -> pd.DataFrame:
-    """Per attribute, over its shown examples (columns ``attribute, prob_change, lpips``): the mean |change of
-    p(class)|, the mean LPIPS between original and changed, their ratio (classifier change per unit of image change),
-    and whether the attribute is invisible (:func:`is_invisible`)."""
-    table = examples.assign(abs_change=examples["prob_change"].abs()).groupby("attribute", sort=False).agg(
-        mean_prob_change=("abs_change", "mean"), mean_lpips=("lpips", "mean"), examples=("lpips", "size"))
-    table["prob_change_per_lpips"] = table["mean_prob_change"] / table["mean_lpips"].clip(lower=1e-6)
-    table["invisible"] = [is_invisible(c, lp) for c, lp in zip(table["mean_prob_change"], table["mean_lpips"])]
-    return table.reset_index()
-
-
-def visibility_metrics(table: pd.DataFrame) -> dict[str, float | int]:
-    """``attributes_invisible`` (count), the median classifier change per unit of LPIPS and the mean LPIPS."""
-    if table.empty:
-        return {"attributes_invisible": 0}
-    return {"attributes_invisible": int(table["invisible"].sum()),
-            "attributes_prob_change_per_lpips": float(table["prob_change_per_lpips"].median()),
-            "attributes_mean_lpips": float(table["mean_lpips"].mean())}

@@ -118,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_step(args.command, Path(args.run_dir))
         elif args.command == "explain":
             from stylexlib.core.run import open_run, pick_device
-            from stylexlib.report.explain_files import explain_files
+            from stylexlib.report.explain_files import explain_files, unexplained_files
 
             device = args.device or (open_run(args.run_dir).cfg.stylex.device
                                      if (Path(args.run_dir) / "config.yaml").is_file() else "auto")
             table = explain_files(args.run_dir, args.images, args.out, args.top, args.target, pick_device(device))
             print(table.drop(columns=["png"]).round(3).to_string(index=False))
+            for file in unexplained_files(table):
+                print(f"[stylex] {file}: no attribute both changes it visibly and moves the classifier; its edits "
+                      "are not explanations a person can check (columns visible_change, invisible)")
             print(f"[stylex] {table['file'].nunique()} images explained: {Path(args.out) / 'attributes.csv'}")
         elif args.command == "combine":
             print(combine(args.out, args.run_dirs, args.table).round(3).to_string(index=False))

@@ -15,8 +15,8 @@ from typing import Iterator, Sequence
 from torch import Tensor
 
 from stylexlib.core.io import atomic_write, write_text
-from stylexlib.evaluate.quality import INVISIBLE_LPIPS, INVISIBLE_PROB_CHANGE, is_invisible
 from stylexlib.explain.attfind.examples import AttributeExamples, by_class
+from stylexlib.explain.attfind.visibility import VisibilityRule
 from stylexlib.gan.losses import VISIBILITY_SIZE
 from stylexlib.report.viz import display_scale, heat_strip, save_png, save_toggle_gif, to_pil
 
@@ -40,6 +40,7 @@ img.px{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ccc}
 figure.changed img{border-color:#c33} .up{color:#080} .down{color:#a00}
 figure.maps img.px{width:auto;height:80px;margin-left:8px}
 img.broken{outline:3px solid red} .invisible{color:#fff;background:#c33;padding:0 4px}
+.warn{border-left:4px solid #c33;padding:4px 8px;background:#fff4f4}
 """
 
 
@@ -60,8 +61,32 @@ def _figure_html(src: str, kind: str, lines: Sequence[str]) -> str:
     return f'<figure class="{kind}"><img class="px" src="{src}" alt="{kind}"><figcaption>{text}</figcaption></figure>'
 
 
+def _mean_change(ex: AttributeExamples, k: int) -> tuple[float, float]:
+    """The first ``k`` examples' mean |change of p(class)| and mean LPIPS (``ex.lpips`` set)."""
+    p_orig, p_changed = ex.class_probs()
+    return float((p_changed[:k] - p_orig[:k]).abs().mean()), float(ex.lpips[:k].mean())
+
+
+def _all_invisible(group: Sequence[AttributeExamples], rule: VisibilityRule, max_examples: int | None) -> bool:
+    """True when every attribute of a class with measured examples is an invisible change under ``rule``."""
+    measured = [(ex, min(ex.num_examples, max_examples or ex.num_examples)) for ex in group
+                if ex.lpips is not None and ex.num_examples]
+    return bool(measured) and all(rule.invisible(*_mean_change(ex, k)) for ex, k in measured)
+
+
+NO_VISIBLE_ATTRIBUTE = ('<p class="warn"><b>No attribute of this class changes the image visibly while moving the '
+                        'classifier.</b> Every one below is flagged as an invisible change: the classifier reacts to '
+                        'details a person cannot see in these renders, so they are not explanations to act on. Train '
+                        'longer or on a GPU, or read the saliency maps instead.</p>')
+
+
+NO_ATTRIBUTE = ('<p class="warn"><b>AttFind selected no attribute for this class.</b> No StyleSpace coordinate both '
+                'moved the classifier toward it and changed the image visibly (<code>attfind.visible_only</code>), or '
+                'no searched image belonged to another class.</p>')
+
+
 def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int | None,
-                    saliency: dict[int, str] | None = None) -> str:
+                    saliency: dict[int, str] | None = None, rule: VisibilityRule = VisibilityRule()) -> str:
     k = min(ex.num_examples, max_examples or ex.num_examples)
     gif = f"images/{ex.key}.gif"
     if k:
@@ -86,9 +111,9 @@ def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int |
     direction = ex.label.rsplit(" ", 1)[-1]
     visibility = ""
     if ex.lpips is not None and k:
-        change, lp = float((p_changed[:k] - p_orig[:k]).abs().mean()), float(ex.lpips[:k].mean())
+        change, lp = _mean_change(ex, k)
         visibility = (f" · mean |Δp| {change:.3f} at mean LPIPS {lp:.3f}"
-                      + (' <b class="invisible">invisible change</b>' if is_invisible(change, lp) else ""))
+                      + (' <b class="invisible">invisible change</b>' if rule.invisible(change, lp) else ""))
     return (f'<section class="attr" id="{ex.key}"><h3>#{ex.rank} <code>{html.escape(ex.label)}</code> '
             f'<span class="{html.escape(direction)}">({html.escape(direction)})</span></h3>'
             f'<div class="stats">mean effect <b>{ex.mean_effect:+.4f}</b> · fraction affected '
@@ -125,11 +150,14 @@ def replaced_dir(path: str | Path) -> Iterator[Path]:
 
 def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, title: str = "StylEx attributes",
                   subtitle: str = "", max_examples: int | None = None,
-                  saliency: dict[int, Tensor] | None = None, saliency_names: Sequence[str] = ()) -> Path:
+                  saliency: dict[int, Tensor] | None = None, saliency_names: Sequence[str] = (),
+                  rule: VisibilityRule = VisibilityRule()) -> Path:
     """A standalone HTML gallery (``index.html`` + ``images/``), per class and attribute; returns index.html.
 
     ``saliency`` (dataset index -> (M, H, W) maps named ``saliency_names``) puts each example's saliency maps beside
-    it: where the other explainers say the classifier looks, next to what StylEx changes."""
+    it: where the other explainers say the classifier looks, next to what StylEx changes. Attributes whose examples
+    carry their LPIPS (:func:`~stylexlib.explain.attfind.visibility.measure_visibility`) are flagged by ``rule``; a class
+    whose every attribute is flagged says so above them."""
     if not examples:
         raise ValueError("write_gallery needs at least one attribute")
     groups = by_class(examples)
@@ -143,12 +171,14 @@ def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, ti
             save_png(heat_strip(maps, saliency_names, display_scale(maps.shape[-1], 64)), tmp / strips[index])
         nav = " ".join(f'<a href="#class{c}">{html.escape(name)} ({len(groups.get(c, []))})</a>' for c, name in enumerate(names))
         body = [f"<h1>{html.escape(title)}</h1>", f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "",
-                LEGEND, f"<nav>Classes: {nav}</nav>"]
+                legend(rule), f"<nav>Classes: {nav}</nav>"]
         for c, name in enumerate(names):
             group = groups.get(c, [])
             body.append(f'<h2 id="class{c}">Class “{html.escape(name)}”: {len(group)} attributes</h2>')
-            body += [_attribute_html(ex, images_dir, max_examples, strips) for ex in group] or [
-                '<p class="stats"><em>AttFind selected no attribute for this class.</em></p>']
+            if _all_invisible(group, rule, max_examples):
+                body.append(NO_VISIBLE_ATTRIBUTE)
+            body += [_attribute_html(ex, images_dir, max_examples, strips, rule) for ex in group] or [
+                NO_ATTRIBUTE]
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
         write_text(tmp / "index.html", page)
@@ -214,7 +244,12 @@ def dump_dom(html_path: str | Path, timeout: float = 120) -> str:
 
 
 # --------------------------------------------------------------------------------------------- HTML gallery
-LEGEND = f"""
+def legend(rule: VisibilityRule = VisibilityRule()) -> str:
+    """The page's legend, with the visibility rule its flags follow."""
+    return LEGEND.format(visibility_size=VISIBILITY_SIZE, rule=html.escape(rule.describe()))
+
+
+LEGEND = """
 <dl class="legend">
 <dt>original</dt><dd>the image as the StylEx generator reconstructs it from its encoding, G(E(x), C(x)) &mdash;
 edits are made to this reconstruction, so it is the fair reference.</dd>
@@ -227,11 +262,9 @@ units of <code>attfind.output</code>: one-vs-rest log-odds (default) or probabil
 <dt>fraction affected</dt><dd>the share of the searched images on which the attribute moved the classifier's output
 by more than the AttFind threshold.</dd>
 <dt>label</dt><dd><code>layer[channel] direction</code>: the generator layer and style channel of the coordinate.</dd>
-<dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical), images under {VISIBILITY_SIZE}
-px enlarged to it first (LPIPS was fitted to people's judgements of {VISIBILITY_SIZE} px patches). An attribute
-whose examples move p(class) by at least {INVISIBLE_PROB_CHANGE} on average at a mean LPIPS under {INVISIBLE_LPIPS}
-is flagged <b class="invisible">invisible change</b>: the classifier reacts to something a person cannot see. On
-synthetic data the subtitle gives the same numbers for the truth's own changes (the label rule's factor and the
-shortcut re-rendered at their mirrored values): an attribute far above the label factor's |&Delta;p| per unit of
-LPIPS hides the class in changes the truth does not make.</dd>
+<dt>LPIPS</dt><dd>perceptual distance between original and changed (0: identical), images under {visibility_size}
+px enlarged to it first (LPIPS was fitted to people's judgements of {visibility_size} px patches). An attribute
+is flagged <b class="invisible">invisible change</b> when its {rule}: the classifier reacts to something a person
+cannot see. On synthetic data the subtitle gives the truth's own changes (the label rule's factors and the shortcut
+re-rendered at their mirrored values), a check on the yardstick.</dd>
 </dl>"""

@@ -22,6 +22,8 @@ from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, c
 from stylexlib.explain.attfind.names import NAMES_FILE, read_attribute_names, with_names, write_name_template
 from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
                                                  image_sufficiency, realism_check, sufficiency)
+from stylexlib.explain.attfind.visibility import class_swap_yardstick, visibility_check, visibility_rule
+from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels, load_stylex
 from stylexlib.stylespace.inversion import invert
 
@@ -95,16 +97,26 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
     max_effect, affected = default_thresholds(cfg)
     stable = effects.consistent if cfg.drop_inconsistent else torch.ones_like(effects.consistent)
     usable = effects.subset(stable)
+    if cfg.visible_only:  # judged as the gallery flags attributes
+        lpips_model = load_lpips(models.cfg.lpips_net, models.device)
+        rule = visibility_rule(class_swap_yardstick(models, data.images[effects.image_indices], lpips_model))
+        log.info("attfind.visible_only: an attribute is rejected when its %s", rule.describe())
     tables = []
     for index, name in enumerate(models.class_names):
         if not (usable.predicted != index).any():
             log.warning("no image of another class than '%s': no attributes for it", name)
             continue
-        accept = None
+        checks = []
         if cfg.realism_filter:
             pool = stable & (effects.predicted != index)
-            accept = realism_check(models, styles[pool], shift_targets(styles[pool], stats, cfg.shift, cfg.shift_std),
-                                   cfg.realism_quantile, cfg.realism_max_fraction, cfg.batch_size)
+            targets = shift_targets(styles[pool], stats, cfg.shift, cfg.shift_std)
+            checks.append(realism_check(models, styles[pool], targets, cfg.realism_quantile, cfg.realism_max_fraction,
+                                        cfg.batch_size))
+        if cfg.visible_only:
+            checks.append(visibility_check(models.generator, models.classifier, lpips_model, styles,  # as the gallery
+                                           shift_targets(styles, stats, cfg.shift, cfg.shift_std), effects, index,
+                                           rule, cfg.examples_per_attribute))
+        accept = (lambda flat, direction: all(check(flat, direction) for check in checks)) if checks else None
         table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected, accept)
         tables.append(table.assign(class_index=index, class_name=name, method=cfg.method))
     attributes = describe(pd.concat(tables, ignore_index=True), models.generator)
