@@ -71,7 +71,8 @@ def test_stylex_explain_writes_pairs_and_a_table(run_dir: Path, pictures: Path, 
     explainer = StylEx.from_run(run_dir, "cpu")
     assert explainer.generator.resolution == 16 and explainer.models.class_names == ["frown", "smile"]
     out = tmp_path / "explained"
-    assert main(["explain", str(run_dir), str(pictures), "--out", str(out), "-k", "2", "--target", "smile"]) == 0
+    assert main(["explain", str(run_dir), str(pictures), "--out", str(out), "-k", "2", "--target", "smile",
+                 "--visible-only"]) == 0
     table = pd.read_csv(out / "attributes.csv")
     assert len(table) == 4 and table["rank"].tolist() == [1, 2, 1, 2] and set(table["class"]) == {"smile"}
     assert table["p_before"].between(0, 1).all() and table["p_after"].between(0, 1).all()

@@ -97,3 +97,22 @@ def test_another_image_size_is_resized_with_a_warning(planted) -> None:
     with pytest.warns(UserWarning, match="resized the images from 32 x 32 to the generator's 16 x 16"):
         result = explainer.attribute(larger, target=1, k=1)
     assert result.images.shape[-1] == 16 and (result.to_dataframe()["flat"] == flat).all()
+
+
+def test_visible_only_ranks_the_edits_the_rule_calls_invisible_last(planted) -> None:
+    from stylexlib.explain.attfind.visibility import VisibilityRule
+
+    explainer, flat, images = planted
+    try:
+        explainer.visible_only, explainer.rule = True, VisibilityRule(1e6, "a yardstick nothing exceeds")
+        kept = explainer.attribute(images, target=1, k=3).to_dataframe()
+        assert (kept[kept["rank"] == 1]["flat"] == flat).all()  # nothing invisible: the order stays
+        explainer.rule = VisibilityRule(1e-6, "a yardstick every edit that moves p exceeds", min_prob_change=0.01)
+        demoted = explainer.attribute(images, target=1, k=3)
+        table = demoted.to_dataframe()
+        assert (table["flat"] != flat).all()  # the planted edit moves p, so it is "invisible" and falls out of the top 3
+        assert demoted.edited.shape == (6, 3, 3, 16, 16) and len(table) == 18
+        moved = (table["prob_edited"] - table["prob_original"]).abs()
+        assert (moved < 0.01).all()  # what is left moves p too little to count as invisible
+    finally:
+        explainer.visible_only, explainer.rule = False, None

@@ -24,7 +24,9 @@ from stylexlib.explain.attfind.effects import (DIRECTIONS, Effects, StyleStats, 
                                                compute_effects, edited_logits_fast, predict_styles,
                                                searched_coordinates, shift_targets, top_edits)
 from stylexlib.explain.attfind.selection import class_attributes, default_thresholds
+from stylexlib.explain.attfind.visibility import VisibilityRule, class_swap_yardstick, saved_rule, visibility_rule
 from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.losses import load_lpips, visible_change
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
 
@@ -85,7 +87,8 @@ class StylEx:
     def __init__(self, generator: Generator, encoder: Encoder, classifier: nn.Module, stats: StyleStats,
                  class_names: list[str] | None = None, condition_on: str = "probs", shift: str = "minmax",
                  shift_std: float = 2.0, include_torgb: bool = False, batch_size: int = 64,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, visible_only: bool = False,
+                 rule: VisibilityRule | None = None) -> None:
         device = torch.device(device) if device is not None else next(generator.parameters()).device
         names = class_names or [str(i) for i in range(generator.num_classes)]
         nets = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
@@ -93,6 +96,10 @@ class StylEx:
                                    names, 0, device)
         self.editor = AttributeEditor(self.models, stats, shift, shift_std, batch_size)  # renders, reads C, edits
         self.include_torgb, self.batch_size = include_torgb, batch_size
+        # visible_only: attribute() ranks the edits the visibility rule calls invisible last (``rule``; None: measured
+        # on the first images explained, against the generator's own class change)
+        self.visible_only, self.rule = visible_only, rule
+        self._lpips: nn.Module | None = None
 
     @property
     def stats(self) -> StyleStats:
@@ -104,8 +111,10 @@ class StylEx:
         self.editor.stats = stats
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: torch.device | str | None = None) -> StylEx:
-        """The trained models and StyleSpace statistics of a run folder (stages 03 and 05)."""
+    def from_run(cls, run_dir: str | Path, device: torch.device | str | None = None,
+                 visible_only: bool = False) -> StylEx:
+        """The trained models and StyleSpace statistics of a run folder (stages 03 and 05), judging visibility with the
+        yardstick stage 06 saved (``visible_only``: see :meth:`attribute`)."""
         from stylexlib.core.run import open_run
         from stylexlib.explain.attfind.search import load_editor
 
@@ -116,7 +125,7 @@ class StylEx:
         editor = load_editor(run, device)
         m, a = editor.models, run.cfg.attfind
         return cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on, editor.shift,
-                   editor.shift_std, a.include_torgb, a.batch_size, m.device)
+                   editor.shift_std, a.include_torgb, a.batch_size, m.device, visible_only, saved_rule(run.metrics))
 
     @property
     def generator(self) -> Generator:
@@ -178,7 +187,9 @@ class StylEx:
 
     def attribute(self, inputs: Tensor, target: int | Tensor | None = None, k: int = 5) -> StylexAttribution:
         """Per image, the ``k`` attributes whose edit lowers the target's log-odds most (the StyleSpace attributes the
-        decision for ``target`` rests on; None: the predicted class), with the edited images and probabilities."""
+        decision for ``target`` rests on; None: the predicted class), with the edited images and probabilities. With
+        ``visible_only`` the edits the visibility rule calls invisible on that image come after the visible ones
+        (among the ``4k`` strongest)."""
         started = time.perf_counter()
         inputs = self.check_images(inputs)
         styles, _ = self.encode(inputs)
@@ -186,14 +197,48 @@ class StylEx:
         probs = self.probabilities(reconstructions)
         target = probs.argmax(1) if target is None else self.check_target(target, len(styles))
         change, apply, describe = self._candidates(styles, target)
-        effects, picks, signs = top_edits(-change, k)
+        effects, picks, signs = top_edits(-change, max(4 * k, 20) if self.visible_only else k)
         edited = torch.stack([self.render(apply(picks[:, j:j + 1], signs[:, j:j + 1]))
                               for j in range(picks.shape[1])], 1)
+        if self.visible_only:
+            order = self.visible_first(inputs, reconstructions, probs, target, edited)[:, :k]
+            effects, picks, signs = (t.gather(1, order) for t in (effects, picks, signs))
+            edited = edited[torch.arange(len(edited))[:, None], order]
         rows = [dict(image=i, rank=j + 1, **describe(int(p)), direction=DIRECTIONS[int(d)], effect=-float(e))
                 for i in range(len(styles)) for j, (p, d, e) in enumerate(zip(picks[i], signs[i], effects[i]))]
         return StylexAttribution(inputs, reconstructions, target, pd.DataFrame(rows), edited, probs,
                                  self.probabilities(edited.flatten(0, 1)).view(*edited.shape[:2], -1),
                                  (time.perf_counter() - started) / max(len(styles), 1))
+
+    @property
+    def lpips(self) -> nn.Module:
+        """The LPIPS model visible changes are measured with (loaded on first use)."""
+        if self._lpips is None:
+            self._lpips = load_lpips(self.models.cfg.lpips_net, self.models.device)
+        return self._lpips
+
+    def visibility_rule(self, inputs: Tensor) -> VisibilityRule:
+        """The rule that calls an edit invisible: ``rule`` if given (a run's saved yardstick), else calibrated once on
+        the generator's class change for ``inputs`` (:func:`class_swap_yardstick`)."""
+        if self.rule is None:
+            self.rule = visibility_rule(class_swap_yardstick(self.models, inputs, self.lpips))
+        return self.rule
+
+    @torch.no_grad()
+    def visible_first(self, inputs: Tensor, reconstructions: Tensor, probs: Tensor, target: Tensor,
+                      edited: Tensor) -> Tensor:
+        """Per image, the positions of its candidate edits ``edited`` (N, M, 3, H, W) with those the visibility rule
+        calls invisible (|change of p(target)| against :func:`visible_change`) moved last, in order otherwise."""
+        rule = self.visibility_rule(inputs)
+        n, m = edited.shape[:2]
+        after = self.probabilities(edited.flatten(0, 1)).view(n, m, -1)[torch.arange(n), :, target]
+        moved = (after - probs[torch.arange(n), target][:, None]).abs()
+        seen = torch.cat([visible_change(self.lpips, a.to(self.models.device), b.to(self.models.device)).cpu()
+                          for a, b in zip(reconstructions.repeat_interleave(m, 0).split(self.batch_size),
+                                          edited.flatten(0, 1).split(self.batch_size))]).view(n, m)
+        invisible = torch.tensor([[rule.invisible(float(p), float(v)) for p, v in zip(*row)]
+                                  for row in zip(moved, seen)])
+        return torch.sort(invisible.int(), dim=1, stable=True).indices
 
     def _candidates(self, styles: Tensor, target: Tensor) -> tuple[Tensor, Callable, Callable]:
         """The candidate edits of :meth:`attribute`: the change of the target's log-odds under each (N, K, 2), how to

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("-k", "--top", type=int, default=5, help="attributes per image (default 5)")
     explain.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
     explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's stylex.device)")
+    explain.add_argument("--visible-only", action="store_true",
+                         help="rank the edits the visibility rule calls invisible last (column invisible)")
 
     combine = sub.add_parser("combine", help="concatenate the benchmark/methods.csv (or --table) of run folders into "
                                              "one table")
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
             device = args.device or (open_run(args.run_dir).cfg.stylex.device
                                      if (Path(args.run_dir) / "config.yaml").is_file() else "auto")
-            table = explain_files(args.run_dir, args.images, args.out, args.top, args.target, pick_device(device))
+            table = explain_files(args.run_dir, args.images, args.out, args.top, args.target, pick_device(device),
+                                  args.visible_only)
             print(table.drop(columns=["png"]).round(3).to_string(index=False))
             for file in unexplained_files(table):
                 print(f"[stylex] {file}: no attribute both changes it visibly and moves the classifier; its edits "

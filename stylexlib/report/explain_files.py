@@ -7,28 +7,27 @@ import pandas as pd
 import torch
 
 from stylexlib.core.io import write_table
-from stylexlib.core.run import open_run
 from stylexlib.data.files import load_images
-from stylexlib.explain.attfind.visibility import class_swap_yardstick, saved_rule, visibility_rule
 from stylexlib.explain.stylex import StylEx, StylexAttribution
-from stylexlib.gan.losses import load_lpips, visible_change
-from stylexlib.gan.models import StylexModels
+from stylexlib.gan.losses import visible_change
 from stylexlib.report.viz import caption, display_scale, save_png, stack, to_pil
 
 TABLE = "attributes.csv"
 
 
 def explain_files(run_dir: str | Path, sources: list[str | Path], out_dir: str | Path, k: int = 5,
-                  target: int | str | None = None, device: torch.device | str | None = None) -> pd.DataFrame:
+                  target: int | str | None = None, device: torch.device | str | None = None,
+                  visible_only: bool = False) -> pd.DataFrame:
     """Per image file (or every image in a folder): the top-``k`` StylEx attributes of the run for ``target`` (a class
     index or name; None: the predicted class) with p(class) before and after, as input | original | changed PNGs
-    and ``attributes.csv`` in ``out_dir``; returns the table, each edit judged by :func:`judge_visibility`."""
-    explainer = StylEx.from_run(run_dir, device)
+    and ``attributes.csv`` in ``out_dir``; returns the table, each edit judged by :func:`judge_visibility`
+    (``visible_only``: the edits it calls invisible ranked last, :meth:`StylEx.attribute`)."""
+    explainer = StylEx.from_run(run_dir, device, visible_only)
     names = explainer.models.class_names
     images, paths = load_images(sources, explainer.generator.resolution)
     result = explainer.attribute(images, class_index(target, names), k)
     p_input = explainer.probabilities(explainer.models.prepare(images)).cpu()
-    table = judge_visibility(result, explainer.models, images, open_run(run_dir).metrics)
+    table = judge_visibility(result, explainer)
     out_dir = Path(out_dir)
     scale = display_scale(explainer.generator.resolution)
     pngs = []
@@ -50,18 +49,16 @@ def explain_files(run_dir: str | Path, sources: list[str | Path], out_dir: str |
 
 
 @torch.no_grad()
-def judge_visibility(result: StylexAttribution, models: StylexModels, images: torch.Tensor,
-                     metrics: dict) -> pd.DataFrame:
+def judge_visibility(result: StylexAttribution, explainer: StylEx) -> pd.DataFrame:
     """``result``'s table with each edit's ``visible_change`` (LPIPS, enlarged as people see it), whether the
-    visibility rule (:mod:`stylexlib.explain.attfind.visibility`: the yardstick stage 06 measured, else the generator's
-    class change on these images) calls it ``invisible``, and whether it ``explains`` the image: it moves p(class) by
-    at least the rule's minimum and is not invisible."""
+    explainer's visibility rule (:meth:`StylEx.visibility_rule`: the run's saved yardstick, else the generator's class
+    change) calls it ``invisible``, and whether it ``explains`` the image: it moves p(class) by at least the rule's
+    minimum and is not invisible."""
     table = result.to_dataframe()
-    lpips_model = load_lpips(models.cfg.lpips_net, models.device)
-    rule = saved_rule(metrics) or visibility_rule(class_swap_yardstick(models, images, lpips_model))
+    rule, device = explainer.visibility_rule(result.images), explainer.models.device
     n, top = result.edited.shape[:2]
-    seen = visible_change(lpips_model, result.reconstructions.repeat_interleave(top, 0).to(models.device),
-                          result.edited.flatten(0, 1).to(models.device)).view(n, top).cpu()
+    seen = visible_change(explainer.lpips, result.reconstructions.repeat_interleave(top, 0).to(device),
+                          result.edited.flatten(0, 1).to(device)).view(n, top).cpu()
     table["visible_change"] = [float(seen[int(i), int(r) - 1]) for i, r in zip(table["image"], table["rank"])]
     moved = (table["prob_edited"] - table["prob_original"]).abs()
     table["invisible"] = [rule.invisible(m, v) for m, v in zip(moved, table["visible_change"])]
