@@ -153,6 +153,7 @@ def test_a_run_folders_config_is_its_record_and_a_preset_key_added_later_does_no
     from stylexlib.core.run import open_run
     from stylexlib.pipeline.runner import _prepare_run_dir
 
+    monkeypatch.delitem(presets.REAL, "weight_class_sparsity")  # the preset as it was before it gained the key
     written = tmp_path / "photos.yaml"
     written.write_text("data: {source: folder, root: /x}\n")
     run = open_run(tmp_path / "run", written)

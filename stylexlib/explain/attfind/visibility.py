@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from stylexlib.explain.attfind.effects import Effects, apply_attributes
 from stylexlib.gan.generator import Generator
 from stylexlib.gan.losses import visible_change
+from stylexlib.gan.models import StylexModels
 
 FIXED_PROB_CHANGE = 0.3  # without a yardstick: an edit that moves p(class) this much ...
 FIXED_LPIPS = 0.02  # ... while changing the image less than this (LPIPS, visible_change) is invisible
@@ -85,18 +86,19 @@ def swapped_top_two(logits: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def class_swap_yardstick(models, images: Tensor, lpips_model: nn.Module,
+def class_swap_yardstick(models: StylexModels, images: Tensor, lpips_model: nn.Module,
                          count: int = YARDSTICK_IMAGES) -> dict[str, float] | None:
     """The generator's own class change on the first ``count`` images: G(E(x), c) against G(E(x), c') with the
     predicted and runner-up classes swapped in C(x); the mean |change of p(predicted class)| over the two renders, the
-    mean :func:`visible_change` and their ratio. None for a generator without a class input."""
+    mean :func:`visible_change` and their ratio, on the renders clamped to [-1, 1] as the gallery shows them. None for
+    a generator without a class input."""
     if models.cfg.condition_on == "none":
         return None
     x = models.prepare(images[:count])
     logits = models.classifier(x).float()
     w = models.encoder(x)
-    before = models.generator(w, models.condition(logits), noise_mode="const")
-    after = models.generator(w, models.condition(swapped_top_two(logits)), noise_mode="const")
+    before, after = (models.generator(w, models.condition(c), noise_mode="const").clamp(-1, 1)
+                     for c in (logits, swapped_top_two(logits)))
     p_before, p_after = models.classifier(before).float().softmax(1), models.classifier(after).float().softmax(1)
     predicted = p_before.argmax(1, keepdim=True)
     moved = float((p_after.gather(1, predicted) - p_before.gather(1, predicted)).abs().mean())
