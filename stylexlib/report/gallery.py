@@ -177,8 +177,7 @@ def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, ti
             body.append(f'<h2 id="class{c}">Class “{html.escape(name)}”: {len(group)} attributes</h2>')
             if _all_invisible(group, rule, max_examples):
                 body.append(NO_VISIBLE_ATTRIBUTE)
-            body += [_attribute_html(ex, images_dir, max_examples, strips, rule) for ex in group] or [
-                NO_ATTRIBUTE]
+            body += [_attribute_html(ex, images_dir, max_examples, strips, rule) for ex in group] or [NO_ATTRIBUTE]
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
         write_text(tmp / "index.html", page)
