@@ -225,19 +225,29 @@ class StylEx:
         return self.rule
 
     @torch.no_grad()
-    def visible_first(self, inputs: Tensor, reconstructions: Tensor, probs: Tensor, target: Tensor,
-                      edited: Tensor) -> Tensor:
-        """Per image, the positions of its candidate edits ``edited`` (N, M, 3, H, W) with those the visibility rule
-        calls invisible (|change of p(target)| against :func:`visible_change`) moved last, in order otherwise."""
+    def judge_edits(self, inputs: Tensor, reconstructions: Tensor, probs_original: Tensor, probs_edited: Tensor,
+                    target: Tensor, edited: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For edits ``edited`` (N, M, 3, H, W) of ``reconstructions`` (N, 3, H, W): the |change of p(target)| (from
+        ``probs_original`` (N, C) to ``probs_edited`` (N, M, C)), the :func:`visible_change` and whether the visibility
+        rule calls the edit invisible, each (N, M)."""
         rule = self.visibility_rule(inputs)
         n, m = edited.shape[:2]
-        after = self.probabilities(edited.flatten(0, 1)).view(n, m, -1)[torch.arange(n), :, target]
-        moved = (after - probs[torch.arange(n), target][:, None]).abs()
+        rows = torch.arange(n)
+        moved = (probs_edited[rows, :, target] - probs_original[rows, target][:, None]).abs()
         seen = torch.cat([visible_change(self.lpips, a.to(self.models.device), b.to(self.models.device)).cpu()
                           for a, b in zip(reconstructions.repeat_interleave(m, 0).split(self.batch_size),
                                           edited.flatten(0, 1).split(self.batch_size))]).view(n, m)
         invisible = torch.tensor([[rule.invisible(float(p), float(v)) for p, v in zip(*row)]
-                                  for row in zip(moved, seen)])
+                                  for row in zip(moved, seen)], dtype=torch.bool).view(n, m)
+        return moved, seen, invisible
+
+    def visible_first(self, inputs: Tensor, reconstructions: Tensor, probs: Tensor, target: Tensor,
+                      edited: Tensor) -> Tensor:
+        """Per image, the positions of its candidate edits ``edited`` (N, M, 3, H, W) with those the visibility rule
+        calls invisible (:meth:`judge_edits`) moved last, in order otherwise."""
+        n, m = edited.shape[:2]
+        probs_edited = self.probabilities(edited.flatten(0, 1)).view(n, m, -1)
+        invisible = self.judge_edits(inputs, reconstructions, probs, probs_edited, target, edited)[2]
         return torch.sort(invisible.int(), dim=1, stable=True).indices
 
     def _candidates(self, styles: Tensor, target: Tensor) -> tuple[Tensor, Callable, Callable]:

@@ -9,7 +9,6 @@ import torch
 from stylexlib.core.io import write_table
 from stylexlib.data.files import load_images
 from stylexlib.explain.stylex import StylEx, StylexAttribution
-from stylexlib.gan.losses import visible_change
 from stylexlib.report.viz import caption, display_scale, save_png, stack, to_pil
 
 TABLE = "attributes.csv"
@@ -48,21 +47,19 @@ def explain_files(run_dir: str | Path, sources: list[str | Path], out_dir: str |
     return table
 
 
-@torch.no_grad()
 def judge_visibility(result: StylexAttribution, explainer: StylEx) -> pd.DataFrame:
     """``result``'s table with each edit's ``visible_change`` (LPIPS, enlarged as people see it), whether the
-    explainer's visibility rule (:meth:`StylEx.visibility_rule`: the run's saved yardstick, else the generator's class
+    explainer's visibility rule (:meth:`StylEx.judge_edits`: the run's saved yardstick, else the generator's class
     change) calls it ``invisible``, and whether it ``explains`` the image: it moves p(class) by at least the rule's
     minimum and is not invisible."""
     table = result.to_dataframe()
-    rule, device = explainer.visibility_rule(result.images), explainer.models.device
-    n, top = result.edited.shape[:2]
-    seen = visible_change(explainer.lpips, result.reconstructions.repeat_interleave(top, 0).to(device),
-                          result.edited.flatten(0, 1).to(device)).view(n, top).cpu()
-    table["visible_change"] = [float(seen[int(i), int(r) - 1]) for i, r in zip(table["image"], table["rank"])]
-    moved = (table["prob_edited"] - table["prob_original"]).abs()
-    table["invisible"] = [rule.invisible(m, v) for m, v in zip(moved, table["visible_change"])]
-    table["explains"] = (moved >= rule.min_prob_change) & ~table["invisible"]
+    moved, seen, invisible = explainer.judge_edits(result.images, result.reconstructions, result.probs_original,
+                                                   result.probs_edited, result.target, result.edited)
+    image, rank = table["image"].to_numpy(), table["rank"].to_numpy() - 1
+    table["visible_change"] = seen[image, rank].numpy()
+    table["invisible"] = invisible[image, rank].numpy()
+    minimum = explainer.visibility_rule(result.images).min_prob_change  # the rule judge_edits applied
+    table["explains"] = (moved[image, rank] >= minimum).numpy() & ~table["invisible"]
     return table
 
 

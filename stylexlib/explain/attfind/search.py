@@ -100,6 +100,7 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
     if cfg.visible_only:  # judged as the gallery flags attributes
         lpips_model = load_lpips(models.cfg.lpips_net, models.device)
         rule = visibility_rule(class_swap_yardstick(models, data.images[effects.image_indices], lpips_model))
+        all_targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
         log.info("attfind.visible_only: an attribute is rejected when its %s", rule.describe())
     tables = []
     for index, name in enumerate(models.class_names):
@@ -113,9 +114,8 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
             checks.append(realism_check(models, styles[pool], targets, cfg.realism_quantile, cfg.realism_max_fraction,
                                         cfg.batch_size))
         if cfg.visible_only:
-            checks.append(visibility_check(models.generator, models.classifier, lpips_model, styles,  # as the gallery
-                                           shift_targets(styles, stats, cfg.shift, cfg.shift_std), effects, index,
-                                           rule, cfg.examples_per_attribute))
+            checks.append(visibility_check(models.generator, models.classifier, lpips_model, styles, all_targets,
+                                           effects, index, rule, cfg.examples_per_attribute))  # all images, as shown
         accept = (lambda flat, direction: all(check(flat, direction) for check in checks)) if checks else None
         table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected, accept)
         tables.append(table.assign(class_index=index, class_name=name, method=cfg.method))
