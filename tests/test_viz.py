@@ -88,7 +88,9 @@ def test_gallery_folder_is_self_contained_and_replaced_whole(tmp_path: Path) -> 
     assert all(not s.startswith(("/", "http", "file:")) and (out / s).is_file() for s in sources)
     assert "fraction affected" in page and "mean effect <b>+0.3000</b>" in page and "p(smile) = 0.400" in page
     (out / "images" / "stale.png").write_bytes(b"x")
-    page = write_gallery(make_examples(1, 1), out).read_text()
+    one = make_examples(1, 1)
+    page = write_gallery(one, out, notes={one[0].key: "age 31->44 <older>"}).read_text()
+    assert "read by the probes: age 31-&gt;44 &lt;older&gt;</div>" in page
     assert not (out / "images" / "stale.png").exists() and len(list((out / "images").glob("*.png"))) == 8
     assert '<a href="#class1">smile (0)</a>' in page and "no attribute for this class" in page
     (tmp_path / "mine").mkdir()

@@ -4,6 +4,8 @@ For each column named in ``evaluate.attribute_columns`` (UTKFace: age, race), a 
 features (:func:`stylexlib.evaluate.quality.lpips_features`) is fitted on real training images and scored on held-out
 originals and on their reconstructions: R^2 for numeric columns, accuracy for categorical ones (text, or integers with
 at most ``CATEGORY_MAX_VALUES`` distinct values). A reconstruction that keeps age and race scores near the originals.
+The same probes read what each AttFind attribute changes (:func:`attribute_readings`): real data's counterpart of the
+synthetic data's factor probe.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stylexlib.data import DataError, ImageDataset
+from stylexlib.data import DataError, ImageDataset, to_float
 
 CATEGORY_MAX_VALUES = 10
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 penalties tried per row of standardised features
@@ -69,6 +71,11 @@ class LinearProbe:
             return np.asarray(self.classes, dtype=object)[out.argmax(1).numpy()]
         return out[:, 0].numpy()
 
+    def reading(self, features: Tensor) -> Tensor:
+        """The probe's reading: predicted values (N,) for a numeric column, category probabilities (N, K) otherwise."""
+        out = self._design(features) @ self.weight
+        return out.softmax(1) if self.categorical else out[:, 0]
+
     def score(self, features: Tensor, values: pd.Series) -> float:
         """R^2 (numeric) or accuracy (categorical) against the true values; rows with a missing value are skipped."""
         keep = values.notna().to_numpy().copy()
@@ -119,36 +126,81 @@ def _solve(x: Tensor, values: pd.Series, column: str, categorical: bool, ridge: 
     return LinearProbe(column, True, mean, scale, weight.detach(), classes)
 
 
-def attribute_scores(train_features: Tensor, train_table: pd.DataFrame, originals: Tensor, reconstructions: Tensor,
+def attribute_scores(probes: dict[str, LinearProbe], originals: Tensor, reconstructions: Tensor,
                      heldout_table: pd.DataFrame) -> pd.DataFrame:
-    """Per column: the probe's kind and its score on held-out originals and on their reconstructions (features)."""
-    rows = []
-    for column in train_table.columns:
-        probe = fit_probe(train_features, train_table[column], column)
-        rows.append({"column": column, "kind": "accuracy" if probe.categorical else "r2",
-                     "original": probe.score(originals, heldout_table[column]),
-                     "reconstruction": probe.score(reconstructions, heldout_table[column])})
-    return pd.DataFrame(rows, columns=["column", "kind", "original", "reconstruction"])
+    """Per column: the probe's kind (``r2`` or ``accuracy``) and its score on the features of held-out originals and
+    of their reconstructions."""
+    return pd.DataFrame([{"column": column, "kind": "accuracy" if probe.categorical else "r2",
+                          "original": probe.score(originals, heldout_table[column]),
+                          "reconstruction": probe.score(reconstructions, heldout_table[column])}
+                         for column, probe in probes.items()], columns=["column", "kind", "original", "reconstruction"])
+
+
+@torch.no_grad()
+def fit_attribute_probes(data: ImageDataset, lpips_model: torch.nn.Module, columns: list[str],
+                         train_images: int = 2000, seed: int = 0) -> dict[str, LinearProbe]:
+    """One :func:`fit_probe` per labels-CSV column, on the LPIPS features of up to ``train_images`` (seeded) real
+    training images."""
+    from stylexlib.evaluate.quality import lpips_features
+
+    table = attribute_table(data, columns)
+    train = np.sort(np.random.default_rng(seed).permutation(data.indices("train"))[:train_images])
+    features = lpips_features(lpips_model, to_float(data.images[torch.as_tensor(train)]))
+    return {column: fit_probe(features, table[column].iloc[train].reset_index(drop=True), column) for column in columns}
 
 
 @torch.no_grad()
 def reconstruction_attribute_scores(models, data: ImageDataset, heldout: np.ndarray, lpips_model, columns: list[str],
                                     train_images: int = 2000, seed: int = 0,
                                     reconstructions: Tensor | None = None) -> pd.DataFrame:
-    """:func:`attribute_scores` for a trained StylEx model: probes fitted on up to ``train_images`` training images,
-    scored on the held-out images at positions ``heldout`` and on their ``reconstructions`` (default: inverted here
-    with :func:`stylexlib.stylespace.inversion.reconstruct`)."""
+    """:func:`attribute_scores` of :func:`fit_attribute_probes` on the held-out images at positions ``heldout`` and on
+    their ``reconstructions`` (default: inverted here with :func:`stylexlib.stylespace.inversion.reconstruct`)."""
     from stylexlib.evaluate.quality import lpips_features
     from stylexlib.stylespace.inversion import reconstruct
 
-    table = attribute_table(data, columns)
-    train = data.indices("train")
-    train = np.sort(np.random.default_rng(seed).permutation(train)[:train_images])
+    probes = fit_attribute_probes(data, lpips_model, columns, train_images, seed)
+    table = attribute_table(data, columns).iloc[heldout].reset_index(drop=True)
     originals = data.images[torch.as_tensor(heldout)]
     if reconstructions is None:
         reconstructions = reconstruct(models, originals)
-    features = {name: lpips_features(lpips_model, images) for name, images in
-                (("train", models.prepare(data.images[torch.as_tensor(train)]).cpu()),
-                 ("original", models.prepare(originals).cpu()), ("reconstruction", reconstructions))}
-    return attribute_scores(features["train"], table.iloc[train].reset_index(drop=True), features["original"],
-                            features["reconstruction"], table.iloc[heldout].reset_index(drop=True))
+    return attribute_scores(probes, lpips_features(lpips_model, models.prepare(originals).cpu()),
+                            lpips_features(lpips_model, reconstructions), table)
+
+
+def reading_change(probe: LinearProbe, before: Tensor, after: Tensor) -> dict[str, object]:
+    """What an edit does to a column, from features of the images ``before`` and ``after`` it: the mean reading
+    before and after and its change; for a category, of the category whose mean probability rises most."""
+    start, end = probe.reading(before).mean(0), probe.reading(after).mean(0)
+    if not probe.categorical:
+        return {"column": probe.column, "reading": probe.column, "before": float(start), "after": float(end),
+                "change": float(end - start)}
+    k = int((end - start).argmax())
+    return {"column": probe.column, "reading": f"p({probe.column}={probe.classes[k]})", "before": float(start[k]),
+            "after": float(end[k]), "change": float(end[k] - start[k])}
+
+
+@torch.no_grad()
+def attribute_readings(probes: dict[str, LinearProbe], lpips_model: torch.nn.Module, examples: list) -> pd.DataFrame:
+    """What each AttFind attribute does to the labelled columns (real data's answer to the factor probe): per
+    attribute (:class:`~stylexlib.explain.attfind.examples.AttributeExamples`) and column, :func:`reading_change`
+    over its shown original | changed pairs."""
+    from stylexlib.evaluate.quality import lpips_features
+
+    rows = []
+    for ex in examples:
+        if not ex.num_examples:
+            continue
+        before, after = (lpips_features(lpips_model, images) for images in (ex.originals, ex.changed))
+        rows += [{"attribute": ex.key, "class": ex.class_name, "rank": ex.rank, "label": ex.label,
+                  "examples": ex.num_examples, **reading_change(probe, before, after)} for probe in probes.values()]
+    return pd.DataFrame(rows, columns=["attribute", "class", "rank", "label", "examples", "column", "reading", "before",
+                                       "after", "change"])
+
+
+def reading_notes(readings: pd.DataFrame) -> dict[str, str]:
+    """Row notes for the summary figure and the gallery, by attribute: each column's reading before -> after."""
+    notes: dict[str, list[str]] = {}
+    for r in readings.itertuples():
+        digits = 2 if r.reading.startswith("p(") else 1  # probabilities, or the column's own units
+        notes.setdefault(r.attribute, []).append(f"{r.reading} {r.before:.{digits}f}->{r.after:.{digits}f}")
+    return {key: "; ".join(parts) for key, parts in notes.items()}

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from torch import Tensor
 
@@ -86,7 +86,8 @@ NO_ATTRIBUTE = ('<p class="warn"><b>AttFind selected no attribute for this class
 
 
 def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int | None,
-                    saliency: dict[int, str] | None = None, rule: VisibilityRule = VisibilityRule()) -> str:
+                    saliency: dict[int, str] | None = None, rule: VisibilityRule = VisibilityRule(),
+                    note: str = "") -> str:
     k = min(ex.num_examples, max_examples or ex.num_examples)
     gif = f"images/{ex.key}.gif"
     if k:
@@ -118,6 +119,7 @@ def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int |
             f'<span class="{html.escape(direction)}">({html.escape(direction)})</span></h3>'
             f'<div class="stats">mean effect <b>{ex.mean_effect:+.4f}</b> · fraction affected '
             f'<b>{ex.fraction_affected:.1%}</b> · StyleSpace coordinate {ex.flat} · {k} examples{visibility}</div>'
+            + (f'<div class="stats">read by the probes: {html.escape(note)}</div>' if note else "")
             + (f'<div class="pairs"><figure><img src="{gif}" alt="toggle original/changed"><figcaption>'
                f'animated: original ↔ changed</figcaption></figure></div><div class="pairs">{"".join(pairs)}</div>'
                if k else '<p class="stats"><em>No example images: every searched image is already classified as '
@@ -151,13 +153,14 @@ def replaced_dir(path: str | Path) -> Iterator[Path]:
 def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, title: str = "StylEx attributes",
                   subtitle: str = "", max_examples: int | None = None,
                   saliency: dict[int, Tensor] | None = None, saliency_names: Sequence[str] = (),
-                  rule: VisibilityRule = VisibilityRule()) -> Path:
+                  rule: VisibilityRule = VisibilityRule(), notes: Mapping[str, str] | None = None) -> Path:
     """A standalone HTML gallery (``index.html`` + ``images/``), per class and attribute; returns index.html.
 
     ``saliency`` (dataset index -> (M, H, W) maps named ``saliency_names``) puts each example's saliency maps beside
     it: where the other explainers say the classifier looks, next to what StylEx changes. Attributes whose examples
     carry their LPIPS (:func:`~stylexlib.explain.attfind.visibility.measure_visibility`) are flagged by ``rule``; a class
-    whose every attribute is flagged says so above them."""
+    whose every attribute is flagged says so above them. ``notes`` (by :attr:`AttributeExamples.key`) adds a line
+    under an attribute's numbers, e.g. what the factor or attribute probes read in its changes."""
     if not examples:
         raise ValueError("write_gallery needs at least one attribute")
     groups = by_class(examples)
@@ -177,7 +180,8 @@ def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, ti
             body.append(f'<h2 id="class{c}">Class “{html.escape(name)}”: {len(group)} attributes</h2>')
             if _all_invisible(group, rule, max_examples):
                 body.append(NO_VISIBLE_ATTRIBUTE)
-            body += [_attribute_html(ex, images_dir, max_examples, strips, rule) for ex in group] or [NO_ATTRIBUTE]
+            body += [_attribute_html(ex, images_dir, max_examples, strips, rule, (notes or {}).get(ex.key, ""))
+                     for ex in group] or [NO_ATTRIBUTE]
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
         write_text(tmp / "index.html", page)
