@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stylexlib.data import DataError, ImageDataset, to_float
+from stylexlib.evaluate.quality import lpips_features
+from stylexlib.stylespace.inversion import reconstruct
 
 CATEGORY_MAX_VALUES = 10
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 penalties tried per row of standardised features
@@ -141,8 +143,6 @@ def fit_attribute_probes(data: ImageDataset, lpips_model: torch.nn.Module, colum
                          train_images: int = 2000, seed: int = 0) -> dict[str, LinearProbe]:
     """One :func:`fit_probe` per labels-CSV column, on the LPIPS features of up to ``train_images`` (seeded) real
     training images."""
-    from stylexlib.evaluate.quality import lpips_features
-
     table = attribute_table(data, columns)
     train = np.sort(np.random.default_rng(seed).permutation(data.indices("train"))[:train_images])
     features = lpips_features(lpips_model, to_float(data.images[torch.as_tensor(train)]))
@@ -155,9 +155,6 @@ def reconstruction_attribute_scores(models, data: ImageDataset, heldout: np.ndar
                                     reconstructions: Tensor | None = None) -> pd.DataFrame:
     """:func:`attribute_scores` of :func:`fit_attribute_probes` on the held-out images at positions ``heldout`` and on
     their ``reconstructions`` (default: inverted here with :func:`stylexlib.stylespace.inversion.reconstruct`)."""
-    from stylexlib.evaluate.quality import lpips_features
-    from stylexlib.stylespace.inversion import reconstruct
-
     probes = fit_attribute_probes(data, lpips_model, columns, train_images, seed)
     table = attribute_table(data, columns).iloc[heldout].reset_index(drop=True)
     originals = data.images[torch.as_tensor(heldout)]
@@ -184,8 +181,6 @@ def attribute_readings(probes: dict[str, LinearProbe], lpips_model: torch.nn.Mod
     """What each AttFind attribute does to the labelled columns (real data's answer to the factor probe): per
     attribute (:class:`~stylexlib.explain.attfind.examples.AttributeExamples`) and column, :func:`reading_change`
     over its shown original | changed pairs."""
-    from stylexlib.evaluate.quality import lpips_features
-
     rows = []
     for ex in examples:
         if not ex.num_examples:

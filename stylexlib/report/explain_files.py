@@ -55,7 +55,7 @@ def judge_visibility(result: StylexAttribution, explainer: StylEx) -> pd.DataFra
     table = result.to_dataframe()
     moved, seen, invisible = explainer.judge_edits(result.images, result.reconstructions, result.probs_original,
                                                    result.probs_edited, result.target, result.edited)
-    image, rank = table["image"].to_numpy(), table["rank"].to_numpy() - 1
+    image, rank = torch.tensor(table["image"].to_numpy()), torch.tensor(table["rank"].to_numpy()) - 1
     table["visible_change"] = seen[image, rank].numpy()
     table["invisible"] = invisible[image, rank].numpy()
     minimum = explainer.visibility_rule(result.images).min_prob_change  # the rule judge_edits applied
