@@ -83,6 +83,7 @@ def test_the_eyes_task_trains_stylex_as_the_demo_does() -> None:
     ("stylex.discriminator", "projected", "'residual', 'features'"),
     ("stylex.device", "gpu", "auto, cpu, cuda, cuda:N or mps"),
     ("stylex.augment", "color,flip", "color, translation, cutout"),
+    ("stylex.kl_noise_std", "-0.1", "must be >= 0"),
 ])
 def test_enumerated_options_are_checked_at_load(key, bad, allowed) -> None:
     with pytest.raises(ConfigError) as info:

@@ -13,10 +13,10 @@ from PIL import Image
 from stylexlib.classifier.model import build_classifier, save_classifier
 from stylexlib.core.config import StylexConfig
 from stylexlib.core.run import open_run
-from stylexlib.data import ImageDataset
+from stylexlib.data import ImageDataset, to_float
 from stylexlib.gan import training as train
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
-from stylexlib.gan.losses import latent_mmd_loss, load_lpips
+from stylexlib.gan.losses import classifier_kl_loss, latent_mmd_loss, load_lpips
 from stylexlib.gan.models import load_stylex
 from stylexlib.pipeline import cli
 from stylexlib.stylespace.inversion import (evaluate_reconstruction, invert, reconstruction_table, refinement_comparison,
@@ -272,6 +272,30 @@ def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> 
     assert "sample_kl" not in make_trainer(TINY, data, classifier, lpips_model, None).train_step()
     with pytest.raises(ValueError, match="stylex.augment"):
         make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
+
+
+def test_kl_noise_reads_both_sides_of_the_kl_through_one_draw(data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, weight_sample_kl=1.0, kl_noise_std=0.5)
+    torch.manual_seed(0)  # a linear classifier: each draw of noise moves its logits (the tiny CNN averages it out)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * RESOLUTION ** 2, 2)).eval()
+    trainer = make_trainer(cfg, data, linear, lpips_model, None)
+    x = to_float(data.images[:4])
+    perfect = train.Generated(torch.cat([x, x]), torch.full((8, 2), 0.5), torch.zeros(4, 16), torch.zeros(4, 16), x)
+    noise = trainer._kl_noise(perfect.images)
+    assert noise is not None and 0.4 < float(noise.std()) < 0.6
+    rec_logits, sample_logits = trainer._classify_generated(perfect, noise)
+    with torch.no_grad():  # C reads each image through its own draw, as the batched pass slices it
+        assert torch.allclose(rec_logits, trainer.step_classifier(x + noise[:4]), atol=1e-5)
+        assert torch.allclose(sample_logits, trainer.step_classifier(x + noise[4:]), atol=1e-5)
+        assert not torch.allclose(rec_logits, trainer.step_classifier(x), atol=1e-3)
+    target = trainer._noisy_real_logits(x, noise[:4])  # the target: x through the draw on x'
+    assert torch.allclose(target, rec_logits, atol=1e-6)  # so a perfect reconstruction costs nothing ...
+    assert float(classifier_kl_loss(target, rec_logits)) < 1e-9
+    other = trainer._noisy_real_logits(x, trainer._kl_noise(x))
+    assert not torch.allclose(other, rec_logits, atol=1e-4)  # ... which an independent draw on x would not give
+    losses = trainer.train_step()
+    assert losses["kl"] >= 0 and losses["sample_kl"] >= 0 and np.isfinite(losses["g"])
+    assert make_trainer(TINY, data, classifier, lpips_model, None)._kl_noise(x) is None  # off by default
 
 
 def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, classifier, lpips_model) -> None:

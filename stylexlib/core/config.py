@@ -114,6 +114,8 @@ class StylexConfig:
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
+    kl_noise_std: float = 0.0  # not in the paper: both KL terms read the images through Gaussian noise of this std
+    # ([-1, 1] scale; the same draw on x and x'), so that class evidence fainter than the noise cannot carry C's output
     weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns
     # (losses.class_pathway_sparsity), so that the classifier's output reaches few StyleSpace coordinates, which
     # AttFind can then find
@@ -414,7 +416,8 @@ def augment_problem(value: str) -> str | None:
 
 
 # Checks beyond the field types, run when a config is loaded: each returns the problem or None.
-FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem}}
+FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem,
+                                  "kl_noise_std": lambda v: None if v >= 0 else f"must be >= 0 (0: off), got {v}"}}
 
 
 def _unknown_key_message(path: str, key: str, names: list[str]) -> str:

@@ -22,7 +22,7 @@ STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_ever
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
 STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1_e", "adv_on_reconstructions",
                      "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle",
-                     "weight_class_sparsity")
+                     "weight_class_sparsity", "kl_noise_std")
 # The same for the data and classifier sections; and classifier keys that only check, never change, the model.
 DATA_ADDED_KEYS = ("label_queries", "split_column", "group_column")
 CLASSIFIER_ADDED_KEYS = ("class_names",)

@@ -357,11 +357,13 @@ class StylexTrainer:
             terms = {} if judged is None else {
                 "adv": g_nonsaturating_loss(self.D(self._augment(judged[0]), judged[1]))}
             rec = generated.reconstructions
-            rec_logits, sample_logits = self._classify_generated(generated)
+            noise = self._kl_noise(generated.images)
+            rec_logits, sample_logits = self._classify_generated(generated, noise)
             if rec is not None:
                 terms.update(reconstruction_losses(x, rec, generated.w_encoded.detach(), self.E(rec), self.lpips))
                 if self.cfg.weight_kl > 0:
-                    terms["kl"] = classifier_kl_loss(logits, rec_logits)
+                    target = logits if noise is None else self._noisy_real_logits(x, noise[: len(x)])
+                    terms["kl"] = classifier_kl_loss(target, rec_logits)
                 if self.cfg.weight_w_prior > 0:
                     prior = latent_mmd_loss if self.cfg.w_prior == "mmd" else latent_prior_loss
                     terms["w_prior"] = prior(generated.w_encoded, self._reference_w(generated))
@@ -377,17 +379,31 @@ class StylexTrainer:
         self._optimize(loss, nets, self.scaler_g)
         return values
 
-    def _classify_generated(self, generated: Generated) -> tuple[Tensor | None, Tensor | None]:
-        """Classifier logits of the reconstructions and of the random samples where a KL term needs them (else None):
-        one pass over all the images when both are needed (``options.batched_classifier``), else one each."""
-        rec = generated.reconstructions if self.cfg.weight_kl > 0 else None
+    def _kl_noise(self, images: Tensor) -> Tensor | None:
+        """The Gaussian noise (``kl_noise_std``) both KL terms read the generated images through; None when off."""
+        return torch.randn_like(images) * self.cfg.kl_noise_std if self.cfg.kl_noise_std > 0 else None
+
+    @torch.no_grad()
+    def _noisy_real_logits(self, x: Tensor, noise: Tensor) -> Tensor:
+        """C(x + n): the reconstruction KL's target when it reads through noise, the same draw n as on x'."""
+        with self._autocast():
+            return self.step_classifier(x + noise).float()
+
+    def _classify_generated(self, generated: Generated, noise: Tensor | None = None
+                            ) -> tuple[Tensor | None, Tensor | None]:
+        """Classifier logits of the reconstructions and of the random samples where a KL term needs them (else None),
+        read through ``noise`` when given: one pass over all the images when both are needed
+        (``options.batched_classifier``), else one each."""
+        images = generated.images if noise is None else generated.images + noise
+        rec = images[: len(generated.reconstructions)] if generated.reconstructions is not None \
+            and self.cfg.weight_kl > 0 else None
         samples = None
         if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
-            samples = generated.images[-len(generated.w_sampled):]
+            samples = images[-len(generated.w_sampled):]
         if rec is not None and samples is not None and self.options.batched_classifier:
-            both = self.step_classifier(generated.images)  # the images are the reconstructions, then the samples
+            both = self.step_classifier(images)  # the images are the reconstructions, then the samples
             return both[: len(rec)], both[len(rec):]
-        return tuple(None if images is None else self.step_classifier(images) for images in (rec, samples))
+        return tuple(None if part is None else self.step_classifier(part) for part in (rec, samples))
 
     @torch.no_grad()
     def _reference_w(self, generated: Generated) -> Tensor:
