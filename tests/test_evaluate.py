@@ -192,6 +192,17 @@ def test_the_benchmark_scores_every_method_against_the_key(factors) -> None:
         real["method"])
 
 
+def test_factor_share_gives_a_near_tie_almost_full_credit() -> None:
+    sensitivity = pd.DataFrame({"mouth_curve": [5.0, 5.0, 1.0, 0.0], "glasses": [4.5, 1.0, 5.0, 0.0],
+                                "eye_size": [0.5, 0.2, 0.1, 0.0]})
+    named = pd.DataFrame({"eye_size": [0.0, 0.0, 0.1, 0.0], "glasses": [0.9, 0.1, 0.0, 0.0],  # other column order
+                          "mouth_curve": [0.1, 0.9, 0.9, 1.0]})
+    ident = factor_identification(named, sensitivity)
+    assert ident["factor_top1"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    # the glasses for a near tie (4.5 of 5), the mouth where it is used most, the mouth where the glasses are; no use
+    assert np.allclose(ident["factor_share"], [0.9, 1.0, 0.2, np.nan], equal_nan=True)
+
+
 def test_the_constant_guess_names_the_most_often_used_factor_everywhere(factors) -> None:
     from stylexlib.evaluate.benchmark import constant_guess
 

@@ -415,9 +415,13 @@ def augment_problem(value: str) -> str | None:
             "(or '' for none)") if unknown else None
 
 
+def _non_negative_problem(value: float) -> str | None:
+    return None if value >= 0 else f"must be >= 0 (0: off), got {value}"
+
+
 # Checks beyond the field types, run when a config is loaded: each returns the problem or None.
 FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem,
-                                  "kl_noise_std": lambda v: None if v >= 0 else f"must be >= 0 (0: off), got {v}"}}
+                                  "kl_noise_std": _non_negative_problem}}
 
 
 def _unknown_key_message(path: str, key: str, names: list[str]) -> str:

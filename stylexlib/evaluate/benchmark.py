@@ -23,7 +23,7 @@ from stylexlib.evaluate.scores import (bootstrap_interval, deletion_insertion_au
                                        pointing_game, relevance_mass, relevance_rank_accuracy)
 from stylexlib.explain import METHODS, SaliencyExplainer, StylEx, StylexAttribution
 
-COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_spearman", "relevance_mass",
+COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_share", "factor_spearman", "relevance_mass",
            "relevance_rank_accuracy", "pointing_game", "deletion_auc", "insertion_auc", "seconds_per_image"]
 
 
@@ -104,7 +104,8 @@ def score_maps(classifier: nn.Module, images: Tensor, target: Tensor, maps: dict
                                           else scores.reset_index(drop=True), sensitivity)
             used = sensitivity.to_numpy().argmax(1)  # the factor this classifier uses most on each image
             region = torch.stack([masks[sensitivity.columns[f]][i] for i, f in enumerate(used)])
-            scores_of.update(factor_top1=ident["factor_top1"].to_numpy(), factor_spearman=ident["factor_spearman"].to_numpy(),
+            scores_of.update(factor_top1=ident["factor_top1"].to_numpy(), factor_share=ident["factor_share"].to_numpy(),
+                             factor_spearman=ident["factor_spearman"].to_numpy(),
                              relevance_mass=relevance_mass(relevance, region).numpy(),
                              relevance_rank_accuracy=relevance_rank_accuracy(relevance.abs(), region).numpy(),
                              pointing_game=pointing_game(relevance, region).numpy())

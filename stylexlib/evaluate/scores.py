@@ -33,13 +33,18 @@ def map_factor_scores(maps: Tensor, masks: dict[str, Tensor]) -> pd.DataFrame:
 
 
 def factor_identification(scores: pd.DataFrame, sensitivity: pd.DataFrame) -> pd.DataFrame:
-    """Per image: whether the method's top factor is the truly most used one, and the Spearman correlation of its
-    factor ranking with the true sensitivities (NaN where either is constant)."""
-    scores, sensitivity = scores[sensitivity.columns], sensitivity
-    hit = scores.to_numpy().argmax(1) == sensitivity.to_numpy().argmax(1)
-    rho = [spearmanr(a, b).statistic if np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan
-           for a, b in zip(scores.to_numpy(), sensitivity.to_numpy())]
-    return pd.DataFrame({"factor_top1": hit.astype(float), "factor_spearman": rho})
+    """Per image: whether the method's top factor is the truly most used one (``factor_top1``); that factor's true
+    sensitivity as a share of the image's largest (``factor_share``: 1 for a hit, near 1 for a near tie, where the
+    classifier uses two factors almost equally; NaN where the classifier uses none); and the Spearman correlation of
+    the method's factor ranking with the true sensitivities (NaN where either is constant)."""
+    scores, truth = scores[sensitivity.columns].to_numpy(), sensitivity.to_numpy()
+    named = scores.argmax(1)
+    hit = named == truth.argmax(1)
+    largest = truth.max(1)
+    share = np.divide(truth[np.arange(len(truth)), named], largest, out=np.full(len(truth), np.nan),
+                      where=largest > 0)
+    rho = [spearmanr(a, b).statistic if np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan for a, b in zip(scores, truth)]
+    return pd.DataFrame({"factor_top1": hit.astype(float), "factor_share": share, "factor_spearman": rho})
 
 
 def relevance_mass(maps: Tensor, region: Tensor) -> Tensor:

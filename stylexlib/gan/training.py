@@ -395,9 +395,9 @@ class StylexTrainer:
         read through ``noise`` when given: one pass over all the images when both are needed
         (``options.batched_classifier``), else one each."""
         images = generated.images if noise is None else generated.images + noise
-        rec = images[: len(generated.reconstructions)] if generated.reconstructions is not None \
-            and self.cfg.weight_kl > 0 else None
-        samples = None
+        rec = samples = None
+        if generated.reconstructions is not None and self.cfg.weight_kl > 0:
+            rec = images[: len(generated.reconstructions)]
         if generated.w_sampled is not None and self.cfg.weight_sample_kl > 0:
             samples = images[-len(generated.w_sampled):]
         if rec is not None and samples is not None and self.options.batched_classifier:
