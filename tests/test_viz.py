@@ -13,7 +13,7 @@ from PIL import Image
 from stylexlib.core.figures import image_grid
 from stylexlib.explain.attfind.examples import AttributeExamples, load_examples, save_examples
 from stylexlib.report.gallery import ChromiumNotFound, dump_dom, find_chromium, screenshot_html, write_gallery
-from stylexlib.report.viz import pair_figure, save_toggle_gif, summary_figure
+from stylexlib.report.viz import amplified_difference, pair_figure, save_toggle_gif, summary_figure
 
 RED, BLUE = (220, 20, 20), (20, 40, 230)
 NAMES = ["frown", "smile"]
@@ -54,9 +54,26 @@ def test_pair_figure_titles_carry_probabilities() -> None:
     ex = make_examples(2, 1, k=5)[1]  # class "smile", p 0.3 -> 0.4
     fig = pair_figure(ex, pairs_per_row=3)
     shown = [ax for ax in fig.axes if ax.images]
-    assert len(shown) == 10
+    assert len(shown) == 15  # original | changed | the change, for each of 5 examples
     titles = [ax.get_title() for ax in shown]
     assert titles.count("changed\np(smile)=0.40") == 5 and "#10 original\np(smile)=0.30" in titles
+    assert sum(t.startswith("change\nx") for t in titles) == 5
+    assert sum(1 for ax in pair_figure(ex, difference=False).axes if ax.images) == 10
+
+
+def test_amplified_difference_keeps_sign_location_and_one_gain() -> None:
+    originals = torch.zeros(2, 3, 16, 16)
+    changed = originals.clone()
+    changed[0, 0, :8, :8] = 0.05  # the first image's red rises in the top-left quarter ...
+    changed[1, 0, :8, :8] = 0.025  # ... the second's by half as much
+    changed[1, 2, 8:, 8:] = -0.05  # and its blue falls in the bottom-right
+    shown, gain = amplified_difference(originals, changed)
+    assert gain == pytest.approx(20.0)
+    assert torch.allclose(shown[0, 0, :8, :8], torch.ones(8, 8)) and torch.allclose(shown[1, 0, :8, :8], torch.full((8, 8), 0.5))
+    assert torch.allclose(shown[1, 2, 8:, 8:], -torch.ones(8, 8))
+    assert shown[:, 1].abs().max() == 0 and shown[0, :, 8:].abs().max() == 0  # unchanged stays grey
+    same, capped = amplified_difference(originals, originals)
+    assert capped == 100.0 and same.abs().max() == 0
 
 
 def test_toggle_gif_alternates_original_and_changed(tmp_path: Path) -> None:
@@ -75,7 +92,9 @@ def test_summary_figure_has_top_rows_per_class() -> None:
     fig = summary_figure(make_examples(2, 5), top=4, pairs=2)
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert len(labels) == 8 and labels[0].startswith("frown #1") and labels[-1].startswith("smile #4")
-    assert sum(1 for ax in fig.axes if ax.images) == 8 * 4
+    assert sum(1 for ax in fig.axes if ax.images) == 8 * 2 * 3 and labels[0].endswith("change x1")
+    assert sum(1 for ax in summary_figure(make_examples(2, 5), top=4, pairs=2, difference=False).axes
+               if ax.images) == 8 * 2 * 2
     assert (1 - fig.subplotpars.top) * fig.get_figheight() <= 0.6  # the title sits just above the grid, no gap
 
 
@@ -84,14 +103,14 @@ def test_gallery_folder_is_self_contained_and_replaced_whole(tmp_path: Path) -> 
     index = write_gallery(make_examples(), out, subtitle="run x")
     page = index.read_text()
     sources = re.findall(r'<img[^>]*src="([^"]+)"', page)
-    assert len(sources) == 6 * (1 + 2 * 4)  # per attribute: a GIF and 4 pairs
+    assert len(sources) == 6 * (1 + 3 * 4)  # per attribute: a GIF and 4 pairs, each with its change
     assert all(not s.startswith(("/", "http", "file:")) and (out / s).is_file() for s in sources)
     assert "fraction affected" in page and "mean effect <b>+0.3000</b>" in page and "p(smile) = 0.400" in page
     (out / "images" / "stale.png").write_bytes(b"x")
     one = make_examples(1, 1)
     page = write_gallery(one, out, notes={one[0].key: "age 31->44 <older>"}).read_text()
     assert "read by the probes: age 31-&gt;44 &lt;older&gt;</div>" in page
-    assert not (out / "images" / "stale.png").exists() and len(list((out / "images").glob("*.png"))) == 8
+    assert not (out / "images" / "stale.png").exists() and len(list((out / "images").glob("*.png"))) == 12
     assert '<a href="#class1">smile (0)</a>' in page and "no attribute for this class" in page
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -112,7 +131,7 @@ def test_gallery_renders_with_its_images_in_chromium(tmp_path: Path, chromium: s
     index = write_gallery(make_examples(), tmp_path / "gallery")
     dom = dump_dom(index)
     total = len(re.findall(r"<img\b", dom))
-    assert total == 54 and f'data-images-loaded="{total}"' in dom and f'data-images-total="{total}"' in dom
+    assert total == 78 and f'data-images-loaded="{total}"' in dom and f'data-images-total="{total}"' in dom
     shot = Image.open(screenshot_html(index, tmp_path / "shot.png", width=1000, height=1200))
     pixels = np.asarray(shot.convert("RGB")).reshape(-1, 3).astype(int)
     assert shot.size == (1000, 1200)
@@ -126,7 +145,7 @@ def test_chromium_check_catches_a_missing_image(tmp_path: Path, chromium: str) -
     index = write_gallery(make_examples(1, 1), tmp_path / "gallery")
     (tmp_path / "gallery" / "images" / "c0_r01_2_changed.png").unlink()
     dom = dump_dom(index)
-    assert 'data-images-loaded="8"' in dom and 'data-images-total="9"' in dom and 'class="px broken"' in dom
+    assert 'data-images-loaded="12"' in dom and 'data-images-total="13"' in dom and 'class="px broken"' in dom
 
 
 def test_an_attribute_without_examples_still_has_its_place(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from stylexlib.core.io import atomic_write, write_text
 from stylexlib.explain.attfind.examples import AttributeExamples, by_class
 from stylexlib.explain.attfind.visibility import VisibilityRule
 from stylexlib.gan.losses import VISIBILITY_SIZE
-from stylexlib.report.viz import display_scale, heat_strip, save_png, save_toggle_gif, to_pil
+from stylexlib.report.viz import amplified_difference, display_scale, heat_strip, save_png, save_toggle_gif, to_pil
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,20 @@ def _attribute_html(ex: AttributeExamples, images_dir: Path, max_examples: int |
     if k:
         save_toggle_gif(ex, images_dir / f"{ex.key}.gif", max_examples=k)
     p_orig, p_changed = ex.class_probs()
+    delta, gain = amplified_difference(ex.originals[:k], ex.changed[:k])
     pairs = []
     for i in range(k):
-        names = [f"images/{ex.key}_{i}_{kind}.png" for kind in ("original", "changed")]
-        save_png(to_pil(ex.originals[i]), images_dir.parent / names[0])
-        save_png(to_pil(ex.changed[i]), images_dir.parent / names[1])
-        delta = float(p_changed[i] - p_orig[i])
+        names = [f"images/{ex.key}_{i}_{kind}.png" for kind in ("original", "changed", "change")]
+        for name, image in zip(names, (ex.originals[i], ex.changed[i], delta[i])):
+            save_png(to_pil(image), images_dir.parent / name)
+        moved = float(p_changed[i] - p_orig[i])
         seen = f" · LPIPS {float(ex.lpips[i]):.3f}" if ex.lpips is not None else ""
         pairs.append('<div class="pair">'
                      + _figure_html(names[0], "original", [f"image #{ex.image_indices[i]} original",
                                                            f"p({ex.class_name}) = {float(p_orig[i]):.3f}"])
                      + _figure_html(names[1], "changed", ["changed",
-                                                          f"p({ex.class_name}) = {float(p_changed[i]):.3f} (Δ {delta:+.3f}){seen}"])
+                                                          f"p({ex.class_name}) = {float(p_changed[i]):.3f} (Δ {moved:+.3f}){seen}"])
+                     + _figure_html(names[2], "change", [f"the change, x{gain:.0f}", "(grey: unchanged)"])
                      + (_figure_html(saliency[ex.image_indices[i]], "maps", ["saliency maps of the input image, "
                                                                               "predicted class"])
                         if saliency and ex.image_indices[i] in saliency else "")
