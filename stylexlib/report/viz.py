@@ -12,7 +12,6 @@ from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -134,7 +133,7 @@ def amplified_difference(originals: Tensor, changed: Tensor) -> tuple[Tensor, fl
     if not delta.numel():
         return delta, 1.0
     magnitude = delta.abs().flatten()
-    peak = float(torch.kthvalue(magnitude, max(1, math.ceil(DIFFERENCE_QUANTILE * magnitude.numel()))).values)
+    peak = float(magnitude.kthvalue(max(1, math.ceil(DIFFERENCE_QUANTILE * magnitude.numel()))).values)
     gain = min(100.0, 1.0 / max(peak, 1e-2))
     return (delta * gain).clamp(-1, 1), gain
 
@@ -153,7 +152,8 @@ def pair_figure(ex: AttributeExamples, max_examples: int | None = None, pairs_pe
     fig, axes = pair_axes(rows, min(k, pairs_per_row), size, height=1.45, panels=3 if difference else 2)
     p_orig, p_changed = ex.class_probs()
     originals, changed = to_hwc(ex.originals[:k]), to_hwc(ex.changed[:k])
-    delta, gain = amplified_difference(ex.originals[:k], ex.changed[:k])
+    if difference:
+        delta, gain = amplified_difference(ex.originals[:k], ex.changed[:k])
     for ax in axes.flat:
         ax.axis("off")
     for i in range(k):
