@@ -124,15 +124,19 @@ def test_time_limit_stops_and_checkpoints(tmp_path, data, classifier, lpips_mode
 
 
 def test_alternate_mode_runs_one_path_per_step(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0)
+    cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0,
+                              weight_sample_kl=1.0)
+    assert StylexConfig().path_mode == "alternate"  # the shipped default
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     encoder_step, random_step = trainer.train_step(), trainer.train_step()
-    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys() and "w_prior" not in encoder_step
-    assert set(random_step) == {"d", "g", "adv"}
+    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys() and not {"w_prior", "sample_kl"} & encoder_step.keys()
+    assert set(random_step) == {"d", "g", "adv", "sample_kl"}
     with_prior = make_trainer(dataclasses.replace(cfg, weight_w_prior=1.0), data, classifier, lpips_model, None)
     assert with_prior.train_step()["w_prior"] > 0  # the reference w drawn fresh: no random path on this step
-    mixed = make_trainer(dataclasses.replace(TINY, weight_w_prior=1.0), data, classifier, lpips_model, None)
-    assert mixed.train_step()["w_prior"] > 0
+    mixed = make_trainer(dataclasses.replace(cfg, path_mode="mix", weight_w_prior=1.0), data, classifier,
+                         lpips_model, None)
+    for step in (mixed.train_step(), mixed.train_step()):  # both paths every step
+        assert {"l1", "kl", "sample_kl", "adv", "d"} <= step.keys() and step["w_prior"] > 0
     with pytest.raises(ValueError, match="path_mode"):
         make_trainer(dataclasses.replace(TINY, path_mode="both"), data, classifier, lpips_model, None)
 
@@ -201,10 +205,12 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
         return reconstruction_table(models, images, lpips_model, styles=inv.styles)[["l1", "lpips", "kl"]].sum(1).mean()
 
     assert objective(refined) < objective(encoded) and objective(in_stylespace) < objective(encoded)
-    assert torch.allclose(torch.tensor(reconstruction_table(models, images, lpips_model)["lpips"].to_numpy()),
-                          torch.tensor(reconstruction_table(models, images, lpips_model,
-                                                            styles=in_stylespace.styles)["lpips"].to_numpy()),
-                          atol=1e-5)  # its default is the refined inversion
+    def lpips_of(styles=None) -> torch.Tensor:
+        return torch.tensor(reconstruction_table(models, images, lpips_model, styles=styles)["lpips"].to_numpy())
+
+    # its default is the refined inversion (refined in other batches than here: equal to Adam's rounding)
+    assert torch.allclose(lpips_of(), lpips_of(in_stylespace.styles), atol=1e-3)
+    assert (lpips_of(encoded.styles) - lpips_of(in_stylespace.styles)).abs().max() > 1e-2
     rendered = models.generator.synthesize(in_stylespace.styles).clamp(-1, 1)
     assert torch.allclose(render_inverted(models, in_stylespace), rendered)
 
@@ -266,16 +272,17 @@ def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifi
 
 
 def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, weight_sample_kl=1.0, augment="color,translation,cutout", mixing_prob=0.9)
+    mix = dataclasses.replace(TINY, path_mode="mix")  # both paths in one step
+    cfg = dataclasses.replace(mix, weight_sample_kl=1.0, augment="color,translation,cutout", mixing_prob=0.9)
     losses = make_trainer(cfg, data, classifier, lpips_model, None).train_step()
     assert losses["sample_kl"] >= 0 and np.isfinite(losses["g"])
-    assert "sample_kl" not in make_trainer(TINY, data, classifier, lpips_model, None).train_step()
+    assert "sample_kl" not in make_trainer(mix, data, classifier, lpips_model, None).train_step()
     with pytest.raises(ValueError, match="stylex.augment"):
         make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
 
 
 def test_kl_noise_reads_both_sides_of_the_kl_through_one_draw(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, weight_sample_kl=1.0, kl_noise_std=0.5)
+    cfg = dataclasses.replace(TINY, path_mode="mix", weight_sample_kl=1.0, kl_noise_std=0.5)
     torch.manual_seed(0)  # a linear classifier: each draw of noise moves its logits (the tiny CNN averages it out)
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * RESOLUTION ** 2, 2)).eval()
     trainer = make_trainer(cfg, data, linear, lpips_model, None)
@@ -341,8 +348,9 @@ def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model)
             module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.2, 0.2)
     # No path-length term: it is a Jacobian norm, which jumps when rounding flips one leaky ReLU's side (0.2% here).
-    cfg = dataclasses.replace(TINY, warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
-                              mixing_prob=0.9, encoder_ema=True, weight_mapping_match=1.0, pl_weight=0.0)
+    cfg = dataclasses.replace(TINY, path_mode="mix", warmup_steps=1, weight_sample_kl=1.0, encoder_ema=True,
+                              augment="color,translation,cutout", mixing_prob=0.9, weight_mapping_match=1.0,
+                              pl_weight=0.0)
     runs, few = {}, tiny_dataset(10)  # 8 training images: the 4 steps draw each twice (the cached C(x) is reused)
     for name, options in (("fast", StepOptions()), ("plain", StepOptions.none())):
         trainer = train.StylexTrainer(cfg, few, classifier, lpips_model=lpips_model, options=options)

@@ -126,10 +126,10 @@ class StylexConfig:
     # so any value > 0 acts about the same (Adam's steps do not scale with the loss); 0 turns it off
     w_prior: Literal["moments", "mmd"] = "moments"  # match E(x)'s batch moments to mapping(z)'s, or the whole
     # distribution (kernel MMD, as a Wasserstein autoencoder), so that random samples land where reconstructions do
-    # "mix": every step runs both paths, the encoder path (x -> E -> G, reconstruction losses) and the
-    # random path (z -> mapping -> G); "alternate": the encoder path on steps where step % encoder_every == 0,
-    # the random path on the other steps.
-    path_mode: Literal["mix", "alternate"] = "mix"
+    # "alternate": the encoder path (x -> E -> G, reconstruction losses) on steps where step % encoder_every == 0,
+    # the random path (z -> mapping -> G) on the others, as the public StylEx reproduction trains: each step half the
+    # work; "mix": both paths every step (docs/experiments.md, "Training throughput")
+    path_mode: Literal["mix", "alternate"] = "alternate"
     encoder_every: int = 2  # path_mode "alternate" only
     # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
     warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
