@@ -91,8 +91,8 @@ def test_adversarial_terms_can_leave_the_reconstructions_out(lpips_model) -> Non
 
     data, classifier = tiny_dataset(), build_classifier(2, 16, width=4).eval()
     for on in (True, False):
-        trainer = make_trainer(dataclasses.replace(TINY, adv_on_reconstructions=on), data, classifier, lpips_model,
-                               None)
+        cfg = dataclasses.replace(TINY, path_mode="mix", adv_on_reconstructions=on)  # both paths in one step
+        trainer = make_trainer(cfg, data, classifier, lpips_model, None)
         seen = []
         forward = trainer.D.forward
         trainer.D.forward = lambda images, probs: seen.append(len(images)) or forward(images, probs)
