@@ -205,10 +205,11 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
         return reconstruction_table(models, images, lpips_model, styles=inv.styles)[["l1", "lpips", "kl"]].sum(1).mean()
 
     assert objective(refined) < objective(encoded) and objective(in_stylespace) < objective(encoded)
+
     def lpips_of(styles=None) -> torch.Tensor:
         return torch.tensor(reconstruction_table(models, images, lpips_model, styles=styles)["lpips"].to_numpy())
 
-    # its default is the refined inversion (refined in other batches than here: equal to Adam's rounding)
+    # its default is the refined inversion (the table refines in batches of its own: equal up to Adam's rounding)
     assert torch.allclose(lpips_of(), lpips_of(in_stylespace.styles), atol=1e-3)
     assert (lpips_of(encoded.styles) - lpips_of(in_stylespace.styles)).abs().max() > 1e-2
     rendered = models.generator.synthesize(in_stylespace.styles).clamp(-1, 1)
