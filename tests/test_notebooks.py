@@ -125,14 +125,16 @@ def test_the_pipeline_runs_on_an_image_folder_with_a_users_torchscript_classifie
     (project / "images").mkdir(parents=True)
     (project / "models").mkdir()
     rng = np.random.default_rng(0)
-    rows = ["file,label,split,redness"]  # redness: a labelled attribute beside the class, read by the probes
-    for i in range(48):
+    rows = ["file,label,split,redness,bar"]  # labelled attributes beside the class: a number (the probes read it)
+    for i in range(48):  # and a two-valued one (the oracle reads it)
         label = "red" if i % 2 else "blue"
         pixels = rng.integers(0, 90, (20, 20, 3))
         pixels[..., 0 if label == "red" else 2] += 150
+        bar = int(i % 4 < 2)
+        pixels[2:7, :, :] = 255 if bar else pixels[2:7, :, :]  # a white bar across the top
         Image.fromarray(pixels.astype(np.uint8)).save(project / "images" / f"{i:02d}.png")
         split = "train" if i < 32 else "val" if i < 40 else "test"
-        rows.append(f"{i:02d}.png,{label},{split},{pixels[..., 0].mean():.1f}")
+        rows.append(f"{i:02d}.png,{label},{split},{pixels[..., 0].mean():.1f},{bar}")
     (project / "images" / "labels.csv").write_text("\n".join(rows) + "\n")
     with pytest.warns(FutureWarning):
         torch.jit.script(RedVsBlue()).save(str(project / "models" / "red_vs_blue.ts"))
@@ -146,7 +148,7 @@ def test_the_pipeline_runs_on_an_image_folder_with_a_users_torchscript_classifie
               "inversion": {"num_images": 8, "refine_images": 1, "refine_steps": 2},
               "attfind": {"num_images": 4, "stats_images": 16, "top_k": 2, "sufficiency_k": 2, "random_trials": 1,
                           "examples_per_attribute": 2, "drop_inconsistent": False},
-              "evaluate": {"attribute_columns": ["redness"]}}
+              "evaluate": {"attribute_columns": "all"}}
     (project / "smoke.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)  # not the config's folder: the relative paths resolve against the config file
     run = tmp_path / "run"
@@ -164,10 +166,19 @@ def test_the_pipeline_runs_on_an_image_folder_with_a_users_torchscript_classifie
     assert data.class_names == ["blue", "red"] and [(data.split == s).sum() for s in ("train", "val", "test")] == [32, 8, 8]
     assert (run / "attfind" / "attribute_names.csv").exists() and (run / "gallery" / "index.html").exists()
     assert {"orig_attr_redness", "recon_attr_redness"} <= set(metrics)  # stage 04's probes, then stage 06's readings
+    oracle = pd.read_csv(run / "evaluate" / "label_oracle.csv").set_index("column")
+    assert list(oracle.index) == ["bar", "label"] and oracle.loc["bar", "trusted"] and oracle.loc["label", "class_column"]
+    assert metrics["oracle_columns_trusted"] == 1 and 0 < metrics["recon_label_auc_ratio"] <= 1.5
+    assert {"recon_consistency_encoder", "recon_consistency_no_kl", "attr_mnac_top5"} <= set(metrics)
     readings = pd.read_csv(run / "attfind" / "attribute_readings.csv")
-    assert set(readings["column"]) == {"redness"}
-    assert set(readings["attribute"]) <= {f"c{c}_r{r:02d}" for c in (0, 1) for r in (1, 2)}
-    assert "read by the probes: redness " in (run / "gallery" / "index.html").read_text()
+    assert set(readings["main_label"]) == {"bar"} and set(readings["rank"]) == {1, 2}
+    assert set(readings["attribute"]) == {f"c{c}_r{r:02d}" for c in (0, 1) for r in (1, 2)}
+    probe_readings = pd.read_csv(run / "attfind" / "attribute_probe_readings.csv")
+    assert set(probe_readings["column"]) == {"redness"}
+    assert (run / "figures" / "attribute_labels.png").exists()
+    page = (run / "gallery" / "index.html").read_text()
+    assert "read by the probes: main label: bar " in page and "; redness " in page  # the oracle's, then the probes'
+
     assert saved["stylex"]["preset"] == "real" and "E_fit" in torch.load(run / "checkpoints" / "stylex.pt",
                                                                         weights_only=True)
     out = tmp_path / "explained"

@@ -221,8 +221,9 @@ class StudyConfig:
 class EvaluateConfig:
     """Stage 04's checks of real data against its labels."""
 
-    attribute_columns: list[str] = field(default_factory=list)  # labels-CSV columns (e.g. age, race) whose linear
-    # probe is scored on held-out originals and their reconstructions (metrics orig_attr_<c>, recon_attr_<c>)
+    attribute_columns: list[str] | str = field(default_factory=list)  # labels-CSV columns (e.g. age, race) whose
+    # linear probe is scored on held-out originals and their reconstructions (metrics orig_attr_<c>, recon_attr_<c>)
+    # and reads every attribute (stage 06); "all": every column but the file, split, group and class-label columns
 
 
 @dataclass
@@ -420,8 +421,14 @@ def _non_negative_problem(value: float) -> str | None:
 
 
 # Checks beyond the field types, run when a config is loaded: each returns the problem or None.
+def _columns_problem(value: list[str] | str) -> str | None:
+    return None if not isinstance(value, str) or value == "all" else (
+        f"must be a list of labels-CSV columns or 'all', got {value!r}")
+
+
 FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem,
-                                  "kl_noise_std": _non_negative_problem}}
+                                  "kl_noise_std": _non_negative_problem},
+                "EvaluateConfig": {"attribute_columns": _columns_problem}}
 
 
 def _unknown_key_message(path: str, key: str, names: list[str]) -> str:

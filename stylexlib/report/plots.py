@@ -132,3 +132,36 @@ def methods_figure(table, metrics: Sequence[str]) -> plt.Figure:
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def oracle_auc_figure(table: pd.DataFrame, min_auc: float) -> plt.Figure:
+    """The labelled-attribute oracle's held-out AUC per column (``LabelOracle.table()``), the trust line drawn."""
+    table = table.sort_values("auc")
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.18 * len(table)))
+    colours = ["tab:blue" if t else "lightgrey" for t in table["trusted"]]
+    ax.barh(range(len(table)), table["auc"], color=colours)
+    ax.axvline(min_auc, color="black", lw=1, ls="--")
+    ax.set_yticks(range(len(table)), [f"{c} (class)" if k else c for c, k in zip(table["column"], table["class_column"])],
+                  fontsize=7)
+    ax.set_xlim(0.5, 1.0)
+    ax.set_xlabel(f"ROC AUC on held-out real images (used when >= {min_auc})")
+    ax.set_title(f"The labelled-attribute oracle: {int(table['trusted'].sum())} of {len(table)} columns trusted")
+    fig.tight_layout()
+    return fig
+
+
+def label_change_heatmap(changes: pd.DataFrame, readings: pd.DataFrame) -> plt.Figure:
+    """Attributes (rows, with their main label) x trusted label columns: the mean change of the oracle's probability
+    (``label_readings.attribute_label_readings``'s two tables), red up, blue down."""
+    matrix = changes.pivot_table(index="attribute", columns="column", values="change", sort=False)
+    matrix = matrix.loc[readings["attribute"]]
+    limit = max(float(np.nanmax(np.abs(matrix.to_numpy()))), 1e-6)
+    fig, ax = plt.subplots(figsize=(max(6.0, 3.5 + 0.24 * matrix.shape[1]), 1.2 + 0.26 * len(matrix)))
+    image = ax.imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(matrix)), [f"{r['class']} #{r['rank']} {r['direction']}: {r['main_label']} "
+                                       f"{r['main_change']:+.2f}" for _, r in readings.iterrows()], fontsize=7)
+    fig.colorbar(image, ax=ax, label="mean change of p(label)", shrink=0.6)
+    ax.set_title("What each attribute changes (the label oracle)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -10,7 +10,7 @@ which reaches finer detail than one w can.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -114,6 +114,24 @@ def evaluate_reconstruction(models: StylexModels, images: Tensor, lpips_model: n
         "recon_l1": float(table["l1"].mean()),
         "recon_kl": float(table["kl"].mean()),
     }
+
+
+def consistency_variants(models: StylexModels, images: Tensor, lpips_model: nn.Module | None = None,
+                         batch_size: int = 64, styles: Tensor | None = None) -> dict[str, float]:
+    """How much of the classifier consistency the refinement's own KL term buys: consistency (C's decision on x
+    kept on x') of E(x) alone (``recon_consistency_encoder``) and of the refinement without its KL term
+    (``recon_consistency_no_kl``), beside the one every stage uses (``recon_consistency_refined``; ``styles``: its
+    StyleSpace vectors when already inverted), on ``images``."""
+    shipped = models.inversion
+    out = {"recon_consistency_encoder": reconstruction_table(models, images, lpips_model, batch_size, refine=False),
+           "recon_consistency_refined": reconstruction_table(models, images, lpips_model, batch_size, styles=styles)}
+    if shipped.per_image_steps:
+        models.inversion = replace(shipped, weight_kl=0.0)
+        try:
+            out["recon_consistency_no_kl"] = reconstruction_table(models, images, lpips_model, batch_size)
+        finally:
+            models.inversion = shipped
+    return {key: float(table["consistent"].mean()) for key, table in out.items()}
 
 
 def refine_latents(models: StylexModels, images: Tensor, steps: int = 100, lr: float = 0.02,

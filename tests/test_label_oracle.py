@@ -1,0 +1,110 @@
+"""The labelled-attribute oracle (binary label columns read from LPIPS features) and what it says of attributes."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from stylexlib.core.config import ConfigError, DataConfig, from_dict
+from stylexlib.data import ImageDataset
+from stylexlib.evaluate.label_oracle import (LabelOracle, class_columns, fit_label_oracle, fit_logistic_columns,
+                                             label_auc_ratio, resolve_attribute_columns, roc_auc)
+from stylexlib.evaluate.label_readings import reading_metrics, reading_notes, summarise_changes
+from stylexlib.gan.losses import load_lpips
+
+
+def test_roc_auc_matches_scikit_learn_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random(300) < 0.2
+    scores = np.round(rng.normal(truth * 0.8, 1.0), 1)  # rounded: many ties
+    assert roc_auc(truth, scores) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    assert roc_auc(truth, -scores) == pytest.approx(1 - roc_auc_score(truth, scores), abs=1e-12)
+    assert np.isnan(roc_auc(np.zeros(5, bool), np.arange(5)))
+
+
+def test_logistic_columns_match_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 6))
+    targets = np.stack([(x[:, 0] - x[:, 2] + rng.normal(size=400) > 0), (x[:, 4] + 0.5 * rng.normal(size=400) > 0.3)],
+                       1).astype(float)
+    targets[:25, 1] = np.nan  # unknown labels are left out of that column's loss only
+    ridge = np.array([1e-2, 1e-1])
+    weight = fit_logistic_columns(torch.tensor(x), torch.tensor(targets), torch.tensor(ridge)).numpy()
+    for k in range(2):
+        known = ~np.isnan(targets[:, k])
+        # scikit-learn minimises C * sum(log loss) + |w|^2 / 2, ours mean(log loss) + ridge * |w|^2 / 2
+        reference = LogisticRegression(C=1 / (ridge[k] * known.sum()), tol=1e-10, max_iter=1000)
+        reference.fit(x[known], targets[known, k])
+        np.testing.assert_allclose(weight[:-1, k], reference.coef_[0], atol=2e-3)
+        assert weight[-1, k] == pytest.approx(reference.intercept_[0], abs=2e-3)
+
+
+def test_all_columns_leave_out_the_file_split_and_class_columns(tmp_path) -> None:
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"file": ["a.png"], "split": ["train"], "Smiling": [1], "Male": [0], "Eyeglasses": [1]}).to_csv(
+        csv, index=False)
+    data = ImageDataset(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([0]), ["x", "y"],
+                        np.array(["train"]), files=["a.png"], info={"labels_csv": str(csv)})
+    cfg = DataConfig(source="folder", labels_csv="labels.csv", split_column="split",
+                     label_queries={"not smiling": "Smiling == 0", "smiling": "Smiling == 1"})
+    assert class_columns(cfg, ["file", "split", "Smiling", "Male", "Eyeglasses"]) == ["Smiling"]
+    assert resolve_attribute_columns("all", cfg, data) == ["Male", "Eyeglasses"]
+    assert resolve_attribute_columns(["Male"], cfg, data) == ["Male"]
+    labelled = DataConfig(source="folder", labels_csv="labels.csv", label_column="Male")
+    assert resolve_attribute_columns("all", labelled, data) == ["split", "Smiling", "Eyeglasses"]
+    assert from_dict({"evaluate": {"attribute_columns": "all"}}).evaluate.attribute_columns == "all"
+    with pytest.raises(ConfigError, match="attribute_columns.*'all'"):
+        from_dict({"evaluate": {"attribute_columns": "Male"}})
+
+
+def _striped_faces(count: int, seed: int = 0) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Noise images where column ``bar`` draws a white bar across the top and ``coin`` is drawn at random."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(40, 160, (count, 3, 32, 32)).astype(np.uint8)
+    table = pd.DataFrame({"bar": rng.random(count) < 0.4, "coin": rng.random(count) < 0.5}).astype(int)
+    images[table["bar"].to_numpy().astype(bool), :, 4:9, :] = 250
+    return torch.from_numpy(images), table
+
+
+def test_oracle_trusts_a_visible_label_and_not_a_coin_flip(tmp_path) -> None:
+    images, table = _striped_faces(240)
+    files = [f"{i}.png" for i in range(240)]
+    table.assign(file=files).to_csv(tmp_path / "labels.csv", index=False)
+    split = np.array(["train"] * 160 + ["test"] * 80)
+    data = ImageDataset(images, torch.zeros(240, dtype=torch.long), ["x", "y"], split, files=files,
+                        info={"labels_csv": str(tmp_path / "labels.csv")})
+    lpips_model = load_lpips("squeeze", "cpu")
+    oracle = fit_label_oracle(data, lpips_model, ["bar", "coin"], [], test_images=80)
+    assert oracle.auc["bar"] > 0.95 and 0.3 < oracle.auc["coin"] < 0.7 and oracle.trusted == ["bar"]
+    again = LabelOracle.from_dict(oracle.to_dict())
+    test = torch.as_tensor(np.flatnonzero(split == "test"))
+    x = images[test].float() / 127.5 - 1
+    truth = table.iloc[test.numpy()].reset_index(drop=True)
+    ratio, scores = label_auc_ratio(again, lpips_model, x, x, truth)
+    assert ratio == pytest.approx(1.0) and list(scores["column"]) == ["bar"]
+    barless = x.clone()
+    barless[:, :, 4:9, :] = x[:, :, 12:17, :]  # reconstructions that lose the bar
+    assert label_auc_ratio(again, lpips_model, x, barless, truth)[0] < 0.75
+
+
+def test_main_label_leaves_out_the_class_and_mnac_counts_changes() -> None:
+    changes = pd.DataFrame({"column": ["Smiling", "Eyeglasses", "Mouth_Slightly_Open", "Male"],
+                            "before": [0.2, 0.1, 0.3, 0.5], "after": [0.9, 0.5, 0.1, 0.55],
+                            "change": [0.7, 0.4, -0.2, 0.05], "pairs_changed": [1.0, 0.8, 0.6, 0.1]})
+    summary = summarise_changes(changes, ["Smiling"])
+    assert summary["main_label"] == "Eyeglasses" and summary["main_change"] == pytest.approx(0.4)
+    assert summary["second_label"] == "Mouth_Slightly_Open" and summary["mnac"] == 2
+    assert summary["class_change"] == pytest.approx(0.7)
+    rows = [{"class": c, "rank": r, "attribute": f"{c}{r}", "main_label": label, "main_change": change, "mnac": m,
+             "class_change": 0.5, "second_label": "", "second_change": float("nan")}
+            for c, r, label, change, m in [("a", 1, "Eyeglasses", 0.4, 2), ("a", 2, "Eyeglasses", -0.2, 4),
+                                           ("a", 3, "Bangs", 0.3, 1), ("b", 1, "Male", 0.1, 0),
+                                           ("b", 2, "Bald", 0.2, 1), ("b", 6, "Goatee", 0.9, 9)]]
+    metrics = reading_metrics(pd.DataFrame(rows), top=5)
+    assert metrics["attr_distinct_labels_top5"] == 2  # class a: Eyeglasses, Bangs; b: Male, Bald (rank 6 not shown)
+    assert metrics["attr_main_label_change_top5"] == pytest.approx(np.mean([0.4, 0.2, 0.3, 0.1, 0.2]))
+    assert metrics["attr_mnac_top5"] == pytest.approx(np.mean([2, 4, 1, 0, 1]))
+    assert reading_notes(pd.DataFrame(rows))["a1"] == "main label: Eyeglasses +0.40; MNAC 2"
