@@ -80,3 +80,25 @@ def test_step_timing_amortises_r1_and_the_profile_counts_exclusive_time() -> Non
         with timer.section("backward"):
             next(ticks), next(ticks)
     assert dict(timer.seconds) == {"G+E step / backward": 3.0, "G+E step": 2.0}
+
+
+def test_the_shortcut_classifiers_training_subset_agrees_as_asked() -> None:
+    import importlib.util
+
+    import numpy as np
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("celeba_shortcut", ROOT / "benchmarks" / "celeba_shortcut.py")
+    shortcut = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shortcut)
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"Smiling": rng.random(5000) < 0.5, "Eyeglasses": rng.random(5000) < 0.07}).astype(int)
+    mask = shortcut.shortcut_split(table, agreement=0.95, agree_images=1000, seed=0)
+    chosen = table[mask]
+    assert (chosen["Smiling"] == chosen["Eyeglasses"]).mean() == np.float64(1000 / len(chosen))
+    assert abs((chosen["Smiling"] == chosen["Eyeglasses"]).mean() - 0.95) < 0.002
+    both = ((table["Smiling"] == 1) & (table["Eyeglasses"] == 1))
+    assert (both & mask).sum() == int(0.6 * both.sum())  # the rest of the rare group is left to measure on
+    groups = shortcut.group_accuracy(table["Eyeglasses"].to_numpy(), table)  # a model that reads glasses only
+    assert groups["smiling, glasses"]["accuracy"] == 1 and groups["smiling, no glasses"]["accuracy"] == 0
+    assert groups["not smiling, no glasses"]["accuracy"] == 1 and groups["not smiling, glasses"]["accuracy"] == 0

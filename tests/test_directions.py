@@ -267,3 +267,40 @@ def test_evaluate_method_keeps_per_image_scores_whose_means_are_the_row(planted)
         assert per_image[score].mean() == pytest.approx(row[score], rel=1e-5, nan_ok=True), score
     assert per_image["flip_rate_top5"].isna().all()  # no 5 edits selected: not scored, not a miss
     assert per_image["logodds_change"].notna().sum() == int(result.top1["usable"].sum())
+
+
+def test_the_protocol_reads_edits_with_the_label_oracle(planted, tmp_path) -> None:  # noqa: F811
+    from stylexlib.data import ImageDataset
+    from stylexlib.evaluate.gan_baselines import Method, evaluate_method
+    from stylexlib.evaluate.label_oracle import fit_label_oracle
+    from stylexlib.evaluate.quality import lpips_features
+    from stylexlib.gan.losses import load_lpips
+
+    explainer, flat, _ = planted
+    coords = torch.arange(explainer.generator.style_dim)
+    full = DirectionExplainer(models_of(explainer), explainer.stats,
+                              coordinate_pool("all", explainer.generator, explainer.stats, coords), step=2.0)
+    gen = torch.Generator().manual_seed(7)
+    lpips_model = load_lpips("squeeze")
+    with torch.no_grad():  # label the generator's own renders: "reddish" is what the planted coordinate drives
+        renders = full.render(full.encode(torch.rand(160, 3, 16, 16, generator=gen) * 2 - 1)[0]
+                              + 2 * explainer.stats.std * torch.randn(160, explainer.generator.style_dim, generator=gen)
+                              * (torch.arange(explainer.generator.style_dim) == flat))
+    red = renders[:, 0].mean((1, 2))
+    table = pd.DataFrame({"file": [f"{i}.png" for i in range(160)], "reddish": (red > red.median()).int().numpy(),
+                          "coin": (torch.rand(160, generator=gen) < 0.5).int().numpy()})
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    data = ImageDataset(((renders + 1) * 127.5).round().to(torch.uint8), torch.zeros(160, dtype=torch.long), ["low", "high"],
+                        np.array(["train"] * 120 + ["test"] * 40), files=list(table["file"]),
+                        info={"labels_csv": str(tmp_path / "labels.csv")})
+    oracle = fit_label_oracle(data, lpips_model, ["reddish", "coin"], [], test_images=40)
+    assert oracle.trusted == ["reddish"]
+    selection, evaluation = (torch.rand(m, 3, 16, 16, generator=gen) * 2 - 1 for m in (24, 12))
+    real = lpips_features(lpips_model, torch.rand(8, 3, 16, 16, generator=gen) * 2 - 1)
+    result = evaluate_method(Method("stylex", "attribute", "attfind", full), "stylex", selection, evaluation, "t",
+                             lpips_model, real, top_k=2, oracle=oracle, label_correlation={"reddish": 0.9})
+    row = result.row
+    assert row["top_labels"].split() == ["low#1:reddish", "low#2:reddish", "high#1:reddish", "high#2:reddish"]
+    assert row["attr_distinct_labels_top5"] == 1 and row["attr_main_label_change_top5"] > 0.1
+    assert result.per_image["label_mnac"].mean() == pytest.approx(row["label_mnac"], rel=1e-6)
+    assert "label_cd" not in row  # no class column among the oracle's: nothing to correlate the flips with

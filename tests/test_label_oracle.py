@@ -12,7 +12,8 @@ from stylexlib.core.config import ConfigError, DataConfig, from_dict
 from stylexlib.data import ImageDataset
 from stylexlib.evaluate.label_oracle import (LabelOracle, class_columns, fit_label_oracle, fit_logistic_columns,
                                              label_auc_ratio, resolve_attribute_columns, roc_auc)
-from stylexlib.evaluate.label_readings import reading_metrics, reading_notes, summarise_changes
+from stylexlib.evaluate.label_readings import (class_label_correlation, flip_scores, label_reliance, reading_metrics,
+                                               reading_notes, summarise_changes)
 from stylexlib.gan.losses import load_lpips
 
 
@@ -108,3 +109,38 @@ def test_main_label_leaves_out_the_class_and_mnac_counts_changes() -> None:
     assert metrics["attr_main_label_change_top5"] == pytest.approx(np.mean([0.4, 0.2, 0.3, 0.1, 0.2]))
     assert metrics["attr_mnac_top5"] == pytest.approx(np.mean([2, 4, 1, 0, 1]))
     assert reading_notes(pd.DataFrame(rows))["a1"] == "main label: Eyeglasses +0.40; MNAC 2"
+
+
+def test_a_label_the_attributes_follow_beyond_the_data_leads_the_shortcut_candidates() -> None:
+    readings = pd.DataFrame({"attribute": ["c0_r01", "c0_r02", "c1_r01", "c1_r02"], "class": ["no", "no", "yes", "yes"],
+                             "rank": [1, 2, 1, 2]})
+    change = {"Mouth_Slightly_Open": [-0.5, -0.1, 0.6, 0.1],  # follows the class, as the data does
+              "Eyeglasses": [-0.05, -0.4, 0.1, 0.45],  # follows the class, which the data does not
+              "Blurry": [0.3, 0.0, 0.3, 0.0]}  # every edit blurs: an artefact, not a direction
+    changes = pd.DataFrame([{"attribute": a, "class": c, "column": column, "change": v}
+                            for column, values in change.items()
+                            for a, c, v in zip(readings["attribute"], readings["class"], values)])
+    rng = np.random.default_rng(0)
+    classes = rng.random(2000) < 0.5
+    labels = pd.DataFrame({"Mouth_Slightly_Open": (classes & (rng.random(2000) < 0.9)) | (rng.random(2000) < 0.1),
+                           "Eyeglasses": rng.random(2000) < 0.07, "Blurry": rng.random(2000) < 0.05}).astype(int)
+    correlation = class_label_correlation(labels, classes.astype(int))
+    assert correlation["Mouth_Slightly_Open"] > 0.7 and abs(correlation["Eyeglasses"]) < 0.1
+    table = label_reliance(changes, readings, ["no", "yes"], correlation, top=3).set_index("column")
+    assert list(table.index) == ["Eyeglasses", "Blurry", "Mouth_Slightly_Open"]
+    assert table.loc["Eyeglasses", "toward_no"] == pytest.approx(-0.4)
+    assert table.loc["Eyeglasses", "follows"] == pytest.approx(0.425) and table.loc["Blurry", "follows"] == 0
+
+
+def test_flip_scores_count_flips_and_the_correlation_difference_as_ace() -> None:
+    rng = np.random.default_rng(3)
+    before = rng.random((50, 3))
+    after = before.copy()
+    after[:30, 0] = 1 - before[:30, 0]  # the class column flips on 30 images
+    after[:20, 1] = 1 - before[:20, 1]  # "lips" flips with it on 20 of them
+    scores = flip_scores(before, after, ["Smiling", "lips", "hat"], ["Smiling"], {"lips": 0.4, "hat": -0.1})
+    flips = (after > 0.5).astype(float) - (before > 0.5).astype(float)
+    assert scores["label_mnac"] == pytest.approx(np.abs(flips[:, 1:]).sum(1).mean())
+    expected = abs(np.corrcoef(flips[:, 1], flips[:, 0])[0, 1] - 0.4) + abs(0 - (-0.1))  # hat never flips: 0
+    assert scores["label_cd"] == pytest.approx(expected)
+    assert "label_cd" not in flip_scores(before, after, ["Smiling", "lips", "hat"], [])

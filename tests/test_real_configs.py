@@ -13,12 +13,13 @@ from tests.conftest import REPO, SHARED
 needs_data = pytest.mark.skipif(not (SHARED / "data" / "utkface").exists(), reason="../shared/data is not here")
 
 
-@pytest.mark.parametrize("name", ["utkface", "utkface_age", "utkface_gpu", "cats_vs_dogs"])
+@pytest.mark.parametrize("name", ["utkface", "utkface_age", "utkface_gpu", "cats_vs_dogs", "celeba_smile", "celeba_gender",
+                                  "celeba_young", "celeba_smile_gpu", "celeba_gender_gpu"])
 def test_folder_configs_use_the_real_preset(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes > 0
     assert cfg.stylex.encoder_fit_minutes < cfg.stylex.time_limit_minutes
-    if name != "utkface_gpu":  # the CPU configs keep the preset's sizes and schedule
+    if not name.endswith("_gpu"):  # the CPU configs keep the preset's sizes and schedule
         assert {k: getattr(cfg.stylex, k) for k in REAL if k != "time_limit_minutes"} == \
             {k: v for k, v in REAL.items() if k != "time_limit_minutes"}
 
@@ -28,6 +29,20 @@ def test_age_task_keeps_young_and_old_adults_only() -> None:
     cfg = load_config(REPO / "configs" / "utkface_age.yaml", ["data.resolution=16", "data.max_images=400"])
     data = load_dataset(cfg.data)
     assert data.class_names == ["old", "young"] and min(data.class_counts().values()) > 50
+
+
+@needs_data
+@pytest.mark.parametrize("name, classes", [("celeba_smile", ["not smiling", "smiling"]), ("celeba_gender", ["female", "male"]),
+                                           ("celeba_young", ["old", "young"])])
+def test_celeba_tasks_name_their_classes_and_read_every_other_label(name: str, classes: list[str]) -> None:
+    from stylexlib.evaluate.label_oracle import resolve_attribute_columns
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", ["data.resolution=16", "data.max_images=300"])
+    data = load_dataset(cfg.data)
+    assert data.class_names == classes and min(data.class_counts().values()) > 30
+    columns = resolve_attribute_columns(cfg.evaluate.attribute_columns, cfg.data, data)
+    label = {"celeba_smile": "Smiling", "celeba_gender": "Male", "celeba_young": "Young"}[name]
+    assert len(columns) == 39 and label not in columns and "Eyeglasses" in columns
 
 
 @needs_data

@@ -28,7 +28,10 @@ from stylexlib.evaluate.benchmark import COLUMNS, paired_differences, score_maps
 from stylexlib.evaluate.directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
                                            sufficiency_curve, top1_edits)
 from stylexlib.evaluate.factor_probe import factor_groups
+from stylexlib.evaluate.attribute_probe import attribute_table
 from stylexlib.evaluate.ground_truth import factor_masks, factor_sensitivity
+from stylexlib.evaluate.label_readings import (class_label_correlation, counterfactual_label_scores,
+                                               edit_label_readings, reading_metrics)
 from stylexlib.evaluate.quality import lpips_features
 from stylexlib.explain.attfind.effects import StyleStats, searched_coordinates
 from stylexlib.explain.attfind.search import run_statistics, subset_indices
@@ -184,9 +187,12 @@ def _on_all_images(values, usable: np.ndarray) -> np.ndarray:
 
 def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Tensor, task: str, lpips_model,
                     real_features: Tensor, probe=None, masks=None, sensitivity=None, groups=None,
-                    top_k: int = 10, feature_model=None) -> Evaluated:
+                    top_k: int = 10, feature_model=None, oracle=None, label_correlation=None) -> Evaluated:
     """One method under the protocol: select on ``selection`` images, score on ``evaluation`` images (realism on
-    ``feature_model``'s LPIPS features, default ``lpips_model``, against ``real_features`` of the same model)."""
+    ``feature_model``'s LPIPS features, default ``lpips_model``, against ``real_features`` of the same model). With
+    the labelled-attribute ``oracle`` (real data with labels): the top-1 edits' ``label_mnac`` and ``label_cd``
+    (``label_correlation``: each label's correlation with the class in the data) and the top 5 edits' readings
+    (``attr_*_top5``, ``top_labels``), as stage 06 reads StylEx's attributes."""
     explainer = method.explainer
     started = time.perf_counter()
     selected = select_edits(explainer, explainer.encode(selection)[0], top_k, method.rule)
@@ -221,6 +227,15 @@ def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Ten
         factors = edit_factors(probe, explainer, styles, selected, list(sensitivity.columns))
         row.update(separation(factors, groups or {}))
     usable = use.numpy()
+    if oracle is not None:
+        labels = counterfactual_label_scores(oracle, lpips_model, top1["original"][use], top1["edited"][use],
+                                             label_correlation)
+        edits["label_mnac"] = labels.pop("per_image")
+        row.update(labels)
+        readings = edit_label_readings(oracle, lpips_model, explainer, styles, top1["target"], selected)
+        if len(readings):
+            row.update(reading_metrics(readings))
+            row["top_labels"] = " ".join(f"{r['class']}#{r['rank']}:{r['main_label']}" for _, r in readings.iterrows())
     nan = np.full(len(usable), np.nan)
     per_image = {f"flip_rate_top{k}": flips.get(f"flip_rate_top{k}", nan) for k in FLIP_KS}
     per_image.update({name: _on_all_images(values, usable) for name, values in edits.items()})
@@ -228,9 +243,11 @@ def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Ten
     return Evaluated(row, curve, selected, top1, pd.DataFrame(per_image))
 
 
-def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bool = True
+def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bool = True, oracle=None
                  ) -> tuple[pd.DataFrame, dict[str, Evaluated]]:
-    """Every method on the same selection and evaluation images; the table (``benchmark/methods.csv`` columns)."""
+    """Every method on the same selection and evaluation images; the table (``benchmark/methods.csv`` columns). With
+    the labelled-attribute ``oracle`` (:func:`~stylexlib.evaluate.label_oracle.run_label_oracle`), the labelled
+    scores of :func:`evaluate_method` too."""
 
     cfg = run.cfg.compare
     selection = data.images[subset_indices(data, run.cfg.attfind.split, cfg.selection_images, cfg.seed)]
@@ -248,11 +265,14 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
         masks = factor_masks(factors, data.resolution)
         sensitivity = factor_sensitivity(classifier, factors, data.resolution, target)
         groups = factor_groups(run.cfg.data.label_rule, run.cfg.data.spurious_factor)
+    correlation = None
+    if oracle is not None and data.num_classes == 2:
+        correlation = class_label_correlation(attribute_table(data, oracle.trusted), data.labels.numpy())
     results = {}
     for method in tqdm(methods, desc="GAN baselines", disable=not progress):
         gan = gan_of(method)
         result = evaluate_method(method, gan, selection, evaluation, run.cfg.name, lpips_model, real_features, probe,
-                                 masks, sensitivity, groups, cfg.top_k, feature_model)
+                                 masks, sensitivity, groups, cfg.top_k, feature_model, oracle, correlation)
         result.per_image.index = pd.Index(rows, name="image")  # the dataset's index of each evaluation image
         results[f"{method.name}@{gan}"] = result
     table = pd.DataFrame([r.row for r in results.values()])

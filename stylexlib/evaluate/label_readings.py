@@ -17,6 +17,7 @@ import torch
 from stylexlib.evaluate.label_oracle import LabelOracle
 from stylexlib.evaluate.quality import lpips_features
 from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.attfind.effects import DIRECTIONS
 from stylexlib.explain.attfind.search import AttFindResult
 
 CHANGED = 0.1  # a column whose oracle probability moves at least this much counts as changed (MNAC)
@@ -105,3 +106,96 @@ def reading_notes(readings: pd.DataFrame) -> dict[str, str]:
                                                        signed(r.second_label, r.second_change),
                                                        f"MNAC {r.mnac}") if part)
             for r in readings.itertuples()}
+
+
+def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: list[str],
+                   class_correlation: dict[str, float], top: int = 3, exclude: list[str] = ()) -> pd.DataFrame:
+    """Which labels does the classifier's decision follow? Per trusted column, the largest signed change of its
+    probability among each class's ``top`` attributes (``toward_<class>``), and ``follows``: half the change toward the
+    second class minus the change toward the first, in [-1, 1] like a correlation (large when the attributes raise the label for one class and lower
+    it for the other; near 0 when both raise it, as an artefact would). ``class_correlation`` is each label's correlation with the class in
+    the data (two classes: the phi coefficient): a label the attributes follow far more than the data ties it to the
+    class is a candidate shortcut (``unexplained``: |follows| minus |correlation|). Columns in ``exclude`` (the class's
+    own) are left out. Sorted by ``unexplained``."""
+    shown = readings[readings["rank"] <= top]
+    moved = changes[changes["attribute"].isin(shown["attribute"]) & ~changes["column"].isin(list(exclude))]
+    rows = []
+    for column, group in moved.groupby("column", sort=False):
+        toward = {}
+        for name in class_names:
+            values = group[group["class"] == name]["change"]
+            toward[name] = float(values.loc[values.abs().idxmax()]) if len(values) else 0.0
+        first, second = (toward[n] for n in class_names[:2]) if len(class_names) >= 2 else (0.0, 0.0)
+        follows = (second - first) / 2
+        correlation = class_correlation.get(column, float("nan"))
+        rows.append({"column": column, **{f"toward_{n}": v for n, v in toward.items()}, "follows": follows,
+                     "class_correlation": correlation,
+                     "unexplained": abs(follows) - abs(correlation) if np.isfinite(correlation) else abs(follows)})
+    table = pd.DataFrame(rows)
+    return table.sort_values("unexplained", ascending=False, ignore_index=True) if len(table) else table
+
+
+def class_label_correlation(labels: pd.DataFrame, classes: np.ndarray) -> dict[str, float]:
+    """Each binary label column's Pearson correlation with a two-class label (the phi coefficient), over the rows
+    where both are known."""
+    out = {}
+    for column in labels.columns:
+        values = pd.to_numeric(labels[column], errors="coerce")
+        known = values.notna().to_numpy()
+        if known.sum() > 2 and values[known].nunique() == 2 and len(np.unique(classes[known])) == 2:
+            out[column] = float(np.corrcoef(values[known].to_numpy(float), classes[known].astype(float))[0, 1])
+    return out
+
+
+def flip_scores(before: np.ndarray, after: np.ndarray, columns: list[str], class_columns: list[str],
+                data_correlation: dict[str, float] | None = None) -> dict[str, object]:
+    """Counterfactuals scored by their oracle probabilities ``before`` and ``after`` (images x ``columns``) as ACE and
+    DiME score them: ``label_mnac``, the mean number of non-class columns whose decision (probability > 0.5) flips
+    per image (each image's count in ``per_image``); given each column's correlation with the class in the data,
+    ``label_cd``: the sum over those columns of |the correlation over images of the column's flip with the class
+    column's flip, minus the data's| (a column or class that never flips correlates 0, as ACE counts it)."""
+    flips = (after > 0.5).astype(float) - (before > 0.5).astype(float)
+    named = [j for j, c in enumerate(columns) if c not in class_columns]
+    per_image = np.abs(flips[:, named]).sum(1)
+    out: dict[str, object] = {"label_mnac": float(per_image.mean()) if len(per_image) else float("nan"),
+                              "per_image": per_image}
+    query = [j for j, c in enumerate(columns) if c in class_columns]
+    if data_correlation and query:
+        total = 0.0
+        for j in (j for j in named if columns[j] in data_correlation):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                together = np.corrcoef(flips[:, j], flips[:, query[0]])[0, 1] if len(flips) > 1 else np.nan
+            total += abs((0.0 if np.isnan(together) else together) - data_correlation[columns[j]])
+        out["label_cd"] = total
+    return out
+
+
+@torch.no_grad()
+def counterfactual_label_scores(oracle: LabelOracle, lpips_model: torch.nn.Module, originals: torch.Tensor,
+                                counterfactuals: torch.Tensor,
+                                data_correlation: dict[str, float] | None = None) -> dict[str, object]:
+    """:func:`flip_scores` of per-image counterfactuals (images in [-1, 1]) read by the oracle's trusted columns."""
+    before, after = (oracle.probabilities(lpips_features(lpips_model, images)).numpy()
+                     for images in (originals, counterfactuals))
+    return flip_scores(before, after, oracle.trusted, oracle.class_columns, data_correlation)
+
+
+@torch.no_grad()
+def edit_label_readings(oracle: LabelOracle, lpips_model: torch.nn.Module, explainer, styles: torch.Tensor,
+                        predicted: torch.Tensor, selected: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """:func:`summarise_changes` for each class's ``top`` edits of a direction method (stage 09's ``selected``), over
+    the ``styles`` whose ``predicted`` class is another: the same readings stage 06 makes of StylEx's attributes."""
+    rows = []
+    for row in selected[selected["rank"] <= top].itertuples():
+        others = torch.nonzero(predicted != int(row.class_index)).flatten()
+        if not len(others):
+            continue
+        picks = torch.full((len(others), 1), int(row.index))
+        signs = torch.full_like(picks, DIRECTIONS.index(row.direction))
+        original = explainer.render(styles[others])
+        edited = explainer.render(explainer.pool.apply(styles[others], picks, signs, explainer.step))
+        changes = label_changes(oracle, lpips_model, original, edited)
+        key = f"c{int(row.class_index)}_r{int(row.rank):02d}"
+        rows.append({"class": row.class_name, "rank": int(row.rank), "attribute": key, "images": len(others),
+                     **summarise_changes(changes, oracle.class_columns)})
+    return pd.DataFrame(rows)
