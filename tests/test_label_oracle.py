@@ -13,7 +13,7 @@ from stylexlib.data import ImageDataset
 from stylexlib.evaluate.label_oracle import (LabelOracle, class_columns, fit_label_oracle, fit_logistic_columns,
                                              label_auc_ratio, resolve_attribute_columns, roc_auc)
 from stylexlib.evaluate.label_readings import (class_label_correlation, flip_scores, label_reliance, reading_metrics,
-                                               reading_notes, summarise_changes)
+                                               reading_notes, shortcut_verdict, summarise_changes)
 from stylexlib.gan.losses import load_lpips
 
 
@@ -130,6 +130,10 @@ def test_a_label_the_attributes_follow_beyond_the_data_leads_the_shortcut_candid
     assert list(table.index) == ["Eyeglasses", "Blurry", "Mouth_Slightly_Open"]
     assert table.loc["Eyeglasses", "toward_no"] == pytest.approx(-0.4)
     assert table.loc["Eyeglasses", "follows"] == pytest.approx(0.425) and table.loc["Blurry", "follows"] == 0
+    metrics, said = shortcut_verdict(table.reset_index(), ["no", "yes"])
+    assert metrics["label_shortcut_candidate"] == "Eyeglasses" and "candidate shortcut" in said
+    faint = table.reset_index().assign(unexplained=lambda t: t["unexplained"] / 10)
+    assert shortcut_verdict(faint, ["no", "yes"])[0]["label_shortcut_candidate"] == "none"
 
 
 def test_flip_scores_count_flips_and_the_correlation_difference_as_ace() -> None:
