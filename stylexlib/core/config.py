@@ -420,12 +420,12 @@ def _non_negative_problem(value: float) -> str | None:
     return None if value >= 0 else f"must be >= 0 (0: off), got {value}"
 
 
-# Checks beyond the field types, run when a config is loaded: each returns the problem or None.
 def _columns_problem(value: list[str] | str) -> str | None:
     return None if not isinstance(value, str) or value == "all" else (
         f"must be a list of labels-CSV columns or 'all', got {value!r}")
 
 
+# Checks beyond the field types, run when a config is loaded: each returns the problem or None.
 FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem,
                                   "kl_noise_std": _non_negative_problem},
                 "EvaluateConfig": {"attribute_columns": _columns_problem}}
