@@ -34,7 +34,8 @@ def label_changes(oracle: LabelOracle, lpips_model: torch.nn.Module, originals: 
     before, after = (oracle.probabilities(lpips_features(lpips_model, images)) for images in (originals, changed))
     delta = after - before
     return pd.DataFrame({"column": oracle.trusted, "before": before.mean(0).numpy(), "after": after.mean(0).numpy(),
-                         "change": delta.mean(0).numpy(), "pairs_changed": (delta.abs() >= CHANGED).float().mean(0).numpy()})
+                         "change": delta.mean(0).numpy(),
+                         "pairs_changed": (delta.abs() >= CHANGED).float().mean(0).numpy()})
 
 
 def summarise_changes(changes: pd.DataFrame, class_columns: list[str]) -> dict[str, object]:
