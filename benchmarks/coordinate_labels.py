@@ -40,11 +40,12 @@ def main() -> None:
     if oracle is None:
         raise SystemExit(f"{args.run_dir}: evaluate.attribute_columns names no two-valued label column")
     styles = result.styles[: args.images]
-    originals = editor.render(styles)
+    before = oracle.read(lpips_model, editor.render(styles))
     started, rows = time.perf_counter(), []
     for flat in tqdm(result.effects.coords.tolist(), desc="coordinates"):
         for direction in DIRECTIONS:
-            changes = label_changes(oracle, lpips_model, originals, editor.render(editor.edit(styles, flat, direction)))
+            after = oracle.read(lpips_model, editor.render(editor.edit(styles, flat, direction)))
+            changes = label_changes(oracle.trusted, before, after)
             rows += [{"flat": flat, "direction": direction, "column": c, "change": v}
                      for c, v in zip(changes["column"], changes["change"])]
     table = pd.DataFrame(rows)

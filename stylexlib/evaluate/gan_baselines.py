@@ -28,10 +28,9 @@ from stylexlib.evaluate.benchmark import COLUMNS, paired_differences, score_maps
 from stylexlib.evaluate.directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
                                            sufficiency_curve, top1_edits)
 from stylexlib.evaluate.factor_probe import factor_groups
-from stylexlib.evaluate.attribute_probe import attribute_table
 from stylexlib.evaluate.ground_truth import factor_masks, factor_sensitivity
-from stylexlib.evaluate.label_readings import (class_label_correlation, counterfactual_label_scores,
-                                               edit_label_readings, reading_metrics)
+from stylexlib.evaluate.label_readings import (counterfactual_label_scores, edit_label_readings,
+                                               oracle_class_correlation, reading_metrics)
 from stylexlib.evaluate.quality import lpips_features
 from stylexlib.explain.attfind.effects import StyleStats, searched_coordinates
 from stylexlib.explain.attfind.search import run_statistics, subset_indices
@@ -265,9 +264,7 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
         masks = factor_masks(factors, data.resolution)
         sensitivity = factor_sensitivity(classifier, factors, data.resolution, target)
         groups = factor_groups(run.cfg.data.label_rule, run.cfg.data.spurious_factor)
-    correlation = None
-    if oracle is not None and data.num_classes == 2:
-        correlation = class_label_correlation(attribute_table(data, oracle.trusted), data.labels.numpy())
+    correlation = oracle_class_correlation(oracle, data) if oracle is not None else None
     results = {}
     for method in tqdm(methods, desc="GAN baselines", disable=not progress):
         gan = gan_of(method)

@@ -92,6 +92,10 @@ class LabelOracle:
         return torch.stack([self.probes[c].reading(features)[:, 1].float() for c in columns], 1) if columns else (
             torch.zeros(len(features), 0))
 
+    def read(self, lpips_model: torch.nn.Module, images: Tensor) -> Tensor:
+        """:meth:`probabilities` of the trusted columns for images in [-1, 1]."""
+        return self.probabilities(lpips_features(lpips_model, images))
+
     def table(self) -> pd.DataFrame:
         """Per column: held-out AUC, positive rate, trusted, and whether it defines the class."""
         return pd.DataFrame([{"column": c, "auc": self.auc[c], "positive_rate": self.positive_rate[c],
@@ -196,8 +200,7 @@ def label_auc_ratio(oracle: LabelOracle, lpips_model: torch.nn.Module, originals
     """Do reconstructions keep what the labels say? Per trusted column with both values among the images, the
     oracle's AUC on the originals and on their reconstructions (both in [-1, 1]); returns the ratio of their means
     (``recon_label_auc_ratio``) and the per-column table."""
-    before, after = (oracle.probabilities(lpips_features(lpips_model, images)).numpy()
-                     for images in (originals, reconstructions))
+    before, after = (oracle.read(lpips_model, images).numpy() for images in (originals, reconstructions))
     rows = []
     for j, column in enumerate(oracle.trusted):
         values = binary_values(truth[column]) if column in truth else None

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stylexlib.evaluate.attribute_probe import attribute_table
 from stylexlib.evaluate.label_oracle import LabelOracle
-from stylexlib.evaluate.quality import lpips_features
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import DIRECTIONS
 from stylexlib.explain.attfind.search import AttFindResult
@@ -26,14 +26,12 @@ READING_COLUMNS = ["class", "rank", "attribute", "layer", "channel", "direction"
                    "main_label", "main_before", "main_after", "main_change", "second_label", "second_change", "mnac"]
 
 
-@torch.no_grad()
-def label_changes(oracle: LabelOracle, lpips_model: torch.nn.Module, originals: torch.Tensor,
-                  changed: torch.Tensor) -> pd.DataFrame:
-    """Per trusted column: the oracle's mean probability before and after, their difference, and per image pair the
-    share of pairs whose probability moves by at least ``CHANGED``."""
-    before, after = (oracle.probabilities(lpips_features(lpips_model, images)) for images in (originals, changed))
+def label_changes(columns: list[str], before: torch.Tensor, after: torch.Tensor) -> pd.DataFrame:
+    """Per column: the oracle's mean probability ``before`` and ``after`` an edit (images x ``columns``, from
+    :meth:`LabelOracle.read` of the same images), their difference, and the share of image pairs whose probability
+    moves by at least ``CHANGED``."""
     delta = after - before
-    return pd.DataFrame({"column": oracle.trusted, "before": before.mean(0).numpy(), "after": after.mean(0).numpy(),
+    return pd.DataFrame({"column": columns, "before": before.mean(0).numpy(), "after": after.mean(0).numpy(),
                          "change": delta.mean(0).numpy(),
                          "pairs_changed": (delta.abs() >= CHANGED).float().mean(0).numpy()})
 
@@ -71,10 +69,10 @@ def attribute_label_readings(editor: AttributeEditor, result: AttFindResult, ora
         if not len(others):
             continue
         styles = result.styles[others]
-        originals = editor.render(styles)
+        before = oracle.read(lpips_model, editor.render(styles))
         for row in group.sort_values("rank").itertuples():
-            changed = editor.render(editor.edit(styles, int(row.flat), row.direction))
-            changes = label_changes(oracle, lpips_model, originals, changed)
+            after = oracle.read(lpips_model, editor.render(editor.edit(styles, int(row.flat), row.direction)))
+            changes = label_changes(oracle.trusted, before, after)
             key = f"c{int(class_index)}_r{int(row.rank):02d}"
             rows.append({"class": row.class_name, "rank": int(row.rank), "attribute": key, "layer": row.layer_name,
                          "channel": int(row.channel), "direction": row.direction, "images": len(others),
@@ -153,6 +151,14 @@ def shortcut_verdict(reliance: pd.DataFrame, class_names: list[str]) -> tuple[di
     return metrics, said
 
 
+def oracle_class_correlation(oracle: LabelOracle, data) -> dict[str, float]:
+    """:func:`class_label_correlation` of the oracle's trusted labels with a two-class dataset's labels ({} for more
+    classes)."""
+    if data.num_classes != 2:
+        return {}
+    return class_label_correlation(attribute_table(data, oracle.trusted), data.labels.numpy())
+
+
 def class_label_correlation(labels: pd.DataFrame, classes: np.ndarray) -> dict[str, float]:
     """Each binary label column's Pearson correlation with a two-class label (the phi coefficient), over the rows
     where both are known."""
@@ -193,8 +199,7 @@ def counterfactual_label_scores(oracle: LabelOracle, lpips_model: torch.nn.Modul
                                 counterfactuals: torch.Tensor,
                                 data_correlation: dict[str, float] | None = None) -> dict[str, object]:
     """:func:`flip_scores` of per-image counterfactuals (images in [-1, 1]) read by the oracle's trusted columns."""
-    before, after = (oracle.probabilities(lpips_features(lpips_model, images)).numpy()
-                     for images in (originals, counterfactuals))
+    before, after = (oracle.read(lpips_model, images).numpy() for images in (originals, counterfactuals))
     return flip_scores(before, after, oracle.trusted, oracle.class_columns, data_correlation)
 
 
@@ -204,16 +209,17 @@ def edit_label_readings(oracle: LabelOracle, lpips_model: torch.nn.Module, expla
     """:func:`summarise_changes` for each class's ``top`` edits of a direction method (stage 09's ``selected``), over
     the ``styles`` whose ``predicted`` class is another: the same readings stage 06 makes of StylEx's attributes."""
     rows = []
-    for row in selected[selected["rank"] <= top].itertuples():
-        others = torch.nonzero(predicted != int(row.class_index)).flatten()
+    for class_index, group in selected[selected["rank"] <= top].groupby("class_index", sort=True):
+        others = torch.nonzero(predicted != int(class_index)).flatten()
         if not len(others):
             continue
-        picks = torch.full((len(others), 1), int(row.index))
-        signs = torch.full_like(picks, DIRECTIONS.index(row.direction))
-        original = explainer.render(styles[others])
-        edited = explainer.render(explainer.pool.apply(styles[others], picks, signs, explainer.step))
-        changes = label_changes(oracle, lpips_model, original, edited)
-        key = f"c{int(row.class_index)}_r{int(row.rank):02d}"
-        rows.append({"class": row.class_name, "rank": int(row.rank), "attribute": key, "images": len(others),
-                     **summarise_changes(changes, oracle.class_columns)})
+        before = oracle.read(lpips_model, explainer.render(styles[others]))
+        for row in group.sort_values("rank").itertuples():
+            picks = torch.full((len(others), 1), int(row.index))
+            signs = torch.full_like(picks, DIRECTIONS.index(row.direction))
+            after = oracle.read(lpips_model, explainer.render(explainer.pool.apply(styles[others], picks, signs,
+                                                                                     explainer.step)))
+            key = f"c{int(class_index)}_r{int(row.rank):02d}"
+            rows.append({"class": row.class_name, "rank": int(row.rank), "attribute": key, "images": len(others),
+                         **summarise_changes(label_changes(oracle.trusted, before, after), oracle.class_columns)})
     return pd.DataFrame(rows)

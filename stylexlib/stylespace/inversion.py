@@ -10,7 +10,7 @@ which reaches finer detail than one w can.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -33,10 +33,10 @@ class Inverted:
 
 
 def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: bool = True,
-           progress: bool = True, lpips_model: nn.Module | None = None) -> Inverted:
+           progress: bool = True, lpips_model: nn.Module | None = None, weight_kl: float | None = None) -> Inverted:
     """Invert uint8 or [-1, 1] images: w = E(x); c from C(x); styles = G.styles(w, c); when ``refine``, w or the styles
     (``models.inversion.per_image_space``) refined for ``models.inversion.per_image_steps`` (with ``lpips_model``,
-    loaded when needed and not given). All on the CPU."""
+    loaded when needed and not given; ``weight_kl`` in place of ``models.inversion.weight_kl``). All on the CPU."""
     steps = models.inversion.per_image_steps if refine else 0
     in_stylespace = models.inversion.per_image_space == "stylespace"
     if steps and lpips_model is None:
@@ -49,7 +49,8 @@ def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: b
             logits = models.classifier(x).float()
             w, c = models.encoder(x), models.condition(logits)
         fit = dict(models=models, x=x, logits=logits, steps=steps, lr=models.inversion.per_image_lr,
-                   weight_kl=models.inversion.weight_kl, lpips_model=lpips_model, progress=False)
+                   weight_kl=models.inversion.weight_kl if weight_kl is None else weight_kl, lpips_model=lpips_model,
+                   progress=False)
         if steps and not in_stylespace:
             w = _fit(lambda latents: models.generator(latents, c, noise_mode="const"), w, **fit)[0].to(models.device)
         with torch.no_grad():
@@ -122,15 +123,11 @@ def consistency_variants(models: StylexModels, images: Tensor, lpips_model: nn.M
     kept on x') of E(x) alone (``recon_consistency_encoder``) and of the refinement without its KL term
     (``recon_consistency_no_kl``), beside the one every stage uses (``recon_consistency_refined``; ``styles``: its
     StyleSpace vectors when already inverted), on ``images``."""
-    shipped = models.inversion
     out = {"recon_consistency_encoder": reconstruction_table(models, images, lpips_model, batch_size, refine=False),
            "recon_consistency_refined": reconstruction_table(models, images, lpips_model, batch_size, styles=styles)}
-    if shipped.per_image_steps:
-        models.inversion = replace(shipped, weight_kl=0.0)
-        try:
-            out["recon_consistency_no_kl"] = reconstruction_table(models, images, lpips_model, batch_size)
-        finally:
-            models.inversion = shipped
+    if models.inversion.per_image_steps:
+        no_kl = invert(models, images, batch_size, lpips_model=lpips_model, weight_kl=0.0).styles
+        out["recon_consistency_no_kl"] = reconstruction_table(models, images, lpips_model, batch_size, styles=no_kl)
     return {key: float(table["consistent"].mean()) for key, table in out.items()}
 
 
