@@ -162,13 +162,21 @@ class RedFirst(nn.Module):
         return torch.stack([red, -red], dim=1) * 10
 
 
-def _user_run(tmp_path: Path, *overrides: str):
+class NaNWhenRed(nn.Module):
+    """Finite logits on the all-zeros shape probe and on dark images, NaN (a log of a negative number) on red ones."""
+
+    def forward(self, x):
+        red = x[:, 0].mean(dim=(1, 2)) - x[:, 1:].mean(dim=(1, 2, 3)) - 0.47
+        return torch.stack([torch.log(-red), red], dim=1)
+
+
+def _user_run(tmp_path: Path, *overrides: str, model: nn.Module | None = None):
     from stylexlib.core.config import load_config
     from stylexlib.core.run import Run
 
     path = tmp_path / "red_first.ts"
     with pytest.warns(FutureWarning):
-        torch.jit.script(RedFirst()).save(str(path))
+        torch.jit.script(model or RedFirst()).save(str(path))
     return Run(tmp_path, load_config(None, [f"classifier.source={path}", *overrides]))
 
 
@@ -195,3 +203,15 @@ def test_a_user_model_at_chance_stops_with_the_order_that_fits(tmp_path: Path) -
         load_run_classifier(_user_run(tmp_path), data)  # read in the data's order (dark, red): always wrong
     assert "classifier.class_names: ['red', 'dark'] would give 100.0%" in str(info.value)
     assert load_run_classifier(_user_run(tmp_path, "classifier.check_accuracy=false"), data) is not None
+
+
+@pytest.mark.parametrize("check_accuracy", ["true", "false"])
+def test_a_user_model_with_nan_outputs_on_the_data_stops_with_the_fix(tmp_path: Path, check_accuracy: str) -> None:
+    from stylexlib.classifier.training import load_run_classifier
+
+    data = _colour_dataset(200)
+    run = _user_run(tmp_path, f"classifier.check_accuracy={check_accuracy}", model=NaNWhenRed())
+    with pytest.raises(ClassifierError, match=r"returns NaN logits for \d+ of 200 images of the data \(e.g. image \d+\)"
+                       ) as info:
+        load_run_classifier(run, data)  # the zeros probe of check_classifier is finite: only real images show it
+    assert "classifier.input_size / mean / std" in str(info.value)

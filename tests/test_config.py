@@ -170,3 +170,56 @@ def test_a_run_folders_config_is_its_record_and_a_preset_key_added_later_does_no
     assert reopened.cfg.stylex.weight_class_sparsity == 0.0 and stylex_fingerprint(reopened.cfg) == before
     with pytest.raises(ConfigError, match="weight_class_sparsity"):  # asking the old folder for the new settings
         _prepare_run_dir(tmp_path / "run", load_config(written), force=False)
+
+
+def test_a_preset_or_data_source_given_as_an_override_fills_in_the_presets_values(tmp_path: Path, capsys) -> None:
+    """`--set stylex.preset=real` (or `data.source=folder`) is set before the preset is applied, not after (#39)."""
+    from stylexlib.core.presets import REAL, REAL_INVERSION
+    from stylexlib.core.config import InversionConfig, StylexConfig
+    from stylexlib.pipeline.cli import main
+
+    (tmp_path / "images").mkdir()
+    synthetic = tmp_path / "synthetic.yaml"
+    synthetic.write_text("stylex:\n  warmup_steps: 7\n")
+    real = load_config(synthetic, ["stylex.preset=real"])
+    assert real.stylex.preset == "real" and real.stylex.weight_kl == REAL["weight_kl"] != StylexConfig().weight_kl
+    assert real.inversion.per_image_steps == REAL_INVERSION["per_image_steps"]  # the preset's other section too
+    assert real.stylex.warmup_steps == 7  # the file's own keys stay above the preset
+    assert load_config(synthetic, ["stylex.preset=real", "stylex.warmup_steps=3"]).stylex.warmup_steps == 3
+    folder = load_config(synthetic, ["data.source=folder", f"data.root={tmp_path / 'images'}"])
+    assert folder.stylex.preset == "real" and folder.stylex.weight_kl == REAL["weight_kl"]  # folder data's default
+    photos = tmp_path / "photos.yaml"
+    photos.write_text(f"data: {{source: folder, root: {tmp_path / 'images'}}}\nstylex: {{preset: real}}\n")
+    plain = load_config(photos, ["stylex.preset=none"])
+    assert plain.stylex == StylexConfig() and plain.inversion == InversionConfig()
+    assert main(["config", str(synthetic), "--set", "stylex.preset=real"]) == 0  # what `stylex run --set` loads
+    assert f"weight_kl: {REAL['weight_kl']}" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="stylex.preset"):  # a built config has no keys left for a preset to fill
+        apply_overrides(Config(), ["stylex.preset=real"])
+
+
+@pytest.mark.parametrize("source, key, value", [
+    ("folder", "class_names", "[young, old]"), ("folder", "num_images", "10"), ("folder", "label_rule", "age > 3"),
+    ("synthetic", "labels_csv", "labels.csv"), ("synthetic", "label_queries", "{a: x > 1}"),
+    ("synthetic", "root", "."), ("synthetic", "max_images", "5")])
+def test_a_data_key_the_data_source_never_reads_is_an_error(tmp_path: Path, source, key, value) -> None:
+    (tmp_path / "images").mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  source: {source}\n  root: {tmp_path / 'images' if source == 'folder' else ''}\n")
+    with pytest.raises(ConfigError, match=rf"data\.{key} is read only for \w+ data, and data.source is {source}"):
+        load_config(config, [f"data.{key}={value}"])
+    config.write_text(config.read_text() + f"  {key}: {value}\n")  # in the file, likewise
+    with pytest.raises(ConfigError, match=rf"c.yaml: data\.{key} is read only"):
+        load_config(config)
+
+
+def test_written_configs_of_either_source_load_back(tmp_path: Path) -> None:
+    """Saved configs list every key, the other source's at their defaults: they load (and run records always do)."""
+    (tmp_path / "images").mkdir()
+    folder = load_config(None, ["data.source=folder", f"data.root={tmp_path / 'images'}", "data.max_images=9"])
+    for cfg in (folder, load_config(None, ["data.num_images=50"])):
+        saved = save_config(cfg, tmp_path / "config.yaml")
+        assert load_config(saved) == cfg and load_config(saved, presets=False) == cfg
+    cfg.data.max_images = 3  # written unchecked, as runs before the check were
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml", presets=False).data.max_images == 3  # a record from before the check

@@ -284,3 +284,90 @@ def test_group_column_keeps_each_group_in_one_split(tmp_path: Path) -> None:
         load(leak, tmp_path)
     with pytest.raises(DataError, match="data.group_column='subject' needs data.labels_csv"):
         load(config(root, group_column="subject"), tmp_path)
+
+
+def test_split_folders_are_splits_and_their_class_folders_the_classes(tmp_path: Path, caplog) -> None:
+    root = tmp_path / "tv"
+    for split, n in [("train", 3), ("Validation", 1), ("test", 2)]:
+        for kind in COLOURS:
+            for i in range(n):
+                save_image(root / split / kind / f"{i}.png", COLOURS[kind])
+    save_image(root / "test" / "dog" / "sub" / "deep.png", COLOURS["dog"])  # class folders still recurse
+    with caplog.at_level(logging.INFO):
+        data = load(config(root, val_fraction=0.5), tmp_path)
+    assert data.class_names == ["cat", "dog"] and len(data) == 2 * 6 + 1
+    assert dict(zip(data.files, data.split))["Validation/dog/0.png"] == "val"
+    assert {f: s for f, s in zip(data.files, data.split) if f.startswith("test/")} == {
+        "test/cat/0.png": "test", "test/cat/1.png": "test", "test/dog/0.png": "test", "test/dog/1.png": "test",
+        "test/dog/sub/deep.png": "test"}
+    assert (data.split == "train").sum() == 6 and (data.split == "val").sum() == 2  # folders, not val_fraction
+    assert [data.class_names[i] for i in data.labels] == [f.split("/")[1] for f in data.files]
+    assert data.info["split"] == "split folders" and "val_fraction / test_fraction unused" in caplog.text
+
+    csv = "\n".join(["file"] + data.files) + "\n"  # a CSV of the same tree: classes and splits from its folders
+    (root / "all.csv").write_text(csv)
+    by_csv = load(config(root, labels_csv="all.csv"), tmp_path)
+    assert by_csv.class_names == ["cat", "dog"] and by_csv.split.tolist() == data.split.tolist()
+
+
+def test_ambiguous_or_inconsistent_split_folders_raise(tmp_path: Path) -> None:
+    root = tmp_path / "mixed"
+    for place in ["train/cat", "train/dog", "test/cat", "bird"]:
+        save_image(root / place / "0.png")
+    with pytest.raises(DataError, match=r"mixed is ambiguous: its folders \['test', 'train'\] are split names but "
+                                        r"\['bird'\] are not"):
+        load(config(root), tmp_path)
+    (root / "bird" / "0.png").rename(root / "test" / "cat" / "1.png")
+    (root / "bird").rmdir()
+    save_image(root / "test" / "fish" / "0.png")
+    with pytest.raises(DataError, match=r"classes \['fish'\] are in .*test but not in .*train"):
+        load(config(root), tmp_path)
+    save_image(root / "val" / "cat" / "0.png")
+    save_image(root / "valid" / "cat" / "0.png")
+    with pytest.raises(DataError, match="folders 'val' and 'valid' are both the val split"):
+        load(config(root), tmp_path)
+    (root / "all.csv").write_text("file\ntrain/cat/0.png\ntrain/dog/0.png\nbird/0.png\n")
+    with pytest.raises(DataError, match="ambiguous folders: some files lie in split folders"):
+        load(config(root, labels_csv="all.csv"), tmp_path)
+
+
+def test_an_image_listed_twice_in_the_csv_is_refused_naming_the_rows(pets: Path, tmp_path: Path) -> None:
+    with open(pets / "labels.csv", "a") as csv:
+        csv.write("./cat/1.png,0,70\n")  # the same file as row 3, written differently
+    with pytest.raises(DataError, match=r"lists the image 'cat/1.png' more than once \(CSV rows \[3, 8\]\)"):
+        load(config(pets, labels_csv="labels.csv", label_column="kind"), tmp_path)
+    kept = load(config(pets, labels_csv="labels.csv", label_column="kind", filter="age < 70"), tmp_path)
+    assert len(kept) == 6  # a duplicate the filter leaves out is no duplicate
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16).repeat(4, 0).repeat(4, 1)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    decoded = folder.decode_image(tmp_path / "g16.png", 8)
+    assert decoded[:, :, 0].tolist() == decoded[:, :, 2].tolist()  # grey in all three channels
+    assert decoded[1, 1].tolist() == [0, 0, 0] and decoded[1, 6].tolist() == [64, 64, 64]
+    assert decoded[6, 1].tolist() == [128, 128, 128] and decoded[6, 6].tolist() == [255, 255, 255]
+    Image.fromarray(values).save(tmp_path / "g16t.png", transparency=257 * 64)  # a transparent grey value
+    assert folder.decode_image(tmp_path / "g16t.png", 8)[1, 6].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_onto_white(tmp_path: Path, mode: str) -> None:
+    rgba = Image.new("RGBA", (8, 8), (40, 40, 200, 255))
+    rgba.paste((40, 40, 200, 0), (0, 0, 8, 4))  # the top half fully transparent
+    rgba.paste((40, 40, 200, 128), (0, 4, 4, 8))  # a half-transparent quarter
+    if mode == "P":
+        pic = Image.new("P", (8, 8), 1)
+        pic.putpalette([255, 0, 0, 40, 40, 200] + [0] * 762)
+        pic.paste(0, (0, 0, 8, 4))
+        pic.info["transparency"] = 0  # palette entry 0 (red) is transparent
+    else:
+        pic = rgba.convert(mode)
+    pic.save(tmp_path / "a.png")
+    decoded = folder.decode_image(tmp_path / "a.png", 8).astype(int)
+    assert (decoded[:4] == 255).all()  # transparent: white, not the hidden colour
+    colour = np.array([40, 40, 200]) if mode != "LA" else np.array(rgba.convert("L").getpixel((7, 7)))
+    assert (abs(decoded[6, 6] - colour) <= 1).all()
+    if mode != "P":
+        assert (abs(decoded[6, 1] - (colour + 255) / 2) <= 2).all()  # half alpha: half way to white

@@ -163,3 +163,94 @@ def test_run_sets_notebook_parameters_and_reruns_a_stage_whose_parameters_change
                          ("factor", "must look like NAME=VALUE")):
         with pytest.raises(ConfigError, match=message):
             run_pipeline("tiny", [], run, notebook_dir=notebooks, progress=False, parameters=[bad])
+
+
+def test_force_keeps_the_models_a_changed_key_leaves_valid_and_removes_only_stale_ones(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    """#39: `--force` after changing stylex.steps, device or an attfind key deleted the classifier, the StylEx
+    checkpoint and attfind/ although their fingerprints still matched: hours of training lost."""
+    from stylexlib.core.config import load_config
+    from stylexlib.core.io import torch_save
+    from stylexlib.core.provenance import classifier_fingerprint, stylex_fingerprint
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    for name in ("01_data", "02_classifier", "03_train_stylex", "05_attribute_search"):
+        _notebook(folder / f"{name}.ipynb")
+    ran: list[str] = []
+    monkeypatch.setattr("stylexlib.pipeline.runner.pm.execute_notebook",
+                        lambda source, out, **kwargs: ran.append(Path(source).stem[:2]))
+    run = tmp_path / "run"
+    base = ["name=t", "stylex.device=cpu"]
+    run_pipeline(None, base, run, notebook_dir=folder, progress=False)
+    cfg = load_config(None, base)  # what stages 02, 03 and 05 leave, made from this config
+    torch_save(run / "classifier.pt", {"fingerprint": classifier_fingerprint(cfg)})
+    torch_save(run / "checkpoints" / "stylex.pt", {"fingerprint": stylex_fingerprint(cfg)})
+    (run / "stats.jsonl").write_text("{}\n")
+    torch_save(run / "attfind" / "style_stats.pt", {"key": {"stylex": stylex_fingerprint(cfg), "step": 2}})
+    (run / "attfind" / "attribute_names.csv").write_text("flat,direction,name\n1,up,smile\n")
+    made = [run / "classifier.pt", run / "checkpoints" / "stylex.pt", run / "stats.jsonl",
+            run / "attfind" / "style_stats.pt", run / "attfind" / "attribute_names.csv"]
+
+    for changed in (["stylex.steps=5000"], ["stylex.steps=5000", "stylex.device=auto", "attfind.top_k=3"]):
+        ran.clear()
+        run_pipeline(None, [*base, *changed], run, force=True, notebook_dir=folder, progress=False)
+        assert ran == ["01", "02", "03", "05"] and all(path.exists() for path in made)  # re-run, resuming
+
+    now = [*base, *changed]
+    with pytest.raises(ConfigError, match=r"changed: stylex.steps\); use --only 03 --force"):  # one stage meant
+        run_pipeline(None, [*now, "stylex.steps=6000"], run, notebook_dir=folder, progress=False)
+    with pytest.raises(ConfigError, match=r"changed: attfind.top_k\); use --only 05 --force"):
+        run_pipeline(None, [*now, "attfind.top_k=4"], run, notebook_dir=folder, progress=False)
+    with pytest.raises(ConfigError, match=r"changed: data.seed, stylex.steps\); use --force to"):  # two stages
+        run_pipeline(None, [*now, "data.seed=3", "stylex.steps=6000"], run, notebook_dir=folder, progress=False)
+
+    ran.clear()  # another StylEx model: its checkpoint, its log and what AttFind made with it are stale
+    retrained = [*now, "stylex.lr_g=0.001"]
+    run_pipeline(None, retrained, run, only=["03"], force=True, notebook_dir=folder, progress=False)
+    assert ran == ["03"] and [path.exists() for path in made] == [True, False, False, False, True]
+    assert set(read_json(run / "stages.json")) == {"01_data", "02_classifier", "03_train_stylex"}  # 05 runs next
+    run_pipeline(None, [*retrained, "data.seed=1"], run, only=["02"], force=True, notebook_dir=folder,
+                 progress=False)
+    assert not (run / "classifier.pt").exists()  # another data set: the classifier is stale too
+
+
+def test_relabelled_folder_data_makes_the_classifier_stale_and_reruns_what_depends_on_it(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    """#39: with the same config, `stylex run` skipped every finished stage after the labels CSV changed, and kept the
+    classifier and StylEx model trained on the old labels."""
+    from PIL import Image
+
+    from stylexlib.core.config import load_config
+    from stylexlib.core.io import torch_save
+    from stylexlib.core.provenance import classifier_fingerprint, stylex_fingerprint
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(root / "img" / f"{i}.png")
+    labels = root / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"img/{i}.png,{i % 2}\n" for i in range(4)))
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    for name in ("01_data", "02_classifier", "03_train_stylex"):
+        _notebook(folder / f"{name}.ipynb")
+    ran: list[str] = []
+    monkeypatch.setattr("stylexlib.pipeline.runner.pm.execute_notebook",
+                        lambda source, out, **kwargs: ran.append(Path(source).stem[:2]))
+    base = ["name=t", "stylex.device=cpu", "data.source=folder", f"data.root={root}", "data.labels_csv=labels.csv",
+            "data.label_column=label", "data.resolution=8"]
+    run = tmp_path / "run"
+    run_pipeline(None, base, run, notebook_dir=folder, progress=False)
+    cfg = load_config(None, base)  # what stages 02 and 03 leave, made from this config and these files
+    torch_save(run / "classifier.pt", {"fingerprint": classifier_fingerprint(cfg)})
+    torch_save(run / "checkpoints" / "stylex.pt", {"fingerprint": stylex_fingerprint(cfg)})
+
+    ran.clear()
+    run_pipeline(None, base, run, notebook_dir=folder, progress=False)
+    assert ran == []  # nothing changed: nothing runs again
+
+    labels.write_text(labels.read_text().replace("img/2.png,0", "img/2.png,1"))  # one image relabelled
+    run_pipeline(None, base, run, notebook_dir=folder, progress=False)
+    assert ran == ["02", "03"]  # the classifier and what explains it are made again
+    assert not (run / "classifier.pt").exists() and not (run / "checkpoints" / "stylex.pt").exists()

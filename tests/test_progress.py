@@ -59,3 +59,21 @@ def test_bars_write_nothing_without_the_variable_and_throttle_with_it(tmp_path, 
     bar.close()
     final = json.loads(path.read_text())
     assert final["n"] == 1000 and final["closed"] and final["desc"] == "AttFind"
+
+
+def test_an_announced_line_shows_in_the_terminal_above_the_stage_bars(tmp_path, monkeypatch) -> None:
+    """#39: the StylEx pace line ('about N steps fit ...') went only into the executed notebook, never to the terminal
+    of `stylex run`."""
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    child = ("from stylexlib.core.progress import announce, tqdm\n"
+             "bar = tqdm(total=4, desc='stylex', disable=False)\n"
+             "bar.update(2)\n"
+             "announce('[stylex] StylEx: about 7200 of 10000 steps fit in the 60-minute limit')\n"
+             "bar.update(2)\nbar.close()\n")
+    with progress.ProgressMirror("progress.json", interval=0.05, file=out):
+        done = subprocess.run([sys.executable, "-c", child], check=True, env=dict(os.environ), capture_output=True,
+                              text=True)
+    assert "about 7200 of 10000 steps fit" in done.stdout  # the kernel's own output (the notebook) has it too
+    assert out.getvalue().count("about 7200 of 10000 steps fit in the 60-minute limit") == 1
+    assert not (tmp_path / ("progress.json" + progress.NOTES_SUFFIX)).exists()

@@ -1,6 +1,8 @@
 """Provenance: artifacts record the config they were made from; a changed config never reuses a stale artifact."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,8 +107,8 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
     data_without = {k: v for k, v in to_dict(cfg.data).items() if k not in provenance.DATA_ADDED_KEYS}
     assert provenance.data_fingerprint(cfg) == provenance.fingerprint("data", data_without)
-    assert provenance.data_fingerprint(apply_overrides(cfg, ["data.label_queries={a: x > 1}"])) != \
-        provenance.data_fingerprint(cfg)
+    queried = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_queries={"a": "x > 1"}))
+    assert provenance.data_fingerprint(queried) != provenance.data_fingerprint(cfg)  # (a folder key: unchecked here)
 
 
 def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(tmp_path, monkeypatch) -> None:
@@ -136,3 +138,126 @@ def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(t
     monkeypatch.setattr(factor_probe, "PROBE_RECIPE", factor_probe.PROBE_RECIPE + 1)
     factor_probe.fit_run_probe(run, load_dataset(run.cfg.data))
     assert len(calls) == 3  # a probe saved by an older recipe (the shortcut-prone one) is retrained
+
+
+# ---------------------------------------------------------------------------- the data's identity (#39 item 10)
+def _folder_data(root, labels=(0, 1, 0, 1)):
+    """root/img/<i>.png images and root/labels.csv (file,label)."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(len(labels)):
+        Image.new("RGB", (8, 8), (40 * i, 200, 40)).save(root / "img" / f"{i}.png")
+    _labels(root, labels)
+    return root
+
+
+def _labels(root, labels) -> None:
+    rows = [f"img/{i}.png,{label}" for i, label in enumerate(labels)]
+    (root / "labels.csv").write_text("\n".join(["file,label", *rows]) + "\n")
+
+
+def _folder_cfg(root):
+    from stylexlib.core.config import load_config
+
+    return load_config(None, ["data.source=folder", f"data.root={root}", "data.labels_csv=labels.csv",
+                              "data.label_column=label", "data.resolution=8"])
+
+
+def test_folder_fingerprints_follow_the_files_and_labels_not_just_the_config(tmp_path) -> None:
+    """#39: relabelling or adding images kept the old classifier and StylEx model 'valid' (the fingerprint was the
+    config's only)."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    root = _folder_data(tmp_path / "data")
+    cfg = _folder_cfg(root)
+    fingerprints = [provenance.data_fingerprint, provenance.classifier_fingerprint, provenance.stylex_fingerprint]
+    seen = [tuple(f(cfg) for f in fingerprints)]
+    assert all(provenance.DATA_MARK in f for f in seen[0])
+    assert tuple(f(cfg) for f in fingerprints) == seen[0]  # nothing changed: the same
+
+    def changed() -> tuple:
+        now = tuple(f(cfg) for f in fingerprints)
+        assert all(now[i] not in [s[i] for s in seen] for i in range(3)), "a change kept a fingerprint"
+        assert all(a.partition(provenance.DATA_MARK)[0] == b.partition(provenance.DATA_MARK)[0]
+                   for a, b in zip(now, seen[0]))  # the config's part stays
+        seen.append(now)
+        return now
+
+    _labels(root, (0, 1, 1, 1))  # one label changed in the CSV
+    changed()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "img" / "4.png")  # an image added (not yet in the CSV)
+    changed()
+    before = os.stat(root / "img" / "0.png")
+    data = bytearray((root / "img" / "0.png").read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes, same mtime
+    (root / "img" / "0.png").write_bytes(bytes(data))
+    os.utime(root / "img" / "0.png", ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed()
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copyfile)  # new mtimes, the same bytes
+    moved = _folder_cfg(copy)
+    assert provenance.data_fingerprint(moved).partition(provenance.DATA_MARK)[2] == \
+        seen[-1][0].partition(provenance.DATA_MARK)[2]  # (data.root itself is config: the config part differs)
+    made, mark, identity = seen[-1][2].partition(provenance.DATA_MARK)
+    assert provenance.fingerprint("x", seen[-1][2], 3) == provenance.fingerprint("x", made, 3) + mark + identity
+
+
+def test_file_contents_are_hashed_once_then_only_stated(tmp_path, monkeypatch) -> None:
+    from stylexlib.core import data_identity
+
+    root = _folder_data(tmp_path / "data")
+    cfg = _folder_cfg(root)
+    first = provenance.data_fingerprint(cfg)
+    calls = []
+    real = data_identity._sha256
+    monkeypatch.setattr(data_identity, "_sha256", lambda path: calls.append(path) or real(path))
+    data_identity._STORES.clear()  # a new process: the digests are read from the store in $STYLEX_CACHE
+    assert provenance.data_fingerprint(cfg) == first and calls == []
+    _labels(root, (1, 1, 0, 1))
+    provenance.data_fingerprint(cfg)
+    assert [p.name for p in calls] == ["labels.csv"]  # only the changed file is read again
+
+
+def test_records_from_before_data_fingerprints_are_adopted_once_then_checked(tmp_path, caplog) -> None:
+    """Run folders made before the data was fingerprinted stay valid (no retraining of every existing run), with a
+    warning; a later change of the data makes them stale."""
+    root = _folder_data(tmp_path / "data")
+    cfg = _folder_cfg(root)
+    now = provenance.classifier_fingerprint(cfg)
+    legacy = now.partition(provenance.DATA_MARK)[0]  # what the same config recorded before
+    with caplog.at_level("WARNING"):
+        provenance.check(legacy, now, "classifier.pt", "02")
+    assert "taken as made from the files" in caplog.text
+    assert provenance.accepts({"data": legacy, "n": 1}, {"data": now, "n": 1})
+    assert not provenance.accepts(legacy, "0" * 16 + provenance.DATA_MARK + "1" * 16)  # another config
+    _labels(root, (1, 1, 1, 0))
+    with pytest.raises(provenance.StaleArtifact, match="from other data.*re-run stage 02"):
+        provenance.check(legacy, provenance.classifier_fingerprint(cfg), "classifier.pt", "02")
+    with pytest.raises(provenance.StaleArtifact, match="from other data"):
+        provenance.check(now, provenance.classifier_fingerprint(cfg), "classifier.pt", "02")
+
+
+def test_attribute_names_given_before_data_fingerprints_stay_until_the_data_changes(tmp_path) -> None:
+    """Hand-written names are keyed by the generator's fingerprint: the new data part must not set them aside."""
+    import pandas as pd
+
+    from stylexlib.explain.attfind.names import read_attribute_names, write_name_template
+
+    root = _folder_data(tmp_path / "data")
+    cfg = _folder_cfg(root)
+    generator = provenance.stylex_fingerprint(cfg)
+    legacy = generator.partition(provenance.DATA_MARK)[0]
+    names = tmp_path / "attribute_names.csv"
+    attributes = pd.DataFrame({"class_name": ["a"], "rank": [1], "flat": [7], "direction": ["up"],
+                               "layer_name": ["b4.conv1"], "channel": [7]})
+    write_name_template(names, attributes, legacy)
+    names.write_text(names.read_text().replace(",,", ",smile,"))  # a person names the attribute
+    assert read_attribute_names(names, generator) == {(7, "up"): "smile"}
+    write_name_template(names, attributes, generator)  # stage 05 again: kept, now recorded with the data
+    assert read_attribute_names(names, generator) == {(7, "up"): "smile"} and generator in names.read_text()
+    _labels(root, (1, 0, 0, 0))  # other labels: another StylEx model, whose coordinates mean other things
+    assert read_attribute_names(names, provenance.stylex_fingerprint(cfg)) == {}

@@ -249,3 +249,30 @@ def test_the_browser_shows_attribute_names_and_the_picked_images_file_label_and_
     (tmp_path / "broken.csv").write_text("flat,name\n3,x\n")
     with pytest.raises(ValueError, match=r"broken.csv lacks column\(s\) \['direction'\]"):
         read_attribute_names(tmp_path / "broken.csv")
+
+
+def test_names_given_for_one_generator_are_set_aside_not_applied_for_a_retrained_one(tmp_path: Path, caplog) -> None:
+    """#39: names were keyed by (coordinate, direction) alone, so a retrained generator inherited them for coordinates
+    that now mean something else."""
+    from stylexlib.explain.attfind.names import read_attribute_names, write_name_template
+
+    attributes = attributes_table(TinyEditor())
+    first, second = "1234e567", "89abcdef01234567"  # fingerprints (the first also reads as a number)
+    names_file = write_name_template(tmp_path / "attribute_names.csv", attributes, first)
+    table = pd.read_csv(names_file, keep_default_na=False, dtype=str)
+    table.loc[table["flat"] == "3", "name"] = "wide smile"
+    table.to_csv(names_file, index=False)
+    write_name_template(names_file, attributes, first)  # the same generator again: kept
+    assert read_attribute_names(names_file, first) == {(3, "down"): "wide smile"}
+    assert read_attribute_names(names_file, second) == {}  # never applied to another generator's coordinates
+    with caplog.at_level("WARNING"):
+        write_name_template(names_file, attributes, second)  # stage 05 after retraining
+    aside = tmp_path / f"attribute_names.{first}.csv"
+    assert read_attribute_names(names_file, second) == {} and read_attribute_names(names_file) == {}
+    assert len(pd.read_csv(names_file)) == len(attributes)  # a fresh template for the new generator
+    assert read_attribute_names(aside, first) == {(3, "down"): "wide smile"} and aside.name in caplog.text
+    legacy = tmp_path / "legacy.csv"  # a file from before names recorded their generator: taken as the current one's
+    pd.read_csv(aside, keep_default_na=False).drop(columns="generator").to_csv(legacy, index=False)
+    write_name_template(legacy, attributes, second)
+    assert read_attribute_names(legacy, second) == {(3, "down"): "wide smile"}
+    assert set(pd.read_csv(legacy, dtype=str)["generator"]) == {second}

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stylexlib.classifier.checks import check_accuracy
+from stylexlib.classifier.checks import check_accuracy, check_finite
 from stylexlib.classifier.model import (ClassifierWrapper, build_classifier, check_classifier, load_trained_classifier,
                                         load_user_classifier, save_classifier)
 from stylexlib.classifier.predict import classify
 from stylexlib.core.config import ClassifierConfig
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.core.progress import tqdm
-from stylexlib.core.provenance import check, classifier_fingerprint
+from stylexlib.core.provenance import accepts, check, classifier_fingerprint
 from stylexlib.data import ImageDataset, to_float
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ def train_classifier(
     history: list[dict] = []
     start = 0
     state = torch_load(checkpoint, map_location=device) if checkpoint is not None and Path(checkpoint).exists() else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        log.warning("%s was made from another config: training the classifier afresh", checkpoint)
+    if state is not None and not accepts(state.get("fingerprint"), fingerprint):
+        log.warning("%s was made from another config or other data: training the classifier afresh", checkpoint)
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -174,9 +174,13 @@ def fit_run_classifier(run, data: ImageDataset, device: torch.device | str = "cp
     return model.eval(), history
 
 
-def load_run_classifier(run, data: ImageDataset | None = None) -> ClassifierWrapper:
+def load_run_classifier(run, data: ImageDataset | None = None,
+                        data_class_names: list[str] | None = None) -> ClassifierWrapper:
     """The frozen classifier of a run: the one stage 02 trained, or the user's own (``classifier.source``; given
-    ``data``: its outputs in the data's class order and checked to beat chance)."""
+    ``data``: its outputs in the data's class order and checked to beat chance). Without ``data``, a user model's
+    outputs are put in ``data_class_names`` order: the data's classes as an artifact checked against the run's config
+    and data records them (the StylEx checkpoint's, :func:`stylexlib.gan.models.load_stylex`); without those the data
+    is loaded to read them."""
     c = run.cfg.classifier
     if c.source == "train":
         model, _ = load_trained_classifier(run.dir / CLASSIFIER_FILE)
@@ -184,15 +188,21 @@ def load_run_classifier(run, data: ImageDataset | None = None) -> ClassifierWrap
     else:
         model = load_user_classifier(c.source, c.input_size, c.mean, c.std)
         if data is None and c.class_names is not None:  # the outputs still need the data's class order
-            from stylexlib.data import load_dataset
+            if data_class_names is None:
+                from stylexlib.data import load_dataset
 
-            model.set_class_order(c.class_names, load_dataset(run.cfg.data).class_names)
+                log.info("no checked artifact of %s records the data's class order: loading the data to read it",
+                         run.dir)
+                data_class_names = load_dataset(run.cfg.data).class_names
+            model.set_class_order(c.class_names, data_class_names)
     if data is not None:
         check_classifier(model, data.num_classes, data.resolution)
         if c.source != "train":
             model.set_class_order(c.class_names, data.class_names)
             if c.check_accuracy:
                 check_accuracy(model, data, c.class_names, seed=c.seed)
+            else:
+                check_finite(model, data, seed=c.seed)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

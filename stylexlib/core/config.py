@@ -1,6 +1,7 @@
 """Dataclass configs: YAML load/save and dotted ``key=value`` overrides."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -48,6 +49,29 @@ class DataConfig:
     split_column: str | None = None  # CSV column of train / val / test: your own splits (val/test_fraction unused)
     group_column: str | None = None  # CSV column of groups (patients, subjects) kept whole in one split
     max_images: int | None = None  # keep a seeded random subset (quick runs)
+
+
+# DataConfig keys that one data source alone reads (source, resolution, seed and the split fractions: both). A key of
+# the other source set to anything but its default is an error (see :func:`source_problem`).
+SOURCE_KEYS = {"synthetic": ("num_images", "label_rule", "class_names", "label_noise", "spurious_factor",
+                             "spurious_agreement", "spurious_agreement_test"),
+               "folder": ("root", "labels_csv", "file_column", "label_column", "label_queries", "filter",
+                          "split_column", "group_column", "max_images")}
+
+
+def source_problem(data: DataConfig) -> str | None:
+    """What is wrong when ``data`` sets keys its source never reads (None when nothing is).
+
+    Keys count as set when they differ from their defaults, not when they appear in a file: a run folder's
+    ``config.yaml`` (and ``stylex config``'s output) writes every key, the other source's at their defaults."""
+    defaults = DataConfig()
+    for source, keys in SOURCE_KEYS.items():
+        stray = [f"data.{key}" for key in keys if getattr(data, key) != getattr(defaults, key)]
+        if stray and source != data.source:
+            return (f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} read only for {source} data, and "
+                    f"data.source is {data.source}: remove {'it' if len(stray) == 1 else 'them'}, or set "
+                    f"data.source: {source}")
+    return None
 
 
 @dataclass
@@ -264,8 +288,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets: bool = True) -> Any:
-    """Build a dataclass config from a dict, with an error naming any unknown or mistyped key. ``presets=False`` for a
-    run folder's own record: its preset was applied when it was written, and keys added since take their defaults."""
+    """Build a dataclass config from a dict, with an error naming any unknown or mistyped key, or a data key its source
+    never reads. ``presets=False`` for a run folder's own record: its preset was applied when it was written, keys added
+    since take their defaults, and a record written before the data-source check still loads."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
     if cls is Config and presets and isinstance(raw.get("stylex") or {}, dict):
@@ -290,6 +315,8 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets:
         problem = check(getattr(built, name))
         if problem:
             raise ConfigError(f"{where + '.' if where else ''}{name}: {problem}")
+    if cls is Config and presets and (problem := source_problem(built.data)):
+        raise ConfigError(problem)
     return built
 
 
@@ -307,8 +334,9 @@ def find_config(path: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, presets: bool = True) -> Config:
-    """Load a YAML config (defaults when ``path`` is None) and apply ``key=value`` overrides; ``presets=False`` reads a
-    run folder's ``config.yaml`` as the complete record it is (see :func:`from_dict`)."""
+    """Load a YAML config (defaults when ``path`` is None) with ``key=value`` overrides set among the file's own keys,
+    before the preset fills in the rest (so ``stylex.preset`` and ``data.source`` may be overridden too);
+    ``presets=False`` reads a run folder's ``config.yaml`` as the complete record it is (see :func:`from_dict`)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = find_config(path)
@@ -316,13 +344,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        try:
-            cfg = from_dict(raw, presets=presets)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    else:
-        cfg = Config()
-    cfg = apply_overrides(cfg, overrides or [])
+    try:
+        cfg = from_dict(set_overrides(raw, overrides or []), presets=presets)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
     # a path is resolved where it was given: the file's relative to its folder, an override's to the working directory
     overridden = {item.split("=", 1)[0].strip() for item in overrides or []}
     origins = {key: (Path.cwd(), "override") if path is None or key in overridden else (path.parent, str(path))
@@ -369,25 +394,47 @@ def _resolve(value: str, base: Path, where: str, key: str, required: bool) -> st
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply dotted overrides such as ``data.resolution=64`` (values parsed as YAML)."""
-    raw = to_dict(cfg)
+    """Apply dotted overrides such as ``data.resolution=64`` (values parsed as YAML) to a built config. A built config
+    holds every key, so a preset has nothing left to fill in: another ``stylex.preset`` here is an error (give it to
+    :func:`load_config`, as ``stylex run --set`` does)."""
+    raw = set_overrides(to_dict(cfg), overrides)
+    if raw["stylex"]["preset"] != cfg.stylex.preset:
+        raise ConfigError(f"stylex.preset: a built config holds every key, so the '{raw['stylex']['preset']}' preset "
+                          "would fill in none of them; load the config file with the override instead "
+                          "(load_config(path, overrides), stylex run CONFIG --set stylex.preset=...)")
+    return from_dict(raw)
+
+
+def set_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of a raw config dict with dotted ``key=value`` overrides set (values parsed as YAML; keys checked against
+    the config's fields, any key under ``extra``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. data.resolution=64")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node:
-                names = list(node) if isinstance(node, dict) else []
-                raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, names))
-            node = node[part]
-        leaf = parts[-1]
-        if not isinstance(node, dict) or (leaf not in node and node is not raw.get("extra")):
-            names = list(node) if isinstance(node, dict) else []
-            raise ConfigError(_unknown_key_message(key, leaf, names))
-        node[leaf] = yaml.safe_load(text) if text.strip() else None
-    return from_dict(raw)
+        node, cls = raw, Config
+        for depth, part in enumerate(parts):
+            if cls is not None:  # inside a config section (free-form below `extra`)
+                names = [f.name for f in dataclasses.fields(cls)]
+                if part not in names:
+                    raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, names))
+                hint = typing.get_type_hints(cls)[part]
+                cls = hint if dataclasses.is_dataclass(hint) else None
+                if depth < len(parts) - 1 and cls is None and part != "extra":
+                    raise ConfigError(f"override '{item}': {'.'.join(parts[: depth + 1])} is a value, not a section")
+            if depth == len(parts) - 1:
+                node[part] = yaml.safe_load(text) if text.strip() else None
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"{'.'.join(parts[: depth + 1])}: expected a mapping, got {node[part]!r}")
+                node = node[part]
+    return raw
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

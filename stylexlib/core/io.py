@@ -18,12 +18,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600: give the file the mode open() would
         write(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def temp_dir(parent: str | Path, prefix: str, suffix: str) -> Path:
+    """A new uniquely named folder in ``parent`` with the mode ``mkdir`` would give it (``mkdtemp`` makes 0700)."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

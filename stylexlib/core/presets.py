@@ -1,4 +1,5 @@
-"""Named sets of settings (``stylex.preset``), applied beneath a config file's own keys, section by section.
+"""Named sets of settings (``stylex.preset``), applied beneath a config file's own keys and its ``--set`` overrides,
+section by section.
 
 - ``real``: photographs (the default for folder data): the training settings that keep the encoder path on real
   faces, and an inversion refined per image (E(x) alone loses who is in the photograph), measured in

@@ -2,7 +2,8 @@
 
 Library loops use :class:`tqdm` from here: tqdm.auto's bar (a widget in a notebook, text in a terminal) that also
 mirrors its state to ``$STYLEX_PROGRESS_FILE`` when that is set. ``stylex run`` sets it for the notebook kernel and
-shows the running stage's own bars (steps, rate, losses, ETA) under papermill's cell counter (:class:`ProgressMirror`).
+shows the running stage's own bars (steps, rate, losses, ETA) under papermill's cell counter (:class:`ProgressMirror`),
+and the lines the stage :func:`announce`s above them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ from stylexlib.core.io import write_text
 PROGRESS_ENV = "STYLEX_PROGRESS_FILE"
 MIRROR_SECONDS = 1.0  # at most one write per bar and second
 LOG_SECONDS = 30.0  # a terminal mirror writing to a file or pipe (a log) shows a changed bar at most this often
+NOTES_SUFFIX = ".notes"  # next to the progress file: the lines a stage announces, one a line
+
+
+def announce(message: str) -> None:
+    """Print one line where the user sees it: the cell's output in a notebook, the terminal for the CLI, and under
+    ``stylex run`` also the terminal, above the running stage's progress bars."""
+    auto_tqdm.write(message)
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        try:
+            with open(path + NOTES_SUFFIX, "a") as notes:
+                notes.write(" ".join(message.split()) + "\n")
+        except OSError:  # a courtesy, as the bars are
+            pass
 
 
 class tqdm(auto_tqdm):  # noqa: N801 (a drop-in for tqdm.auto.tqdm)
@@ -74,9 +89,12 @@ class ProgressMirror:
         self._shown: tuple | None = None  # the (n, postfix, closed) last drawn, and when
         self._shown_at = 0.0
         self._every = interval if getattr(file, "isatty", lambda: False)() else LOG_SECONDS
+        self._notes = Path(str(self.path) + NOTES_SUFFIX)
+        self._notes_shown = 0
 
     def __enter__(self) -> ProgressMirror:
         self.path.unlink(missing_ok=True)
+        self._notes.unlink(missing_ok=True)
         self._previous = os.environ.get(PROGRESS_ENV)
         os.environ[PROGRESS_ENV] = str(self.path)  # the kernels started from here inherit it
         self._thread.start()
@@ -93,13 +111,16 @@ class ProgressMirror:
         if self._bar is not None:
             self._bar.close()
         self.path.unlink(missing_ok=True)
+        self._notes.unlink(missing_ok=True)
 
     def _follow(self) -> None:
         while not self._stop.wait(self.interval):
             self._show()
 
     def _show(self, final: bool = False) -> None:
-        """Draw the mirrored bar: a new bar at once, a changed one at most every ``_every`` seconds (or ``final``)."""
+        """Print the new announced lines; draw the mirrored bar: a new bar at once, a changed one at most every
+        ``_every`` seconds (or ``final``)."""
+        self._show_notes()
         try:
             state = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -121,3 +142,13 @@ class ProgressMirror:
         self._bar.start_t = time.time() - state["elapsed"]  # rate and ETA as the stage measured them
         self._bar.set_postfix_str(state["postfix"], refresh=False)
         self._bar.refresh()
+
+    def _show_notes(self) -> None:
+        try:
+            text = self._notes.read_text()
+        except OSError:
+            return
+        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines: a line being written waits
+        for line in lines[self._notes_shown:]:
+            terminal_tqdm.write(f"  {line}", file=self.file)  # above the bar, which is drawn again below it
+        self._notes_shown = max(self._notes_shown, len(lines))

@@ -1,19 +1,33 @@
-"""What each artifact was made from: fingerprints of the config sections and upstream artifacts behind it.
+"""What each artifact was made from: fingerprints of the config sections, the data and the upstream artifacts behind it.
 
 Every artifact a stage writes (the classifier, the StylEx checkpoint, the StyleSpace statistics, the factor probe)
 records its fingerprint. A resume continues only when the fingerprint matches; a loader that finds an artifact made
 from another config refuses with a message naming the stage to re-run. So ``config.yaml`` never describes artifacts
 that were not made with it.
+
+Folder data is more than its config: its files and labels CSV can change under the same config. A fingerprint of
+something made from folder data ends in ``+data-<identity>`` (core.data_identity: the images' paths, sizes and
+contents and the CSV's content); the part before it is the config's, computed as before data identities existed.
+Synthetic data is determined by its config, so its fingerprints carry no data part and are unchanged. Use
+:func:`accepts` (not ``==``) to compare a recorded fingerprint with the one the run's config and data give now: it also
+accepts records made before data identities existed (see :func:`accepts`).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from stylexlib.core.config import Config, to_dict
+from stylexlib.core.data_identity import folder_identity
+from stylexlib.core.install import default_cache
+from stylexlib.core.io import read_json, torch_load, write_json
+
+log = logging.getLogger(__name__)
 
 # StylEx keys that do not change what a checkpoint is: training longer, logging differently or compiling (a lossless
 # speed-up) continues it.
@@ -27,16 +41,47 @@ STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1
 DATA_ADDED_KEYS = ("label_queries", "split_column", "group_column")
 CLASSIFIER_ADDED_KEYS = ("class_names",)
 CLASSIFIER_CHECK_KEYS = ("check_accuracy",)
+DATA_MARK = "+data-"  # a fingerprint of something made from folder data ends in this and the data's identity
+ADOPTED_FILE = "data-adopted.json"  # in $STYLEX_CACHE: per folder, the data that records without a data part mean
+_SOURCES: dict[str, str] = {}  # data identity -> the folder (and labels CSV) it was computed from, in this process
+_WARNED: set[str] = set()
 
 
 class StaleArtifact(RuntimeError):
-    """An artifact in the run folder was made from another config than the run's; the message says what to re-run."""
+    """An artifact in the run folder was made from another config, or other folder data, than the run's; the message
+    says what to re-run."""
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (dataclass configs included)."""
+    """A short stable hash of JSON-able parts (dataclass configs included). Parts that carry a data identity (the
+    fingerprint of something made from folder data) pass it on: the hash is of the parts without it, and it is
+    appended (``<hash>+data-<identity>``)."""
     plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    identities: set[str] = set()
+    plain = _without_data(plain, identities)
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if len(identities) > 1:  # made from two data sets: one identity for both
+        identities = {hashlib.sha256(json.dumps(sorted(identities)).encode()).hexdigest()[:16]}
+    return digest + "".join(DATA_MARK + identity for identity in identities)
+
+
+def with_data(text: str, fingerprint_: str) -> str:
+    """``fingerprint_`` with ``text`` inserted before its data part (a recipe tag that keeps the data identity last)."""
+    made, mark, identity = fingerprint_.partition(DATA_MARK)
+    return f"{made}{text}{mark}{identity}"
+
+
+def _without_data(value: Any, identities: set[str]) -> Any:
+    """``value`` with the data part of every string in it removed (and collected in ``identities``)."""
+    if isinstance(value, str) and DATA_MARK in value:
+        made, _, identity = value.partition(DATA_MARK)
+        identities.add(identity)
+        return made
+    if isinstance(value, dict):
+        return {key: _without_data(item, identities) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_data(item, identities) for item in value]
+    return value
 
 
 def _section(section: Any, added: tuple[str, ...], skipped: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -47,7 +92,15 @@ def _section(section: Any, added: tuple[str, ...], skipped: tuple[str, ...] = ()
 
 
 def data_fingerprint(cfg: Config) -> str:
-    return fingerprint("data", _section(cfg.data, DATA_ADDED_KEYS))
+    """The data section and, for folder data, the identity of its files and labels CSV (core.data_identity)."""
+    made = fingerprint("data", _section(cfg.data, DATA_ADDED_KEYS))
+    if cfg.data.source != "folder" or not cfg.data.root:
+        return made  # synthetic data: the config determines the images and labels
+    identity = folder_identity(cfg.data.root, cfg.data.labels_csv)
+    if identity is None:  # the folder is not here (a run folder opened elsewhere): accepts() cannot check the data
+        return made
+    _SOURCES[identity] = json.dumps([str(Path(cfg.data.root).expanduser().resolve()), cfg.data.labels_csv])
+    return made + DATA_MARK + identity
 
 
 def classifier_fingerprint(cfg: Config) -> str:
@@ -67,9 +120,82 @@ def stylex_fingerprint(cfg: Config) -> str:
     return fingerprint("stylex", classifier_fingerprint(cfg), section)
 
 
+def accepts(found: Any, expected: Any) -> bool:
+    """Whether an artifact that records ``found`` may be used where the run's config and data now give ``expected``
+    (fingerprints, or dicts and lists holding them).
+
+    Equal, or equal but for the data part where it cannot be checked: a record made before fingerprints named the
+    data (no data part) is taken as made from the data as it is the first time this is asked on this machine
+    (remembered in ``$STYLEX_CACHE/data-adopted.json``, with a warning), so a later change of the files makes it
+    stale; and a folder that is not here now (no data part expected) is not checked."""
+    if found == expected:
+        return True
+    if isinstance(found, dict) and isinstance(expected, dict):
+        return found.keys() == expected.keys() and all(accepts(found[k], expected[k]) for k in expected)
+    if isinstance(found, (list, tuple)) and isinstance(expected, (list, tuple)):
+        return len(found) == len(expected) and all(accepts(a, b) for a, b in zip(found, expected))
+    if not isinstance(found, str) or not isinstance(expected, str):
+        return False
+    made, _, made_data = found.partition(DATA_MARK)
+    wanted, _, wanted_data = expected.partition(DATA_MARK)
+    if made != wanted or (made_data and wanted_data):
+        return False  # another config, or the data changed
+    if not wanted_data:
+        _warn_once(f"unread:{made_data}", "the data folder cannot be read: artifacts are not checked against it")
+        return True
+    return _adopt(wanted_data)
+
+
+def _adopt(identity: str) -> bool:
+    """Whether records without a data part count as made from the data of ``identity``: yes the first time (that
+    data is remembered for its folder) and whenever it is the remembered data."""
+    source = _SOURCES.get(identity)
+    if source is None:  # an identity this process did not compute (two data sets mixed): nothing to compare with
+        return False
+    path = Path(os.environ.get("STYLEX_CACHE") or default_cache()) / ADOPTED_FILE
+    try:
+        adopted = read_json(path, default={})
+    except (OSError, ValueError):
+        adopted = {}
+    if source not in adopted:
+        adopted[source] = identity
+        try:
+            write_json(path, adopted)
+        except OSError as exc:
+            log.warning("cannot remember the adopted data in %s (%s)", path, exc)
+    if adopted[source] != identity:
+        return False
+    root, csv = json.loads(source)
+    _warn_once(source, f"artifacts recorded before fingerprints named the data files are taken as made from the "
+                       f"files of {root}{f' and {csv}' if csv else ''} as they were first seen on this machine; a "
+                       "change to those files makes them stale (re-running their stage records the data)")
+    return True
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
+
+
 def check(found: str | None, expected: str, artifact: Path | str, stage: str) -> None:
-    """Raise :class:`StaleArtifact` when an artifact records another fingerprint than the run's config gives."""
-    if found is not None and found != expected:
+    """Raise :class:`StaleArtifact` when an artifact records another fingerprint than the run's config and data give."""
+    if found is not None and not accepts(found, expected):
+        data = DATA_MARK in expected and found.partition(DATA_MARK)[0] == expected.partition(DATA_MARK)[0]
+        why = "from other data (the files or labels of data.root changed since)" if data else \
+            "from another config than this run's config.yaml"
         raise StaleArtifact(
-            f"{artifact} was made from another config than this run's config.yaml; re-run stage {stage} "
+            f"{artifact} was made {why}; re-run stage {stage} "
             f"(stylex run CONFIG --out RUN --only {stage} --force) or use a new run folder")
+
+
+def recorded_fingerprint(path: Path | str, *keys: str) -> str | None:
+    """The fingerprint a saved artifact records under ``keys`` (default: ``fingerprint``); None when it records none or
+    cannot be read."""
+    try:
+        value = torch_load(path)
+    except Exception:  # a damaged or foreign file proves nothing about what it was made from
+        return None
+    for key in keys or ("fingerprint",):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None

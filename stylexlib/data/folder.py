@@ -20,18 +20,20 @@ from stylexlib.core.config import DataConfig
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.data.cache import cache_root
 from stylexlib.data.dataset import SPLITS, DataError, ImageDataset, group_split, random_split
+from stylexlib.data.layout import check_unique_files, folder_table, path_classes
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DECODE_WORKERS = 2
 PARALLEL_MIN_FILES = 1000  # below this, starting worker processes costs more than it saves
-CACHE_VERSION = 1  # bump when decoding changes, to invalidate old cache files
+CACHE_VERSION = 2  # bump when decoding changes, to invalidate old cache files
 SHOW_NAMES = 5  # file names quoted in a skip warning
+HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes for 16-bit (and 32-bit int) greyscale
 
 
 def load_folder_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) -> ImageDataset:
-    """Load ``cfg.root`` (class folders, or ``cfg.labels_csv``) as square RGB uint8 images.
+    """Load ``cfg.root`` (class folders, split folders holding class folders, or ``cfg.labels_csv``) as square RGB
+    uint8 images.
 
     Missing, unreadable or unlabelled files are skipped, logged and listed in ``info['skipped']``;
     the decoded images are cached under :func:`cache_root`, keyed on the files and the config.
@@ -55,7 +57,7 @@ def load_folder_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) ->
         "filter": cfg.filter or None,
         "skipped": skipped + payload["skipped"],
         "cache": str(path),
-        "split": _split_source(cfg),
+        "split": _split_source(cfg, table),
     }
     return ImageDataset(
         images=payload["images"],
@@ -65,6 +67,15 @@ def load_folder_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) ->
         files=payload["files"],
         info=info,
     )
+
+
+def folder_rows(cfg: DataConfig) -> pd.DataFrame:
+    """The ``file``/``label`` rows :func:`load_folder_dataset` would decode (after the CSV, its filter and
+    ``max_images``), without decoding any image: what ``stylex run --plan`` counts."""
+    root = _check_root(cfg)
+    skipped: list[dict] = []
+    table = _csv_table(root, cfg, skipped) if cfg.labels_csv else _folder_table(root, cfg)
+    return _subset(_stat_files(root, table, skipped), cfg.max_images, cfg.seed)
 
 
 def _check_root(cfg: DataConfig) -> Path:
@@ -92,42 +103,8 @@ def _check_root(cfg: DataConfig) -> Path:
 
 
 def _folder_table(root: Path, cfg: DataConfig) -> pd.DataFrame:
-    """``file``/``label`` rows for every image in ``<root>/<class>/``, hidden and non-image files ignored."""
-    rows = []
-    for name in sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")):
-        files = _images_under(root, name)
-        if not files:
-            log.warning("class folder %s has no images (%s); ignored", root / name, _extensions())
-        rows += [(file, name) for file in files]
-    loose = [e.name for e in os.scandir(root) if e.is_file() and _is_image_name(e.name)]
-    if not rows:
-        where = f"; {len(loose)} images lie directly in it" if loose else ""
-        raise DataError(
-            f"no images found in {root}{where}: expected <root>/<class>/<image> folders ({_extensions()}) "
-            "or a labels CSV (data.labels_csv)"
-        )
-    if loose:
-        shown = loose[:SHOW_NAMES]
-        log.warning("%d images directly in %s are ignored (not in a class folder): %s", len(loose), root, shown)
-    return _apply_filter(pd.DataFrame(rows, columns=["file", "label"]), cfg.filter, f"the file list of {root}")
-
-
-def _images_under(root: Path, folder: str) -> list[str]:
-    """Sorted root-relative POSIX paths of the non-hidden images in ``root/folder`` and its subfolders."""
-    found = []
-    for parent, dirs, files in os.walk(root / folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(parent).relative_to(root).as_posix()
-        found += [f"{rel}/{f}" for f in files if _is_image_name(f)]
-    return sorted(found)
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _extensions() -> str:
-    return " ".join(sorted(IMAGE_EXTENSIONS))
+    """``file``/``label`` (and ``split``, for split folders) rows of the images in ``root``, filtered."""
+    return _apply_filter(folder_table(root), cfg.filter, f"the file list of {root}")
 
 
 def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame:
@@ -151,17 +128,21 @@ def _csv_table(root: Path, cfg: DataConfig, skipped: list[dict]) -> pd.DataFrame
         frame = frame.assign(_label=_query_labels(frame, cfg.label_queries, csv))
         frame = frame[frame["_label"].notna()]
     files = frame[cfg.file_column].astype(str)
+    if not len(files):
+        raise DataError(f"no labelled rows left in {csv} (see the warnings above)")
+    check_unique_files(files, frame.index + 2, str(csv))
+    folder_split = None
     if cfg.label_queries:
         labels = frame["_label"]
     elif cfg.label_column:
         labels = _integral(frame[cfg.label_column])
     else:
-        labels = files.map(lambda f: _class_folder(f, csv, cfg.file_column))
-    if not len(files):
-        raise DataError(f"no labelled rows left in {csv} (see the warnings above)")
+        labels, folder_split = path_classes(files, f"{csv} (column '{cfg.file_column}')")
     table = pd.DataFrame({"file": files.to_numpy(), "label": labels.to_numpy()})
     if cfg.split_column:
         table["split"] = _split_values(frame[cfg.split_column], cfg.split_column, csv)
+    elif folder_split is not None:
+        table["split"] = folder_split.to_numpy()
     if cfg.group_column:
         table["group"] = frame[cfg.group_column].astype(str).to_numpy()
     return table
@@ -177,22 +158,25 @@ def _split_values(values: pd.Series, column: str, csv: Path) -> np.ndarray:
     return clean.to_numpy()
 
 
-def _split_source(cfg: DataConfig) -> str:
+def _split_source(cfg: DataConfig, table: pd.DataFrame) -> str:
     if cfg.split_column:
         return f"column '{cfg.split_column}'"
+    if "split" in table:
+        return "split folders"
     return f"random, groups of column '{cfg.group_column}' kept whole" if cfg.group_column else "random"
 
 
 def _splits(table: pd.DataFrame, files: list[str], cfg: DataConfig) -> np.ndarray:
-    """Each decoded file's split: the CSV's split column, a group-keeping random split, or a random split."""
-    if cfg.split_column:
+    """Each decoded file's split: the CSV's split column, the split folders, a group-keeping random split, or a
+    random split."""
+    if "split" in table:
+        source = f"data.split_column '{cfg.split_column}'" if cfg.split_column else "the split folders"
         of_file = dict(zip(table["file"], table["split"]))
         split = np.array([of_file[f] for f in files], dtype=str)
         if cfg.group_column:
-            _check_groups_in_one_split(table, cfg)
+            _check_groups_in_one_split(table, cfg.group_column, source)
         if not (split == "train").any():
-            raise DataError(f"data.split_column '{cfg.split_column}': no image is in the train split; "
-                            "mark the training images 'train'")
+            raise DataError(f"{source}: no image is in the train split; mark the training images 'train'")
         return split
     if cfg.group_column:
         of_file = dict(zip(table["file"], table["group"]))
@@ -200,12 +184,12 @@ def _splits(table: pd.DataFrame, files: list[str], cfg: DataConfig) -> np.ndarra
     return random_split(len(files), cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 
-def _check_groups_in_one_split(table: pd.DataFrame, cfg: DataConfig) -> None:
+def _check_groups_in_one_split(table: pd.DataFrame, group_column: str, source: str) -> None:
     spread = table.groupby("group")["split"].nunique()
     leaking = spread[spread > 1].index.tolist()
     if leaking:
-        raise DataError(f"data.group_column '{cfg.group_column}': group(s) {leaking[:SHOW_NAMES]} appear in more than "
-                        f"one split of data.split_column '{cfg.split_column}'; keep each group in one split")
+        raise DataError(f"data.group_column '{group_column}': group(s) {leaking[:SHOW_NAMES]} appear in more than "
+                        f"one split of {source}; keep each group in one split")
 
 
 def _query_labels(frame: pd.DataFrame, queries: dict[str, str], csv: Path) -> pd.Series:
@@ -271,16 +255,6 @@ def _integral(labels: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(labels) and (labels % 1 == 0).all():
         return labels.astype(np.int64)
     return labels
-
-
-def _class_folder(file: str, csv: Path, file_column: str) -> str:
-    parts = Path(file).parts
-    if len(parts) < 2:
-        raise DataError(
-            f"{csv}: data.label_column is not set, so the class is the folder in column '{file_column}', "
-            f"but '{file}' has no folder; set data.label_column to the CSV's label column"
-        )
-    return parts[0]
 
 
 def _stat_files(root: Path, table: pd.DataFrame, skipped: list[dict]) -> pd.DataFrame:
@@ -417,8 +391,27 @@ def decode_image(source: str | Path | BinaryIO, resolution: int) -> np.ndarray:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white."""
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+    """RGB: 16-bit greyscale scaled to 8 bits (not clipped), any transparency composited onto white."""
+    if img.mode in HIGH_BIT_MODES:
+        img = _high_bit_to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _high_bit_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L" (or "LA" with its transparent value), value / 257 so 65535 -> 255; a
+    32-bit "I" image beyond 0..65535 is stretched from its own minimum to its maximum instead."""
+    values = np.asarray(img).astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if img.mode != "I" or (low >= 0 and high <= 65535):
+        scaled = values / 257.0
+    else:
+        scaled = (values - low) * (255.0 / max(high - low, 1.0))
+    grey = Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8))
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))
+        return Image.merge("LA", (grey, alpha))
+    return grey

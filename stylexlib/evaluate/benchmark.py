@@ -27,9 +27,11 @@ COLUMNS = ["method", "family", "task", "images", "factor_top1", "factor_share", 
            "relevance_rank_accuracy", "pointing_game", "deletion_auc", "insertion_auc", "seconds_per_image"]
 
 
-def explanation_maps(classifier: nn.Module, images: Tensor, target: Tensor, methods: tuple[str, ...] = METHODS,
+def explanation_maps(classifier: nn.Module, images: Tensor, target: Tensor, methods: tuple[str, ...] | None = None,
                      layer: str | None = None) -> dict[str, tuple[Tensor, float]]:
-    """Per saliency method, its (N, H, W) relevance maps for ``target`` and the seconds it took per image."""
+    """Per saliency method, its (N, H, W) relevance maps for ``target`` and the seconds it took per image; by default
+    every method that applies to this classifier (:func:`available_methods`)."""
+    methods = available_methods(classifier, METHODS, layer) if methods is None else methods
     out = {}
     for method in methods:
         maps = SaliencyExplainer(classifier, method, layer=layer).attribute(images, target)

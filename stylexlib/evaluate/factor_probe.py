@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from stylexlib.classifier.model import SmallCNN
 from stylexlib.core.io import torch_load, torch_save, write_table
 from stylexlib.core.progress import tqdm
-from stylexlib.core.provenance import data_fingerprint
+from stylexlib.core.provenance import accepts, data_fingerprint, with_data
 from stylexlib.data import ImageDataset, to_float
 from stylexlib.data.synthetic import FACTORS, Factor, render, sample_factors
 from stylexlib.explain.attfind.editor import AttributeEditor
@@ -148,12 +148,17 @@ def _probe_from(payload: dict, device: torch.device | str) -> FactorProbe:
     return probe.to(device).eval()
 
 
+def probe_fingerprint(cfg) -> str:
+    """What a run's probe records it was made from: the data and the recipe."""
+    return with_data(f"/probe-{PROBE_RECIPE}", data_fingerprint(cfg))
+
+
 def fit_run_probe(run, data: ImageDataset, device: torch.device | str = "cpu") -> FactorProbe:
     """The run's probe: loaded from ``factor_probe.pt`` when made for this data by this recipe, else trained and saved
     there."""
-    path, made_from = run.path(PROBE_FILE), f"{data_fingerprint(run.cfg)}/probe-{PROBE_RECIPE}"
+    path, made_from = run.path(PROBE_FILE), probe_fingerprint(run.cfg)
     payload = torch_load(path, map_location="cpu") if path.exists() else None
-    if payload is not None and payload.get("fingerprint") == made_from:
+    if payload is not None and accepts(payload.get("fingerprint"), made_from):
         return _probe_from(payload, device)
     probe = train_factor_probe(data, seed=run.cfg.data.seed, device=device)
     save_probe(probe, path, made_from)

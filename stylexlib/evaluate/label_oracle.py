@@ -20,7 +20,7 @@ from torch import Tensor
 
 from stylexlib.core.config import DataConfig
 from stylexlib.core.io import torch_load, torch_save, write_table
-from stylexlib.core.provenance import data_fingerprint
+from stylexlib.core.provenance import accepts, data_fingerprint
 from stylexlib.data import DataError, ImageDataset, to_float
 from stylexlib.evaluate.attribute_probe import RIDGE_GRID, LinearProbe, attribute_table
 from stylexlib.evaluate.quality import lpips_features
@@ -229,7 +229,7 @@ def run_label_oracle(run, data: ImageDataset, lpips_model: torch.nn.Module) -> L
            "version": 1}
     path = run.path(*ORACLE_FILE)
     saved = torch_load(path) if path.exists() else None
-    if saved is not None and saved.get("key") == key:
+    if saved is not None and accepts(saved.get("key"), key):
         oracle = LabelOracle.from_dict(saved["oracle"])
     else:
         table = attribute_table(data, columns)

@@ -23,6 +23,8 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from stylexlib.classifier.predict import model_device
+
 
 def map_factor_scores(maps: Tensor, masks: dict[str, Tensor]) -> pd.DataFrame:
     """(N images x factors): each factor's relevance rank accuracy (:func:`relevance_rank_accuracy` of |maps|). Unlike
@@ -91,7 +93,7 @@ def deletion_insertion_curves(classifier: nn.Module, images: Tensor, maps: Tenso
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(h * w).expand(n, -1).contiguous())
     fractions = torch.linspace(0, 1, steps + 1)
-    device = next(classifier.parameters()).device
+    device = model_device(classifier)  # a user's model may have no parameters
     curves = {"deletion": [], "insertion": []}
     for f in fractions:
         chosen = (ranks < int(round(float(f) * h * w))).view(n, 1, h, w)
@@ -128,7 +130,7 @@ def cout(classifier: nn.Module, originals: Tensor, counterfactuals: Tensor, sour
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(h * w).expand(n, -1).contiguous())
     counts = list(range(0, h * w, max(1, h * w // steps))) + [h * w]
-    device = next(classifier.parameters(), torch.empty(0)).device
+    device = model_device(classifier)
     curve = []
     for count in counts:
         pasted = torch.where((ranks < count).view(n, 1, h, w), counterfactuals, originals)

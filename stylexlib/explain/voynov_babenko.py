@@ -21,6 +21,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.core.progress import tqdm
+from stylexlib.core.provenance import accepts
 from stylexlib.gan.models import StylexModels
 
 KINDS = ("orthogonal", "linear")
@@ -160,7 +161,7 @@ class VoynovBabenkoTrainer:
         if self.checkpoint is None or not self.checkpoint.exists():
             return False
         state = torch_load(self.checkpoint)
-        if state.get("fingerprint") != self.fingerprint:
+        if not accepts(state.get("fingerprint"), self.fingerprint):
             return False
         self.matrix.load_state_dict(state["matrix"])
         self.reconstructor.load_state_dict(state["reconstructor"])

@@ -6,12 +6,15 @@ loaded with ``weights_only=True``: it holds only tensors, dicts, lists, numbers 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from stylexlib.core.io import torch_load
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = ("checkpoints", "stylex.pt")
 CHECKPOINT_FORMAT = 1
@@ -54,4 +57,13 @@ def read_stats(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / STATS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number < len(lines):
+                raise ValueError(f"{path} line {number} is not JSON ({exc}); the file is damaged") from None
+            log.warning("%s: dropped its torn last line (a process killed while writing it): %.60r", path, line)
+    return records

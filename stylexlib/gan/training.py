@@ -33,9 +33,10 @@ from stylexlib.core.config import StylexConfig, to_dict
 from stylexlib.core.distributed import (SINGLE, DistInfo, any_rank, average_gradients, broadcast_modules,
                                         gather_objects, mean_across_ranks)
 from stylexlib.core.figures import image_grid, save_figure
+from stylexlib.core.interrupt import Interrupted, stop_requests
 from stylexlib.core.io import atomic_write, torch_save
 from stylexlib.core.progress import tqdm
-from stylexlib.core.provenance import stylex_fingerprint
+from stylexlib.core.provenance import accepts, stylex_fingerprint
 from stylexlib.core.run import Run, pick_device
 from stylexlib.data import ImageDataset, to_float
 from stylexlib.gan.augment import diff_augment, parse_policy
@@ -49,6 +50,7 @@ from stylexlib.gan.losses import (class_pathway_sparsity, classifier_kl_loss, d_
                                   g_nonsaturating_loss, g_path_length_loss, latent_mmd_loss, latent_prior_loss,
                                   load_lpips, loss_weights, reconstruction_losses, weighted_sum)
 from stylexlib.gan.models import StylexModels, build_networks, class_input
+from stylexlib.gan.pace import PaceAnnouncer
 from stylexlib.gan.step_options import StepOptions, update_ema
 
 log = logging.getLogger(__name__)
@@ -498,27 +500,35 @@ class StylexTrainer:
 
     # ---------------------------------------------------------------- the loop
     def train(self, steps: int | None = None, progress: bool = True) -> TrainSummary:
-        """Train until ``steps`` (default ``cfg.steps``) or the time limit; checkpoint and preview on schedule."""
+        """Train until ``steps`` (default ``cfg.steps``) or the time limit; checkpoint and preview on schedule.
+
+        Ctrl-C or SIGTERM stops it after the current step: it writes a checkpoint there, then raises
+        :class:`~stylexlib.core.interrupt.Interrupted` (a ``KeyboardInterrupt``)."""
         cfg, total = self.cfg, steps if steps is not None else self.cfg.steps
         first_step, seconds_before, started = self.step, self.train_seconds, time.perf_counter()
         limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else math.inf
         self._trim_stats()
         bar = tqdm(total=total, initial=self.step, desc="stylex", disable=not (progress and self.dist.is_main))
+        pace = PaceAnnouncer(total, cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None, cfg.warmup_steps,
+                             enabled=self.dist.is_main)  # "about N steps fit in the limit; training ends at ~HH:MM"
         window: dict[str, list[float]] = {}
-        window_start, stopped_by_time = (self.step, time.perf_counter()), False
-        try:
+        window_start, stopped_by_time, interrupted = (self.step, time.perf_counter()), False, False
+        with contextlib.closing(bar), stop_requests("StylEx training") as stop:
             while self.step < total:
+                warming_up = self.warming_up
                 for name, value in self.train_step().items():
                     window.setdefault(name, []).append(value)
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 bar.update(1)
+                pace.step_done(self.step, warming_up)
                 if self.step % cfg.log_every == 0 or self.step == total:
                     shown = {k: f"{v:.3g}" for k, v in self._log(window, window_start).items()
                              if k in ("d", "adv", "l1", "kl")}
                     bar.set_postfix({**shown, **({"COLLAPSE": self.collapse_flag} if self.collapse_flag else {})})
                     window, window_start = {}, (self.step, time.perf_counter())
                 stopped_by_time = any_rank(time.perf_counter() - started > limit, self.device, self.dist)
-                if stopped_by_time or self.step == total:
+                interrupted = any_rank(stop.requested, self.device, self.dist)
+                if stopped_by_time or interrupted or self.step == total:
                     break
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_previews()
@@ -526,10 +536,13 @@ class StylexTrainer:
                     self._log_record({"step": self.step, **self.check_collapse()})
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-        finally:
-            bar.close()
         if window:
             self._log(window, window_start)
+        interrupted = interrupted or any_rank(stop.requested, self.device, self.dist)  # a signal after the last check
+        if interrupted:  # Ctrl-C / SIGTERM: keep the finished step, then stop as an interrupt does
+            self.save_checkpoint()
+            raise Interrupted(f"StylEx training stopped by {stop.name or 'a signal on another rank'} after step "
+                              f"{self.step}; checkpoint {self.checkpoint_file} (it resumes there)", stop.signum or 0)
         if self.step > first_step or self.checkpoint_step is None:
             if cfg.sample_every:
                 self.save_previews()
@@ -621,8 +634,8 @@ class StylexTrainer:
         if self.checkpoint_file is None or not self.checkpoint_file.exists():
             return False
         state = load_checkpoint(self.checkpoint_file)
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning("%s was made from another config: training StylEx afresh", self.checkpoint_file)
+        if not accepts(state.get("fingerprint"), self.fingerprint):
+            log.warning("%s was made from another config or other data: training StylEx afresh", self.checkpoint_file)
             return False
         self.load_state_dict(state)
         log.info("resuming StylEx training at step %d from %s", self.step, self.checkpoint_file)

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run stages that already finished")
     run.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS), help="folder of numbered notebooks")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: python3, this interpreter)")
+    run.add_argument("--plan", action="store_true",
+                     help="print what the run would cost on this machine (classifier epochs, StylEx steps in the time "
+                          "limit, AttFind edits), estimated from a few timed steps, and exit without running")
 
     params = sub.add_parser("params", help="list the notebook parameters stylex run -p NAME=VALUE sets, per stage")
     params.add_argument("stages", nargs="*", help="stage numbers or names (default: all)")
@@ -104,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook chatter hides our progress
     try:
-        if args.command == "run":
+        if args.command == "run" and args.plan:
+            from stylexlib.pipeline.plan import plan
+
+            plan(load_config(args.config, args.overrides))
+        elif args.command == "run":
             run_dir = run_pipeline(args.config, args.overrides, args.out, args.only, args.force, args.notebooks, args.kernel,
                                    parameters=args.parameters)
             print(f"[stylex] run folder: {run_dir}")

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import papermill as pm
 import yaml
@@ -17,26 +17,21 @@ import yaml
 from stylexlib.core.config import Config, ConfigError, dump_config, load_config, save_config, to_dict
 from stylexlib.core.install import shipped
 from stylexlib.core.io import read_json, write_json
+from stylexlib.core.lock import run_folder_lock
 from stylexlib.core.progress import ProgressMirror
+from stylexlib.core.provenance import (DATA_MARK, accepts, classifier_fingerprint, recorded_fingerprint,
+                                       stylex_fingerprint)
 from stylexlib.core.run import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
 STAGE_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 STATE_FILE = "stages.json"
-# What a forced stage and every stage after it start without: resume states, trained models and caches (study
-# answers are never deleted). Artifacts also record fingerprints: a stale one is refused or redone without --force.
-FORCED_FRESH = {
-    "02": ("checkpoints/classifier_train_state.pt", "classifier.pt"),
-    "03": ("checkpoints/stylex.pt", "stats.jsonl"),
-    "05": ("attfind",),
-    "06": ("factor_probe.pt",),
-    "09": ("baselines",),
-}
-# What people wrote by hand inside those: kept (attribute names are keyed by coordinate and direction).
-KEPT = ("attfind/attribute_names.csv",)
 # Config sections only the stages from this number on read: a change there re-runs those stages, no --force needed.
 LATE_SECTIONS = {"inversion": "04", "evaluate": "04", "study": "07", "compare": "08"}
+# The first stage whose results a config key changes: its section's, unless the key is listed (name, extra: none).
+FIRST_READER = {"data": "01", "classifier": "02", "stylex": "03", "attfind": "05", "attfind.seed": "04",
+                **LATE_SECTIONS}
 # Stages that run only when the config asks for them (the reason is printed when they are skipped).
 OPTIONAL_STAGES = {"09": (lambda cfg: cfg.compare.gan_baselines,
                           "compare.gan_baselines is off (make compare, or --set compare.gan_baselines=true)")}
@@ -60,6 +55,39 @@ class Stage:
         return selector in (self.number, self.name, self.name.split("_", 1)[1]) or (
             selector.isdigit() and int(selector) == int(self.number)
         )
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """An artifact a stage resumes from or reuses: the fingerprint a config gives it (core.provenance), how to read the
+    one it records, the files that go with it and, in a folder, what people wrote by hand there (kept)."""
+
+    stage: str
+    path: str
+    made_from: Callable[[Config], str]
+    recorded: Callable[[Path], str | None] = recorded_fingerprint
+    companions: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+
+
+def _probe_fingerprint(cfg: Config) -> str:
+    from stylexlib.evaluate.factor_probe import probe_fingerprint
+
+    return probe_fingerprint(cfg)
+
+
+# What --force removes when stale (_remove_stale): a changed schedule key (stylex.steps, device) keeps the models. The
+# caches inside attfind/ and baselines/ carry keys of their own, checked where they are read; attribute names and study
+# answers are never removed.
+RESUMABLE = (
+    Resumable("02", "checkpoints/classifier_train_state.pt", classifier_fingerprint),
+    Resumable("02", "classifier.pt", classifier_fingerprint),
+    Resumable("03", "checkpoints/stylex.pt", stylex_fingerprint, companions=("stats.jsonl",)),
+    Resumable("04", "factor_probe.pt", _probe_fingerprint),
+    Resumable("05", "attfind", stylex_fingerprint, lambda folder: recorded_fingerprint(folder / "style_stats.pt", "key",
+                                                                                        "stylex"),
+              kept=("attribute_names*.csv",)),  # the generator its statistics were made with
+)
 
 
 class StageFailed(RuntimeError):
@@ -155,51 +183,57 @@ def run_pipeline(
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
     stages = select_stages(discover_stages(notebook_dir), only)
     given = parse_parameters(parameters or [], stages)
-    _prepare_run_dir(run_dir, cfg, force)
-    state = read_json(run_dir / STATE_FILE, default={})
-    for stage in stages:
-        declared = settable_parameters(stage) if given else {}
-        own = {name: value for name, value in given.items() if name in declared}
-        done = state.get(stage.name, {})
-        if done.get("status") == "done" and not force and done.get("parameters", {}) != own:
-            print(f"[stylex] {stage.name}: parameters changed ({own or 'defaults'}): it runs again")
-        elif done.get("status") == "done" and not force:
-            log.info("skip %s (finished; use --force to re-run)", stage.name)
-            print(f"[stylex] skip {stage.name}: already finished (use --force to re-run)")
-            continue
-        wanted, reason = OPTIONAL_STAGES.get(stage.number, (lambda cfg: True, ""))
-        if not wanted(cfg):
-            print(f"[stylex] skip {stage.name}: {reason}")
-            continue
-        _invalidate_later(state, stage)
-        if force:
-            _remove_resume_state(run_dir, stage)
-        print(f"[stylex] run {stage.name}")
-        executed = run_dir / "notebooks" / stage.path.name
-        executed.parent.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        state[stage.name] = {"status": "running", "started": started}
-        write_json(run_dir / STATE_FILE, state)
-        try:
-            with ProgressMirror(run_dir / PROGRESS_FILE) if progress else contextlib.nullcontext():
-                pm.execute_notebook(
-                    str(stage.path),
-                    str(executed),
-                    parameters={"run_dir": str(run_dir.resolve()), **own},
-                    kernel_name=kernel_name or "python3",
-                    cwd=str(stage.path.parent),
-                    progress_bar=progress,
-                    log_output=False,
-                )
-        except pm.PapermillExecutionError as exc:
-            state[stage.name] = {"status": "failed", "cell": exc.exec_count, "error": f"{exc.ename}: {exc.evalue}"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(run_dir):  # a second `stylex run` here fails at once, naming this process
+        _prepare_run_dir(run_dir, cfg, force)
+        state = read_json(run_dir / STATE_FILE, default={})
+        changed = _changed_data(run_dir, cfg)  # the first stage whose artifact other data made
+        if changed is not None:
+            state = {name: value for name, value in state.items() if name[:2] < changed}
             write_json(run_dir / STATE_FILE, state)
-            raise StageFailed(stage, executed, exc.exec_count, f"{exc.ename}: {exc.evalue}") from None
-        seconds = round(time.time() - started, 2)
-        state[stage.name] = {"status": "done", "seconds": seconds, "notebook": str(executed), "parameters": own}
-        write_json(run_dir / STATE_FILE, state)
-        print(f"[stylex] done {stage.name} in {seconds:.1f} s")
-    return run_dir
+        for stage in stages:
+            declared = settable_parameters(stage) if given else {}
+            own = {name: value for name, value in given.items() if name in declared}
+            done = state.get(stage.name, {})
+            if done.get("status") == "done" and not force and done.get("parameters", {}) != own:
+                print(f"[stylex] {stage.name}: parameters changed ({own or 'defaults'}): it runs again")
+            elif done.get("status") == "done" and not force:
+                log.info("skip %s (finished; use --force to re-run)", stage.name)
+                print(f"[stylex] skip {stage.name}: already finished (use --force to re-run)")
+                continue
+            wanted, reason = OPTIONAL_STAGES.get(stage.number, (lambda cfg: True, ""))
+            if not wanted(cfg):
+                print(f"[stylex] skip {stage.name}: {reason}")
+                continue
+            _invalidate_later(state, stage)
+            if force or (changed is not None and stage.number >= changed):
+                _remove_stale(run_dir, stage, cfg)
+            print(f"[stylex] run {stage.name}")
+            executed = run_dir / "notebooks" / stage.path.name
+            executed.parent.mkdir(parents=True, exist_ok=True)
+            started = time.time()
+            state[stage.name] = {"status": "running", "started": started}
+            write_json(run_dir / STATE_FILE, state)
+            try:
+                with ProgressMirror(run_dir / PROGRESS_FILE) if progress else contextlib.nullcontext():
+                    pm.execute_notebook(
+                        str(stage.path),
+                        str(executed),
+                        parameters={"run_dir": str(run_dir.resolve()), **own},
+                        kernel_name=kernel_name or "python3",
+                        cwd=str(stage.path.parent),
+                        progress_bar=progress,
+                        log_output=False,
+                    )
+            except pm.PapermillExecutionError as exc:
+                state[stage.name] = {"status": "failed", "cell": exc.exec_count, "error": f"{exc.ename}: {exc.evalue}"}
+                write_json(run_dir / STATE_FILE, state)
+                raise StageFailed(stage, executed, exc.exec_count, f"{exc.ename}: {exc.evalue}") from None
+            seconds = round(time.time() - started, 2)
+            state[stage.name] = {"status": "done", "seconds": seconds, "notebook": str(executed), "parameters": own}
+            write_json(run_dir / STATE_FILE, state)
+            print(f"[stylex] done {stage.name} in {seconds:.1f} s")
+        return run_dir
 
 
 def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
@@ -210,35 +244,69 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, force: bool) -> None:
         if to_dict(previous) != to_dict(cfg):
             changed = _changed_keys(to_dict(previous), to_dict(cfg))
             late = [LATE_SECTIONS.get(key.split(".")[0]) for key in changed]
+            first = min(_first_reader(key) or "01" for key in changed)
             if not force and all(late):  # only later stages read what changed: those run again
-                first = min(late)
-                state = read_json(run_dir / STATE_FILE, default={})
-                write_json(run_dir / STATE_FILE, {k: v for k, v in state.items() if k[:2] < first})
                 print(f"[stylex] {', '.join(changed)} changed: stages from {first} on run again")
             elif not force:
-                raise ConfigError(
-                    f"run folder {run_dir} was made with a different config (changed: {', '.join(changed)}); "
-                    "use --force to re-run its stages with the new config, or --out for a new folder"
-                )
-            else:
-                write_json(run_dir / STATE_FILE, {})
+                raise ConfigError(_refusal(run_dir, changed))
+            state = read_json(run_dir / STATE_FILE, default={})  # the stages before `first` stay done
+            write_json(run_dir / STATE_FILE, {k: v for k, v in state.items() if k[:2] < first})
     run_dir.mkdir(parents=True, exist_ok=True)
     if not saved.exists() or dump_config(cfg) != saved.read_text():
         save_config(cfg, saved)
 
 
-def _remove_resume_state(run_dir: Path, stage: Stage) -> None:
-    """--force: the stage and everything downstream start afresh instead of resuming what an earlier run left."""
-    kept = {run_dir / name for name in KEPT}
-    for name in (name for number, names in FORCED_FRESH.items() if number >= stage.number for name in names):
-        path = run_dir / name
-        for item in (list(path.iterdir()) if path.is_dir() and any(k.parent == path for k in kept) else [path]):
-            if item in kept:
-                continue
+def _refusal(run_dir: Path, changed: list[str]) -> str:
+    """Why a changed config is refused without --force, and the command that applies it."""
+    readers = {_first_reader(key) for key in changed}
+    if len(readers) == 1 and None not in readers:
+        stage = readers.pop()
+        how = (f"use --only {stage} --force to re-run stage {stage} with it (the stages after it run again on the next "
+               "stylex run)")
+    else:
+        how = "use --force to re-run its stages with it"
+    return (f"run folder {run_dir} was made with a different config (changed: {', '.join(changed)}); {how}: what the "
+            "change leaves valid (a model whose fingerprint still matches) is kept; or use --out for a new folder")
+
+
+def _first_reader(key: str) -> str | None:
+    return FIRST_READER.get(key, FIRST_READER.get(key.split(".")[0]))
+
+
+def _remove_stale(run_dir: Path, stage: Stage, cfg: Config) -> None:
+    """--force: remove what the stage and the stages after it would resume from where ``cfg`` would not have made it
+    (it records another fingerprint, or none); what still matches is kept, and its stage continues or reuses it."""
+    for artifact in RESUMABLE:
+        path = run_dir / artifact.path
+        if artifact.stage < stage.number or not path.exists() or accepts(artifact.recorded(path),
+                                                                         artifact.made_from(cfg)):
+            continue
+        inside = [item for item in path.iterdir() if not any(item.match(k) for k in artifact.kept)] if path.is_dir() \
+            else [path]
+        for item in (*inside, *(run_dir / other for other in artifact.companions)):
             if item.is_dir():
                 shutil.rmtree(item)
-            elif item.exists():
-                item.unlink()
+            else:
+                item.unlink(missing_ok=True)
+        print(f"[stylex] removed {artifact.path}: made from another config or other data")
+
+
+def _changed_data(run_dir: Path, cfg: Config) -> str | None:
+    """The first stage with an artifact made from the same config but other folder data than ``data.root`` holds now
+    (files added, removed or changed, labels CSV edited), after printing what changed; None when there is none.
+    (A changed config is found by :func:`_prepare_run_dir`; synthetic data is its config.)"""
+    for artifact in RESUMABLE:
+        path = run_dir / artifact.path
+        expected = artifact.made_from(cfg) if path.exists() else ""
+        if DATA_MARK not in expected:
+            continue
+        recorded = artifact.recorded(path)
+        if recorded and recorded.partition(DATA_MARK)[0] == expected.partition(DATA_MARK)[0] \
+                and not accepts(recorded, expected):
+            print(f"[stylex] {artifact.path} was made from other data (the images or labels under {cfg.data.root} "
+                  f"changed since): stages from {artifact.stage} on run again")
+            return artifact.stage
+    return None
 
 
 def _invalidate_later(state: dict, stage: Stage) -> None:

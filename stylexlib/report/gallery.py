@@ -14,7 +14,7 @@ from typing import Iterator, Mapping, Sequence
 
 from torch import Tensor
 
-from stylexlib.core.io import atomic_write, write_text
+from stylexlib.core.io import atomic_write, temp_dir, write_text
 from stylexlib.explain.attfind.examples import AttributeExamples, by_class
 from stylexlib.explain.attfind.visibility import VisibilityRule
 from stylexlib.gan.losses import VISIBILITY_SIZE
@@ -136,13 +136,13 @@ def replaced_dir(path: str | Path) -> Iterator[Path]:
     if path.exists() and any(path.iterdir()) and not (path / GALLERY_MARKER).exists():
         raise FileExistsError(f"{path} exists and was not written by stylexlib; choose an empty or new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = temp_dir(path.parent, f".{path.name}.", ".tmp")
     try:
         yield tmp
         (tmp / GALLERY_MARKER).write_text("written by stylexlib; replaced as a whole on every write\n")
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            old = temp_dir(path.parent, f".{path.name}.", ".old")
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:

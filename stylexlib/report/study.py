@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from stylexlib.core.io import write_table, write_text
+from stylexlib.core.lock import file_lock
 from stylexlib.explain.attfind.examples import AttributeExamples, by_class
 from stylexlib.report.gallery import replaced_dir
 from stylexlib.report.viz import caption, display_scale, save_gif, save_png, stack, to_pil
@@ -255,18 +256,21 @@ def form_page(key: pd.DataFrame, title: str = "StylEx user study") -> str:
 
 # --------------------------------------------------------------------------------------------- responses
 def append_response(path: str | Path, respondent: str, question_id: str, answer: str, seconds: float = float("nan")) -> None:
-    """Append one response to a responses CSV atomically (the file is never half-written)."""
+    """Append one response to a responses CSV atomically (never half-written) and under a lock (never lost to a
+    concurrent append)."""
     path = Path(path)
-    text = path.read_text() if path.exists() else ""
-    if text and text.splitlines()[0].split(",") != list(RESPONSE_COLUMNS):
-        raise StudyError(f"{path}: not a responses file (header {text.splitlines()[0]!r}, expected {','.join(RESPONSE_COLUMNS)})")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if not text:
-        writer.writerow(RESPONSE_COLUMNS)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    writer.writerow([respondent, question_id, answer, "" if seconds != seconds else f"{seconds:.3f}", stamp])
-    write_text(path, text + buffer.getvalue())
+    with file_lock(path.with_name(f".lock-{path.name}"), wait=True):  # hidden: not exported
+        text = path.read_text() if path.exists() else ""
+        if text and text.splitlines()[0].split(",") != list(RESPONSE_COLUMNS):
+            raise StudyError(f"{path}: not a responses file (header {text.splitlines()[0]!r}, "
+                             f"expected {','.join(RESPONSE_COLUMNS)})")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if not text:
+            writer.writerow(RESPONSE_COLUMNS)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        writer.writerow([respondent, question_id, answer, "" if seconds != seconds else f"{seconds:.3f}", stamp])
+        write_text(path, text + buffer.getvalue())
 
 
 def normalize_answer(value: object, where: str) -> str | None:

@@ -15,7 +15,7 @@ from torch import Tensor
 from stylexlib.core.config import AttFindConfig
 from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.io import torch_load, torch_save, write_table
-from stylexlib.core.provenance import stylex_fingerprint
+from stylexlib.core.provenance import accepts, stylex_fingerprint
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, searched_coordinates,
                                                shift_targets, style_statistics)
@@ -61,7 +61,7 @@ def run_statistics(run, data, models: StylexModels, cfg: AttFindConfig) -> Style
     key = {"step": models.step, "images": cfg.stats_images, "seed": cfg.seed, "stylex": stylex_fingerprint(run.cfg)}
     if path.exists():
         state = torch_load(path)
-        if state.get("key") == key:
+        if accepts(state.get("key"), key):
             return StyleStats.from_state_dict(state["stats"])
     indices = subset_indices(data, "train", cfg.stats_images, cfg.seed)
     stats = style_statistics(models, data.images[indices])
@@ -139,8 +139,9 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
         for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
             write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)
         torch_save(run.path(ATTFIND_DIR, "styles.pt"), {"styles": styles, "image_indices": effects.image_indices})
-        write_name_template(run.path(ATTFIND_DIR, NAMES_FILE), attributes)
-    attributes = with_names(attributes, read_attribute_names(run.dir / ATTFIND_DIR / NAMES_FILE))
+        write_name_template(run.path(ATTFIND_DIR, NAMES_FILE), attributes, stylex_fingerprint(run.cfg))
+    attributes = with_names(attributes, read_attribute_names(run.dir / ATTFIND_DIR / NAMES_FILE,
+                                                             stylex_fingerprint(run.cfg)))
     return AttFindResult(effects, styles, stats, attributes, per_image, scores, seconds)
 
 
@@ -151,11 +152,13 @@ def load_attfind(run) -> AttFindResult:
         raise FileNotFoundError(f"no AttFind results in {folder}; run stage 05_attribute_search first")
     saved = torch_load(folder / "effects.pt")
     styles = torch_load(folder / "styles.pt")["styles"]
-    stats = StyleStats.from_state_dict(torch_load(folder / "style_stats.pt")["stats"])
+    stats_state = torch_load(folder / "style_stats.pt")
+    stats = StyleStats.from_state_dict(stats_state["stats"])
+    generator = stats_state.get("key", {}).get("stylex")  # the generator these attributes were found in
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("attributes", "image_attributes", "sufficiency")}
-    names = write_name_template(folder / NAMES_FILE, tables["attributes"])  # made here for runs from before the file
+    names = write_name_template(folder / NAMES_FILE, tables["attributes"], generator)  # made here for older runs too
     return AttFindResult(Effects(**saved["effects"]), styles, stats,
-                         with_names(tables["attributes"], read_attribute_names(names)),
+                         with_names(tables["attributes"], read_attribute_names(names, generator)),
                          tables["image_attributes"], tables["sufficiency"], float(saved["seconds_per_image"]))
 
 
