@@ -111,8 +111,9 @@ def user_run_dir(run_dir: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("user_run")
     with pytest.warns(FutureWarning):  # TorchScript is deprecated
         torch.jit.trace(_OutputsSwapped(trained.model), torch.zeros(2, 3, 16, 16)).save(str(folder / "swapped.ts"))
-    run = open_run(folder / "run", None, TINY + [f"classifier.source={folder / 'swapped.ts'}",
-                                               "classifier.class_names=[smile, frown]", "classifier.check_accuracy=false"])
+    user = [f"classifier.source={folder / 'swapped.ts'}", "classifier.class_names=[smile, frown]",
+            "classifier.check_accuracy=false"]
+    run = open_run(folder / "run", None, TINY + user)
     data = load_dataset(run.cfg.data)
     train_stylex(run, data, progress=False)  # stage 03 checks the classifier on the data and records its classes
     run_statistics(run, data, load_stylex(run, "cpu", data), run.cfg.attfind)

@@ -77,18 +77,26 @@ class StylexModels:
 
 def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageDataset | None = None) -> StylexModels:
     """Load a run's EMA generator and encoder (from ``checkpoints/stylex.pt``) and its frozen classifier, inverting
-    images as the run's ``inversion`` section says."""
-    models = load_models(checkpoint_path(run.dir), load_run_classifier(run, data), stylex_fingerprint(run.cfg), "03",
-                         device)
+    images as the run's ``inversion`` section says. Without ``data`` the data set is not loaded: a user classifier's
+    outputs take the data's class order the checkpoint records (stage 03 checked that classifier on the data)."""
+    path, expected = checkpoint_path(run.dir), stylex_fingerprint(run.cfg)
+    state = load_checkpoint(path)
+    made_from = state.get("fingerprint")
+    if made_from is not None and run.cfg.classifier.source != "train":  # (the built-in one is checked first: stage 02)
+        check(made_from, expected, path, "03")  # before its record of the data's classes is trusted
+    # the data's classes as stage 03 read them; a checkpoint without a fingerprint proves nothing (the data is read)
+    recorded = list(state["class_names"]) if made_from is not None else None
+    models = load_models(path, load_run_classifier(run, data, recorded), expected, "03", device, state)
     models.inversion = run.cfg.inversion
     return models
 
 
 def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: str,
-                device: torch.device | str | None = None) -> StylexModels:
-    """The frozen EMA generator, encoder and discriminator of the checkpoint at ``path``, with ``classifier``; refuses a
-    checkpoint whose fingerprint is not ``expected`` (naming ``stage`` to re-run)."""
-    state = load_checkpoint(path)
+                device: torch.device | str | None = None, state: dict | None = None) -> StylexModels:
+    """The frozen EMA generator, encoder and discriminator of the checkpoint at ``path`` (``state``: its contents,
+    already loaded), with ``classifier``; refuses a checkpoint whose fingerprint is not ``expected`` (naming ``stage``
+    to re-run)."""
+    state = load_checkpoint(path) if state is None else state
     if expected is not None:
         check(state.get("fingerprint"), expected, path, stage)
     cfg = from_dict(state["config"], StylexConfig, "stylex")
