@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 from stylexlib.core.config import ConfigError, dump_config, load_config
-from stylexlib.evaluate.benchmark import combine
-from stylexlib.pipeline.runner import (DEFAULT_NOTEBOOKS, RUNNER_PARAMETERS, StageFailed, discover_stages, run_pipeline,
-                                       select_stages, settable_parameters)
+from stylexlib.core.install import shipped
+
+# Each command imports what it needs when it runs: `stylex explain` starts without papermill (the runner) or the
+# benchmark's explainers.
+DEFAULT_NOTEBOOKS = shipped("notebooks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 
             plan(load_config(args.config, args.overrides))
         elif args.command == "run":
+            from stylexlib.pipeline.runner import run_pipeline
+
             run_dir = run_pipeline(args.config, args.overrides, args.out, args.only, args.force, args.notebooks, args.kernel,
                                    parameters=args.parameters)
             print(f"[stylex] run folder: {run_dir}")
         elif args.command == "params":
+            from stylexlib.pipeline.runner import (RUNNER_PARAMETERS, discover_stages, select_stages,
+                                                   settable_parameters)
+
             for stage in select_stages(discover_stages(args.notebooks), args.stages or None):
                 settable = settable_parameters(stage)
                 print(f"{stage.name}{'' if settable else ' (no parameters to set)'}")
@@ -139,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                       "are not explanations a person can check (columns visible_change, invisible)")
             print(f"[stylex] {table['file'].nunique()} images explained: {Path(args.out) / 'attributes.csv'}")
         elif args.command == "combine":
+            from stylexlib.evaluate.benchmark import combine
+
             print(combine(args.out, args.run_dirs, args.table).round(3).to_string(index=False))
         elif args.command == "config":
             print(dump_config(load_config(args.config, args.overrides)), end="")
-    except StageFailed as exc:
+    except RuntimeError as exc:
+        from stylexlib.pipeline.runner import StageFailed  # imported already wherever it can be raised
+
+        if not isinstance(exc, StageFailed):
+            raise
         print(f"[stylex] error: {exc}", file=sys.stderr)
         return 1
     except (ConfigError, FileNotFoundError, ValueError) as exc:
