@@ -304,3 +304,30 @@ def test_the_protocol_reads_edits_with_the_label_oracle(planted, tmp_path) -> No
     assert row["attr_distinct_labels_top5"] == 1 and row["attr_main_label_change_top5"] > 0.1
     assert result.per_image["label_mnac"].mean() == pytest.approx(row["label_mnac"], rel=1e-6)
     assert "label_cd" not in row  # no class column among the oracle's: nothing to correlate the flips with
+
+
+def test_methods_on_one_gan_share_its_inversion_and_score_as_if_each_inverted(planted, monkeypatch) -> None:  # noqa: F811
+    """evaluate_all inverts the selection and evaluation images once per GAN (each refined inversion costs seconds per
+    image on real data): a method given that encoding scores exactly as one that inverts them itself."""
+    from stylexlib.evaluate.gan_baselines import Method, encode_images, evaluate_method
+    from stylexlib.evaluate.quality import lpips_features
+    from stylexlib.gan.losses import load_lpips
+
+    explainer, _, _ = planted
+    coords = torch.arange(explainer.generator.style_dim)
+    full = DirectionExplainer(models_of(explainer), explainer.stats,
+                              coordinate_pool("all", explainer.generator, explainer.stats, coords), step=2.0)
+    gen = torch.Generator().manual_seed(5)
+    selection, evaluation = (torch.rand(m, 3, 16, 16, generator=gen) * 2 - 1 for m in (24, 12))
+    lpips_model = load_lpips("squeeze")
+    real = lpips_features(lpips_model, torch.rand(8, 3, 16, 16, generator=gen) * 2 - 1)
+    method = Method("stylex", "attribute", "attfind", full)
+    alone = evaluate_method(method, "stylex", selection, evaluation, "t", lpips_model, real, top_k=2)
+    encoded = encode_images(full, selection, evaluation)
+    monkeypatch.setattr(DirectionExplainer, "encode", lambda *a, **k: pytest.fail("inverted again"))
+    shared = evaluate_method(method, "stylex", selection, evaluation, "t", lpips_model, real, top_k=2, encoded=encoded)
+    timing = {"seconds_per_image", "selection_seconds"}
+    assert {k: v for k, v in shared.row.items() if k not in timing} == pytest.approx(
+        {k: v for k, v in alone.row.items() if k not in timing}, nan_ok=True)
+    assert shared.row["selection_seconds"] >= encoded.selection_seconds > 0
+    pd.testing.assert_frame_equal(shared.per_image, alone.per_image)

@@ -93,7 +93,8 @@ def load_gans(run: Run, data, device=None, progress: bool = True) -> list[Gan]:
     images = data.images[subset_indices(data, "train", a.stats_images, a.seed)]
     gans = []
     for name, models, stats in (("stylex", stylex, run_statistics(run, data, stylex, a)), ("plain", plain, None)):
-        inverted = invert(models, images)
+        inverted = invert(models, images, refine=False)  # E(x), as stage 05's statistics: per-image refinement of
+        # thousands of images would cost hours on a CPU and move the min / max / PCA little
         gans.append(Gan(name, models, stats if stats is not None else StyleStats.of(inverted.styles), inverted.w))
     return gans
 
@@ -101,7 +102,7 @@ def load_gans(run: Run, data, device=None, progress: bool = True) -> list[Gan]:
 def train_directions(run: Run, gan: Gan, data, progress: bool = True) -> tuple[Tensor, dict]:
     """Voynov & Babenko's directions on one GAN (resumable; curves saved), with R's accuracy and chance."""
     cfg = run.cfg.compare
-    logits = invert(gan.models, data.images[subset_indices(data, "train", 512, cfg.seed)]).logits
+    logits = invert(gan.models, data.images[subset_indices(data, "train", 512, cfg.seed)], refine=False).logits  # C(x)
     conditions = gan.models.condition(logits.to(gan.models.device)).cpu()  # the class inputs G sees on real images
     key = fingerprint("voynov_babenko", stylex_fingerprint(run.cfg), gan.name, cfg.directions, cfg.vb_kind,
                       cfg.vb_batch_size, cfg.seed, gan.models.step)
@@ -184,22 +185,45 @@ def _on_all_images(values, usable: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class Encoded:
+    """One GAN's inversion of the selection and evaluation images (the same for every method on that GAN: computed
+    once), with the seconds each took."""
+
+    selection: Tensor
+    evaluation: Tensor
+    selection_seconds: float
+    evaluation_seconds: float
+
+
+def encode_images(explainer: DirectionExplainer, selection: Tensor, evaluation: Tensor) -> Encoded:
+    """The styles of ``selection`` and ``evaluation`` images in the explainer's GAN, timed."""
+    started = time.perf_counter()
+    chosen = explainer.encode(selection)[0]
+    middle = time.perf_counter()
+    evaluated = explainer.encode(evaluation)[0]
+    return Encoded(chosen, evaluated, middle - started, time.perf_counter() - middle)
+
+
 def evaluate_method(method: Method, gan: str, selection: Tensor, evaluation: Tensor, task: str, lpips_model,
                     real_features: Tensor, probe=None, masks=None, sensitivity=None, groups=None,
-                    top_k: int = 10, feature_model=None, oracle=None, label_correlation=None) -> Evaluated:
+                    top_k: int = 10, feature_model=None, oracle=None, label_correlation=None,
+                    encoded: Encoded | None = None) -> Evaluated:
     """One method under the protocol: select on ``selection`` images, score on ``evaluation`` images (realism on
     ``feature_model``'s LPIPS features, default ``lpips_model``, against ``real_features`` of the same model). With
     the labelled-attribute ``oracle`` (real data with labels): the top-1 edits' ``label_mnac`` and ``label_cd``
     (``label_correlation``: each label's correlation with the class in the data) and the top 5 edits' readings
-    (``attr_*_top5``, ``top_labels``), as stage 06 reads StylEx's attributes."""
+    (``attr_*_top5``, ``top_labels``), as stage 06 reads StylEx's attributes. ``encoded``: the images' inversion in
+    this method's GAN, shared by its methods (its seconds still count in each method's timings)."""
     explainer = method.explainer
+    encoded = encoded or encode_images(explainer, selection, evaluation)
     started = time.perf_counter()
-    selected = select_edits(explainer, explainer.encode(selection)[0], top_k, method.rule)
-    selection_seconds = time.perf_counter() - started
+    selected = select_edits(explainer, encoded.selection, top_k, method.rule)
+    selection_seconds = time.perf_counter() - started + encoded.selection_seconds
     started = time.perf_counter()
-    styles, _ = explainer.encode(evaluation)
+    styles = encoded.evaluation
     top1 = top1_edits(explainer, styles, selected)
-    seconds = (time.perf_counter() - started) / len(evaluation)
+    seconds = (time.perf_counter() - started + encoded.evaluation_seconds) / len(evaluation)
     flips: dict = {}
     curve = sufficiency_curve(explainer, styles, selected, top_k, per_image=flips)
     use = top1["usable"]
@@ -265,11 +289,14 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
         sensitivity = factor_sensitivity(classifier, factors, data.resolution, target)
         groups = factor_groups(run.cfg.data.label_rule, run.cfg.data.spurious_factor)
     correlation = oracle_class_correlation(oracle, data) if oracle is not None else None
-    results = {}
+    results, encoded = {}, {}
     for method in tqdm(methods, desc="GAN baselines", disable=not progress):
         gan = gan_of(method)
+        if gan not in encoded:  # every method on one GAN edits the same inverted images: invert them once
+            encoded[gan] = encode_images(method.explainer, selection, evaluation)
         result = evaluate_method(method, gan, selection, evaluation, run.cfg.name, lpips_model, real_features, probe,
-                                 masks, sensitivity, groups, cfg.top_k, feature_model, oracle, correlation)
+                                 masks, sensitivity, groups, cfg.top_k, feature_model, oracle, correlation,
+                                 encoded[gan])
         result.per_image.index = pd.Index(rows, name="image")  # the dataset's index of each evaluation image
         results[f"{method.name}@{gan}"] = result
     table = pd.DataFrame([r.row for r in results.values()])
