@@ -223,3 +223,20 @@ def test_written_configs_of_either_source_load_back(tmp_path: Path) -> None:
     cfg.data.max_images = 3  # written unchecked, as runs before the check were
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml", presets=False).data.max_images == 3  # a record from before the check
+
+
+def test_compare_methods_name_known_methods_and_build_only_those() -> None:
+    """compare.methods chooses stage 09's methods (each is an hours-long search on real photographs on a CPU)."""
+    import inspect
+
+    from stylexlib.core.config import COMPARE_METHODS
+    from stylexlib.evaluate import gan_baselines
+
+    assert load_config("configs/demo.yaml", ["compare.methods=[stylex, wu_attfind, sefa]"]).compare.methods == [
+        "stylex", "wu_attfind", "sefa"]
+    with pytest.raises(ConfigError, match="unknown method.*'wu_atfind'"):
+        load_config("configs/demo.yaml", ["compare.methods=[stylex, wu_atfind]"])
+    with pytest.raises(ConfigError, match="at least one"):
+        load_config("configs/demo.yaml", ["compare.methods=[]"])
+    source = inspect.getsource(gan_baselines.build_methods)  # every name the list offers is one build_methods makes
+    assert all(f'"{name}"' in source for name in COMPARE_METHODS)

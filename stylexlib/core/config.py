@@ -166,7 +166,8 @@ class StylexConfig:
     log_every: int = 10  # steps between progress-bar updates and stats.jsonl lines
     sample_every: int = 250  # steps between preview grids (samples, reconstructions); 0: none
     checkpoint_every: int = 250
-    time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time
+    time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time, all sessions
+    # together (a resumed run trains the minutes left)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     channels_last: bool = True
     compile: bool = False  # torch.compile G's synthesis layers, E, D's trunk and the classifier for training (compile
@@ -263,7 +264,15 @@ class CompareConfig:
     vb_kind: Literal["orthogonal", "linear"] = "orthogonal"  # Voynov & Babenko's direction matrix
     vb_steps: int = 800
     vb_batch_size: int = 32
+    methods: list[str] | None = None  # the methods to compare (None: all of COMPARE_METHODS); each costs an AttFind-like
+    # search (coordinates) or a direction search, so on real photographs on a CPU choose, e.g. [stylex, wu_attfind, sefa]
     seed: int = 0
+
+
+# Stage 09's methods: StylEx's AttFind, AttFind and Wu et al.'s selection on the classifier-free GAN, the direction
+# methods on each GAN and the random controls (stylexlib.evaluate.gan_baselines.build_methods).
+COMPARE_METHODS = ("stylex", "wu_attfind", "wu_positives", "voynov_babenko", "ganspace", "sefa", "random_directions",
+                   "random_coordinates")
 
 
 @dataclass
@@ -467,6 +476,13 @@ def _non_negative_problem(value: float) -> str | None:
     return None if value >= 0 else f"must be >= 0 (0: off), got {value}"
 
 
+def _methods_problem(value: list[str] | None) -> str | None:
+    unknown = [m for m in value or [] if m not in COMPARE_METHODS]
+    if unknown:
+        return f"unknown method(s) {unknown}; choose among {list(COMPARE_METHODS)} (or leave it out for all)"
+    return "must name at least one method (or be left out for all)" if value is not None and not value else None
+
+
 def _columns_problem(value: list[str] | str) -> str | None:
     return None if not isinstance(value, str) or value == "all" else (
         f"must be a list of labels-CSV columns or 'all', got {value!r}")
@@ -475,7 +491,8 @@ def _columns_problem(value: list[str] | str) -> str | None:
 # Checks beyond the field types, run when a config is loaded: each returns the problem or None.
 FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem,
                                   "kl_noise_std": _non_negative_problem},
-                "EvaluateConfig": {"attribute_columns": _columns_problem}}
+                "EvaluateConfig": {"attribute_columns": _columns_problem},
+                "CompareConfig": {"methods": _methods_problem}}
 
 
 def _unknown_key_message(path: str, key: str, names: list[str]) -> str:
