@@ -151,3 +151,34 @@ def test_encoder_fit_trains_only_a_copy_of_e_and_later_stages_load_it(tmp_path, 
     loaded = load_models(trainer.checkpoint_file, classifier, None, "03", "cpu")
     assert all(torch.equal(v, loaded.encoder.state_dict()[k]) for k, v in state["E_fit"].items())
     assert fit_checkpoint_encoder(trainer, data, minutes=0.02, progress=False) is None  # done for this step already
+
+
+def test_collapse_check_and_reconstruction_previews_read_the_live_g_with_the_live_e(tmp_path, lpips_model,
+                                                                                       monkeypatch) -> None:
+    """#40: they paired G_ema with the training E (or its EMA), the pair that drifts apart (docs/experiments.md)."""
+    from stylexlib.classifier.model import build_classifier
+    from stylexlib.gan import training
+    from tests.test_train import tiny_dataset
+
+    cfg = dataclasses.replace(TINY, encoder_ema=True, steps=2, checkpoint_every=0)
+    trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, tmp_path)
+    trainer.train(progress=False)
+    with torch.no_grad():  # make the live E differ clearly from its EMA
+        for p in trainer.E.parameters():
+            p.add_(0.1)
+    read = []
+    real = training.collapse_metrics
+    monkeypatch.setattr(training, "collapse_metrics", lambda generator, encoder, *a, **k: read.append(
+        (generator, encoder)) or real(generator, encoder, *a, **k))
+    trainer.check_collapse()
+    assert read == [(trainer.G, trainer.E)]
+    grids = {}
+    monkeypatch.setattr(trainer, "_save_grid", lambda kind, images, titles, title: grids.setdefault(kind, images))
+    trainer.save_previews()
+    models = trainer.models()
+    inputs = models.prepare(trainer.preview_images[:8])
+    with torch.no_grad():
+        condition = models.condition(trainer.classifier(inputs).float())
+        expected = trainer.G(trainer.E(inputs), condition, noise_mode="const")
+    torch.testing.assert_close(grids["reconstructions"][1::2], expected)
+    assert models.generator is trainer.G_ema  # what later stages load is unchanged

@@ -103,12 +103,70 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert set(without) == FINGERPRINTED_STYLEX_KEYS, (
         "a new stylex key changes every existing checkpoint's fingerprint: list it in STYLEX_ADDED_KEYS (or in "
         "STYLEX_SCHEDULE_KEYS when it does not change what is trained)")
-    for added in ("stylex.weight_mapping_match=1", "stylex.encoder_fit_minutes=2", "stylex.encoder=squeeze"):
+    for added in ("stylex.weight_mapping_match=1", "stylex.encoder=squeeze"):
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
+    for runtime in ("stylex.encoder_fit_minutes=2", "stylex.encoder_fit_lr=0.01", "stylex.precision=fp32",
+                    "stylex.channels_last=false"):  # run-time keys: the same model (#40)
+        assert provenance.stylex_fingerprint(apply_overrides(cfg, [runtime])) == base[1]
     data_without = {k: v for k, v in to_dict(cfg.data).items() if k not in provenance.DATA_ADDED_KEYS}
     assert provenance.data_fingerprint(cfg) == provenance.fingerprint("data", data_without)
     queried = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_queries={"a": "x > 1"}))
     assert provenance.data_fingerprint(queried) != provenance.data_fingerprint(cfg)  # (a folder key: unchecked here)
+
+
+def test_run_time_keys_change_nothing_a_checkpoint_resumes_from(tmp_path) -> None:
+    """#40: changing precision, channels_last or the encoder fit's minutes or lr restarted StylEx from step 0."""
+    run = open_run(tmp_path / "run", None, TINY)
+    data = load_dataset(run.cfg.data)
+    fit_run_classifier(run, data)
+    assert train_stylex(run, data, progress=False).steps == 2
+    changes = ["stylex.precision=fp32", "stylex.channels_last=false", "stylex.encoder_fit_minutes=0.002",
+               "stylex.encoder_fit_lr=0.01"]
+    for steps, change in enumerate(changes, start=3):
+        reconfigure(run, change, f"stylex.steps={steps}")
+        summary = train_stylex(run, data, progress=False)
+        assert (summary.session_steps, summary.steps) == (1, steps), change  # continued, not afresh
+    reconfigure(run, "stylex.encoder_fit_lr=0.02")  # the fit alone again: no step, E fitted with the new lr
+    assert train_stylex(run, data, progress=False).session_steps == 0
+    fit = torch.load(run.path("checkpoints", "stylex.pt"), weights_only=True)["encoder_fit"]
+    assert (fit["step"], fit["minutes"], fit["lr"]) == (6, 0.002, 0.02)
+    load_stylex(run)  # not stale
+
+
+def _fingerprint_before_40(cfg) -> str:
+    """stylex_fingerprint as it was before #40 (the run-time keys fingerprinted as set)."""
+    section = provenance._section(cfg.stylex, provenance.STYLEX_ADDED_KEYS, provenance.STYLEX_SCHEDULE_KEYS)
+    return provenance.fingerprint("stylex", provenance.classifier_fingerprint(cfg), section)
+
+
+def test_checkpoints_recorded_with_the_earlier_fingerprint_still_resume(tmp_path) -> None:
+    """#40 changed the formula: what run folders recorded before (here with the run-time keys set away from their
+    defaults, as the real preset's encoder fit does) must still be accepted, by the trainer and by later stages."""
+    from stylexlib.core.io import torch_load, torch_save
+
+    default = open_run(tmp_path / "default", None, TINY).cfg
+    assert provenance.stylex_fingerprint(default) == _fingerprint_before_40(default)  # the defaults keep their value
+    run = open_run(tmp_path / "run", None, TINY + ["stylex.precision=fp32", "stylex.encoder_fit_minutes=0.002"])
+    data = load_dataset(run.cfg.data)
+    fit_run_classifier(run, data)
+    before, now = _fingerprint_before_40(run.cfg), provenance.stylex_fingerprint(run.cfg)
+    assert before != now
+    assert train_stylex(run, data, progress=False).steps == 2
+    path = run.path("checkpoints", "stylex.pt")
+    state = torch_load(path)
+    state["fingerprint"] = before  # what the trainer recorded before #40
+    torch_save(path, state)
+    reconfigure(run, "stylex.steps=3")
+    assert train_stylex(run, data, progress=False).session_steps == 1  # resumed
+    assert torch_load(path)["fingerprint"] == now  # and recorded with the formula of now
+    load_stylex(run)
+    # what is made from the StylEx model (hashed in, or kept in a key) accepts the earlier value too
+    assert provenance.accepts(provenance.fingerprint("voynov_babenko", before, 8),
+                              provenance.fingerprint("voynov_babenko", provenance.stylex_fingerprint(run.cfg), 8))
+    assert provenance.accepts({"step": 2, "stylex": before}, {"step": 2, "stylex": now})
+    other = apply_overrides(run.cfg, ["stylex.lr_g=0.001"])  # another model is still refused
+    assert not provenance.accepts(before, provenance.stylex_fingerprint(other))
+    assert not provenance.accepts(_fingerprint_before_40(other), now)
 
 
 def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(tmp_path, monkeypatch) -> None:

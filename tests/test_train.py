@@ -382,3 +382,91 @@ def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lp
     assert "r1" in losses[2] and {"d", "adv", "kl", "sample_kl"} <= set(losses[1])
     assert any(not torch.equal(a, b) for a, b in zip(d_before, trainer.D.parameters()))
     assert next(trainer.G.parameters()).is_cuda and trainer.G_ema.const.is_cuda
+
+
+def test_lazy_r1_runs_on_d_steps_counted_in_d_steps(data, classifier, lpips_model) -> None:
+    """#40: with path_mode alternate and adv_on_reconstructions off D trains only on the random path's steps; R1 (every
+    r1_every-th step) fell on the encoder steps, where D does not train: it moved nothing and was logged anyway."""
+    cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, adv_on_reconstructions=False,
+                              r1_every=2, pl_weight=0.0)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
+    real_r1, moved = trainer._r1_step, []
+
+    def r1_step(x, probs):
+        before = [p.detach().clone() for p in trainer.D.parameters()]
+        values = real_r1(x, probs)
+        moved.append(any(not torch.equal(a, b) for a, b in zip(before, trainer.D.parameters())))
+        return values
+
+    trainer._r1_step = r1_step
+    steps = [trainer.train_step() for _ in range(8)]
+    d_steps = [i for i, losses in enumerate(steps) if "d" in losses]
+    assert d_steps == [1, 3, 5, 7]  # the random path's steps
+    assert [i for i, losses in enumerate(steps) if "r1" in losses] == d_steps[::2]  # every 2nd D step, logged there
+    assert moved == [True, True]  # and it trains D
+    # where D trains every step (adv_on_reconstructions, the default) the schedule is the step's, as before
+    default = make_trainer(dataclasses.replace(TINY, pl_weight=0.0, warmup_steps=1), data, classifier, lpips_model,
+                           None)
+    assert [i for i in range(5) if "r1" in default.train_step()] == [2, 4]
+
+
+class FakeClock:
+    """time.perf_counter for the trainer: each step takes ``step_seconds``."""
+
+    def __init__(self, step_seconds: float) -> None:
+        self.now, self.step_seconds = 1000.0, step_seconds
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def slow_steps(monkeypatch, step_seconds: float) -> FakeClock:
+    clock, real_step = FakeClock(step_seconds), train.StylexTrainer.train_step
+
+    def step(self):
+        clock.now += clock.step_seconds
+        return real_step(self)
+
+    monkeypatch.setattr(train, "time", clock)
+    monkeypatch.setattr(train.StylexTrainer, "train_step", step)
+    return clock
+
+
+def test_the_time_limit_counts_every_session(tmp_path, data, classifier, lpips_model, monkeypatch) -> None:
+    """#40: each resumed session got the whole time_limit_minutes again."""
+    slow_steps(monkeypatch, 25.0)
+    cfg = dataclasses.replace(TINY, time_limit_minutes=1.0, steps=10, checkpoint_every=0)
+    first = make_trainer(cfg, data, classifier, lpips_model, tmp_path).train(steps=2, progress=False)
+    assert first.train_seconds == 50.0 and not first.stopped_by_time_limit
+    resumed = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
+    assert resumed.resume() and resumed.train_seconds == 50.0
+    summary = resumed.train(progress=False)  # 10 s of the minute left: one more step ends it
+    assert summary.stopped_by_time_limit and (summary.session_steps, summary.steps) == (1, 3)
+    assert summary.train_seconds == 75.0 and load_checkpoint(summary.checkpoint)["train_seconds"] == 75.0
+    spent = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
+    assert spent.resume()
+    summary = spent.train(progress=False)  # nothing left: no step
+    assert summary.stopped_by_time_limit and (summary.session_steps, summary.steps) == (0, 3)
+    longer = make_trainer(dataclasses.replace(cfg, time_limit_minutes=2.0), data, classifier, lpips_model, tmp_path)
+    assert longer.resume() and longer.train(progress=False).steps == 5  # a longer limit continues: 100 s, 125 s
+
+
+def test_a_resumed_stage_03_trains_only_the_minutes_left_before_the_encoder_fit(tmp_path, classifier,
+                                                                                  monkeypatch) -> None:
+    """#40: stage 03 resumed got a fresh budget; the encoder fit keeps the last encoder_fit_minutes of the limit."""
+    from stylexlib.core.config import apply_overrides
+    from stylexlib.data import load_dataset
+
+    run = open_run(image_folder_run(tmp_path, classifier))
+    run.cfg = apply_overrides(run.cfg, ["stylex.steps=10", "stylex.time_limit_minutes=2",
+                                        "stylex.encoder_fit_minutes=1"])  # 60 s of training, then 60 s of fit
+    data = load_dataset(run.cfg.data)
+    fits = []
+    monkeypatch.setattr(train, "fit_checkpoint_encoder", lambda trainer, data, minutes, progress: fits.append(
+        (trainer.step, minutes)))
+    slow_steps(monkeypatch, 25.0)
+    first = train.train_stylex(run, data, progress=False)
+    assert first.stopped_by_time_limit and first.steps == 3 and first.train_seconds == 75.0  # 75 s > 60 s
+    again = train.train_stylex(run, data, progress=False)  # 75 s of 120: the training minutes are spent, not the fit's
+    assert again.stopped_by_time_limit and (again.session_steps, again.steps) == (0, 3)
+    assert fits == [(3, 1.0), (3, 1.0)]  # the fit keeps its minutes (and skips itself when it is done)

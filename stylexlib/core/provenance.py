@@ -10,7 +10,8 @@ something made from folder data ends in ``+data-<identity>`` (core.data_identity
 contents and the CSV's content); the part before it is the config's, computed as before data identities existed.
 Synthetic data is determined by its config, so its fingerprints carry no data part and are unchanged. Use
 :func:`accepts` (not ``==``) to compare a recorded fingerprint with the one the run's config and data give now: it also
-accepts records made before data identities existed (see :func:`accepts`).
+accepts records made before data identities existed, and records made before the StylEx run-time keys left the
+fingerprint (see :func:`accepts`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 # speed-up) continues it.
 STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_every", "checkpoint_every", "device",
                         "collapse_every", "preset", "compile")  # a preset counts through the values it sets
+# StylEx keys that change how a session runs or what happens after training, not the model a checkpoint continues:
+# the autocast precision and memory layout, and the encoder fit that follows training (gan.encoder_fit). They were in
+# the fingerprint once (a change of precision restarted training from step 0); now they are fingerprinted at their
+# defaults, so that records made with the defaults keep their value, and the earlier formula's value is accepted too
+# (see _ALIASES): run folders made before keep resuming.
+STYLEX_RUNTIME_KEYS = ("precision", "channels_last", "encoder_fit_minutes", "encoder_fit_lr")
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
 STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1_e", "adv_on_reconstructions",
                      "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle",
@@ -44,6 +51,8 @@ CLASSIFIER_CHECK_KEYS = ("check_accuracy",)
 DATA_MARK = "+data-"  # a fingerprint of something made from folder data ends in this and the data's identity
 ADOPTED_FILE = "data-adopted.json"  # in $STYLEX_CACHE: per folder, the data that records without a data part mean
 _SOURCES: dict[str, str] = {}  # data identity -> the folder (and labels CSV) it was computed from, in this process
+_ALIASES: dict[str, set[str]] = {}  # fingerprint -> what an earlier formula gave for the same thing (accepted too), in
+# this process; passed on to the fingerprints made from it
 _WARNED: set[str] = set()
 
 
@@ -57,12 +66,32 @@ def fingerprint(*parts: Any) -> str:
     fingerprint of something made from folder data) pass it on: the hash is of the parts without it, and it is
     appended (``<hash>+data-<identity>``)."""
     plain = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    made = _digest(plain)
+    earlier = {_digest(variant) for variant in _alias_variants(plain)} - {made}
+    if earlier:  # made from something an earlier formula named otherwise: so was this, then
+        _ALIASES.setdefault(made, set()).update(earlier)
+    return made
+
+
+def _digest(plain: list[Any]) -> str:
     identities: set[str] = set()
     plain = _without_data(plain, identities)
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if len(identities) > 1:  # made from two data sets: one identity for both
         identities = {hashlib.sha256(json.dumps(sorted(identities)).encode()).hexdigest()[:16]}
     return digest + "".join(DATA_MARK + identity for identity in identities)
+
+
+def _alias_variants(value: Any) -> list[Any]:
+    """``value`` with one fingerprint in it replaced by one of its earlier values (_ALIASES), every way there is."""
+    if isinstance(value, str):
+        return sorted(_ALIASES.get(value, ()))
+    if isinstance(value, dict):
+        return [{**value, key: variant} for key, item in value.items() for variant in _alias_variants(item)]
+    if isinstance(value, (list, tuple)):
+        return [[*value[:i], variant, *value[i + 1:]]
+                for i, item in enumerate(value) for variant in _alias_variants(item)]
+    return []
 
 
 def with_data(text: str, fingerprint_: str) -> str:
@@ -115,9 +144,17 @@ def classifier_fingerprint(cfg: Config) -> str:
 
 
 def stylex_fingerprint(cfg: Config) -> str:
-    """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one)."""
-    section = _section(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS)
-    return fingerprint("stylex", classifier_fingerprint(cfg), section)
+    """The classifier it explains and the StylEx section, schedule keys aside (a longer run continues the same one) and
+    run-time keys at their defaults (STYLEX_RUNTIME_KEYS); the value the earlier formula (run-time keys as set) gives is
+    accepted too (:func:`accepts`)."""
+    upstream = classifier_fingerprint(cfg)
+    defaults = type(cfg.stylex)()
+    runtime_at_defaults = dataclasses.replace(cfg.stylex, **{k: getattr(defaults, k) for k in STYLEX_RUNTIME_KEYS})
+    made = fingerprint("stylex", upstream, _section(runtime_at_defaults, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS))
+    before = fingerprint("stylex", upstream, _section(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS))
+    if before != made:
+        _ALIASES.setdefault(made, set()).add(before)
+    return made
 
 
 def accepts(found: Any, expected: Any) -> bool:
@@ -127,7 +164,8 @@ def accepts(found: Any, expected: Any) -> bool:
     Equal, or equal but for the data part where it cannot be checked: a record made before fingerprints named the
     data (no data part) is taken as made from the data as it is the first time this is asked on this machine
     (remembered in ``$STYLEX_CACHE/data-adopted.json``, with a warning), so a later change of the files makes it
-    stale; and a folder that is not here now (no data part expected) is not checked."""
+    stale; and a folder that is not here now (no data part expected) is not checked. A value an earlier formula gave
+    for ``expected`` (the StylEx run-time keys, STYLEX_RUNTIME_KEYS, and what is made from it) is accepted too."""
     if found == expected:
         return True
     if isinstance(found, dict) and isinstance(expected, dict):
@@ -136,6 +174,13 @@ def accepts(found: Any, expected: Any) -> bool:
         return len(found) == len(expected) and all(accepts(a, b) for a, b in zip(found, expected))
     if not isinstance(found, str) or not isinstance(expected, str):
         return False
+    return any(_accepts_text(found, wanted) for wanted in (expected, *sorted(_ALIASES.get(expected, ()))))
+
+
+def _accepts_text(found: str, expected: str) -> bool:
+    """:func:`accepts` for one recorded fingerprint and one value it may have."""
+    if found == expected:
+        return True
     made, _, made_data = found.partition(DATA_MARK)
     wanted, _, wanted_data = expected.partition(DATA_MARK)
     if made != wanted or (made_data and wanted_data):

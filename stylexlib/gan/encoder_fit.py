@@ -114,10 +114,13 @@ class EncoderFitter:
 
 def fit_checkpoint_encoder(trainer, data: ImageDataset, minutes: float, progress: bool = True) -> FitSummary | None:
     """Fit the trainer's encoder to its G_ema for ``minutes`` and store it in the checkpoint as ``E_fit`` (which
-    :func:`stylexlib.gan.models.load_models` prefers); skipped when the checkpoint already holds a fit of this step."""
-    path = trainer.checkpoint_file
+    :func:`stylexlib.gan.models.load_models` prefers); skipped when the checkpoint already holds a fit of this step with
+    these minutes and ``encoder_fit_lr`` (keys outside the GAN's fingerprint: a change fits again, never retrains G)."""
+    path, lr = trainer.checkpoint_file, trainer.cfg.encoder_fit_lr
     state = load_checkpoint(path)
-    if state.get("encoder_fit", {}).get("step") == state["step"] and "E_fit" in state:
+    done = state.get("encoder_fit", {})
+    same = done.get("minutes", minutes) == minutes and done.get("lr", lr) == lr  # (fits recorded before: as now)
+    if done.get("step") == state["step"] and "E_fit" in state and same:
         log.info("the encoder fit of step %d is in %s already", state["step"], path)
         return None
     models = trainer.models()
@@ -125,8 +128,8 @@ def fit_checkpoint_encoder(trainer, data: ImageDataset, minutes: float, progress
                            trainer.device, trainer.cfg.seed)
     summary = fitter.fit(minutes=minutes, progress=progress)
     state["E_fit"] = fitter.encoder.state_dict()
-    state["encoder_fit"] = {"step": state["step"], "steps": summary.steps, "seconds": summary.seconds,
-                            **summary.losses}
+    state["encoder_fit"] = {"step": state["step"], "minutes": minutes, "lr": lr, "steps": summary.steps,
+                            "seconds": summary.seconds, **summary.losses}
     torch_save(path, state)
     log.info("fitted the encoder to G_ema for %d steps (%.1f min): %s", summary.steps, summary.seconds / 60,
              summary.losses)

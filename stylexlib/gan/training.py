@@ -214,8 +214,8 @@ class StylexTrainer:
             losses = self._generator_step(x, logits, generated)
         else:
             losses = self._discriminator_step(x, probs, generated)
-            if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
-                losses.update(self._r1_step(x, probs))
+            if cfg.r1_gamma > 0 and "d" in losses and self._d_steps_before() % cfg.r1_every == 0:
+                losses.update(self._r1_step(x, probs))  # lazy R1: every r1_every-th D step, on a step D trains
             losses.update(self._generator_step(x, logits, generated))
             if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
                 losses.update(self._path_length_step(condition))
@@ -337,6 +337,17 @@ class StylexTrainer:
         values = self._checked({"d": loss})
         self._optimize(loss, [(self.D, self.opt_d)], self.scaler_d)
         return values
+
+    def _d_steps_before(self) -> int:
+        """The D steps before this one, the clock lazy R1 runs on (every ``r1_every``-th D step). Counted from step 0
+        as if the warm-up had D steps too, so that where D trains every step (``adv_on_reconstructions``, the default,
+        or ``path_mode: mix``) it is the step itself (R1 on every r1_every-th step, as always); with ``path_mode:
+        alternate`` and ``adv_on_reconstructions: false`` D trains on the random path's steps only (step % encoder_every
+        != 0)."""
+        if self.cfg.adv_on_reconstructions or self.cfg.path_mode == "mix":
+            return self.step
+        every = self.cfg.encoder_every
+        return self.step - (self.step + every - 1) // every  # less the encoder steps 0, every, 2 * every, ...
 
     def _discriminate(self, batches: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
         """D's outputs for several (images, class weights) batches: one trunk pass (``options.batched_discriminator``)
@@ -474,10 +485,11 @@ class StylexTrainer:
 
     @torch.no_grad()
     def check_collapse(self) -> dict[str, float]:
-        """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on held-out images; warns when it fires."""
+        """The encoder-collapse detector (:mod:`stylexlib.gan.collapse`) on held-out images, of the live G and E
+        (:meth:`trained_pair`); warns when it fires."""
         if self.collapse_lpips is None:  # the training LPIPS when it is a real one (tests may pass a stand-in)
             self.collapse_lpips = self.lpips if hasattr(self.lpips, "lins") else load_lpips("squeeze", self.device)
-        models = self.models()
+        models = self.trained_pair()
         images = to_float(self.collapse_images).to(self.device)
         metrics = collapse_metrics(models.generator, models.encoder, self.classifier, images, self.collapse_lpips,
                                    models.condition, seed=self.cfg.seed)
@@ -500,21 +512,24 @@ class StylexTrainer:
 
     # ---------------------------------------------------------------- the loop
     def train(self, steps: int | None = None, progress: bool = True) -> TrainSummary:
-        """Train until ``steps`` (default ``cfg.steps``) or the time limit; checkpoint and preview on schedule.
+        """Train until ``steps`` (default ``cfg.steps``) or the time limit; checkpoint and preview on schedule. The time
+        limit counts the training time of every session (``train_seconds``, kept in the checkpoint): a resumed run
+        trains only the minutes left.
 
         Ctrl-C or SIGTERM stops it after the current step: it writes a checkpoint there, then raises
         :class:`~stylexlib.core.interrupt.Interrupted` (a ``KeyboardInterrupt``)."""
         cfg, total = self.cfg, steps if steps is not None else self.cfg.steps
         first_step, seconds_before, started = self.step, self.train_seconds, time.perf_counter()
-        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else math.inf
+        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else math.inf  # for all sessions together
         self._trim_stats()
         bar = tqdm(total=total, initial=self.step, desc="stylex", disable=not (progress and self.dist.is_main))
-        pace = PaceAnnouncer(total, cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None, cfg.warmup_steps,
+        pace = PaceAnnouncer(total, limit - seconds_before if cfg.time_limit_minutes else None, cfg.warmup_steps,
                              enabled=self.dist.is_main)  # "about N steps fit in the limit; training ends at ~HH:MM"
         window: dict[str, list[float]] = {}
-        window_start, stopped_by_time, interrupted = (self.step, time.perf_counter()), False, False
+        window_start, interrupted = (self.step, time.perf_counter()), False
+        stopped_by_time = self.step < total and any_rank(seconds_before >= limit, self.device, self.dist)  # spent
         with contextlib.closing(bar), stop_requests("StylEx training") as stop:
-            while self.step < total:
+            while self.step < total and not stopped_by_time:
                 warming_up = self.warming_up
                 for name, value in self.train_step().items():
                     window.setdefault(name, []).append(value)
@@ -526,7 +541,7 @@ class StylexTrainer:
                              if k in ("d", "adv", "l1", "kl")}
                     bar.set_postfix({**shown, **({"COLLAPSE": self.collapse_flag} if self.collapse_flag else {})})
                     window, window_start = {}, (self.step, time.perf_counter())
-                stopped_by_time = any_rank(time.perf_counter() - started > limit, self.device, self.dist)
+                stopped_by_time = any_rank(self.train_seconds > limit, self.device, self.dist)
                 interrupted = any_rank(stop.requested, self.device, self.dist)
                 if stopped_by_time or interrupted or self.step == total:
                     break
@@ -548,7 +563,8 @@ class StylexTrainer:
                 self.save_previews()
             self.save_checkpoint()
         if stopped_by_time:
-            log.warning("time limit of %.1f min reached after %d steps (of %d)", cfg.time_limit_minutes, self.step, total)
+            log.warning("time limit of %.1f min (all sessions) reached after %d steps (of %d)", cfg.time_limit_minutes,
+                        self.step, total)
         images = self.step * cfg.batch_size * self.dist.world_size
         return TrainSummary(self.step, self.step - first_step, self.train_seconds, time.perf_counter() - started,
                             images / max(self.train_seconds, 1e-9), stopped_by_time, self.checkpoint_file)
@@ -650,9 +666,19 @@ class StylexTrainer:
         encoder = self.E_ema if self.E_ema is not None else self.E
         return StylexModels(self.G_ema, encoder, self.classifier, self.cfg, self.class_names, self.step, self.device)
 
+    def trained_pair(self) -> StylexModels:
+        """The live G with the live E: the pair that trains together, which the collapse check and the reconstruction
+        previews read during training. E is trained against the live G, not G_ema: G_ema + E drifts apart once D joins
+        (docs/experiments.md, "Real photographs": at the end of a UTKFace run LPIPS 0.107 and self-retrieval 0.28 for
+        G + E against 0.366 and 0.125 for G_ema + E), so that pairing reports drift, not whether E collapsed. G_ema is
+        paired with an encoder of its own only after training, by the encoder fit (gan.encoder_fit: G_ema + E_fit,
+        what later stages load)."""
+        return StylexModels(self.G, self.E, self.classifier, self.cfg, self.class_names, self.step, self.device)
+
     @torch.no_grad()
     def save_previews(self) -> dict[str, Path]:
-        """Save grids of random samples and of (input | reconstruction) pairs (main rank)."""
+        """Save grids of random samples G_ema(z, c) and of (input | reconstruction G(E(x), c)) pairs (main rank; the
+        reconstructions by :meth:`trained_pair`)."""
         if not (self.dist.is_main and self.out_dir is not None):
             return {}
         models, figures = self.models(), {}
@@ -663,9 +689,10 @@ class StylexTrainer:
         titles = [f"c={name}\n{label}" for name, label in zip(wanted, self._labels(samples))]
         figures["samples"] = self._save_grid("samples", samples, titles, "random samples G_ema(z, c): C's output below")
         inputs = models.prepare(self.preview_images[: PREVIEW_COUNT // 2])
-        pairs = torch.stack([inputs, models.reconstruct(inputs)], dim=1).flatten(0, 1)
+        pairs = torch.stack([inputs, self.trained_pair().reconstruct(inputs)], dim=1).flatten(0, 1)
         titles = [f"{'rec' if i % 2 else 'in'} {label}" for i, label in enumerate(self._labels(pairs))]
-        figures["reconstructions"] = self._save_grid("reconstructions", pairs, titles, "input | reconstruction, C's output")
+        figures["reconstructions"] = self._save_grid("reconstructions", pairs, titles,
+                                                     "input | reconstruction G(E(x), c), C's output")
         return figures
 
     def _labels(self, images: Tensor) -> list[str]:
