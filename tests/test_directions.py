@@ -331,3 +331,13 @@ def test_methods_on_one_gan_share_its_inversion_and_score_as_if_each_inverted(pl
         {k: v for k, v in alone.row.items() if k not in timing}, nan_ok=True)
     assert shared.row["selection_seconds"] >= encoded.selection_seconds > 0
     pd.testing.assert_frame_equal(shared.per_image, alone.per_image)
+
+
+def test_the_methods_table_keeps_its_columns_without_factor_scores() -> None:
+    """On real photographs no row has the synthetic factor scores: stage 09's table keeps those columns, empty (it
+    raised a KeyError after every method had been evaluated)."""
+    from stylexlib.evaluate.gan_baselines import method_table
+
+    table = method_table([{"method": "stylex", "gan": "stylex", "flip_rate_top1": 0.5, "label_mnac": 1.2}])
+    assert list(table.columns[:4]) == ["method", "family", "task", "gan"] and table["top_factors"].isna().all()
+    assert table.loc[0, "label_mnac"] == 1.2 and table.columns[-1] == "label_mnac"

@@ -299,9 +299,15 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
                                  encoded[gan])
         result.per_image.index = pd.Index(rows, name="image")  # the dataset's index of each evaluation image
         results[f"{method.name}@{gan}"] = result
-    table = pd.DataFrame([r.row for r in results.values()])
+    return method_table([r.row for r in results.values()]), results
+
+
+def method_table(rows: list[dict]) -> pd.DataFrame:
+    """The methods' rows in ``benchmark/methods.csv`` column order; a score no row has (the factor scores on real
+    photographs) is an empty column."""
+    table = pd.DataFrame(rows)
     leading = COLUMNS[:3] + ["gan"] + COLUMNS[3:] + EXTRA_COLUMNS[1:]
-    return table[leading + [c for c in table.columns if c not in leading]], results
+    return table.reindex(columns=leading + [c for c in table.columns if c not in leading])
 
 
 def merge_methods(saliency: pd.DataFrame | None, gan_rows: pd.DataFrame) -> pd.DataFrame:
