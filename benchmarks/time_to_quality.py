@@ -92,7 +92,9 @@ def run_variant(base, name: str, overrides: list[str], minutes: float, every: fl
     records, mark, train_minutes = [], 0.0, minutes - fit_minutes
     while mark < train_minutes - 1e-9:
         mark = min(mark + every, train_minutes)
-        trainer.cfg.time_limit_minutes = mark  # the limit counts the training time of every session
+        # the limit counts the training time of every session; a segment trains at least one step even when the last
+        # one overshot its mark (a busy machine), so each evaluation follows training
+        trainer.cfg.time_limit_minutes = max(mark, trainer.train_seconds / 60 + 1e-6)
         trainer.train(progress=False)
         records.append(record(trainer, name, overrides, trainer.train_seconds / 60, data, probe, lpips_model, count))
     if fit_minutes:
