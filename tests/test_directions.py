@@ -246,12 +246,13 @@ def test_paired_table_is_stylex_minus_each_method_on_the_same_resampled_images()
     assert paired_table({"ganspace@plain": _evaluated(other)}).empty  # no StylEx, nothing to pair
 
 
-def test_evaluate_method_keeps_per_image_scores_whose_means_are_the_row(planted) -> None:  # noqa: F811
-    from stylexlib.evaluate.gan_baselines import Method, evaluate_method
+def _protocol_inputs(planted) -> tuple:  # noqa: F811
+    """The planted generator's explainer over every coordinate, 24 selection and 12 evaluation images, LPIPS and the
+    real images' features: what evaluate_method takes."""
     from stylexlib.evaluate.quality import lpips_features
     from stylexlib.gan.losses import load_lpips
 
-    explainer, flat, _ = planted
+    explainer, _, _ = planted
     coords = torch.arange(explainer.generator.style_dim)
     full = DirectionExplainer(models_of(explainer), explainer.stats,
                               coordinate_pool("all", explainer.generator, explainer.stats, coords), step=2.0)
@@ -259,6 +260,13 @@ def test_evaluate_method_keeps_per_image_scores_whose_means_are_the_row(planted)
     selection, evaluation = (torch.rand(m, 3, 16, 16, generator=gen) * 2 - 1 for m in (24, 12))
     lpips_model = load_lpips("squeeze")
     real = lpips_features(lpips_model, torch.rand(8, 3, 16, 16, generator=gen) * 2 - 1)
+    return full, selection, evaluation, lpips_model, real
+
+
+def test_evaluate_method_keeps_per_image_scores_whose_means_are_the_row(planted) -> None:  # noqa: F811
+    from stylexlib.evaluate.gan_baselines import Method, evaluate_method
+
+    full, selection, evaluation, lpips_model, real = _protocol_inputs(planted)
     result = evaluate_method(Method("stylex", "attribute", "attfind", full), "stylex", selection, evaluation, "t",
                              lpips_model, real, top_k=2)
     per_image, row = result.per_image, result.row
@@ -310,17 +318,8 @@ def test_methods_on_one_gan_share_its_inversion_and_score_as_if_each_inverted(pl
     """evaluate_all inverts the selection and evaluation images once per GAN (each refined inversion costs seconds per
     image on real data): a method given that encoding scores exactly as one that inverts them itself."""
     from stylexlib.evaluate.gan_baselines import Method, encode_images, evaluate_method
-    from stylexlib.evaluate.quality import lpips_features
-    from stylexlib.gan.losses import load_lpips
 
-    explainer, _, _ = planted
-    coords = torch.arange(explainer.generator.style_dim)
-    full = DirectionExplainer(models_of(explainer), explainer.stats,
-                              coordinate_pool("all", explainer.generator, explainer.stats, coords), step=2.0)
-    gen = torch.Generator().manual_seed(5)
-    selection, evaluation = (torch.rand(m, 3, 16, 16, generator=gen) * 2 - 1 for m in (24, 12))
-    lpips_model = load_lpips("squeeze")
-    real = lpips_features(lpips_model, torch.rand(8, 3, 16, 16, generator=gen) * 2 - 1)
+    full, selection, evaluation, lpips_model, real = _protocol_inputs(planted)
     method = Method("stylex", "attribute", "attfind", full)
     alone = evaluate_method(method, "stylex", selection, evaluation, "t", lpips_model, real, top_k=2)
     encoded = encode_images(full, selection, evaluation)
