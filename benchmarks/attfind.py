@@ -10,28 +10,40 @@ default; ``exact_compiled_vs_floor``: the compiled one against its own floor); t
 (gradient estimates choose ``--screen-fraction`` of the edits, evaluated exactly): its speedup and how many of each
 class's top-10 attributes (greedy selection) it shares with the exhaustive search on the same images.
 
+With ``--stored-inversion``: stage 05's work per searched image with the real preset (E(x) refined for 50 steps per
+image; AttFind searches an image and scores one held-out image) when the run's store already holds the inversions
+(stage 04 made them) against re-inverting both as before the store, in the same run at each ``--resolutions``:
+``stored_inversion_speedup_<px>`` and the seconds of each part.
+
     python benchmarks/attfind.py                       # demo-sized random models at 32x32
     python benchmarks/attfind.py --run runs/demo       # the trained models of a run folder
+    python benchmarks/attfind.py --stored-inversion --resolutions 64 128
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import StylexConfig, load_config
+from stylexlib.core.config import InversionConfig, StylexConfig, load_config
+from stylexlib.core.presets import REAL_INVERSION
 from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset
 from stylexlib.explain.attfind import effects
 from stylexlib.explain.attfind import search as attfind
 from stylexlib.explain.attfind import selection
 from stylexlib.gan import Encoder, Generator
+from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels, load_stylex
+from stylexlib.stylespace import inversion
 from stylexlib.stylespace.accelerate import inference_copies
+from stylexlib.stylespace.store import InversionStore, store_identity
 
 
 def random_models(resolution: int, config: str) -> StylexModels:
@@ -42,6 +54,27 @@ def random_models(resolution: int, config: str) -> StylexModels:
             build_classifier(2, resolution, load_config(config).classifier.width))
     nets = [n.eval().requires_grad_(False) for n in nets]
     return StylexModels(*nets, cfg, ["a", "b"], 0, torch.device("cpu"))
+
+
+def stage05_seconds(models: StylexModels, images: torch.Tensor, held_out: torch.Tensor, batch_size: int,
+                    store_dir: Path) -> dict[str, float]:
+    """Seconds per searched image of stage 05's inversions and exact search, with the inversions re-made (``invert``,
+    as before the store) and read from a filled store (``stored``)."""
+    models.inversion = InversionConfig(**REAL_INVERSION)
+    models.store = InversionStore(store_dir, store_identity(models, {"bench": True}))
+    lpips_model = load_lpips(models.cfg.lpips_net, models.device)
+    invert = lambda: [inversion.invert(models, x, lpips_model=lpips_model, progress=False) for x in (images, held_out)]  # noqa: E731
+    inverted, invert_s = timed(invert)  # fills the store
+    _, stored_s = timed(invert)  # every image read back
+    styles = inverted[0].styles
+    targets = effects.shift_targets(styles, effects.StyleStats.of(torch.cat([styles, inverted[1].styles])), "minmax")
+    coords = effects.searched_coordinates(models.generator, include_torgb=False)
+    fast_G, fast_C = inference_copies(models.generator, models.classifier, compile=False)
+    _, search_s = timed(lambda: effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, batch_size))
+    n = len(images)
+    return {"invert_seconds_per_image": round(invert_s / n, 3), "read_stored_seconds_per_image": round(stored_s / n, 4),
+            "search_seconds_per_image": round(search_s / n, 3),
+            "stored_inversion_speedup": round((invert_s + search_s) / (stored_s + search_s), 2)}
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
@@ -85,11 +118,29 @@ def main() -> None:
     parser.add_argument("--screen-fraction", type=float, default=0.1, help="screened mode: edits evaluated exactly")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
+    parser.add_argument("--stored-inversion", action="store_true",
+                        help="only stage 05 per image with a stored inversion against re-inverting (real preset)")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--real-config", default="configs/celeba_smile.yaml", help="--stored-inversion: model sizes")
     args = parser.parse_args()
     global CLOCK
     CLOCK = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stored_inversion:
+        report = {}
+        for resolution in args.resolutions:
+            models = random_models(resolution, args.real_config)
+            pixels = torch.randint(0, 256, (2 * args.fast_images, 3, resolution, resolution), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(resolution))
+            with tempfile.TemporaryDirectory() as folder:
+                part = stage05_seconds(models, pixels[: args.fast_images], pixels[args.fast_images :],
+                                       args.batch_size, Path(folder))
+            report.update({f"{key}_{resolution}": value for key, value in part.items()})
+        report.update({"images": args.fast_images, "models": f"random, sizes of {args.real_config}",
+                       "threads": torch.get_num_threads(), "clock": args.clock, "torch": torch.__version__})
+        print(json.dumps(report, indent=2))
+        return
     count = max(args.naive_images, args.fast_images)
     if args.run:  # the trained models and the run's own validation images
         run = open_run(args.run)

@@ -247,8 +247,13 @@ def test_effects_resume_after_an_interruption(models, encoded, tmp_path, monkeyp
                                       progress=False, chunk=2)
     assert len(resumed_calls) == 2  # the first chunk came from the partial file
     assert torch.allclose(resumed.edited_logits, straight.edited_logits, atol=1e-6)
+    parts = sorted(p.name for p in tmp_path.glob("e.rank0.part*.pt"))  # appended one chunk a file, never rewritten
+    assert parts == ["e.rank0.part0000000.pt", "e.rank0.part0000002.pt", "e.rank0.part0000004.pt"]
     other = dataclasses.replace(cfg, shift="std")  # other settings never reuse the partial file
-    assert effects._load_partial(tmp_path / "e.rank0.partial.pt", "another key") == []
+    assert effects._load_partial(tmp_path / "e.rank0.part", "another key") == []
+    (tmp_path / "e.rank0.part0000002.pt").unlink()  # a gap: only the chunks before it count
+    key = effects.float_key(styles, stats, models.generator, cfg)
+    assert len(effects._load_partial(tmp_path / "e.rank0.part", key)) == 2
     assert effects.compute_effects(models, styles[:2], logits[:2], torch.arange(2), stats, other, tmp_path / "e.pt",
                                    progress=False).edited_logits.shape[0] == 2
 
@@ -272,12 +277,27 @@ def test_editor_strength_scales_the_shift(models, encoded) -> None:
 
 def test_cache_key_follows_what_the_effects_depend_on(models, encoded) -> None:
     styles, _ = encoded
-    stats = StyleStats.of(styles)
-    key = lambda cfg: effects.cache_key(styles, stats, models.generator, cfg)  # noqa: E731
+    key = lambda cfg, identity="run images": effects.cache_key(models.generator, cfg, identity)  # noqa: E731
     assert key(AttFindConfig(output="probs")) == key(AttFindConfig(output="logits"))  # effects are logits either way
     assert key(AttFindConfig(screen_fraction=0.1, output="probs")) != key(AttFindConfig(screen_fraction=0.1))
     assert key(AttFindConfig(shift="std")) != key(AttFindConfig())
     assert key(AttFindConfig(include_torgb=True)) != key(AttFindConfig())
+    assert key(AttFindConfig(), "other images") != key(AttFindConfig())
+    stats = StyleStats.of(styles)
+    floats = lambda s: effects.float_key(s, stats, models.generator, AttFindConfig())  # noqa: E731
+    assert floats(styles) != floats(styles + 1e-7)  # without an identity, the bits are all there is
+
+
+def test_stats_covering_the_edited_styles_put_every_shift_on_its_side(encoded) -> None:
+    styles, _ = encoded
+    stats = StyleStats.of(styles[:3])
+    beyond = torch.cat([styles[3:] * 3, styles[3:] - 5])  # refined styles beyond the encoder's range
+    assert ((beyond < stats.minimum) | (beyond > stats.maximum)).any()  # "down" would move some of them up
+    covering = stats.covering(beyond)
+    targets = effects.shift_targets(beyond, covering)
+    assert (targets[0] <= beyond).all() and (targets[1] >= beyond).all()
+    assert torch.equal(covering.mean, stats.mean) and torch.equal(covering.std, stats.std)
+    assert torch.equal(stats.covering(styles[:3]).maximum, stats.maximum)
 
 
 def test_attfind_finds_the_one_coordinate_that_moves_the_classifier() -> None:

@@ -219,7 +219,9 @@ class AttFindConfig:
     # them on (p(class) moved far more than the generator's own class change per unit of visible change)
     sufficiency_k: int = 10  # flip rate for k = 1..sufficiency_k
     random_trials: int = 5  # random-coordinate baseline draws per k
-    batch_size: int = 64  # edits per generator + classifier pass (CPU: 32-128 run fastest)
+    batch_size: int = 64  # edits per generator + classifier pass (CPU: 32-128 run fastest; 0: sized from the free
+    # GPU memory on a GPU, 64 on a CPU)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # the exact search's autocast: auto is bf16 on a GPU, fp32 on a CPU
     fast: bool = True  # prefix-cached batched path (False: the naive reference, one edit per pass)
     screen_fraction: float | None = None  # screened mode: evaluate exactly only this fraction of edits per image,
     # those with the largest gradient estimate (None: exhaustive)

@@ -125,7 +125,7 @@ def build_methods(run: Run, gans: list[Gan], data, progress: bool = True, only: 
         G, k = gan.models.generator, cfg.directions
 
         def explainer(pool: EditPool) -> DirectionExplainer:
-            return DirectionExplainer(gan.models, gan.stats, pool, cfg.step_std, run.cfg.attfind.batch_size)
+            return DirectionExplainer(gan.models, gan.stats, pool, cfg.step_std, run.cfg.attfind.batch_size or 64)
 
         coords = searched_coordinates(G, include_torgb)
         if gan.name == "stylex":

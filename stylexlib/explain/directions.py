@@ -87,7 +87,9 @@ def pool_logits(generator: Generator, classifier: torch.nn.Module, styles: Tenso
 
 class DirectionExplainer(StylEx):
     """A GAN's encoder, generator and the classifier, explaining with the edits of one :class:`EditPool`; its
-    ``attribute`` is StylEx's, over the pool's edits instead of single coordinates."""
+    ``attribute`` is StylEx's, over the pool's edits instead of single coordinates. Images are inverted with E(x)
+    alone, on every GAN alike (stage 09's protocol: a per-image refinement would pull the classifier-free GAN's
+    inversion toward C(x) through its KL term)."""
 
     def __init__(self, models: StylexModels, stats: StyleStats, pool: EditPool, step: float = 3.0,
                  batch_size: int = 64) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylexlib.core.config import AttFindConfig, StylexConfig
+from stylexlib.core.config import AttFindConfig, InversionConfig, StylexConfig
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score,
                                                compute_effects, edited_logits_fast, predict_styles,
@@ -88,12 +88,13 @@ class StylEx:
                  class_names: list[str] | None = None, condition_on: str = "probs", shift: str = "minmax",
                  shift_std: float = 2.0, include_torgb: bool = False, batch_size: int = 64,
                  device: torch.device | str | None = None, visible_only: bool = False,
-                 rule: VisibilityRule | None = None) -> None:
+                 rule: VisibilityRule | None = None, inversion: InversionConfig | None = None) -> None:
         device = torch.device(device) if device is not None else next(generator.parameters()).device
         names = class_names or [str(i) for i in range(generator.num_classes)]
         nets = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
+        # inversion: how images are inverted (None: E(x) alone; a run's refines each image, see stylespace.inversion)
         self.models = StylexModels(*nets, StylexConfig(condition_on=condition_on, latent_dim=generator.latent_dim),
-                                   names, 0, device)
+                                   names, 0, device, inversion=inversion or InversionConfig())
         self.editor = AttributeEditor(self.models, stats, shift, shift_std, batch_size)  # renders, reads C, edits
         self.include_torgb, self.batch_size = include_torgb, batch_size
         # visible_only: attribute() ranks the edits the visibility rule calls invisible last (``rule``; None: measured
@@ -113,7 +114,8 @@ class StylEx:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: torch.device | str | None = None,
                  visible_only: bool = False) -> StylEx:
-        """The trained models and StyleSpace statistics of a run folder (stages 03 and 05), judging visibility with the
+        """The trained models and StyleSpace statistics of a run folder (stages 03 and 05), inverting images as the run
+        does (its ``inversion`` section, read from and added to its store of inversions) and judging visibility with the
         yardstick stage 06 saved (``visible_only``: see :meth:`attribute`)."""
         from stylexlib.core.run import open_run
         from stylexlib.explain.attfind.search import load_editor
@@ -124,8 +126,11 @@ class StylEx:
         run = open_run(run_dir)
         editor = load_editor(run, device)
         m, a = editor.models, run.cfg.attfind
-        return cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on, editor.shift,
-                   editor.shift_std, a.include_torgb, a.batch_size, m.device, visible_only, saved_rule(run.metrics))
+        explainer = cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on,
+                        editor.shift, editor.shift_std, a.include_torgb, a.batch_size or 64, m.device, visible_only,
+                        saved_rule(run.metrics), m.inversion)
+        explainer.models.store = m.store
+        return explainer
 
     @property
     def generator(self) -> Generator:

@@ -16,6 +16,7 @@ from stylexlib.core.run import Run, pick_device
 from stylexlib.data import ImageDataset, to_float
 from stylexlib.gan import Discriminator, Encoder, FeatureDiscriminator, Generator
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint
+from stylexlib.stylespace.store import STORE_DIR, InversionStore, store_identity
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class StylexModels:
     device: torch.device
     discriminator: Discriminator | None = None  # for AttFind's optional realism filter
     inversion: InversionConfig = field(default_factory=InversionConfig)  # how stylespace.inversion.invert inverts
+    store: InversionStore | None = None  # where refined inversions are kept and read back (a run's, or none)
 
     def condition(self, logits: Tensor) -> Tensor:
         """The generator's class input for classifier logits (``cfg.condition_on``)."""
@@ -88,7 +90,19 @@ def load_stylex(run: Run, device: torch.device | str | None = None, data: ImageD
     recorded = list(state["class_names"]) if made_from is not None else None
     models = load_models(path, load_run_classifier(run, data, recorded), expected, "03", device, state)
     models.inversion = run.cfg.inversion
+    models.store = run_store(run, models)
     return models
+
+
+def run_store(run: Run, models: StylexModels) -> InversionStore | None:
+    """The run's store of ``models``' refined inversions (``inversions/<identity>/``), or None when the run's inversion
+    is the encoder alone (cheap: nothing to keep)."""
+    cfg = run.cfg.inversion
+    if not cfg.per_image_steps:
+        return None
+    settings = {"per_image_steps": cfg.per_image_steps, "per_image_lr": cfg.per_image_lr,
+                "per_image_space": cfg.per_image_space, "weight_kl": cfg.weight_kl}
+    return InversionStore(run.dir / STORE_DIR, store_identity(models, settings))
 
 
 def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: str,

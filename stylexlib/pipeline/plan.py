@@ -111,7 +111,7 @@ def plan(cfg: Config, say: Callable[[str], None] = print, timed_steps: int = TIM
     generator = trainer.G_ema
     coords = searched_coordinates(generator, a.include_torgb)
     edits = a.num_images * len(coords) * 2
-    per_edit = _attfind_seconds_per_edit(generator, classifier, coords, a.batch_size, a.fast, device)
+    per_edit = _attfind_seconds_per_edit(generator, classifier, coords, a.batch_size or 64, a.fast, device)
     exact = a.screen_fraction if a.screen_fraction is not None else 1.0
     seconds = edits * exact * per_edit
     total += seconds

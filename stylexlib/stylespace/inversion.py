@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
+from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.progress import tqdm
 from stylexlib.gan.losses import classifier_kl_loss, load_lpips, lpips_distance
 from stylexlib.gan.models import StylexModels
@@ -33,32 +34,50 @@ class Inverted:
 
 
 def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: bool = True,
-           progress: bool = True, lpips_model: nn.Module | None = None, weight_kl: float | None = None) -> Inverted:
+           progress: bool = True, lpips_model: nn.Module | None = None, weight_kl: float | None = None,
+           dist: DistInfo = SINGLE) -> Inverted:
     """Invert uint8 or [-1, 1] images: w = E(x); c from C(x); styles = G.styles(w, c); when ``refine``, w or the styles
     (``models.inversion.per_image_space``) refined for ``models.inversion.per_image_steps`` (with ``lpips_model``,
-    loaded when needed and not given; ``weight_kl`` in place of ``models.inversion.weight_kl``). All on the CPU."""
+    loaded when needed and not given; ``weight_kl`` in place of ``models.inversion.weight_kl``), on the models' device.
+
+    Refined inversions are read from and added to ``models.store`` when it is set (a run's
+    :class:`~stylexlib.stylespace.store.InversionStore`): each image is refined once per run; under
+    ``torch.distributed`` the missing ones are shared out over the ranks (``dist``)."""
     steps = models.inversion.per_image_steps if refine else 0
-    in_stylespace = models.inversion.per_image_space == "stylespace"
     if steps and lpips_model is None:
         lpips_model = load_lpips(models.cfg.lpips_net, models.device)
-    batches = images.split(batch_size)
-    parts: list[tuple[Tensor, ...]] = []
-    for batch in tqdm(batches, desc=f"invert (E(x) + {steps} refinement steps)", disable=not (steps and progress)):
-        x = models.prepare(batch)
-        with torch.no_grad():
-            logits = models.classifier(x).float()
-            w, c = models.encoder(x), models.condition(logits)
-        fit = dict(models=models, x=x, logits=logits, steps=steps, lr=models.inversion.per_image_lr,
-                   weight_kl=models.inversion.weight_kl if weight_kl is None else weight_kl, lpips_model=lpips_model,
-                   progress=False)
-        if steps and not in_stylespace:
-            w = _fit(lambda latents: models.generator(latents, c, noise_mode="const"), w, **fit)[0].to(models.device)
-        with torch.no_grad():
-            styles = models.generator.styles(w, c)
-        if steps and in_stylespace:
-            styles = _fit(models.generator.synthesize, styles, **fit)[0]
-        parts.append((w.cpu(), c.cpu(), styles.cpu(), logits.cpu()))
+    kl = models.inversion.weight_kl if weight_kl is None else weight_kl
+
+    def compute(batch: Tensor) -> tuple[Tensor, ...]:
+        return _invert_batch(models, batch, steps, kl, lpips_model)
+
+    desc = f"invert (E(x) + {steps} refinement steps)"
+    if steps and weight_kl is None and models.store is not None:
+        return Inverted(*models.store.invert(images, compute, batch_size, dist, desc=desc, progress=progress))
+    parts = [compute(batch) for batch in tqdm(images.split(batch_size), desc=desc, disable=not (steps and progress))]
+    if not parts:
+        return Inverted(*(torch.empty(0) for _ in range(4)))
     return Inverted(*(torch.cat(column) for column in zip(*parts)))
+
+
+def _invert_batch(models: StylexModels, batch: Tensor, steps: int, weight_kl: float,
+                  lpips_model: nn.Module | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(w, c, styles, logits) of one batch on the CPU, refined for ``steps`` (each image on its own: the objective is
+    a sum over images, so an image's inversion does not depend on its batch)."""
+    x = models.prepare(batch)
+    with torch.no_grad():
+        logits = models.classifier(x).float()
+        w, c = models.encoder(x), models.condition(logits)
+    fit = dict(models=models, x=x, logits=logits, steps=steps, lr=models.inversion.per_image_lr, weight_kl=weight_kl,
+               lpips_model=lpips_model, progress=False)
+    in_stylespace = models.inversion.per_image_space == "stylespace"
+    if steps and not in_stylespace:
+        w = _fit(lambda latents: models.generator(latents, c, noise_mode="const"), w, **fit)[0].to(models.device)
+    with torch.no_grad():
+        styles = models.generator.styles(w, c)
+    if steps and in_stylespace:
+        styles = _fit(models.generator.synthesize, styles, **fit)[0]
+    return w.cpu(), c.cpu(), styles.cpu(), logits.cpu()
 
 
 @torch.no_grad()
@@ -157,16 +176,16 @@ def _fit(render, start: Tensor, models: StylexModels, x: Tensor, logits: Tensor,
     for step in tqdm(range(steps), desc=desc, disable=not progress):
         with torch.enable_grad():  # also when called under no_grad
             rec = render(variable)
-            terms = {
-                "lpips": lpips_distance(lpips_model, x, rec).mean(),
-                "l1": (x - rec).abs().mean(),
-                "kl": classifier_kl_loss(logits, models.classifier(rec).float()),
+            terms = {  # per image, summed below: each image's gradient is its own, whatever its batch
+                "lpips": lpips_distance(lpips_model, x, rec).flatten(),
+                "l1": (x - rec).abs().flatten(1).mean(1),
+                "kl": classifier_kl_loss(logits, models.classifier(rec).float(), reduction="none"),
             }
             loss = terms["lpips"] + terms["l1"] + weight_kl * terms["kl"]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()
         optimizer.step()
-        history.append({"step": step + 1, **{k: v.detach() for k, v in {"loss": loss, **terms}.items()}})
+        history.append({"step": step + 1, **{k: v.detach().mean() for k, v in {"loss": loss, **terms}.items()}})
     return variable.detach().cpu(), [{k: float(v) for k, v in row.items()} for row in history]
 
 

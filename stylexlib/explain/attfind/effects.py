@@ -53,6 +53,13 @@ class StyleStats:
         styles = styles.float()
         return cls(styles.amin(0), styles.amax(0), styles.mean(0), styles.std(0, unbiased=len(styles) > 1), len(styles))
 
+    def covering(self, styles: Tensor) -> StyleStats:
+        """These statistics with the min / max widened to cover ``styles`` (N, S): the styles AttFind edits, which a
+        per-image refinement moves beyond the encoder's range (else "up" can land below an image's own value)."""
+        styles = styles.float()
+        return StyleStats(torch.minimum(self.minimum, styles.amin(0)), torch.maximum(self.maximum, styles.amax(0)),
+                          self.mean, self.std, self.count)
+
     def state_dict(self) -> dict:
         return asdict(self)
 
@@ -93,46 +100,82 @@ def single_edits(styles: Tensor, targets: Tensor, coords: Tensor) -> Tensor:
 
     ``targets`` is that image's (2, S) slice of :func:`shift_targets`.
     """
-    count = len(coords)
+    count, device = len(coords), styles.device
     edits = styles.expand(2 * count, -1).clone()
-    rows = torch.arange(2 * count)
-    columns = coords.repeat_interleave(2)
-    edits[rows, columns] = targets[torch.arange(2).repeat(count), columns]
+    rows = torch.arange(2 * count, device=device)
+    columns = coords.to(device).repeat_interleave(2)
+    edits[rows, columns] = targets.to(device)[torch.arange(2, device=device).repeat(count), columns]
     return edits
 
 
 @torch.no_grad()
 def edited_logits_fast(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
-                       batch_size: int = 256, only: Tensor | None = None, num_outputs: int | None = None) -> Tensor:
+                       batch_size: int = 256, only: Tensor | None = None, num_outputs: int | None = None,
+                       autocast: torch.dtype | None = None) -> Tensor:
     """Logits (N, K, 2, C) of every single-coordinate edit: prefix cached per layer, edits batched through the suffix.
 
     ``only`` (N, K, 2) bool restricts the work to those edits (screening); the others are NaN. ``classifier`` may be
-    any image head with ``num_outputs`` outputs (default: the generator's number of classes).
+    any image head with ``num_outputs`` outputs (default: the generator's number of classes). ``autocast``: a reduced
+    precision for the suffix and the classifier (bf16 on a GPU, :func:`search_precision`); the logits are kept on the
+    device until an image is done.
     """
     device = next(generator.parameters()).device
     width = num_outputs or generator.num_classes
-    layer_of = generator.style_index.layer_ids()[coords]
+    layer_of = generator.style_index.layer_ids()[coords].to(device)
+    coords = coords.to(device)
     results: list[Tensor] = []
     for n in range(len(styles)):
         s = styles[n : n + 1].to(device)
         t = targets[:, n].to(device)
-        per_image = torch.full((len(coords), 2, width), float("nan"))
+        per_image = torch.full((len(coords), 2, width), float("nan"), device=device)
+        wanted_all = (only[n].to(device) if only is not None
+                      else torch.ones(len(coords), 2, dtype=torch.bool, device=device))
         for layer in torch.unique(layer_of).tolist():
             positions = (layer_of == layer).nonzero().flatten()
-            wanted = only[n, positions].flatten() if only is not None else torch.ones(2 * len(positions), dtype=torch.bool)
-            if not wanted.any():
+            wanted = wanted_all[positions].flatten()
+            if only is not None and not wanted.any():
                 continue
             state = generator.synthesize_prefix(s, layer)
-            edits = single_edits(s, t, coords[positions].to(device))[wanted.to(device)]
-            logits = torch.cat([
-                classifier(generator.synthesize_from(_materialise(state, len(chunk)), chunk, layer)).float().cpu()
-                for chunk in edits.split(batch_size)
-            ])
+            edits = single_edits(s, t, coords[positions])[wanted]
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits = torch.cat([
+                    classifier(generator.synthesize_from(_materialise(state, len(chunk)), chunk, layer)).float()
+                    for chunk in edits.split(batch_size)
+                ])
             block = per_image[positions].view(-1, width)  # rows in (coord, direction) order
             block[wanted] = logits
             per_image[positions] = block.view(len(positions), 2, -1)
-        results.append(per_image)
+        results.append(per_image.cpu())
     return torch.stack(results)
+
+
+@torch.no_grad()
+def edit_batch_size(generator: Generator, classifier: nn.Module, requested: int = 0, memory_fraction: float = 0.5,
+                    probe: int = 8) -> int:
+    """Edits per pass: ``requested`` when > 0; else on a GPU as many as fit in ``memory_fraction`` of its free memory
+    (measured on a ``probe`` batch of whole renders), and 64 on a CPU (32-128 run fastest there)."""
+    device = next(generator.parameters()).device
+    if requested > 0:
+        return requested
+    if device.type != "cuda":
+        return 64
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    classifier(generator.synthesize(torch.ones(probe, generator.style_dim, device=device)))
+    per_edit = max((torch.cuda.max_memory_allocated(device) - before) / probe, 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(4096, max(16, memory_fraction * free / per_edit)))
+
+
+def search_precision(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of AttFind's exact search (``attfind.precision``): "auto" is bf16 on a GPU that has it and
+    fp32 elsewhere (a CPU runs bf16 slower), "fp32" none, "bf16" bf16."""
+    if precision == "fp32" or (precision == "auto" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())):
+        return None
+    if precision in ("auto", "bf16"):
+        return torch.bfloat16
+    raise ValueError(f"attfind.precision must be one of auto, fp32, bf16, got '{precision}'")
 
 
 def estimated_effects(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
@@ -237,24 +280,27 @@ def class_score(logits: Tensor, target: Tensor, output: str) -> Tensor:
 
 def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, image_indices: Tensor,
                     stats: StyleStats, cfg: AttFindConfig, cache: str | Path | None = None, dist: DistInfo = SINGLE,
-                    progress: bool = True, chunk: int = 8) -> Effects:
+                    progress: bool = True, chunk: int = 8, identity: str | None = None) -> Effects:
     """Effects of every searched coordinate on every image; resumable through ``cache``, sharded over ranks.
 
-    Images are processed in chunks; after each chunk the partial result is written atomically to
-    ``cache`` (one file per rank), so an interrupted run continues where it stopped. Under
-    ``torch.distributed`` rank r takes images r, r + world, ...; every rank returns the whole result.
+    Images are processed in chunks; each chunk's result is appended to ``cache`` as a part file (one series per
+    rank), so an interrupted run continues where it stopped. The parts are keyed by ``identity`` (what the styles and
+    statistics were made from: a run's inversion store and images, see :func:`cache_key`), else by the styles' bits.
+    Under ``torch.distributed`` rank r takes images r, r + world, ...; every rank returns the whole result.
     """
     generator, classifier = models.generator, models.classifier
     coords = searched_coordinates(generator, cfg.include_torgb)
     targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
     mine = torch.arange(dist.rank, len(styles), dist.world_size)
-    key = cache_key(styles, stats, generator, cfg)
-    part_file = Path(cache).with_suffix(f".rank{dist.rank}.partial.pt") if cache is not None else None
-    done = _load_partial(part_file, key)
+    key = cache_key(generator, cfg, identity) if identity is not None else float_key(styles, stats, generator, cfg)
+    parts = partial_files(cache, dist.rank)
+    done = _load_partial(parts, key)
     bar = tqdm(total=len(mine), initial=len(done), desc="AttFind effects", unit="img",
                disable=not (progress and dist.is_main))
     if cfg.fast and len(done) < len(mine):
         fast_generator, fast_classifier = inference_copies(generator, classifier, cfg.compile)
+        autocast = search_precision(models.device, cfg.precision)
+        batch_size = edit_batch_size(fast_generator, fast_classifier, cfg.batch_size)
     for start in range(len(done), len(mine), chunk):
         todo = mine[start : start + chunk]
         only = None
@@ -263,19 +309,30 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
             only = screen(estimates, cfg.screen_fraction)
         if cfg.fast:
             logits = edited_logits_fast(fast_generator, fast_classifier, styles[todo], targets[:, todo], coords,
-                                        cfg.batch_size, only)
+                                        batch_size, only, autocast=autocast)
         else:
             logits = edited_logits_naive(generator, classifier, styles[todo], targets[:, todo], coords)
         done.extend(logits.unbind(0))
-        if part_file is not None:
-            torch_save(part_file, {"key": key, "logits": torch.stack(done)})
+        if parts is not None:
+            torch_save(parts.parent / f"{parts.name}{start:07d}.pt", {"key": key, "start": start, "logits": logits})
         bar.update(len(todo))
     bar.close()
     edited = _assemble(gather_objects(torch.stack(done) if done else None, dist), len(styles), dist.world_size)
-    base = predict_styles(generator, classifier, styles, cfg.batch_size)
+    base = predict_styles(generator, classifier, styles, cfg.batch_size or 64)
     unevaluated = edited.isnan().any(-1)  # screened out: counted as no effect
     edited[unevaluated] = base[:, None, None, :].expand_as(edited)[unevaluated]
     return Effects(edited, base, input_logits.float().cpu(), coords, torch.as_tensor(image_indices))
+
+
+def partial_files(cache: str | Path | None, rank: int) -> Path | None:
+    """The prefix of one rank's part files beside ``cache`` (``effects.rank0.part`` + start + ``.pt``)."""
+    return Path(cache).with_name(f"{Path(cache).stem}.rank{rank}.part") if cache is not None else None
+
+
+def remove_partials(cache: str | Path) -> None:
+    """Delete every rank's part files of ``cache`` (once the whole result is saved)."""
+    for part in Path(cache).parent.glob(f"{Path(cache).stem}.rank*.part*.pt"):
+        part.unlink(missing_ok=True)
 
 
 def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
@@ -288,27 +345,41 @@ def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
     return out
 
 
-def cache_key(styles: Tensor, stats: StyleStats, generator: Generator, cfg: AttFindConfig) -> str:
-    """A fingerprint of what the effects depend on: the images' styles, the coordinates, shifts and screening."""
+def cache_key(generator: Generator, cfg: AttFindConfig, identity: str) -> str:
+    """A fingerprint of what the effects depend on: ``identity`` (the inverted images and the statistics, named by
+    what made them, never by their floats: a GPU refinement is not bit-reproducible), the coordinates, the shifts and
+    the screening."""
     coords = searched_coordinates(generator, cfg.include_torgb)
-    targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
-    digest = hashlib.sha1()
-    for tensor in (styles, coords, targets):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     screening = [cfg.screen_fraction, cfg.output] if cfg.screen_fraction is not None else None  # logits are output-free
-    digest.update(json.dumps([cfg.shift, cfg.shift_std, cfg.include_torgb, screening]).encode())
-    return digest.hexdigest()
+    plain = [identity, coords.tolist(), cfg.shift, cfg.shift_std, cfg.include_torgb, screening]
+    return hashlib.sha1(json.dumps(plain).encode()).hexdigest()
 
 
-def _load_partial(path: Path | None, key: str) -> list[Tensor]:
-    if path is None or not path.exists():
+def float_key(styles: Tensor, stats: StyleStats, generator: Generator, cfg: AttFindConfig) -> str:
+    """The cache key of styles with no identity (in-memory use): their bits and the shift targets'."""
+    digest = hashlib.sha1()
+    for tensor in (styles, shift_targets(styles, stats, cfg.shift, cfg.shift_std)):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return cache_key(generator, cfg, digest.hexdigest())
+
+
+def _load_partial(prefix: Path | None, key: str) -> list[Tensor]:
+    """The images done in the part files at ``prefix`` computed for ``key``, in order (up to the first gap)."""
+    if prefix is None:
         return []
-    state = torch_load(path)
-    if state.get("key") != key:
-        log.info("ignoring %s: it was computed for other images or settings", path)
-        return []
-    log.info("resuming AttFind from %s (%d images done)", path, len(state["logits"]))
-    return list(state["logits"].unbind(0))
+    chunks: dict[int, Tensor] = {}
+    for path in prefix.parent.glob(f"{prefix.name}*.pt"):
+        state = torch_load(path)
+        if state.get("key") == key:
+            chunks[int(state["start"])] = state["logits"]
+        else:
+            log.info("ignoring %s: it was computed for other images or settings", path)
+    done: list[Tensor] = []
+    while len(done) in chunks:
+        done.extend(chunks[len(done)].unbind(0))
+    if done:
+        log.info("resuming AttFind from %s* (%d images done)", prefix, len(done))
+    return done
 
 
 # ---------------------------------------------------------------------------- applying attributes

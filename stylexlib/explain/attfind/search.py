@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ from torch import Tensor
 from stylexlib.core.config import AttFindConfig
 from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.io import torch_load, torch_save, write_table
-from stylexlib.core.provenance import accepts, stylex_fingerprint
+from stylexlib.core.provenance import accepts, fingerprint, stylex_fingerprint
 from stylexlib.explain.attfind.editor import AttributeEditor
-from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, searched_coordinates,
-                                               shift_targets, style_statistics)
+from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, edit_batch_size,
+                                               remove_partials, searched_coordinates, shift_targets, style_statistics)
 from stylexlib.explain.attfind.names import NAMES_FILE, read_attribute_names, with_names, write_name_template
 from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
                                                  image_sufficiency, realism_check, sufficiency)
@@ -26,6 +27,7 @@ from stylexlib.explain.attfind.visibility import class_swap_yardstick, visibilit
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels, load_stylex
 from stylexlib.stylespace.inversion import invert
+from stylexlib.stylespace.store import image_keys, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -55,40 +57,70 @@ def subset_indices(data, split: str, count: int, seed: int) -> Tensor:
     return positions[order[:count]]
 
 
-def run_statistics(run, data, models: StylexModels, cfg: AttFindConfig) -> StyleStats:
-    """StyleSpace statistics over train images, cached in ``attfind/style_stats.pt`` (per checkpoint step)."""
+def searched_indices(data, cfg: AttFindConfig) -> Tensor:
+    """The dataset indices of the images AttFind searches (stage 05; stage 04 inverts them first)."""
+    return subset_indices(data, cfg.split, cfg.num_images, cfg.seed)
+
+
+def held_out_indices(data, cfg: AttFindConfig) -> Tensor:
+    """The dataset indices of the held-out images the selected attributes are scored on (sufficiency; stage 08)."""
+    return subset_indices(data, "test" if len(data.indices("test")) else cfg.split, cfg.num_images, cfg.seed + 1)
+
+
+def inverted_identity(models: StylexModels, images: Tensor) -> str:
+    """What inverted ``images`` with ``models``, as text: the run's inversion store (weights, settings) and the images'
+    pixels, or for the encoder alone the weights; never the inverted floats."""
+    made_by = models.store.identity if models.store is not None else weights_digest(models.generator, models.encoder,
+                                                                                    models.classifier)
+    return fingerprint("inverted", made_by, image_keys(images))
+
+
+def run_statistics(run, data, models: StylexModels, cfg: AttFindConfig, searched: Tensor | None = None,
+                   searched_identity: str | None = None) -> StyleStats:
+    """StyleSpace statistics over train images as the encoder places them, cached in ``attfind/style_stats.pt`` (per
+    checkpoint step), their min / max widened to cover the ``searched`` styles AttFind edits (refined per image, they
+    reach beyond the encoder's range; ``searched_identity``: what made them, :func:`inverted_identity`). Without
+    ``searched``: the encoder's statistics alone."""
     path = run.path(ATTFIND_DIR, "style_stats.pt")
     key = {"step": models.step, "images": cfg.stats_images, "seed": cfg.seed, "stylex": stylex_fingerprint(run.cfg)}
-    if path.exists():
-        state = torch_load(path)
-        if accepts(state.get("key"), key):
+    state = torch_load(path) if path.exists() else {}
+    if accepts(state.get("key"), key):
+        encoder_stats = StyleStats.from_state_dict(state.get("encoder_stats", state["stats"]))
+        if state.get("covers") == searched_identity:
             return StyleStats.from_state_dict(state["stats"])
-    indices = subset_indices(data, "train", cfg.stats_images, cfg.seed)
-    stats = style_statistics(models, data.images[indices])
-    torch_save(path, {"key": key, "stats": stats.state_dict()})
+        if searched is None:  # the encoder's own range (stage 09 edits E(x) styles); stage 05's widened one is kept
+            return encoder_stats
+    else:
+        indices = subset_indices(data, "train", cfg.stats_images, cfg.seed)
+        encoder_stats = style_statistics(models, data.images[indices])
+    stats = encoder_stats.covering(searched) if searched is not None else encoder_stats
+    torch_save(path, {"key": key, "stats": stats.state_dict(), "encoder_stats": encoder_stats.state_dict(),
+                      "covers": searched_identity})
     return stats
 
 
 def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progress: bool = True) -> AttFindResult:
     """Stage 05: statistics, effects (cached, resumable, sharded), selection per class and per image, sufficiency."""
     cfg = run.cfg.attfind
-    stats = run_statistics(run, data, models, cfg)
-    indices = subset_indices(data, cfg.split, cfg.num_images, cfg.seed)
-    inverted = invert(models, data.images[indices])
+    cfg = dataclasses.replace(cfg, batch_size=edit_batch_size(models.generator, models.classifier, cfg.batch_size))
+    indices = searched_indices(data, cfg)
+    images = data.images[indices]
+    inverted = invert(models, images, dist=dist)
+    identity = inverted_identity(models, images)
+    stats = run_statistics(run, data, models, cfg, inverted.styles, identity)
     final = run.path(ATTFIND_DIR, "effects.pt")
-    key = cache_key(inverted.styles, stats, models.generator, cfg)
+    key = cache_key(models.generator, cfg, identity)  # the statistics follow from the same identity
     saved = torch_load(final) if final.exists() else {}
     if saved.get("key") == key:
         effects, seconds = Effects(**saved["effects"]), float(saved["seconds_per_image"])
     else:
         started = time.perf_counter()
         effects = compute_effects(models, inverted.styles, inverted.logits, indices, stats, cfg, cache=final,
-                                  dist=dist, progress=progress)
+                                  dist=dist, progress=progress, identity=identity)
         seconds = (time.perf_counter() - started) * dist.world_size / max(len(indices), 1)
         if dist.is_main:
             torch_save(final, {"key": key, "effects": effects.state_dict(), "seconds_per_image": seconds})
-            for partial in final.parent.glob("effects.rank*.partial.pt"):
-                partial.unlink()
+            remove_partials(final)
     return _select_and_score(run, data, models, cfg, stats, effects, inverted.styles, seconds, dist)
 
 
@@ -125,8 +157,7 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
     attributes = attributes[leading]
     per_image = pd.concat([image_attributes(effects, i, 5, cfg.output) for i in range(len(effects.base_logits))],
                           ignore_index=True)
-    held_out = subset_indices(data, "test" if len(data.indices("test")) else cfg.split, cfg.num_images, cfg.seed + 1)
-    held_out_styles = invert(models, data.images[held_out]).styles
+    held_out_styles = invert(models, data.images[held_out_indices(data, cfg)], dist=dist).styles
     scores = sufficiency(models.generator, models.classifier, held_out_styles,
                          shift_targets(held_out_styles, stats, cfg.shift, cfg.shift_std), attributes,
                          searched_coordinates(models.generator, cfg.include_torgb), cfg.sufficiency_k,
