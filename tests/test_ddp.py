@@ -94,6 +94,16 @@ ATTFIND_WORKER = textwrap.dedent(
     inverted = effects.invert(models, images)
     stats = effects.StyleStats.of(inverted.styles)
     info, _ = init_distributed("cpu")
+    from stylexlib.core.config import InversionConfig
+    from stylexlib.stylespace import inversion
+    from stylexlib.stylespace.store import InversionStore
+    refined_models = StylexModels(*nets, cfg, ["a", "b"], 0, torch.device("cpu"), inversion=InversionConfig(per_image_steps=2))
+    refined_models.store = InversionStore(out / "inversions", "toy")
+    refined = inversion.invert(refined_models, images, batch_size=2, dist=info, progress=False)  # sharded, stored
+    torch.save(refined.styles, out / f"refined_rank{info.rank}.pt")
+    if info.rank == 0:
+        refined_models.store = None
+        torch.save(inversion.invert(refined_models, images, batch_size=5, progress=False).styles, out / "refined_single.pt")
     sharded = effects.compute_effects(models, inverted.styles, inverted.logits, torch.arange(5), stats,
                                       AttFindConfig(), out / "effects.pt", dist=info, progress=False)
     torch.save(sharded.edited_logits, out / f"attfind_rank{info.rank}.pt")
@@ -115,6 +125,11 @@ def test_attfind_shards_images_over_two_gloo_ranks(tmp_path: Path) -> None:
     shards = [torch.cat([torch.load(p)["logits"] for p in sorted(tmp_path.glob(f"effects.rank{r}.part*.pt"))])
               for r in (0, 1)]
     assert [len(s) for s in shards] == [3, 2]  # rank 0 took images 0, 2, 4; rank 1 images 1, 3
+    # the refined inversion was shared out too: each rank refined its images once, and both read them all back
+    refined0, refined1, refined = (torch.load(tmp_path / f"refined_{name}.pt") for name in ("rank0", "rank1", "single"))
+    assert torch.equal(refined0, refined1) and (refined0 - refined).abs().max() < 1e-5  # whatever the batch
+    parts = [torch.load(p)["keys"] for p in (tmp_path / "inversions" / "toy").glob("part-*.pt")]
+    assert sorted(len(keys) for keys in parts) == [1, 2, 2] and len({k for keys in parts for k in keys}) == 5
 
 
 GRADIENT_WORKER = textwrap.dedent(
