@@ -43,7 +43,7 @@ from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels, load_stylex
 from stylexlib.stylespace import inversion
 from stylexlib.stylespace.accelerate import inference_copies
-from stylexlib.stylespace.store import InversionStore, store_identity
+from stylexlib.gan.inversion_store import InversionStore, store_identity
 
 
 def random_models(resolution: int, config: str) -> StylexModels:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from stylexlib.core.config import StylexConfig, load_config  # noqa: E402
 from stylexlib.gan.step_options import StepOptions  # noqa: E402
-from stylexlib.gan.training import StylexTrainer  # noqa: E402
+from stylexlib.gan.train import StylexTrainer  # noqa: E402
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
@@ -71,19 +71,37 @@ class SectionTimer:
         setattr(owner, attribute, timed)
 
 
-PHASES = {  # trainer method -> the part it is a phase of
-    "_real_batch": "data", "_real_logits": "C(x)", "_generate": "generate", "_discriminator_step": "D step", "_r1_step": "R1 step",
-    "_generator_step": "G+E step", "_mapping_match_step": "mapping match", "_path_length_step": "path length",
-    "_track_w_avg": "w_avg", "_update_ema": "EMA", "_checked": "loss check",
-    "_augment": "DiffAugment", "_mix_styles": "style mixing",
-}
 TRAINERS = {"all": StepOptions(), "plain_step": StepOptions.none()}
+ACTIVE: list[SectionTimer] = []  # the timer of the trainer taking a step (the package's functions are shared)
+
+
+def wrap_shared(owner: object, attribute: str, name: Callable[..., str] | str) -> None:
+    """Time ``owner.attribute``, a function every trainer shares, into the active trainer's timer."""
+    original = getattr(owner, attribute)
+
+    def timed(*args, **kwargs):
+        with ACTIVE[-1].section(name(*args) if callable(name) else name):
+            return original(*args, **kwargs)
+
+    setattr(owner, attribute, timed)
+
+
+def instrument_package() -> None:
+    """Time the training package's shared parts: the forward, each phase, the loss check, augmentation, mixing."""
+    from stylexlib.gan.train import forward, phases
+    from stylexlib.gan.train import trainer as trainer_module
+
+    wrap_shared(trainer_module, "generate", "generate")
+    wrap_shared(phases.Phase, "run", lambda phase, context: f"{phase.name} phase")
+    wrap_shared(trainer_module, "finite_values", "loss check")
+    wrap_shared(forward.StepContext, "augment", "DiffAugment")
+    wrap_shared(forward, "mix_styles", "style mixing")
 
 
 def instrument(trainer: StylexTrainer, timer: SectionTimer) -> None:
-    """Time the trainer's phases, its networks' forwards, backward passes and optimizer steps."""
-    for method, name in PHASES.items():
-        timer.wrap(trainer, method, name)
+    """Time the trainer's data, EMA, its networks' forwards, backward passes and optimizer steps."""
+    timer.wrap(trainer.batches, "next", "data + C(x)")
+    timer.wrap(trainer.state, "update_ema", "EMA")
     nets = {"classifier fwd": trainer.step_classifier, "E fwd": trainer.E, "D fwd": trainer.D,
             "LPIPS fwd": trainer.lpips, "mapping fwd": trainer.G.mapping}
     for name, net in nets.items():
@@ -140,15 +158,19 @@ def profile_phase(trainers: dict[str, StylexTrainer], timers: dict[str, SectionT
     totals = dict.fromkeys(trainers, 0.0)
     for name, trainer in trainers.items():
         trainer.step = first_step
+        ACTIVE.append(timers[name])
         for _ in range(warmup):
             trainer.train_step()
+        ACTIVE.pop()
         timers[name].seconds.clear()
     for _ in range(steps):
         for name, trainer in trainers.items():
             timer = timers[name]
             started = timer.clock()
+            ACTIVE.append(timer)
             with timed_autograd(timer):
                 trainer.train_step()
+            ACTIVE.pop()
             totals[name] += timer.clock() - started
     return {name: summary(timers[name], totals[name], steps, trainers[name].cfg.batch_size) for name in trainers}
 
@@ -195,6 +217,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         trainers = {name: build_trainer(cfg, args.resolution, Path(out_dir) / name, TRAINERS[name])
                     for name in args.trainers}
         timers = {name: SectionTimer(CLOCKS[args.clock]) for name in trainers}
+        instrument_package()
         for name, trainer in trainers.items():
             instrument(trainer, timers[name])
         for phase, first in (("warm-up", 0), ("adversarial", cfg.warmup_steps)):  # any r1_every steps hold one R1

@@ -39,7 +39,7 @@ from stylexlib.evaluate.quality import reconstruction_quality, sample_quality  #
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics  # noqa: E402
 from stylexlib.gan.encoder_fit import fit_checkpoint_encoder  # noqa: E402
 from stylexlib.gan.losses import load_lpips  # noqa: E402
-from stylexlib.gan.training import StylexTrainer  # noqa: E402
+from stylexlib.gan.train import StylexTrainer  # noqa: E402
 from stylexlib.stylespace.inversion import evaluate_reconstruction  # noqa: E402
 
 PLOTTED = [("recon_self_retrieval", "reconstructions recognisable (self-retrieval)"),

@@ -212,7 +212,7 @@ def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, vari
 
     from stylexlib.classifier.model import build_classifier
     from stylexlib.data import ImageDataset
-    from stylexlib.gan.training import StylexTrainer
+    from stylexlib.gan.train import StylexTrainer
 
     options, overrides = variant_settings(variant)
     if overrides:

@@ -1,4 +1,4 @@
-"""The encoder-collapse detector, the encoder's backbones and offset, the real-data preset, D's judged images."""
+"""The encoder-collapse detector, the encoder's checkpoint keys, the real-data preset, D's judged images."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,54 +52,29 @@ def test_residual_encoder_keeps_its_checkpoint_keys() -> None:
     assert {"fc.weight", "to_latent.weight", "conv.weight"} <= keys and "w_avg" not in keys
 
 
-def test_squeeze_encoder_trains_only_its_heads_and_offsets_from_w_avg(lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, encoder="squeeze", encoder_offset=True)
-    encoder = Encoder(16, cfg.latent_dim, cfg, trunk=lpips_model)
-    x = torch.rand(3, 3, 16, 16) * 2 - 1
-    w = encoder(x)
-    encoder.w_avg.fill_(2.0)
-    assert torch.allclose(encoder(x), w + 2.0)
-    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
-    assert trainable and all(name.startswith(("features.projections", "fc.", "to_latent.")) for name in trainable)
-    encoder.requires_grad_(True)  # as a trainer might: the pretrained trunk stays frozen
-    assert not any(p.requires_grad for p in encoder.features.slices.parameters())
-    with pytest.raises(ValueError, match="stylex.encoder"):
-        Encoder(16, 8, dataclasses.replace(TINY, encoder="resnet"))
-
-
-def test_trainer_tracks_w_avg_and_steps_only_trainable_encoder_weights(lpips_model) -> None:
-    from tests.test_train import tiny_dataset
+def test_the_trainer_checks_collapse_of_the_live_pair(lpips_model) -> None:
     from stylexlib.classifier.model import build_classifier
+    from tests.test_train import tiny_dataset
 
-    cfg = dataclasses.replace(TINY, encoder="squeeze", encoder_offset=True, beta1_e=0.9, warmup_steps=0)
-    trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, None)
-    with torch.no_grad():
-        expected = trainer.G.mapping(torch.randn(4096, cfg.latent_dim)).mean(0)
-    assert torch.allclose(trainer.E.w_avg, expected, atol=0.1 * expected.abs().max() + 1e-3)
-    assert trainer.opt_e.param_groups[0]["betas"][0] == 0.9
-    assert all(p.requires_grad for p in trainer.opt_e.param_groups[0]["params"])
-    before = trainer.E.w_avg.clone()
+    trainer = make_trainer(TINY, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, None)
     trainer.train_step()
-    assert not torch.equal(before, trainer.E.w_avg)
     metrics = trainer.check_collapse()
     assert 0.0 <= metrics["recon_self_retrieval"] <= 1.0 and metrics["encoder_spread_ratio"] > 0
 
 
-def test_adversarial_terms_can_leave_the_reconstructions_out(lpips_model) -> None:
-    from tests.test_train import tiny_dataset
+def test_d_judges_every_generated_image(lpips_model) -> None:
     from stylexlib.classifier.model import build_classifier
+    from tests.test_train import tiny_dataset
 
-    data, classifier = tiny_dataset(), build_classifier(2, 16, width=4).eval()
-    for on in (True, False):
-        cfg = dataclasses.replace(TINY, path_mode="mix", adv_on_reconstructions=on)  # both paths in one step
-        trainer = make_trainer(cfg, data, classifier, lpips_model, None)
-        seen = []
-        forward = trainer.D.forward
-        trainer.D.forward = lambda images, probs: seen.append(len(images)) or forward(images, probs)
-        trainer.train_step()
-        batch = TINY.batch_size
-        # D step: real batch, then the judged fakes; the G step judges the same fakes
-        assert seen[:2] == [batch, 2 * batch if on else batch] and seen[-1] == (2 * batch if on else batch)
+    cfg = dataclasses.replace(TINY, path_mode="mix")  # both paths in one step
+    trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, None)
+    seen = []
+    forward = trainer.D.forward
+    trainer.D.forward = lambda images, probs: seen.append(len(images)) or forward(images, probs)
+    trainer.train_step()
+    batch = TINY.batch_size
+    # D step: real batch, then the reconstructions and samples; the G step judges the same fakes
+    assert seen[:2] == [batch, 2 * batch] and seen[-1] == 2 * batch
 
 
 def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
@@ -107,8 +82,8 @@ def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
     cfg = from_dict(folder)
     assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes == REAL["encoder_fit_minutes"] > 0
     assert cfg.stylex.weight_kl == REAL["weight_kl"] != StylexConfig().weight_kl
-    cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "encoder": "squeeze"}})
-    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.encoder == "squeeze"
+    cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "mixing_prob": 0.5}})
+    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.mixing_prob == 0.5 != REAL["mixing_prob"]
     assert cfg.stylex.warmup_steps == REAL["warmup_steps"]
     assert cfg.inversion.per_image_steps == REAL_INVERSION["per_image_steps"] > 0  # the preset's other section
     own = from_dict({**folder, "inversion": {"per_image_steps": 0, "num_images": 8}})
@@ -155,28 +130,33 @@ def test_encoder_fit_trains_only_a_copy_of_e_and_later_stages_load_it(tmp_path, 
 
 def test_collapse_check_and_reconstruction_previews_read_the_live_g_with_the_live_e(tmp_path, lpips_model,
                                                                                        monkeypatch) -> None:
-    """#40: they paired G_ema with the training E (or its EMA), the pair that drifts apart (docs/experiments.md)."""
+    """#40: they paired G_ema with the training E, the pair that drifts apart (docs/experiments.md)."""
     from stylexlib.classifier.model import build_classifier
-    from stylexlib.gan import training
+    from stylexlib.gan.train import callbacks
     from tests.test_train import tiny_dataset
 
-    cfg = dataclasses.replace(TINY, encoder_ema=True, steps=2, checkpoint_every=0)
+    cfg = dataclasses.replace(TINY, steps=2, checkpoint_every=0)
     trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, tmp_path)
     trainer.train(progress=False)
-    with torch.no_grad():  # make the live E differ clearly from its EMA
-        for p in trainer.E.parameters():
-            p.add_(0.1)
+    with torch.no_grad():  # make the live G differ clearly from its EMA
+        for p in trainer.G.parameters():
+            p.add_(0.01)
     read = []
-    real = training.collapse_metrics
-    monkeypatch.setattr(training, "collapse_metrics", lambda generator, encoder, *a, **k: read.append(
+    real = callbacks.collapse_metrics
+    monkeypatch.setattr(callbacks, "collapse_metrics", lambda generator, encoder, *a, **k: read.append(
         (generator, encoder)) or real(generator, encoder, *a, **k))
     trainer.check_collapse()
     assert read == [(trainer.G, trainer.E)]
-    grids = {}
-    monkeypatch.setattr(trainer, "_save_grid", lambda kind, images, titles, title: grids.setdefault(kind, images))
+    grids, real_grid = {}, callbacks.image_grid
+
+    def record(images, titles, **kwargs):
+        grids["reconstructions" if "reconstruction" in kwargs["suptitle"] else "samples"] = images
+        return real_grid(images, titles, **kwargs)
+
+    monkeypatch.setattr(callbacks, "image_grid", record)
     trainer.save_previews()
     models = trainer.models()
-    inputs = models.prepare(trainer.preview_images[:8])
+    inputs = models.prepare(trainer.previews.images[:8])
     with torch.no_grad():
         condition = models.condition(trainer.classifier(inputs).float())
         expected = trainer.G(trainer.E(inputs), condition, noise_mode="const")

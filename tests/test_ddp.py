@@ -23,7 +23,7 @@ WORKER = textwrap.dedent(
     from stylexlib.data import ImageDataset
     from stylexlib.core.distributed import init_distributed, shutdown_distributed
     from stylexlib.classifier.model import build_classifier
-    from stylexlib.gan.training import StylexTrainer
+    from stylexlib.gan.train import StylexTrainer
 
     out = Path(sys.argv[1])
     gen = torch.Generator().manual_seed(0)
@@ -36,8 +36,8 @@ WORKER = textwrap.dedent(
     info, device = init_distributed(cfg.device)
     trainer = StylexTrainer(cfg, data, classifier, out_dir=out, device=device, dist=info)
     batches = []
-    draw = trainer.sampler.next
-    trainer.sampler.next = lambda: batches.append(draw()) or batches[-1]
+    draw = trainer.batches.sampler.next
+    trainer.batches.sampler.next = lambda: batches.append(draw()) or batches[-1]
     trainer.train(progress=False)
     nets = (trainer.G, trainer.G_ema, trainer.E, trainer.D)
     flat = torch.cat([t.detach().flatten().float() for net in nets for t in net.state_dict().values()])
@@ -96,7 +96,7 @@ ATTFIND_WORKER = textwrap.dedent(
     info, _ = init_distributed("cpu")
     from stylexlib.core.config import InversionConfig
     from stylexlib.stylespace import inversion
-    from stylexlib.stylespace.store import InversionStore
+    from stylexlib.gan.inversion_store import InversionStore
     refined_models = StylexModels(*nets, cfg, ["a", "b"], 0, torch.device("cpu"), inversion=InversionConfig(per_image_steps=2))
     refined_models.store = InversionStore(out / "inversions", "toy")
     refined = inversion.invert(refined_models, images, batch_size=2, dist=info, progress=False)  # sharded, stored

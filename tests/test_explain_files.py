@@ -16,7 +16,7 @@ from stylexlib.data.folder import decode_image
 from stylexlib.explain import StylEx
 from stylexlib.explain.attfind.search import run_statistics
 from stylexlib.gan.models import load_stylex
-from stylexlib.gan.training import train_stylex
+from stylexlib.gan.train import train_stylex
 from stylexlib.pipeline.cli import main
 from stylexlib.report.explain_files import unexplained_files
 

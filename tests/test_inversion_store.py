@@ -18,7 +18,7 @@ from stylexlib.explain.attfind import search as attfind
 from stylexlib.gan.models import load_stylex, run_store
 from stylexlib.gan.training import train_stylex
 from stylexlib.stylespace import inversion
-from stylexlib.stylespace.store import STORE_DIR, image_keys
+from stylexlib.gan.inversion_store import STORE_DIR, image_keys
 from tests.test_explain_files import TINY as EXPLAIN_TINY
 
 TINY = [*EXPLAIN_TINY, "attfind.num_images=6", "attfind.visible_only=false", "inversion.per_image_steps=2"]

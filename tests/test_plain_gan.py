@@ -7,7 +7,7 @@ import torch
 from test_train import TINY, data, lpips_model, tiny_dataset  # noqa: F401 (fixtures)
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.gan import training as train
+from stylexlib.gan import train
 from stylexlib.gan.plain_gan import plain_gan_config
 
 RESOLUTION = 16

@@ -13,7 +13,7 @@ from stylexlib.core.config import StylexConfig
 from stylexlib.data import ImageDataset
 from stylexlib.gan import pace
 from stylexlib.gan.losses import load_lpips
-from stylexlib.gan.training import StylexTrainer
+from stylexlib.gan.train import StylexTrainer
 from stylexlib.pipeline.cli import main
 
 NOON = datetime(2025, 3, 1, 12, 0)

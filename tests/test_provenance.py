@@ -12,7 +12,7 @@ from stylexlib.core.config import apply_overrides, save_config, to_dict
 from stylexlib.core.run import CONFIG_FILE, open_run
 from stylexlib.data import load_dataset
 from stylexlib.gan.models import load_stylex
-from stylexlib.gan.training import train_stylex
+from stylexlib.gan.train import train_stylex
 
 TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
         "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
@@ -96,14 +96,18 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
     assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
     # a key added later counts only when set: checkpoints made before it existed stay valid
-    skipped = provenance.STYLEX_SCHEDULE_KEYS + provenance.STYLEX_ADDED_KEYS
+    skipped = provenance.STYLEX_SCHEDULE_KEYS + provenance.STYLEX_ADDED_KEYS + ("mapping_match",)
     assert "weight_mapping_match" in skipped and "encoder_fit_minutes" in skipped
-    without = {k: v for k, v in to_dict(cfg.stylex).items() if k not in skipped}
+    # keys removed since (#40) count at the one value left, so that fingerprints made before stay valid
+    without = {**{k: v for k, v in to_dict(cfg.stylex).items() if k not in skipped},
+               **provenance.STYLEX_REMOVED_FINGERPRINTED}
     assert base[1] == provenance.fingerprint("stylex", base[0], without)
+    mapping_on = provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.mapping_match=true"]))
+    assert mapping_on == provenance.fingerprint("stylex", base[0], {**without, "weight_mapping_match": 1.0})
     assert set(without) == FINGERPRINTED_STYLEX_KEYS, (
         "a new stylex key changes every existing checkpoint's fingerprint: list it in STYLEX_ADDED_KEYS (or in "
         "STYLEX_SCHEDULE_KEYS when it does not change what is trained)")
-    for added in ("stylex.weight_mapping_match=1", "stylex.encoder=squeeze"):
+    for added in ("stylex.mapping_match=true", "stylex.weight_class_sparsity=1"):
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
     for runtime in ("stylex.encoder_fit_minutes=2", "stylex.encoder_fit_lr=0.01", "stylex.precision=fp32",
                     "stylex.channels_last=false"):  # run-time keys: the same model (#40)
@@ -135,7 +139,7 @@ def test_run_time_keys_change_nothing_a_checkpoint_resumes_from(tmp_path) -> Non
 
 def _fingerprint_before_40(cfg) -> str:
     """stylex_fingerprint as it was before #40 (the run-time keys fingerprinted as set)."""
-    section = provenance._section(cfg.stylex, provenance.STYLEX_ADDED_KEYS, provenance.STYLEX_SCHEDULE_KEYS)
+    section = provenance._stylex_section(cfg.stylex)  # (with the keys first fingerprinted: removed ones at their value)
     return provenance.fingerprint("stylex", provenance.classifier_fingerprint(cfg), section)
 
 

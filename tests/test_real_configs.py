@@ -7,7 +7,7 @@ import torch
 from stylexlib.core.config import load_config
 from stylexlib.core.presets import REAL
 from stylexlib.data import load_dataset
-from stylexlib.gan.training import StylexTrainer
+from stylexlib.gan.train import StylexTrainer
 from tests.conftest import REPO, SHARED
 
 needs_data = pytest.mark.skipif(not (SHARED / "data" / "utkface").exists(), reason="../shared/data is not here")

@@ -13,11 +13,13 @@ from PIL import Image
 from stylexlib.classifier.model import build_classifier, save_classifier
 from stylexlib.core.config import StylexConfig
 from stylexlib.core.run import open_run
-from stylexlib.data import ImageDataset, to_float
-from stylexlib.gan import training as train
+from stylexlib.data import ImageDataset
+from stylexlib.gan import encoder_fit, train
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
-from stylexlib.gan.losses import classifier_kl_loss, latent_mmd_loss, load_lpips
+from stylexlib.gan.losses import latent_mmd_loss, load_lpips
 from stylexlib.gan.models import load_stylex
+from stylexlib.gan.train import forward, loop, loss_terms
+from stylexlib.gan.train.phases import PHASES
 from stylexlib.pipeline import cli
 from stylexlib.stylespace.inversion import (evaluate_reconstruction, invert, reconstruction_table, refinement_comparison,
                                             render_inverted)
@@ -67,22 +69,22 @@ def all_state(trainer: train.StylexTrainer) -> dict[str, torch.Tensor]:
 
 
 def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier, lpips_model, monkeypatch) -> None:
-    cfg = dataclasses.replace(TINY, weight_mapping_match=1.0)  # its optimizer's state must resume too
+    cfg = dataclasses.replace(TINY, mapping_match=True)  # its optimizer's state must resume too
     straight = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "straight")
     straight.train(progress=False)
 
     interrupted = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "resumed")
-    real_step = train.StylexTrainer.train_step
+    real_step = train.StylexTrainer.run_step
 
     def crash_at_step_5(self):
         if self.step == 4:
             raise KeyboardInterrupt
         return real_step(self)
 
-    monkeypatch.setattr(train.StylexTrainer, "train_step", crash_at_step_5)
+    monkeypatch.setattr(train.StylexTrainer, "run_step", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         interrupted.train(progress=False)
-    monkeypatch.setattr(train.StylexTrainer, "train_step", real_step)
+    monkeypatch.setattr(train.StylexTrainer, "run_step", real_step)
     assert load_checkpoint(checkpoint_path(tmp_path / "resumed"))["step"] == 3
 
     resumed = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "resumed")
@@ -102,13 +104,13 @@ def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier,
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, data, classifier, lpips_model,
                                                                        monkeypatch) -> None:
     trainer = make_trainer(TINY, data, classifier, lpips_model, tmp_path)
-    real_loss = train.g_nonsaturating_loss
+    real_loss = loss_terms.g_nonsaturating_loss
 
     def nan_from_step_5(pred):
         loss = real_loss(pred)
         return loss * float("nan") if trainer.step >= 4 else loss
 
-    monkeypatch.setattr(train, "g_nonsaturating_loss", nan_from_step_5)
+    monkeypatch.setattr(loss_terms, "g_nonsaturating_loss", nan_from_step_5)
     with pytest.raises(train.TrainingDiverged, match=r"loss 'g' is nan at step 5.*last good checkpoint \(step 3\)"):
         trainer.train(progress=False)
     assert load_checkpoint(checkpoint_path(tmp_path))["step"] == 3
@@ -129,14 +131,11 @@ def test_alternate_mode_runs_one_path_per_step(data, classifier, lpips_model) ->
     assert StylexConfig().path_mode == "alternate"  # the shipped default
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     encoder_step, random_step = trainer.train_step(), trainer.train_step()
-    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys() and not {"w_prior", "sample_kl"} & encoder_step.keys()
+    assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys() and "sample_kl" not in encoder_step
     assert set(random_step) == {"d", "g", "adv", "sample_kl"}
-    with_prior = make_trainer(dataclasses.replace(cfg, weight_w_prior=1.0), data, classifier, lpips_model, None)
-    assert with_prior.train_step()["w_prior"] > 0  # the reference w drawn fresh: no random path on this step
-    mixed = make_trainer(dataclasses.replace(cfg, path_mode="mix", weight_w_prior=1.0), data, classifier,
-                         lpips_model, None)
+    mixed = make_trainer(dataclasses.replace(cfg, path_mode="mix"), data, classifier, lpips_model, None)
     for step in (mixed.train_step(), mixed.train_step()):  # both paths every step
-        assert {"l1", "kl", "sample_kl", "adv", "d"} <= step.keys() and step["w_prior"] > 0
+        assert {"l1", "kl", "sample_kl", "adv", "d"} <= step.keys()
     with pytest.raises(ValueError, match="path_mode"):
         make_trainer(dataclasses.replace(TINY, path_mode="both"), data, classifier, lpips_model, None)
 
@@ -232,7 +231,7 @@ def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_mo
 
 
 def test_mapping_match_pulls_mapping_z_onto_the_encoder_latents(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, weight_mapping_match=1.0, warmup_steps=1)
+    cfg = dataclasses.replace(TINY, mapping_match=True, warmup_steps=1)
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     mapping_before = {k: v.clone() for k, v in trainer.G.mapping.state_dict().items()}
     assert "mapping_match" in trainer.train_step()  # also during the warm-up, when nothing else trains the mapping
@@ -246,9 +245,16 @@ def test_mapping_match_pulls_mapping_z_onto_the_encoder_latents(data, classifier
         with torch.no_grad():
             return float(latent_mmd_loss(trainer.G.mapping(torch.randn(256, cfg.latent_dim)), target))
 
+    mapping_phase = next(phase for phase in PHASES if phase.name == "mapping")
+
+    def match_step(w_encoded: torch.Tensor) -> None:  # the mapping phase alone, with E(x) = w_encoded
+        generated = forward.Generated(None, None, w_encoded, None, None)
+        mapping_phase.run(forward.StepContext(trainer.state, None, generated, trainer.step_classifier, trainer.lpips,
+                                              trainer.options, warming_up=False))
+
     before = gap()
     for _ in range(120):
-        trainer._mapping_match_step(target[torch.randint(len(target), (16,))])
+        match_step(target[torch.randint(len(target), (16,))])
     assert gap() < 0.4 * before
     assert all(torch.equal(v, trainer.G.state_dict()[k]) for k, v in rest.items())  # the mapping alone moves
     assert all(torch.equal(v, trainer.E.state_dict()[k]) for k, v in encoder.items())
@@ -260,8 +266,8 @@ def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifi
     G, n = trainer.G, 64
     c = torch.softmax(torch.randn(n, 2), 1)
     styles = G.styles(G.mapping(torch.randn(n, TINY.latent_dim)), c)
-    mixed = trainer._mix_styles(styles, c)
-    layers = trainer.style_layers
+    mixed = forward.mix_styles(trainer.state, styles, c)
+    layers = G.style_index.layer_ids()
     for row in range(n):
         changed = (mixed[row] != styles[row])
         cutoff = int(layers[changed].min())  # every coordinate from the cutoff layer on comes from the other latent
@@ -269,7 +275,7 @@ def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifi
     cutoffs = {int(layers[(mixed[r] != styles[r])].min()) for r in range(n)}
     assert len(cutoffs) > 2  # the crossover layer is drawn per sample
     off = make_trainer(dataclasses.replace(TINY, mixing_prob=0.0), data, classifier, lpips_model, None)
-    assert torch.equal(off._mix_styles(styles, c), styles)
+    assert torch.equal(forward.mix_styles(off.state, styles, c), styles)
 
 
 def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> None:
@@ -280,30 +286,6 @@ def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> 
     assert "sample_kl" not in make_trainer(mix, data, classifier, lpips_model, None).train_step()
     with pytest.raises(ValueError, match="stylex.augment"):
         make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
-
-
-def test_kl_noise_reads_both_sides_of_the_kl_through_one_draw(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, path_mode="mix", weight_sample_kl=1.0, kl_noise_std=0.5)
-    torch.manual_seed(0)  # a linear classifier: each draw of noise moves its logits (the tiny CNN averages it out)
-    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * RESOLUTION ** 2, 2)).eval()
-    trainer = make_trainer(cfg, data, linear, lpips_model, None)
-    x = to_float(data.images[:4])
-    perfect = train.Generated(torch.cat([x, x]), torch.full((8, 2), 0.5), torch.zeros(4, 16), torch.zeros(4, 16), x)
-    noise = trainer._kl_noise(perfect.images)
-    assert noise is not None and 0.4 < float(noise.std()) < 0.6
-    rec_logits, sample_logits = trainer._classify_generated(perfect, noise)
-    with torch.no_grad():  # C reads each image through its own draw, as the batched pass slices it
-        assert torch.allclose(rec_logits, trainer.step_classifier(x + noise[:4]), atol=1e-5)
-        assert torch.allclose(sample_logits, trainer.step_classifier(x + noise[4:]), atol=1e-5)
-        assert not torch.allclose(rec_logits, trainer.step_classifier(x), atol=1e-3)
-    target = trainer._noisy_real_logits(x, noise[:4])  # the target: x through the draw on x'
-    assert torch.allclose(target, rec_logits, atol=1e-6)  # so a perfect reconstruction costs nothing ...
-    assert float(classifier_kl_loss(target, rec_logits)) < 1e-9
-    other = trainer._noisy_real_logits(x, trainer._kl_noise(x))
-    assert not torch.allclose(other, rec_logits, atol=1e-4)  # ... which an independent draw on x would not give
-    losses = trainer.train_step()
-    assert losses["kl"] >= 0 and losses["sample_kl"] >= 0 and np.isfinite(losses["g"])
-    assert make_trainer(TINY, data, classifier, lpips_model, None)._kl_noise(x) is None  # off by default
 
 
 def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, classifier, lpips_model) -> None:
@@ -320,23 +302,6 @@ def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, clas
     assert class_columns(sparse).mean() < 0.9 * class_columns(plain).mean()
 
 
-def test_encoder_ema_tracks_the_encoder_and_is_what_later_stages_load(tmp_path, data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, encoder_ema=True, steps=3, checkpoint_every=0)
-    trainer = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
-    start = [p.clone() for p in trainer.E_ema.parameters()]
-    trainer.train(progress=False)
-    moved = [not torch.equal(a, b) for a, b in zip(start, trainer.E_ema.parameters())]
-    differs = [not torch.equal(a, b) for a, b in zip(trainer.E_ema.parameters(), trainer.E.parameters())]
-    assert any(moved) and any(differs)  # an average: it moved, but it is not E
-    assert trainer.models().encoder is trainer.E_ema
-    state = load_checkpoint(checkpoint_path(tmp_path))
-    assert set(state["E_ema"]) == set(state["E"])
-    resumed = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
-    assert resumed.resume() and all(torch.equal(a, b) for a, b in zip(resumed.E_ema.parameters(),
-                                                                          trainer.E_ema.parameters()))
-    assert make_trainer(TINY, data, classifier, lpips_model, None).E_ema is None
-
-
 def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model) -> None:
     """Every lossless speed-up of the step (StepOptions) on against all off: the same losses and weights after a warm-up
     step and adversarial steps with R1, both paths, mixing, DiffAugment and both KL terms, to float rounding."""
@@ -349,8 +314,8 @@ def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model)
             module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.2, 0.2)
     # No path-length term: it is a Jacobian norm, which jumps when rounding flips one leaky ReLU's side (0.2% here).
-    cfg = dataclasses.replace(TINY, path_mode="mix", warmup_steps=1, weight_sample_kl=1.0, encoder_ema=True,
-                              augment="color,translation,cutout", mixing_prob=0.9, weight_mapping_match=1.0,
+    cfg = dataclasses.replace(TINY, path_mode="mix", warmup_steps=1, weight_sample_kl=1.0,
+                              augment="color,translation,cutout", mixing_prob=0.9, mapping_match=True,
                               pl_weight=0.0)
     runs, few = {}, tiny_dataset(10)  # 8 training images: the 4 steps draw each twice (the cached C(x) is reused)
     for name, options in (("fast", StepOptions()), ("plain", StepOptions.none())):
@@ -373,7 +338,7 @@ def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lp
     stylex.compile; a warm-up step and adversarial steps with R1 stay finite and train D."""
     cfg = dataclasses.replace(TINY, device="cuda", precision="auto", channels_last=True, compile=compile,
                               warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
-                              mixing_prob=0.9, weight_mapping_match=1.0)
+                              mixing_prob=0.9, mapping_match=True)
     trainer = train.StylexTrainer(cfg, data, copy.deepcopy(classifier), lpips_model=copy.deepcopy(lpips_model).cuda())
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
     d_before = [p.detach().clone() for p in trainer.D.parameters()]
@@ -384,30 +349,13 @@ def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lp
     assert next(trainer.G.parameters()).is_cuda and trainer.G_ema.const.is_cuda
 
 
-def test_lazy_r1_runs_on_d_steps_counted_in_d_steps(data, classifier, lpips_model) -> None:
-    """#40: with path_mode alternate and adv_on_reconstructions off D trains only on the random path's steps; R1 (every
-    r1_every-th step) fell on the encoder steps, where D does not train: it moved nothing and was logged anyway."""
-    cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, adv_on_reconstructions=False,
-                              r1_every=2, pl_weight=0.0)
-    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
-    real_r1, moved = trainer._r1_step, []
-
-    def r1_step(x, probs):
-        before = [p.detach().clone() for p in trainer.D.parameters()]
-        values = real_r1(x, probs)
-        moved.append(any(not torch.equal(a, b) for a, b in zip(before, trainer.D.parameters())))
-        return values
-
-    trainer._r1_step = r1_step
-    steps = [trainer.train_step() for _ in range(8)]
-    d_steps = [i for i, losses in enumerate(steps) if "d" in losses]
-    assert d_steps == [1, 3, 5, 7]  # the random path's steps
-    assert [i for i, losses in enumerate(steps) if "r1" in losses] == d_steps[::2]  # every 2nd D step, logged there
-    assert moved == [True, True]  # and it trains D
-    # where D trains every step (adv_on_reconstructions, the default) the schedule is the step's, as before
+def test_lazy_r1_runs_every_r1_every_steps_after_the_warm_up(data, classifier, lpips_model) -> None:
+    """D trains on every step after the warm-up; R1 joins it on every r1_every-th step."""
     default = make_trainer(dataclasses.replace(TINY, pl_weight=0.0, warmup_steps=1), data, classifier, lpips_model,
                            None)
-    assert [i for i in range(5) if "r1" in default.train_step()] == [2, 4]
+    steps = [default.train_step() for _ in range(5)]
+    assert [i for i, losses in enumerate(steps) if "d" in losses] == [1, 2, 3, 4]
+    assert [i for i, losses in enumerate(steps) if "r1" in losses] == [2, 4]
 
 
 class FakeClock:
@@ -421,14 +369,14 @@ class FakeClock:
 
 
 def slow_steps(monkeypatch, step_seconds: float) -> FakeClock:
-    clock, real_step = FakeClock(step_seconds), train.StylexTrainer.train_step
+    clock, real_step = FakeClock(step_seconds), train.StylexTrainer.run_step
 
     def step(self):
         clock.now += clock.step_seconds
         return real_step(self)
 
-    monkeypatch.setattr(train, "time", clock)
-    monkeypatch.setattr(train.StylexTrainer, "train_step", step)
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(train.StylexTrainer, "run_step", step)
     return clock
 
 
@@ -462,7 +410,7 @@ def test_a_resumed_stage_03_trains_only_the_minutes_left_before_the_encoder_fit(
                                         "stylex.encoder_fit_minutes=1"])  # 60 s of training, then 60 s of fit
     data = load_dataset(run.cfg.data)
     fits = []
-    monkeypatch.setattr(train, "fit_checkpoint_encoder", lambda trainer, data, minutes, progress: fits.append(
+    monkeypatch.setattr(encoder_fit, "fit_checkpoint_encoder", lambda trainer, data, minutes, progress: fits.append(
         (trainer.step, minutes)))
     slow_steps(monkeypatch, 25.0)
     first = train.train_stylex(run, data, progress=False)

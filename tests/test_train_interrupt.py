@@ -12,7 +12,7 @@ import torch
 from test_train import TINY, all_state, classifier, data, lpips_model, make_trainer  # noqa: F401 (fixtures)
 
 from stylexlib.core.interrupt import Interrupted
-from stylexlib.gan import training as train
+from stylexlib.gan import train
 from stylexlib.gan.checkpoint import STATS_FILE, checkpoint_path, load_checkpoint, read_stats
 
 
@@ -30,14 +30,14 @@ def _raise_interrupt(signum, frame):  # stands in for "the process dies" so the 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_finishes_the_step_checkpoints_it_and_resumes_there(
         tmp_path: Path, data, classifier, lpips_model, straight, monkeypatch, signum: int) -> None:  # noqa: F811
-    real_step = train.StylexTrainer.train_step
+    real_step = train.StylexTrainer.run_step
 
     def signal_during_step_4(self):
         if self.step == 3:  # after the scheduled checkpoint at step 3 (checkpoint_every=3)
             os.kill(os.getpid(), signum)
         return real_step(self)
 
-    monkeypatch.setattr(train.StylexTrainer, "train_step", signal_during_step_4)
+    monkeypatch.setattr(train.StylexTrainer, "run_step", signal_during_step_4)
     previous = signal.signal(signum, _raise_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt) as caught:
@@ -48,7 +48,7 @@ def test_a_stop_signal_finishes_the_step_checkpoints_it_and_resumes_there(
     assert load_checkpoint(checkpoint_path(tmp_path))["step"] == 4  # step 4 finished and saved, not lost
     assert isinstance(caught.value, Interrupted) and caught.value.signum == signum
 
-    monkeypatch.setattr(train.StylexTrainer, "train_step", real_step)
+    monkeypatch.setattr(train.StylexTrainer, "run_step", real_step)
     resumed = make_trainer(TINY, data, classifier, lpips_model, tmp_path)
     assert resumed.resume() and resumed.step == 4
     summary = resumed.train(progress=False)

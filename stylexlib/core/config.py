@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import re
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ import yaml
 
 from stylexlib.core.install import shipped
 from stylexlib.core.presets import with_preset
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -118,17 +121,10 @@ class StylexConfig:
     pl_weight: float = 0.0  # path-length regularisation weight (0 disables)
     pl_every: int = 4
     ema_half_life_images: float = 2000.0
-    encoder_ema: bool = False  # also keep an EMA of E, paired with G_ema in later stages (E itself is trained against G)
-    encoder: Literal["residual", "squeeze"] = "residual"  # E's backbone: "residual" (the paper's, from scratch) or
-    # "squeeze" (trained heads on the frozen ImageNet SqueezeNet trunk that LPIPS ships)
-    encoder_offset: bool = False  # E predicts an offset from the mapping network's mean latent (pSp's latent average)
-    beta1_e: float | None = None  # Adam beta1 of E (None: beta1; momentum, e.g. 0.9, steadies the encoder)
     encoder_fit_minutes: float = 0.0  # stage two (gan.encoder_fit): the last minutes of the time limit fit E alone to
     # the frozen G_ema that later stages render with (0: off; without a time limit, these minutes after training)
     encoder_fit_lr: float = 1e-3
     weight_sample_cycle: float = 0.1  # the fit's latent cycle |E(G_ema(w, c)) - w| on fresh samples
-    adv_on_reconstructions: bool = True  # D also judges the reconstructions G(E(x), c) (the paper); False: only the
-    # random path's samples, so the adversarial term cannot pull E(x) towards the generator's average image
     preset: Literal["none", "real"] = "none"  # settings filled in beneath the file's own stylex keys (core.presets):
     # "real" for photographs (the default for folder data), "none" (the defaults here) for the synthetic data
     collapse_every: int = 250  # steps between encoder-collapse checks (gan.collapse) in stats.jsonl; 0: none
@@ -138,18 +134,13 @@ class StylexConfig:
     weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
     weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
     weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
-    kl_noise_std: float = 0.0  # not in the paper: both KL terms read the images through Gaussian noise of this std
-    # ([-1, 1] scale; the same draw on x and x'), so that class evidence fainter than the noise cannot carry C's output
     weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns
     # (losses.class_pathway_sparsity), so that the classifier's output reaches few StyleSpace coordinates, which
     # AttFind can then find
-    weight_w_prior: float = 0.0  # not in the paper: keeps E(x) on mapping(z)'s W distribution (losses.latent_prior_loss)
-    weight_mapping_match: float = 0.0  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
+    mapping_match: bool = False  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
     # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
-    # moves the mapping network only, never E (unlike weight_w_prior). Its own Adam at lr_g / 0.01 sets the step size,
-    # so any value > 0 acts about the same (Adam's steps do not scale with the loss); 0 turns it off
-    w_prior: Literal["moments", "mmd"] = "moments"  # match E(x)'s batch moments to mapping(z)'s, or the whole
-    # distribution (kernel MMD, as a Wasserstein autoencoder), so that random samples land where reconstructions do
+    # moves the mapping network only, never E; its own Adam at lr_g / 0.01 sets the step size (a switch: Adam's steps
+    # do not scale with a loss weight; it was `weight_mapping_match`, any value > 0 on)
     # "alternate": the encoder path (x -> E -> G, reconstruction losses) on steps where step % encoder_every == 0,
     # the random path (z -> mapping -> G) on the others, as the public StylEx reproduction trains: each step half the
     # work; "mix": both paths every step (docs/experiments.md, "Training throughput")
@@ -158,8 +149,6 @@ class StylexConfig:
     # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
     warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
     mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
-    discriminator: Literal["residual", "features"] = "residual"  # StyleGAN2's residual D, or heads on frozen LPIPS
-    # SqueezeNet features (projected-GAN style, gan.discriminator.FeatureDiscriminator)
     augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
     lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
@@ -298,17 +287,47 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# StylEx keys removed after the experiment log measured and dropped them (docs/experiments.md), with the one value
+# the code still has: a record or file that names one at that value loads as before; another value loads with a
+# warning (the lever is gone).
+STYLEX_REMOVED_KEYS: dict[str, Any] = {
+    "encoder": "residual", "encoder_offset": False, "beta1_e": None, "encoder_ema": False, "weight_w_prior": 0.0,
+    "w_prior": "moments", "kl_noise_std": 0.0, "discriminator": "residual", "adv_on_reconstructions": True}
+STYLEX_RENAMED_KEYS = {"weight_mapping_match": ("mapping_match", lambda weight: float(weight) > 0)}
+
+
+def migrate_stylex(raw: dict[str, Any], where: str = "stylex") -> dict[str, Any]:
+    """A ``stylex`` section as today's StylexConfig reads it: removed keys dropped (a warning when one was set to what
+    no longer exists), renamed keys renamed."""
+    migrated = {}
+    for key, value in raw.items():
+        if key in STYLEX_REMOVED_KEYS:
+            if value != STYLEX_REMOVED_KEYS[key]:
+                log.warning("%s.%s: %r is no longer available (measured and dropped: docs/experiments.md); ignored, "
+                            "as if %r", where, key, value, STYLEX_REMOVED_KEYS[key])
+        elif key in STYLEX_RENAMED_KEYS:
+            new, convert = STYLEX_RENAMED_KEYS[key]
+            migrated[new] = convert(value)
+        else:
+            migrated[key] = value
+    return migrated
+
+
 def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets: bool = True) -> Any:
     """Build a dataclass config from a dict, with an error naming any unknown or mistyped key, or a data key its source
     never reads. ``presets=False`` for a run folder's own record: its preset was applied when it was written, keys added
     since take their defaults, and a record written before the data-source check still loads."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    if cls is Config and isinstance(raw.get("stylex"), dict):  # before the preset: a file's renamed key wins over it
+        raw = {**raw, "stylex": migrate_stylex(raw["stylex"])}
     if cls is Config and presets and isinstance(raw.get("stylex") or {}, dict):
         try:
             raw = with_preset(raw)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if cls is StylexConfig and not where:  # a bare stylex section (a Config's was migrated above)
+        raw = migrate_stylex(raw)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -474,10 +493,6 @@ def augment_problem(value: str) -> str | None:
             "(or '' for none)") if unknown else None
 
 
-def _non_negative_problem(value: float) -> str | None:
-    return None if value >= 0 else f"must be >= 0 (0: off), got {value}"
-
-
 def _methods_problem(value: list[str] | None) -> str | None:
     unknown = [m for m in value or [] if m not in COMPARE_METHODS]
     if unknown:
@@ -491,8 +506,7 @@ def _columns_problem(value: list[str] | str) -> str | None:
 
 
 # Checks beyond the field types, run when a config is loaded: each returns the problem or None.
-FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem,
-                                  "kl_noise_std": _non_negative_problem},
+FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem},
                 "EvaluateConfig": {"attribute_columns": _columns_problem},
                 "CompareConfig": {"methods": _methods_problem}}
 

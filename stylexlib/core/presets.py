@@ -26,7 +26,7 @@ REAL: dict[str, Any] = {
     "weight_lpips": 1.0,
     "weight_kl": 0.1,
     "weight_sample_kl": 0.1,
-    "weight_mapping_match": 1.0,
+    "mapping_match": True,
     "mixing_prob": 0.9,
     "augment": "color,translation,cutout",
     "r1_every": 16,

@@ -41,9 +41,12 @@ STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_ever
 # (see _ALIASES): run folders made before keep resuming.
 STYLEX_RUNTIME_KEYS = ("precision", "channels_last", "encoder_fit_minutes", "encoder_fit_lr")
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
-STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder", "encoder_offset", "beta1_e", "adv_on_reconstructions",
-                     "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle",
-                     "weight_class_sparsity", "kl_noise_std")
+STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle",
+                     "weight_class_sparsity")
+# StylEx keys removed since (core.config.STYLEX_REMOVED_KEYS) that checkpoints were first fingerprinted with: they
+# count at the one value left, so that fingerprints made before their removal stay valid.
+STYLEX_REMOVED_FINGERPRINTED = {"encoder_ema": False, "weight_w_prior": 0.0, "w_prior": "moments",
+                                "discriminator": "residual"}
 # The same for the data and classifier sections; and classifier keys that only check, never change, the model.
 DATA_ADDED_KEYS = ("label_queries", "split_column", "group_column")
 CLASSIFIER_ADDED_KEYS = ("class_names",)
@@ -150,11 +153,21 @@ def stylex_fingerprint(cfg: Config) -> str:
     upstream = classifier_fingerprint(cfg)
     defaults = type(cfg.stylex)()
     runtime_at_defaults = dataclasses.replace(cfg.stylex, **{k: getattr(defaults, k) for k in STYLEX_RUNTIME_KEYS})
-    made = fingerprint("stylex", upstream, _section(runtime_at_defaults, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS))
-    before = fingerprint("stylex", upstream, _section(cfg.stylex, STYLEX_ADDED_KEYS, STYLEX_SCHEDULE_KEYS))
+    made = fingerprint("stylex", upstream, _stylex_section(runtime_at_defaults))
+    before = fingerprint("stylex", upstream, _stylex_section(cfg.stylex))
     if before != made:
         _ALIASES.setdefault(made, set()).add(before)
     return made
+
+
+def _stylex_section(stylex: Any) -> dict[str, Any]:
+    """The StylEx section as fingerprinted: under the keys first fingerprinted (removed keys at their one value left,
+    ``mapping_match`` as the ``weight_mapping_match`` it was), schedule keys aside, added keys only when set."""
+    defaults = {**to_dict(type(stylex)()), "weight_mapping_match": 0.0}
+    named = {**to_dict(stylex), **STYLEX_REMOVED_FINGERPRINTED}
+    named["weight_mapping_match"] = float(named.pop("mapping_match"))
+    return {k: v for k, v in named.items()
+            if k not in STYLEX_SCHEDULE_KEYS and not (k in STYLEX_ADDED_KEYS and v == defaults[k])}
 
 
 def accepts(found: Any, expected: Any) -> bool:

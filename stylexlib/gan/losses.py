@@ -2,7 +2,8 @@
 
 Adversarial, R1 and path-length terms follow StyleGAN2 (Karras et al., "Analyzing and Improving
 the Image Quality of StyleGAN", CVPR 2020). Reconstruction (L1 + LPIPS + latent) and the
-classifier KL term follow StylEx (Lang et al., "Explaining in Style", ICCV 2021, Sec. 3).
+classifier KL term follow StylEx (Lang et al., "Explaining in Style", ICCV 2021, Sec. 3). Their weights and the
+phase that trains each: the registry in :mod:`stylexlib.gan.train.loss_terms`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stylexlib.core.config import StylexConfig
 
 # torchvision ImageNet checkpoints that lpips' trunks load through torch.hub.
 LPIPS_TRUNK_CHECKPOINTS = {
@@ -121,20 +121,6 @@ def visible_change(lpips_model: torch.nn.Module, original: Tensor, changed: Tens
     return lpips_distance(lpips_model, original, changed, VISIBILITY_SIZE)
 
 
-def reconstruction_losses(x: Tensor, x_rec: Tensor, w: Tensor, w_rec: Tensor,
-                          lpips_model: torch.nn.Module) -> dict[str, Tensor]:
-    """StylEx reconstruction terms: ``l1`` = |x - x'|, ``lpips`` (``lpips_distance``), ``latent`` = |E(x') - E(x)|.
-
-    ``w = E(x)`` and ``w_rec = E(x')``; all terms are means over the batch (Lang et al. 2021, Sec. 3).
-    Gradients flow through every argument; detach in the caller where a term should not train a net.
-    """
-    return {
-        "l1": (x - x_rec).abs().mean(),
-        "lpips": lpips_distance(lpips_model, x, x_rec).mean(),
-        "latent": (w_rec - w).abs().mean(),
-    }
-
-
 def classifier_kl_loss(logits_real: Tensor, logits_rec: Tensor, reduction: str = "mean") -> Tensor:
     """KL(C(x) || C(x')) averaged over the batch ("mean") or per image ("none"); C(x) a fixed (detached) target.
 
@@ -147,29 +133,13 @@ def classifier_kl_loss(logits_real: Tensor, logits_rec: Tensor, reduction: str =
     return kl if reduction == "none" else kl.mean()
 
 
-def latent_prior_loss(w_encoded: Tensor, w_sampled: Tensor) -> Tensor:
-    """How far a batch of encoder latents E(x) sits from the mapping network's W distribution (0 where they match).
-
-    Squared gaps between the per-dimension batch means and standard deviations of ``w_encoded`` and of
-    ``w_sampled`` = mapping(z) (a fixed, detached reference), in units of the reference's mean variance. Not in the
-    StylEx paper: without it the encoder can settle in a corner of W the random path never visits, where the
-    generator learns a separate, poorer rendering (the demo's reconstructions all grew a hat and lost the hair colour).
-    """
-    reference = w_sampled.detach().float()
-    w_encoded = w_encoded.float()
-    scale = reference.var(dim=0).mean().clamp_min(1e-8)
-    mean_gap = (w_encoded.mean(dim=0) - reference.mean(dim=0)).pow(2).mean()
-    std_gap = (w_encoded.std(dim=0) - reference.std(dim=0)).pow(2).mean()
-    return (mean_gap + std_gap) / scale
-
-
 def latent_mmd_loss(latents: Tensor, reference: Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
                     ) -> Tensor:
     """Unbiased MMD^2 between ``latents`` and a fixed (detached) ``reference`` set: 0 when the two distributions
     agree, as a Wasserstein autoencoder asks (Tolstikhin et al., ICLR 2018). Inverse multiquadratic kernels
     C / (C + |x - y|^2) summed over ``scales`` x 2 d sigma^2, sigma^2 the reference's mean variance. Unlike matching
     means and variances, it pulls the latents onto the region the reference occupies, not just to its moments.
-    The W prior passes E(x) against mapping(z); the mapping match, mapping(z) against E(x).
+    The mapping match passes mapping(z) against E(x).
     """
     x, y = latents.float(), reference.detach().float()
     if len(x) < 2 or len(y) < 2:
@@ -191,25 +161,6 @@ def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:
     m, n = len(kxx), len(kyy)
     return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
             - 2 * kxy.mean())
-
-
-def loss_weights(cfg: StylexConfig) -> dict[str, float]:
-    """Weight of every StylEx loss term, keyed like the loss dicts.
-
-    Defaults in StylexConfig: adversarial 1, L1 1, LPIPS 0.1, latent 0.1, KL 1 (the weights reported
-    for StylEx, Lang et al. 2021); R1 gamma and path-length weight as StyleGAN2's regularizers; ``w_prior``
-    (:func:`latent_prior_loss`, our addition) 0 unless a config sets it.
-    """
-    return {
-        "adv": cfg.weight_adv,
-        "l1": cfg.weight_l1,
-        "lpips": cfg.weight_lpips,
-        "latent": cfg.weight_latent,
-        "kl": cfg.weight_kl,
-        "sample_kl": cfg.weight_sample_kl,
-        "w_prior": cfg.weight_w_prior,
-        "class_sparsity": cfg.weight_class_sparsity,
-    }
 
 
 def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:

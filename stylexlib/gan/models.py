@@ -14,21 +14,20 @@ from stylexlib.core.config import InversionConfig, StylexConfig, from_dict
 from stylexlib.core.provenance import check, stylex_fingerprint
 from stylexlib.core.run import Run, pick_device
 from stylexlib.data import ImageDataset, to_float
-from stylexlib.gan import Discriminator, Encoder, FeatureDiscriminator, Generator
+from stylexlib.gan import Discriminator, Encoder, Generator
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint
-from stylexlib.stylespace.store import STORE_DIR, InversionStore, store_identity
+from stylexlib.gan.inversion_store import STORE_DIR, InversionStore, store_identity
 
 log = logging.getLogger(__name__)
 
 
 def build_networks(resolution: int, num_classes: int, cfg: StylexConfig
-                   ) -> tuple[Generator, Encoder, Discriminator | FeatureDiscriminator]:
+                   ) -> tuple[Generator, Encoder, Discriminator]:
     """Fresh G, E and D for images of ``resolution`` and a classifier with ``num_classes`` outputs."""
     return (
         Generator(resolution, num_classes, cfg),
         Encoder(resolution, cfg.latent_dim, cfg),
-        FeatureDiscriminator(resolution, num_classes, cfg) if cfg.discriminator == "features"
-        else Discriminator(resolution, num_classes, cfg),
+        Discriminator(resolution, num_classes, cfg),
     )
 
 

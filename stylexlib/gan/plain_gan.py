@@ -9,18 +9,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from stylexlib.core.config import StylexConfig
-from stylexlib.core.figures import save_figure
 from stylexlib.core.provenance import stylex_fingerprint
 from stylexlib.core.run import Run
 from stylexlib.data import ImageDataset
-from stylexlib.gan.checkpoint import CHECKPOINT_FILE, read_stats
+from stylexlib.gan.checkpoint import CHECKPOINT_FILE
 from stylexlib.gan.models import StylexModels, load_models
-from stylexlib.gan.training import StylexTrainer, TrainSummary, loss_curves
+from stylexlib.gan.train import StylexTrainer, TrainSummary
 
 PLAIN_GAN_DIR = ("baselines", "plain_gan")
 
@@ -41,18 +39,13 @@ def plain_gan_fingerprint(run: Run, steps: int) -> str:
 
 def train_plain_gan(run: Run, data: ImageDataset, classifier: nn.Module, steps: int,
                     device: torch.device | None = None, progress: bool = True) -> TrainSummary:
-    """Train (or resume) the baseline GAN into ``baselines/plain_gan`` for ``steps`` steps (StylEx's: the budget)."""
+    """Train (or resume) the baseline GAN into ``baselines/plain_gan`` for ``steps`` steps (StylEx's: the budget); its
+    ``stats.jsonl`` plots with :func:`stylexlib.report.plots.loss_curves`."""
     out = plain_gan_dir(run)
     trainer = StylexTrainer(plain_gan_config(run.cfg.stylex, steps), data, classifier, out_dir=out, device=device,
                             fingerprint=plain_gan_fingerprint(run, steps))
     trainer.resume()
-    summary = trainer.train(progress=progress)
-    history = read_stats(out)
-    if history:
-        fig = loss_curves(history)
-        save_figure(fig, out / "figures" / "losses.png")
-        plt.close(fig)
-    return summary
+    return trainer.train(progress=progress)
 
 
 def load_plain_gan(run: Run, classifier: nn.Module, steps: int, device: torch.device | str | None = None

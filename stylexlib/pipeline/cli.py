@@ -81,7 +81,8 @@ def run_step(step: str, run_dir: Path) -> int:
     from stylexlib.explain.attfind.search import run_attfind
     from stylexlib.explain.attfind.selection import sufficiency_metrics
     from stylexlib.gan.models import load_stylex
-    from stylexlib.gan.training import train_stylex
+    from stylexlib.gan.train import train_stylex
+    from stylexlib.report.plots import save_loss_curves
 
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{run_dir} has no config.yaml: run stages 01-02 first "
@@ -92,6 +93,8 @@ def run_step(step: str, run_dir: Path) -> int:
         data = load_dataset(run.cfg.data)
         if step == "train":
             summary = train_stylex(run, data, load_run_classifier(run, data), device=device, dist=info)
+            if info.is_main:
+                save_loss_curves(run.dir, run.path("figures", "stylex_losses.png"))
             result = {k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()}
         else:
             found = run_attfind(run, data, load_stylex(run, device, data), dist=info)

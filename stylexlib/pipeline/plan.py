@@ -17,7 +17,7 @@ from stylexlib.core.run import pick_device
 from stylexlib.data import ImageDataset
 from stylexlib.explain.attfind.effects import edited_logits_fast, edited_logits_naive, searched_coordinates
 from stylexlib.gan.pace import duration, training_time
-from stylexlib.gan.training import StylexTrainer
+from stylexlib.gan.train import StylexTrainer
 from stylexlib.stylespace.accelerate import inference_copies
 
 TIMED_STEPS = 4  # timed StylEx steps (and warm-up steps), each after one untimed step (allocations, autotuning)

@@ -2,6 +2,7 @@
 explanation maps side by side, the explainer comparison."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -9,9 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stylexlib.core.figures import image_grid, to_hwc
+from stylexlib.core.figures import image_grid, save_figure, to_hwc
 from stylexlib.data.synthetic import FACTORS, render_interventions
 from stylexlib.evaluate.ground_truth import intervention_values
+from stylexlib.gan.checkpoint import read_stats
 
 
 def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str = "confusion matrix") -> plt.Figure:
@@ -165,3 +167,39 @@ def label_change_heatmap(changes: pd.DataFrame, readings: pd.DataFrame) -> plt.F
     ax.set_title("What each attribute changes (the label oracle)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+LOSS_GROUPS = {  # the panels of loss_curves: StylEx's loss terms by kind (stats.jsonl's names)
+    "adversarial": ("d", "adv", "r1"),
+    "reconstruction": ("l1", "lpips", "latent"),
+    "classifier KL": ("kl",),
+    "path length": ("pl",),
+}
+
+
+def loss_curves(history: list[dict]) -> plt.Figure:
+    """StylEx losses (``stats.jsonl`` records) against the training step, one panel per group of terms."""
+    groups = {title: [k for k in keys if any(k in h for h in history)] for title, keys in LOSS_GROUPS.items()}
+    groups = {title: keys for title, keys in groups.items() if keys}
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, groups.items()):
+        for key in keys:
+            points = [(h["step"], h[key]) for h in history if key in h]
+            ax.plot(*zip(*points), label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_loss_curves(stats_dir: str | Path, path: str | Path) -> Path | None:
+    """Save :func:`loss_curves` of a training folder's ``stats.jsonl`` to ``path`` (None when it has no records)."""
+    history = read_stats(stats_dir)
+    if not history:
+        return None
+    fig = loss_curves(history)
+    saved = save_figure(fig, path)
+    plt.close(fig)
+    return saved

@@ -41,7 +41,7 @@ def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: b
     loaded when needed and not given; ``weight_kl`` in place of ``models.inversion.weight_kl``), on the models' device.
 
     Refined inversions are read from and added to ``models.store`` when it is set (a run's
-    :class:`~stylexlib.stylespace.store.InversionStore`): each image is refined once per run; under
+    :class:`~stylexlib.gan.inversion_store.InversionStore`): each image is refined once per run; under
     ``torch.distributed`` the missing ones are shared out over the ranks (``dist``)."""
     steps = models.inversion.per_image_steps if refine else 0
     if steps and lpips_model is None:

@@ -27,7 +27,7 @@ from stylexlib.explain.attfind.visibility import class_swap_yardstick, visibilit
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels, load_stylex
 from stylexlib.stylespace.inversion import invert
-from stylexlib.stylespace.store import image_keys, weights_digest
+from stylexlib.gan.inversion_store import image_keys, weights_digest
 
 log = logging.getLogger(__name__)
 

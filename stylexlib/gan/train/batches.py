@@ -1,0 +1,105 @@
+"""Real training batches: seeded, saveable positions, the images on the device and the frozen classifier's C(x)
+(cached per image: C is frozen and in eval mode)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from stylexlib.classifier.fold import folded_copy
+from stylexlib.data import ImageDataset, to_float
+from stylexlib.gan.models import class_input
+
+
+class BatchSampler:
+    """Endless seeded batches of dataset positions: a fresh permutation each epoch; saveable state."""
+
+    def __init__(self, positions: Tensor, batch_size: int, seed: int) -> None:
+        if len(positions) == 0:
+            raise ValueError("no training images: the train split is empty")
+        self.positions = positions
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.cursor = 0
+
+    def next(self) -> Tensor:
+        """The positions of the next batch."""
+        parts, needed = [], self.batch_size
+        while needed > 0:
+            if self.cursor >= len(self.order):
+                self.order, self.cursor = torch.randperm(len(self.positions), generator=self.generator), 0
+            part = self.order[self.cursor : self.cursor + needed]
+            self.cursor += len(part)
+            needed -= len(part)
+            parts.append(part)
+        return self.positions[torch.cat(parts)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order.clone(), "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.cursor = state["order"].clone(), int(state["cursor"])
+
+
+@dataclass
+class RealBatch:
+    """One step's real images with the classifier's logits, D's class weights and G's class input."""
+
+    x: Tensor
+    logits: Tensor
+    probs: Tensor
+    condition: Tensor
+
+
+class RealBatches:
+    """Draws the real batches of the train split and classifies them (``options.cached_real_logits``: each image once)."""
+
+    def __init__(self, data: ImageDataset, classifier: nn.Module, batch_size: int, seed: int, condition_on: str,
+                 device: torch.device, memory_format: torch.memory_format, folded: bool, cached: bool,
+                 autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.images, self.num_classes, self.device = data.images, data.num_classes, device
+        self.condition_on, self.memory_format, self.cached, self.autocast = condition_on, memory_format, cached, autocast
+        self.classifier = classifier
+        self.step_classifier = folded_copy(classifier) if folded else classifier  # what the step runs
+        self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), batch_size, seed)
+        self.logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
+        self.known = torch.zeros(0, dtype=torch.bool)
+
+    def compile_classifier(self) -> None:
+        """torch.compile the step's classifier (a copy: the frozen classifier itself stays eager)."""
+        if self.step_classifier is self.classifier:
+            self.step_classifier = copy.deepcopy(self.classifier)
+        self.step_classifier.compile(dynamic=True)
+
+    def next(self) -> RealBatch:
+        """The next batch with C(x), D's class weights (uniform without a classifier) and G's class input."""
+        positions = self.sampler.next()
+        x = to_float(self.images[positions]).to(self.device, non_blocking=True).contiguous(
+            memory_format=self.memory_format)
+        logits = self._logits(positions, x)
+        probs, condition = logits.softmax(dim=1), class_input(logits, self.condition_on)
+        if self.condition_on == "none":  # no classifier: D's class heads averaged (unconditional)
+            probs = torch.full_like(probs, 1 / probs.shape[1])
+        return RealBatch(x, logits, probs, condition)
+
+    @torch.no_grad()
+    def _logits(self, positions: Tensor, x: Tensor) -> Tensor:
+        if not self.cached:
+            with self.autocast():
+                return self.step_classifier(x).float()
+        if self.logits is None:
+            self.logits = torch.zeros(len(self.images), self.num_classes, device=self.device)
+            self.known = torch.zeros(len(self.images), dtype=torch.bool)
+        missing = ~self.known[positions]
+        if missing.any():
+            new = positions[missing]
+            with self.autocast():
+                self.logits[new.to(self.device)] = self.step_classifier(x[missing.to(self.device)]).float()
+            self.known[new] = True
+        return self.logits[positions.to(self.device)]
