@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stylexlib.core.config import (Config, ConfigError, apply_overrides, dump_config, from_dict, load_config,
-                                   save_config)
+from stylexlib.core.config import (Config, ConfigError, StylexConfig, apply_overrides, dump_config, from_dict,
+                                   load_config, save_config)
 
 
 def test_defaults_and_roundtrip(tmp_path: Path) -> None:
@@ -262,5 +262,7 @@ def test_a_run_folders_record_with_removed_or_renamed_stylex_keys_still_loads(tm
         cfg = from_dict(record, presets=False)
     assert not cfg.stylex.mapping_match and not hasattr(cfg.stylex, "encoder_ema")
     assert [r.message.split(":")[0] for r in caplog.records] == ["stylex.encoder_ema", "stylex.kl_noise_std"]
+    checkpoint_record = from_dict(record["stylex"], StylexConfig, "stylex")  # what gan.models.load_models reads
+    assert checkpoint_record == cfg.stylex
     with pytest.raises(ConfigError, match="unknown config key 'stylex.encoder_ema'"):
         load_config(None, ["stylex.encoder_ema=true"])  # a new command names today's keys

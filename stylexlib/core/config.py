@@ -326,8 +326,8 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets:
             raw = with_preset(raw)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if cls is StylexConfig and not where:  # a bare stylex section (a Config's was migrated above)
-        raw = migrate_stylex(raw)
+    if cls is StylexConfig:  # also a checkpoint's own record (gan.models.load_models); migrating twice changes nothing
+        raw = migrate_stylex(raw, where or "stylex")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
