@@ -148,3 +148,104 @@ def test_flip_scores_count_flips_and_the_correlation_difference_as_ace() -> None
     expected = abs(np.corrcoef(flips[:, 1], flips[:, 0])[0, 1] - 0.4) + abs(0 - (-0.1))  # hat never flips: 0
     assert scores["label_cd"] == pytest.approx(expected)
     assert "label_cd" not in flip_scores(before, after, ["Smiling", "lips", "hat"], [])
+
+
+def _reddish_data(tmp_path, count: int = 360, seed: int = 0) -> tuple[ImageDataset, pd.DataFrame]:
+    """16 px noise images in train / val / test: ``red`` is 1 when the red channel is raised (unknown on a tenth of
+    the rows), ``coin`` is drawn at random; the class column ``Smiling`` equals ``red``."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(30, 200, (count, 3, 16, 16)).astype(np.int64)
+    red = rng.random(count) < 0.4
+    images[red, 0] += 45
+    table = pd.DataFrame({"file": [f"{i}.png" for i in range(count)], "coin": (rng.random(count) < 0.5).astype(int),
+                          "red": red.astype(float), "Smiling": red.astype(int)})
+    table.loc[rng.random(count) < 0.1, "red"] = np.nan
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    split = np.array(["train"] * (count // 2) + ["val"] * (count // 4) + ["test"] * (count - count // 2 - count // 4))
+    data = ImageDataset(torch.from_numpy(images.clip(0, 255).astype(np.uint8)), torch.from_numpy(red.astype(int)),
+                        ["x", "y"], split, files=list(table["file"]), info={"labels_csv": str(tmp_path / "labels.csv")})
+    return data, table
+
+
+TINY_CNN = {"width": 8, "epochs": 6, "patience": 6, "batch_size": 32, "lr": 1e-2}
+
+
+def test_cnn_oracle_learns_a_planted_label_and_distrusts_a_coin_flip(tmp_path) -> None:
+    from stylexlib.evaluate.cnn_oracle import CNNLabelOracle, column_aucs, fit_cnn_oracle, predict_logits
+
+    data, table = _reddish_data(tmp_path)
+    oracle = fit_cnn_oracle(data, ["coin", "red"], ["Smiling"], seed=0, **TINY_CNN)
+    assert oracle.columns == ["coin", "red", "Smiling"] and oracle.class_columns == ["Smiling"]
+    assert oracle.auc["red"] > 0.9 and 0.3 < oracle.auc["coin"] < 0.7 and oracle.trusted == ["red", "Smiling"]
+    assert "coin" in oracle.probes and list(oracle.table()["trusted"]) == [False, True, True]
+    assert oracle.positive_rate["red"] == pytest.approx(table["red"].iloc[:180].mean())  # unknown rows left out
+    val = torch.as_tensor(data.indices("val"))
+    kept = column_aucs(table[oracle.columns].to_numpy(float)[val.numpy()], predict_logits(oracle.model,
+                       data.images[val]).numpy(), oracle.columns)
+    scores = [h["val_mean_auc"] for h in oracle.history]
+    assert np.mean(list(kept.values())) == pytest.approx(max(scores)) and scores[-1] < max(scores)  # the best epoch
+    assert oracle.seconds > 0
+    test = torch.as_tensor(data.indices("test"))
+    x = data.images[test].float() / 127.5 - 1
+    read = oracle.read(None, x)
+    assert read.shape == (len(test), 2) and read.device.type == "cpu"
+    truth = data.labels[test].bool()
+    assert read[truth, 0].mean() > read[~truth, 0].mean() + 0.3  # the trusted column it reads first is red
+    assert roc_auc(truth.numpy(), read[:, 0].numpy()) > 0.9
+    again = CNNLabelOracle.from_dict(oracle.to_dict())  # plain tensors: loads with weights_only
+    torch.testing.assert_close(again.read(None, x), read)
+    ratio, _ = label_auc_ratio(again, None, x, x, table.iloc[test.numpy()].reset_index(drop=True))
+    assert ratio == pytest.approx(1.0)
+
+
+def test_masked_bce_leaves_unknown_labels_out() -> None:
+    from stylexlib.evaluate.cnn_oracle import masked_bce
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0], [-2.0, 0.0]])
+    targets = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [float("nan"), 0.0]])
+    known = ~targets.isnan()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
+    assert masked_bce(logits, targets) == pytest.approx(float(expected))
+    assert torch.isfinite(masked_bce(logits, torch.full_like(logits, float("nan"))))
+
+
+def test_run_label_oracle_caches_the_cnn_apart_from_the_probes_and_refits_on_new_settings(tmp_path,
+                                                                                         monkeypatch) -> None:
+    from stylexlib.core.run import Run
+    from stylexlib.evaluate import cnn_oracle, label_oracle
+
+    data, _ = _reddish_data(tmp_path)
+    cfg = from_dict({"data": {"source": "folder", "root": str(tmp_path / "absent"), "labels_csv": "labels.csv",
+                              "label_queries": {"x": "Smiling == 0", "y": "Smiling == 1"}},
+                     "evaluate": {"attribute_columns": "all", "oracle": "cnn"}})
+    run = Run(tmp_path / "run", cfg)
+    monkeypatch.setattr(label_oracle, "CNN_SETTINGS", {**cnn_oracle.CNN_SETTINGS, **TINY_CNN})
+    fits = []
+    monkeypatch.setattr(label_oracle, "fit_cnn_oracle",
+                        lambda *a, **k: fits.append(k) or cnn_oracle.fit_cnn_oracle(*a, **k))
+    first = label_oracle.run_label_oracle(run, data, None)
+    assert isinstance(first, cnn_oracle.CNNLabelOracle) and len(fits) == 1 and fits[0]["width"] == 8
+    assert (run.dir / "evaluate" / "label_oracle_cnn.pt").exists()
+    assert not (run.dir / "evaluate" / "label_oracle.pt").exists()  # the probes' cache is another file
+    assert pd.read_csv(run.dir / "evaluate" / "label_oracle_cnn.csv")["column"].tolist() == ["coin", "red", "Smiling"]
+    assert run.metrics["oracle_columns"] == 3 and run.metrics["oracle_columns_trusted"] == 1  # red (Smiling: class)
+    x = data.images[:20].float() / 127.5 - 1
+    second = label_oracle.run_label_oracle(run, data, None)  # from the cache
+    assert len(fits) == 1
+    torch.testing.assert_close(second.read(None, x), first.read(None, x))
+    monkeypatch.setattr(label_oracle, "CNN_SETTINGS", {**label_oracle.CNN_SETTINGS, "epochs": 2})
+    label_oracle.run_label_oracle(run, data, None)  # other settings: trained again
+    assert len(fits) == 2 and fits[1]["epochs"] == 2
+
+
+def test_the_oracle_kind_is_a_validated_config_key() -> None:
+    import inspect
+
+    from stylexlib.evaluate.cnn_oracle import CNN_SETTINGS, fit_cnn_oracle
+
+    assert from_dict({}).evaluate.oracle == "probes"
+    assert from_dict({"evaluate": {"oracle": "cnn"}}).evaluate.oracle == "cnn"
+    with pytest.raises(ConfigError, match="evaluate.oracle"):
+        from_dict({"evaluate": {"oracle": "resnet"}})
+    defaults = {k: p.default for k, p in inspect.signature(fit_cnn_oracle).parameters.items()}
+    assert {k: defaults[k] for k in CNN_SETTINGS} == CNN_SETTINGS  # the library default is what a run trains

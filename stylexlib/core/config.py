@@ -240,6 +240,8 @@ class EvaluateConfig:
     attribute_columns: list[str] | str = field(default_factory=list)  # labels-CSV columns (e.g. age, race) whose
     # linear probe is scored on held-out originals and their reconstructions (metrics orig_attr_<c>, recon_attr_<c>)
     # and reads every attribute (stage 06); "all": every column but the file, split, group and class-label columns
+    oracle: Literal["probes", "cnn"] = "probes"  # the labelled-attribute oracle that reads those columns (stages 04, 06,
+    # 09): "probes" (logistic on LPIPS features) or "cnn" (a multi-label CNN trained on the real training images)
 
 
 @dataclass

@@ -5,7 +5,8 @@ but the file, split, group and class-label ones) a logistic probe on LPIPS-backb
 (:func:`stylexlib.evaluate.attribute_probe.fit_probe`) is fitted on real training images and scored by its ROC AUC on
 held-out real test images. Only columns with AUC >= ``MIN_AUC`` are *trusted*: they read reconstructions
 (:func:`label_auc_ratio`) and edits (:mod:`stylexlib.evaluate.label_readings`). As ACE's and DiME's MNAC oracle, but
-linear on features the project already has, fitted on the run's own images (no download).
+linear on features the project already has, fitted on the run's own images (no download). ``evaluate.oracle: cnn``
+reads them with a multi-label CNN trained on the real training images instead (:mod:`.cnn_oracle`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 from torch import Tensor
 
 from stylexlib.core.config import DataConfig
@@ -23,20 +23,10 @@ from stylexlib.core.io import torch_load, torch_save, write_table
 from stylexlib.core.provenance import accepts, data_fingerprint
 from stylexlib.data import DataError, ImageDataset, to_float
 from stylexlib.evaluate.attribute_probe import RIDGE_GRID, LinearProbe, attribute_table
+from stylexlib.evaluate.cnn_oracle import CNN_ORACLE_FILE, CNN_SETTINGS, CNNLabelOracle, fit_cnn_oracle
+from stylexlib.evaluate.label_columns import (MIN_AUC, OracleColumns, binary_targets, binary_values,
+                                              oracle_rows, roc_auc)
 from stylexlib.evaluate.quality import lpips_features
-
-MIN_AUC = 0.75  # a column the oracle reads no better than this on real held-out images is not used
-MIN_POSITIVES = 10  # a column needs this many images of each value among the training images to be fitted
-
-
-def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
-    """The area under the ROC curve of ``scores`` for binary ``truth`` (ties count half); NaN without both values."""
-    truth = np.asarray(truth).astype(bool)
-    positives, negatives = int(truth.sum()), int((~truth).sum())
-    if not positives or not negatives:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=float))
-    return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def csv_columns(data: ImageDataset) -> list[str]:
@@ -65,14 +55,8 @@ def resolve_attribute_columns(requested: list[str] | str, cfg: DataConfig, data:
     return [c for c in columns if c not in skip]
 
 
-def binary_values(values: pd.Series) -> list | None:
-    """A column's two values, the positive one last (numbers sorted, text sorted), or None when it has not two."""
-    distinct = values.dropna().unique()
-    return sorted(distinct.tolist()) if len(distinct) == 2 else None
-
-
 @dataclass
-class LabelOracle:
+class LabelOracle(OracleColumns):
     """Logistic probes for binary label columns, with each one's held-out AUC on real images."""
 
     probes: dict[str, LinearProbe]
@@ -80,11 +64,6 @@ class LabelOracle:
     positive_rate: dict[str, float]  # share of the positive value on the training images
     class_columns: list[str] = field(default_factory=list)  # read, but never an attribute's main label
     min_auc: float = MIN_AUC
-
-    @property
-    def trusted(self) -> list[str]:
-        """The columns whose held-out AUC reaches ``min_auc``, in CSV order."""
-        return [c for c in self.probes if self.auc[c] >= self.min_auc]
 
     def probabilities(self, features: Tensor, columns: list[str] | None = None) -> Tensor:
         """(N, len(columns)) probability of each column's positive value (default: the trusted columns)."""
@@ -96,15 +75,9 @@ class LabelOracle:
         """:meth:`probabilities` of the trusted columns for images in [-1, 1]."""
         return self.probabilities(lpips_features(lpips_model, images))
 
-    def table(self) -> pd.DataFrame:
-        """Per column: held-out AUC, positive rate, trusted, and whether it defines the class."""
-        return pd.DataFrame([{"column": c, "auc": self.auc[c], "positive_rate": self.positive_rate[c],
-                              "trusted": self.auc[c] >= self.min_auc, "class_column": c in self.class_columns}
-                             for c in self.probes], columns=["column", "auc", "positive_rate", "trusted", "class_column"])
-
     def to_dict(self) -> dict:
         """Plain tensors, numbers and strings (for ``torch_save`` / ``weights_only`` loading)."""
-        return {"probes": {c: vars(p) for c, p in self.probes.items()}, "auc": self.auc,
+        return {"kind": "probes", "probes": {c: vars(p) for c, p in self.probes.items()}, "auc": self.auc,
                 "positive_rate": self.positive_rate, "class_columns": self.class_columns, "min_auc": self.min_auc}
 
     @classmethod
@@ -150,23 +123,8 @@ def fit_label_oracle(data: ImageDataset, lpips_model: torch.nn.Module, columns: 
     ``train_images`` real training images (each column's penalty from ``RIDGE_GRID`` by AUC on a seeded fifth of
     them), its AUC on up to ``test_images`` real test images (val when there is no test split). Columns without two
     values, or with fewer than ``MIN_POSITIVES`` of either on the training images, are left out."""
-    wanted = list(dict.fromkeys([*columns, *class_cols]))
-    table = attribute_table(data, wanted)
-    rng = np.random.default_rng(seed)
-    train = np.sort(rng.permutation(data.indices("train"))[:train_images])
-    held_split = "test" if len(data.indices("test")) else "val"
-    held = np.sort(rng.permutation(data.indices(held_split))[:test_images])
-    positives = {}
-    for column in wanted:
-        values = binary_values(table[column])
-        if values is not None:
-            positive = (table[column] == values[1]).astype(float).where(table[column].notna()).to_numpy()
-            counts = np.nansum(positive[train]), np.sum(positive[train] == 0)
-            if min(counts) >= MIN_POSITIVES:
-                positives[column] = positive
-    if not positives:
-        raise DataError(f"evaluate.attribute_columns {columns}: no binary column with at least {MIN_POSITIVES} "
-                        "training images of each value")
+    train, held = oracle_rows(data, seed, train_images, test_images)
+    positives = binary_targets(data, list(dict.fromkeys([*columns, *class_cols])), train)
     kept = list(positives)
     targets = torch.tensor(np.stack([positives[c] for c in kept], 1), dtype=torch.float64)
     x = lpips_features(lpips_model, to_float(data.images[torch.as_tensor(train)])).double()
@@ -195,7 +153,7 @@ def fit_label_oracle(data: ImageDataset, lpips_model: torch.nn.Module, columns: 
 
 
 @torch.no_grad()
-def label_auc_ratio(oracle: LabelOracle, lpips_model: torch.nn.Module, originals: Tensor, reconstructions: Tensor,
+def label_auc_ratio(oracle: OracleColumns, lpips_model: torch.nn.Module, originals: Tensor, reconstructions: Tensor,
                     truth: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     """Do reconstructions keep what the labels say? Per trusted column with both values among the images, the
     oracle's AUC on the originals and on their reconstructions (both in [-1, 1]); returns the ratio of their means
@@ -214,32 +172,45 @@ def label_auc_ratio(oracle: LabelOracle, lpips_model: torch.nn.Module, originals
     return ratio, scores
 
 
-ORACLE_FILE = ("evaluate", "label_oracle.pt")
+ORACLE_FILE = ("evaluate", "label_oracle.pt")  # the probes; the CNN oracle: cnn_oracle.CNN_ORACLE_FILE
 
 
-def run_label_oracle(run, data: ImageDataset, lpips_model: torch.nn.Module) -> LabelOracle | None:
-    """The run's oracle for ``evaluate.attribute_columns`` (None when they name no binary column): fitted once and
-    kept in ``evaluate/label_oracle.pt`` (refitted when the data or the columns change), its per-column table in
-    ``evaluate/label_oracle.csv`` and metrics ``oracle_*``."""
+def _device(model: torch.nn.Module | None) -> torch.device:
+    return next(model.parameters()).device if model is not None else torch.device("cpu")
+
+
+def run_label_oracle(run, data: ImageDataset, lpips_model: torch.nn.Module | None) -> OracleColumns | None:
+    """The run's oracle (``evaluate.oracle``: LPIPS-feature probes or the multi-label CNN of :mod:`.cnn_oracle`) for
+    ``evaluate.attribute_columns`` (None when they name no binary column): fitted once and kept in
+    ``evaluate/label_oracle.pt`` (the CNN: ``label_oracle_cnn.pt``; refitted when the data, the columns or the
+    settings change), its per-column table beside it (``.csv``) and metrics ``oracle_*``. The CNN needs no
+    ``lpips_model`` (it trains on its device when given)."""
     columns = resolve_attribute_columns(run.cfg.evaluate.attribute_columns, run.cfg.data, data)
     if not columns:
         return None
     class_cols = class_columns(run.cfg.data, csv_columns(data))
     key = {"data": data_fingerprint(run.cfg), "columns": columns, "class_columns": class_cols, "min_auc": MIN_AUC,
            "version": 1}
-    path = run.path(*ORACLE_FILE)
+    cnn = run.cfg.evaluate.oracle == "cnn"
+    if cnn:
+        key |= {"oracle": "cnn", "settings": CNN_SETTINGS, "cnn_version": 1}
+    path = run.path(*(CNN_ORACLE_FILE if cnn else ORACLE_FILE))
     saved = torch_load(path) if path.exists() else None
     if saved is not None and accepts(saved.get("key"), key):
-        oracle = LabelOracle.from_dict(saved["oracle"])
+        oracle = (CNNLabelOracle if cnn else LabelOracle).from_dict(saved["oracle"])
     else:
         table = attribute_table(data, columns)
         binary = [c for c in columns if binary_values(table[c]) is not None]
         if not binary:
             return None
-        oracle = fit_label_oracle(data, lpips_model, binary, class_cols, seed=run.cfg.data.seed)
+        if cnn:
+            oracle = fit_cnn_oracle(data, binary, class_cols, run.cfg.data.seed, device=_device(lpips_model),
+                                    **CNN_SETTINGS)
+        else:
+            oracle = fit_label_oracle(data, lpips_model, binary, class_cols, seed=run.cfg.data.seed)
         torch_save(path, {"key": key, "oracle": oracle.to_dict()})
     write_table(path.with_suffix(".csv"), oracle.table())
     named = [c for c in oracle.trusted if c not in oracle.class_columns]
-    run.log_metrics(oracle_columns=len(oracle.probes), oracle_columns_trusted=len(named),
+    run.log_metrics(oracle_columns=len(oracle.auc), oracle_columns_trusted=len(named),
                     oracle_mean_auc=float(np.mean(list(oracle.auc.values()))))
     return oracle

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from stylexlib.evaluate.attribute_probe import attribute_table
-from stylexlib.evaluate.label_oracle import LabelOracle
+from stylexlib.evaluate.label_columns import OracleColumns
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import DIRECTIONS
 from stylexlib.explain.attfind.search import AttFindResult
@@ -28,7 +28,7 @@ READING_COLUMNS = ["class", "rank", "attribute", "layer", "channel", "direction"
 
 def label_changes(columns: list[str], before: torch.Tensor, after: torch.Tensor) -> pd.DataFrame:
     """Per column: the oracle's mean probability ``before`` and ``after`` an edit (images x ``columns``, from
-    :meth:`LabelOracle.read` of the same images), their difference, and the share of image pairs whose probability
+    the oracle's ``read`` of the same images), their difference, and the share of image pairs whose probability
     moves by at least ``CHANGED``."""
     delta = after - before
     return pd.DataFrame({"column": columns, "before": before.mean(0).numpy(), "after": after.mean(0).numpy(),
@@ -55,7 +55,7 @@ def summarise_changes(changes: pd.DataFrame, class_columns: list[str]) -> dict[s
 
 
 @torch.no_grad()
-def attribute_label_readings(editor: AttributeEditor, result: AttFindResult, oracle: LabelOracle,
+def attribute_label_readings(editor: AttributeEditor, result: AttFindResult, oracle: OracleColumns,
                              lpips_model: torch.nn.Module, top: int = 5,
                              images: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For each class's ``top`` attributes, :func:`label_changes` over up to ``images`` searched images the classifier
@@ -151,7 +151,7 @@ def shortcut_verdict(reliance: pd.DataFrame, class_names: list[str]) -> tuple[di
     return metrics, said
 
 
-def oracle_class_correlation(oracle: LabelOracle, data) -> dict[str, float]:
+def oracle_class_correlation(oracle: OracleColumns, data) -> dict[str, float]:
     """:func:`class_label_correlation` of the oracle's trusted labels with a two-class dataset's labels ({} for more
     classes)."""
     if data.num_classes != 2:
@@ -195,7 +195,7 @@ def flip_scores(before: np.ndarray, after: np.ndarray, columns: list[str], class
 
 
 @torch.no_grad()
-def counterfactual_label_scores(oracle: LabelOracle, lpips_model: torch.nn.Module, originals: torch.Tensor,
+def counterfactual_label_scores(oracle: OracleColumns, lpips_model: torch.nn.Module, originals: torch.Tensor,
                                 counterfactuals: torch.Tensor,
                                 data_correlation: dict[str, float] | None = None) -> dict[str, object]:
     """:func:`flip_scores` of per-image counterfactuals (images in [-1, 1]) read by the oracle's trusted columns."""
@@ -204,7 +204,7 @@ def counterfactual_label_scores(oracle: LabelOracle, lpips_model: torch.nn.Modul
 
 
 @torch.no_grad()
-def edit_label_readings(oracle: LabelOracle, lpips_model: torch.nn.Module, explainer, styles: torch.Tensor,
+def edit_label_readings(oracle: OracleColumns, lpips_model: torch.nn.Module, explainer, styles: torch.Tensor,
                         predicted: torch.Tensor, selected: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     """:func:`summarise_changes` for each class's ``top`` edits of a direction method (stage 09's ``selected``), over
     the ``styles`` whose ``predicted`` class is another: the same readings stage 06 makes of StylEx's attributes."""
