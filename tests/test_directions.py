@@ -340,3 +340,72 @@ def test_the_methods_table_keeps_its_columns_without_factor_scores() -> None:
     table = method_table([{"method": "stylex", "gan": "stylex", "flip_rate_top1": 0.5, "label_mnac": 1.2}])
     assert list(table.columns[:4]) == ["method", "family", "task", "gan"] and table["top_factors"].isna().all()
     assert table.loc[0, "label_mnac"] == 1.2 and table.columns[-1] == "label_mnac"
+
+
+def _stage09_inputs(planted, tmp_path) -> tuple:  # noqa: F811
+    """A run folder, a 48-image data set and two methods on the planted GAN: what evaluate_all takes."""
+    from stylexlib.core.config import Config, CompareConfig
+    from stylexlib.core.run import Run
+    from stylexlib.data import ImageDataset
+    from stylexlib.evaluate.gan_baselines import Method
+
+    full = _protocol_inputs(planted)[0]
+    explainer, flat, _ = planted
+    others = torch.arange(explainer.generator.style_dim)
+    control = DirectionExplainer(models_of(explainer), explainer.stats, coordinate_pool(
+        "random_coordinates", explainer.generator, explainer.stats, others[others != flat][:8]), step=2.0)
+    cfg = Config(name="t", compare=CompareConfig(selection_images=24, evaluation_images=12, top_k=2))
+    cfg.attfind.split, cfg.stylex.lpips_net = "train", "squeeze"
+    images = (torch.rand(48, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 255).to(torch.uint8)
+    data = ImageDataset(images, torch.zeros(48, dtype=torch.long), ["low", "high"],
+                        np.array(["train"] * 32 + ["test"] * 16))
+    methods = [Method("stylex", "attribute", "attfind", full),
+               Method("random_coordinates", "attribute", "attfind", control)]
+    return Run(tmp_path / "run", cfg), data, methods
+
+
+def test_stage09_keeps_each_evaluated_method_and_resumes_after_an_interruption(planted, tmp_path,  # noqa: F811
+                                                                                monkeypatch) -> None:
+    """evaluate_all keeps each method's evaluation as it finishes (baselines/evaluated/<method>@<gan>.pt): a re-run
+    after an interruption evaluates only the methods left and gives the uninterrupted run's table; another config
+    evaluates them again (25 minutes were lost once on CelebA when the last method failed)."""
+    from stylexlib.evaluate import gan_baselines
+
+    run, data, methods = _stage09_inputs(planted, tmp_path)
+    full_table, full_results = gan_baselines.evaluate_all(run, data, methods, progress=False)  # uninterrupted
+    for kept in run.dir.joinpath("baselines", "evaluated").glob("*.pt"):
+        kept.unlink()
+    evaluated, real = [], gan_baselines.evaluate_method
+
+    def stop_after_one(method, *args, **kwargs):
+        if evaluated:
+            raise KeyboardInterrupt
+        evaluated.append(method.name)
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(gan_baselines, "evaluate_method", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        gan_baselines.evaluate_all(run, data, methods, progress=False)
+    assert evaluated == ["stylex"] and run.dir.joinpath("baselines", "evaluated", "stylex@stylex.pt").exists()
+
+    def counted(method, *args, **kwargs):
+        evaluated.append(method.name)
+        return real(method, *args, **kwargs)
+
+    evaluated.clear()
+    monkeypatch.setattr(gan_baselines, "evaluate_method", counted)
+    table, results = gan_baselines.evaluate_all(run, data, methods, progress=False)
+    assert evaluated == ["random_coordinates"]  # the first method is read back, not evaluated again
+    timing = ["seconds_per_image", "selection_seconds"]
+    pd.testing.assert_frame_equal(table.drop(columns=timing), full_table.drop(columns=timing))
+    assert list(results) == list(full_results) == ["stylex@stylex", "random_coordinates@stylex"]
+    for key, result in results.items():
+        for name in ("curve", "selected", "per_image"):
+            pd.testing.assert_frame_equal(getattr(result, name), getattr(full_results[key], name))
+        assert all(torch.equal(result.top1[k], full_results[key].top1[k].cpu()) for k in full_results[key].top1)
+    evaluated.clear()
+    gan_baselines.evaluate_all(run, data, methods, progress=False)
+    assert evaluated == []  # everything kept
+    run.cfg.compare.top_k = 1  # another config never reuses the kept results
+    gan_baselines.evaluate_all(run, data, methods, progress=False)
+    assert evaluated == ["stylex", "random_coordinates"]

@@ -249,3 +249,40 @@ def test_the_oracle_kind_is_a_validated_config_key() -> None:
         from_dict({"evaluate": {"oracle": "resnet"}})
     defaults = {k: p.default for k, p in inspect.signature(fit_cnn_oracle).parameters.items()}
     assert {k: defaults[k] for k in CNN_SETTINGS} == CNN_SETTINGS  # the library default is what a run trains
+
+
+def test_the_cnn_oracle_is_trained_once_per_data_set_and_copied_into_each_run(tmp_path, monkeypatch) -> None:
+    """The CNN oracle depends on the data, the columns and its settings only (~14 CPU-minutes per CelebA run): a
+    second run folder on the same data reads it from the cache folder and keeps its own copy; other columns or
+    settings train it again."""
+    from stylexlib.core.run import Run
+    from stylexlib.evaluate import cnn_oracle, label_oracle
+
+    monkeypatch.setenv("STYLEX_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    data, _ = _reddish_data(tmp_path / "data")
+
+    def run(name: str, columns="all") -> Run:
+        return Run(tmp_path / name, from_dict({
+            "data": {"source": "folder", "root": str(tmp_path / "data"), "labels_csv": "labels.csv",
+                     "label_queries": {"x": "Smiling == 0", "y": "Smiling == 1"}},
+            "evaluate": {"attribute_columns": columns, "oracle": "cnn"}}))
+
+    monkeypatch.setattr(label_oracle, "CNN_SETTINGS", {**cnn_oracle.CNN_SETTINGS, **TINY_CNN, "epochs": 2})
+    fits = []
+    monkeypatch.setattr(label_oracle, "fit_cnn_oracle",
+                        lambda *a, **k: fits.append(k) or cnn_oracle.fit_cnn_oracle(*a, **k))
+    first = label_oracle.run_label_oracle(run("first"), data, None)
+    second = label_oracle.run_label_oracle(run("second"), data, None)
+    assert len(fits) == 1  # the second run on the same data did not train it again
+    assert (tmp_path / "second" / "evaluate" / "label_oracle_cnn.pt").exists()  # the run keeps its own copy
+    x = data.images[:20].float() / 127.5 - 1
+    torch.testing.assert_close(second.read(None, x), first.read(None, x))
+    assert len(list((tmp_path / "cache" / "label-oracles").glob("*.pt"))) == 1
+    label_oracle.run_label_oracle(run("columns", ["red"]), data, None)  # other columns: trained again
+    assert len(fits) == 2
+    monkeypatch.setattr(label_oracle, "CNN_SETTINGS", {**label_oracle.CNN_SETTINGS, "epochs": 1})
+    label_oracle.run_label_oracle(run("settings"), data, None)  # other settings: trained again
+    assert len(fits) == 3
+    label_oracle.run_label_oracle(run("again"), data, None)
+    assert len(fits) == 3

@@ -254,3 +254,18 @@ def test_relabelled_folder_data_makes_the_classifier_stale_and_reruns_what_depen
     run_pipeline(None, base, run, notebook_dir=folder, progress=False)
     assert ran == ["02", "03"]  # the classifier and what explains it are made again
     assert not (run / "classifier.pt").exists() and not (run / "checkpoints" / "stylex.pt").exists()
+
+
+def test_the_default_notebook_folder_is_defined_once() -> None:
+    """`stylex run` (cli) and run_pipeline (runner) default to one folder, defined beside the install paths."""
+    import re
+
+    from stylexlib.core import install
+    from stylexlib.pipeline import cli, runner
+
+    assert cli.DEFAULT_NOTEBOOKS is runner.DEFAULT_NOTEBOOKS is install.DEFAULT_NOTEBOOKS
+    assert install.DEFAULT_NOTEBOOKS == install.shipped("notebooks")
+    package = Path(install.__file__).resolve().parents[1]
+    defined = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
+               if re.search(r"^DEFAULT_NOTEBOOKS\s*[:=]", p.read_text(), re.M)]
+    assert defined == ["core/install.py"]

@@ -278,10 +278,48 @@ def test_file_contents_are_hashed_once_then_only_stated(tmp_path, monkeypatch) -
     real = data_identity._sha256
     monkeypatch.setattr(data_identity, "_sha256", lambda path: calls.append(path) or real(path))
     data_identity._STORES.clear()  # a new process: the digests are read from the store in $STYLEX_CACHE
+    data_identity._IDENTITIES.clear()
     assert provenance.data_fingerprint(cfg) == first and calls == []
     _labels(root, (1, 1, 0, 1))
     provenance.data_fingerprint(cfg)
     assert [p.name for p in calls] == ["labels.csv"]  # only the changed file is read again
+
+
+def test_the_data_identity_is_computed_once_per_process_until_a_file_changes(tmp_path, monkeypatch) -> None:
+    """StylEx.from_run on a folder-data run computed the data's identity twice (the classifier's and the StylEx
+    model's fingerprints), and again at every later call; now once per process, while a changed file still changes
+    it."""
+    from PIL import Image
+
+    from stylexlib.core import data_identity
+    from stylexlib.explain import StylEx
+    from stylexlib.explain.attfind.search import run_statistics
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(40):
+        pixels = torch.randint(0, 256, (16, 16, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+    _labels(root, [i % 2 for i in range(40)])
+    folder = ["data.source=folder", f"data.root={root}", "data.labels_csv=labels.csv", "data.label_column=label",
+              "attfind.stats_images=16", "stylex.encoder_fit_minutes=0"]  # folder data: the real preset
+    run = open_run(tmp_path / "run", None, [o for o in TINY if not o.startswith("data.num_images")] + folder)
+    data = load_dataset(run.cfg.data)
+    fit_run_classifier(run, data)
+    train_stylex(run, data, progress=False)
+    run_statistics(run, data, load_stylex(run, "cpu", data), run.cfg.attfind)
+    computed = []
+    real = data_identity._store  # read only when the identity is computed (the digests of the files)
+    monkeypatch.setattr(data_identity, "_store", lambda path: computed.append(path) or real(path))
+    data_identity._IDENTITIES.clear()  # a new process
+    StylEx.from_run(run.dir, "cpu")
+    assert len(computed) == 1  # was 2
+    StylEx.from_run(run.dir, "cpu")
+    assert len(computed) == 1  # was 4: the same process, the same files
+    identity = data_identity.folder_identity(root, "labels.csv")
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "img" / "0.png")  # a file written
+    assert data_identity.folder_identity(root, "labels.csv") != identity and len(computed) == 2
 
 
 def test_records_from_before_data_fingerprints_are_adopted_once_then_checked(tmp_path, caplog) -> None:

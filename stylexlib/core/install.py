@@ -24,6 +24,9 @@ def shipped(folder: str) -> Path:
     return root / folder if root is not None else PACKAGE / folder
 
 
+DEFAULT_NOTEBOOKS = shipped("notebooks")  # the numbered notebooks `stylex run` executes unless told otherwise
+
+
 def default_cache() -> Path:
     """``data/cache`` of a source checkout, else ``$XDG_CACHE_HOME/stylexlib`` (``~/.cache/stylexlib``)."""
     root = source_checkout()

@@ -10,8 +10,10 @@ reads them with a multi-label CNN trained on the real training images instead (:
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,14 +22,16 @@ from torch import Tensor
 
 from stylexlib.core.config import DataConfig
 from stylexlib.core.io import torch_load, torch_save, write_table
-from stylexlib.core.provenance import accepts, data_fingerprint
+from stylexlib.core.provenance import DATA_MARK, accepts, data_fingerprint, fingerprint
 from stylexlib.data import DataError, ImageDataset, to_float
+from stylexlib.data.cache import cache_root
 from stylexlib.evaluate.attribute_probe import RIDGE_GRID, LinearProbe, attribute_table
 from stylexlib.evaluate.cnn_oracle import CNN_ORACLE_FILE, CNN_SETTINGS, CNNLabelOracle, fit_cnn_oracle
 from stylexlib.evaluate.label_columns import (MIN_AUC, OracleColumns, binary_targets, binary_values,
                                               oracle_rows, roc_auc)
 from stylexlib.evaluate.quality import lpips_features
 
+log = logging.getLogger(__name__)
 
 def csv_columns(data: ImageDataset) -> list[str]:
     """The columns of a folder dataset's labels CSV (none without one)."""
@@ -173,18 +177,38 @@ def label_auc_ratio(oracle: OracleColumns, lpips_model: torch.nn.Module, origina
 
 
 ORACLE_FILE = ("evaluate", "label_oracle.pt")  # the probes; the CNN oracle: cnn_oracle.CNN_ORACLE_FILE
+SHARED_ORACLES = "label-oracles"  # in the cache folder: CNN oracles shared by every run on the same data
 
 
 def _device(model: torch.nn.Module | None) -> torch.device:
     return next(model.parameters()).device if model is not None else torch.device("cpu")
 
 
+def shared_oracle_path(cfg, key: dict) -> Path | None:
+    """Where the CNN oracle made under ``key`` is kept for every run on the same data (``$STYLEX_CACHE/label-oracles/``,
+    named by the key's fingerprint); None when folder data cannot be identified (its folder is not here)."""
+    if cfg.data.source == "folder" and DATA_MARK not in key["data"]:
+        return None
+    return cache_root() / SHARED_ORACLES / f"cnn-{fingerprint(key)}.pt"
+
+
+def _read_shared(path: Path, key: dict) -> dict | None:
+    """The shared oracle file at ``path`` when it was made under ``key``."""
+    try:
+        saved = torch_load(path) if path.exists() else None
+    except Exception as exc:  # a damaged file: trained again
+        log.warning("ignoring %s (%s)", path, exc)
+        return None
+    return saved if saved is not None and saved.get("key") == key else None
+
+
 def run_label_oracle(run, data: ImageDataset, lpips_model: torch.nn.Module | None) -> OracleColumns | None:
     """The run's oracle (``evaluate.oracle``: LPIPS-feature probes or the multi-label CNN of :mod:`.cnn_oracle`) for
     ``evaluate.attribute_columns`` (None when they name no binary column): fitted once and kept in
     ``evaluate/label_oracle.pt`` (the CNN: ``label_oracle_cnn.pt``; refitted when the data, the columns or the
-    settings change), its per-column table beside it (``.csv``) and metrics ``oracle_*``. The CNN needs no
-    ``lpips_model`` (it trains on its device when given)."""
+    settings change), its per-column table beside it (``.csv``) and metrics ``oracle_*``. The CNN is trained once per
+    data set: it is kept in the cache folder too (:func:`shared_oracle_path`) and copied into every run on the same
+    data, columns and settings. The CNN needs no ``lpips_model`` (it trains on its device when given)."""
     columns = resolve_attribute_columns(run.cfg.evaluate.attribute_columns, run.cfg.data, data)
     if not columns:
         return None
@@ -196,7 +220,11 @@ def run_label_oracle(run, data: ImageDataset, lpips_model: torch.nn.Module | Non
         key |= {"oracle": "cnn", "settings": CNN_SETTINGS, "cnn_version": 1}
     path = run.path(*(CNN_ORACLE_FILE if cnn else ORACLE_FILE))
     saved = torch_load(path) if path.exists() else None
-    if saved is not None and accepts(saved.get("key"), key):
+    kept = saved is not None and accepts(saved.get("key"), key)  # the run's own copy
+    shared = shared_oracle_path(run.cfg, key) if cnn else None
+    if not kept:
+        saved = _read_shared(shared, key) if shared is not None else None
+    if saved is not None:
         oracle = (CNNLabelOracle if cnn else LabelOracle).from_dict(saved["oracle"])
     else:
         table = attribute_table(data, columns)
@@ -208,7 +236,13 @@ def run_label_oracle(run, data: ImageDataset, lpips_model: torch.nn.Module | Non
                                     **CNN_SETTINGS)
         else:
             oracle = fit_label_oracle(data, lpips_model, binary, class_cols, seed=run.cfg.data.seed)
-        torch_save(path, {"key": key, "oracle": oracle.to_dict()})
+    if not kept:
+        torch_save(path, {"key": key, "oracle": oracle.to_dict()})  # the run keeps its own copy
+    if shared is not None and not shared.exists() and (saved is None or saved.get("key") == key):
+        try:  # the data set's copy, for the next run on it (an oracle a run made before is shared too)
+            torch_save(shared, {"key": key, "oracle": oracle.to_dict()})
+        except OSError as exc:  # a read-only cache costs the next run a training, never correctness
+            log.warning("cannot keep the label oracle in %s (%s)", shared, exc)
     write_table(path.with_suffix(".csv"), oracle.table())
     named = [c for c in oracle.trusted if c not in oracle.class_columns]
     run.log_metrics(oracle_columns=len(oracle.auc), oracle_columns_trusted=len(named),

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 from stylexlib.core.config import ConfigError, dump_config, load_config
-from stylexlib.core.install import shipped
+from stylexlib.core.install import DEFAULT_NOTEBOOKS
 
 # Each command imports what it needs when it runs: `stylex explain` starts without papermill (the runner) or the
 # benchmark's explainers.
-DEFAULT_NOTEBOOKS = shipped("notebooks")
 
 
 def build_parser() -> argparse.ArgumentParser:

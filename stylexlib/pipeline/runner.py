@@ -15,7 +15,7 @@ import papermill as pm
 import yaml
 
 from stylexlib.core.config import Config, ConfigError, dump_config, load_config, save_config, to_dict
-from stylexlib.core.install import shipped
+from stylexlib.core.install import DEFAULT_NOTEBOOKS
 from stylexlib.core.io import read_json, write_json
 from stylexlib.core.lock import run_folder_lock
 from stylexlib.core.progress import ProgressMirror
@@ -39,7 +39,6 @@ OPTIONAL_STAGES = {"09": (lambda cfg: cfg.compare.gan_baselines,
 RUNNER_PARAMETERS = {"run_dir": "--out", "config": "the CONFIG argument", "overrides": "--set"}
 PARAMETER_TYPES = {"int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
 PROGRESS_FILE = ".progress.json"  # the running stage's progress bars, mirrored to the terminal
-DEFAULT_NOTEBOOKS = shipped("notebooks")
 
 
 @dataclass(frozen=True)
