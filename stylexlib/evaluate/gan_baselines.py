@@ -5,18 +5,14 @@ Two GANs: the run's StylEx model and the classifier-free GAN (:mod:`stylexlib.ga
 the StylEx paper ran it), ``wu_positives`` (Wu et al.'s own ranking there), and on both GANs ``voynov_babenko``,
 ``ganspace``, ``sefa``, ``random_directions`` and ``random_coordinates``. Rows follow ``benchmark/methods.csv``;
 ``benchmark/paired_gan.csv`` holds StylEx minus each other method per per-image score, paired (:func:`paired_table`).
-Each method's evaluation is kept in ``baselines/evaluated/<method>@<gan>.pt`` as it finishes, keyed by what it was made
-from (:func:`evaluation_key`): an interrupted stage resumes after the last finished method.
+Each method's evaluation is kept as it finishes (:mod:`.evaluated_store`): an interrupted stage resumes after the last
+finished method.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,12 +23,13 @@ from torch import Tensor
 from stylexlib.classifier.predict import classify
 from stylexlib.classifier.training import load_run_classifier
 from stylexlib.core.figures import image_grid, save_figure
-from stylexlib.core.io import torch_load, torch_save
 from stylexlib.core.progress import tqdm
 from stylexlib.core.provenance import fingerprint, stylex_fingerprint
 from stylexlib.core.run import Run, pick_device
 from stylexlib.data import to_float
 from stylexlib.evaluate.benchmark import COLUMNS, paired_differences, score_maps
+from stylexlib.evaluate.evaluated_store import (EVALUATED_DIR, Evaluated, evaluation_key, load_evaluated,
+                                               protocol_key, save_evaluated)
 from stylexlib.evaluate.directions import (edit_factors, edit_measures, probe_factor_changes, select_edits, separation,
                                            sufficiency_curve, top1_edits)
 from stylexlib.evaluate.factor_probe import factor_groups
@@ -64,8 +61,6 @@ ALIASES = {"realism": REALISM, "realism_unedited": f"{REALISM}_unedited"}  # old
 CARRIED = EXTRA_COLUMNS + ["cout_low", "cout_high", *ALIASES]  # stage 09's columns StylEx's stage-08 row takes
 PAIRED_FILE = "paired_gan.csv"  # benchmark/paired_gan.csv: StylEx minus each other method, per per-image score
 FLIP_KS = (1, 5, 10)
-EVALUATED_DIR = ("baselines", "evaluated")  # one file per finished method: <method>@<gan>.pt
-EVALUATED_VERSION = 1  # bump when evaluate_method's scores change: every kept evaluation is made again
 RATIOS = {"logodds_per_lpips": ("logodds_change", "lpips")}  # a ratio of means: paired on the same resampled images
 PAIRED_COLUMNS = ["task", "reference", "method", "gan", "score", "images", "reference_images", "method_images",
                   "evaluated", "difference", "low", "high"]
@@ -182,15 +177,6 @@ def baseline_explainer(run_dir: str, method: str, gan: str = "plain", device=Non
     return found[0].explainer
 
 
-@dataclass
-class Evaluated:
-    row: dict
-    curve: pd.DataFrame
-    selected: pd.DataFrame
-    top1: dict
-    per_image: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per evaluation image, NaN: not scored
-
-
 def _on_all_images(values, usable: np.ndarray) -> np.ndarray:
     """Scores of the usable images back in place among all evaluation images (NaN elsewhere)."""
     out = np.full(len(usable), np.nan)
@@ -292,7 +278,8 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     rows = data.indices("test")[: cfg.evaluation_images]
     evaluation = to_float(data.images[torch.as_tensor(rows)])
     with_factors = data.factors is not None and probe is not None
-    protocol = protocol_key(run, data, selection, rows, probe if with_factors else None, oracle)
+    protocol = protocol_key(run, data, selection, rows, [run.cfg.stylex.lpips_net, KID_NET],
+                            probe if with_factors else None, oracle)
     weights: dict[int, str] = {}  # per GAN (its models): the digest of its weights, computed once
     keys, results = {}, {}
     for method in methods:
@@ -300,7 +287,7 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
         if id(models) not in weights:
             weights[id(models)] = weights_digest(models.generator, models.encoder, models.classifier)
         name = f"{method.name}@{gan_of(method)}"
-        keys[name] = evaluation_key(method, weights[id(models)], protocol)
+        keys[name] = evaluation_key(method, gan_of(method), weights[id(models)], protocol)
         results[name] = load_evaluated(run.path(*EVALUATED_DIR, f"{name}.pt"), keys[name])
     kept = [name for name, result in results.items() if result is not None]
     if kept:
@@ -334,92 +321,6 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
         save_evaluated(run.path(*EVALUATED_DIR, f"{name}.pt"), keys[name], result)
         results[name] = result
     return method_table([r.row for r in results.values()]), results
-
-
-def _content(value: Any) -> Any:
-    """``value`` as JSON-able parts, each tensor, array, module or table replaced by a digest of its contents."""
-    if isinstance(value, torch.nn.Module):
-        return weights_digest(value)
-    if isinstance(value, (pd.DataFrame, pd.Series)):
-        value = pd.util.hash_pandas_object(value, index=True).to_numpy()
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, Tensor):
-        flat = value.detach().cpu().contiguous().view(-1)
-        digest = hashlib.sha1(f"{tuple(value.shape)}{value.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _content(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _content(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_content(v) for v in value]
-    return value
-
-
-def protocol_key(run: Run, data, selection: Tensor, rows, probe=None, oracle=None) -> dict:
-    """What every method's evaluation in :func:`evaluate_all` reads besides its own GAN and pool: the images (their
-    pixels), the settings of ``compare`` and ``attfind`` stage 09 uses, the LPIPS networks, the factor probe (and the
-    evaluation images' factors) and the label oracle. Inputs only (configs, files' contents), never floats computed
-    on the way, which a GPU does not reproduce bit for bit."""
-    compare = {k: v for k, v in dataclasses.asdict(run.cfg.compare).items() if k not in ("methods", "gan_baselines")}
-    attfind = {k: getattr(run.cfg.attfind, k) for k in ("split", "stats_images", "seed", "include_torgb", "batch_size")}
-    test = data.indices("test")
-    return {"version": EVALUATED_VERSION, "task": run.cfg.name, "compare": compare, "attfind": attfind,
-            "lpips": [run.cfg.stylex.lpips_net, KID_NET], "selection": _content(selection),
-            "evaluation": _content(data.images[torch.as_tensor(rows)]), "rows": [int(r) for r in rows],
-            "real": _content(data.images[torch.as_tensor(test)]),
-            "probe": _content(probe) if probe is not None else None,
-            "factors": _content(data.factors.iloc[rows]) if probe is not None else None,
-            "groups": [run.cfg.data.label_rule, run.cfg.data.spurious_factor] if probe is not None else None,
-            "oracle": _content(oracle.to_dict()) if oracle is not None else None}
-
-
-def evaluation_key(method: Method, weights: str, protocol: dict) -> str:
-    """The fingerprint of one method's evaluation: the method and its selection rule, its GAN (the weights that
-    invert, render and classify, its checkpoint step) and the ``protocol`` (:func:`protocol_key`)."""
-    models = method.explainer.models
-    gan = {"name": gan_of(method), "weights": weights, "step": models.step, "condition_on": models.cfg.condition_on,
-           "class_names": list(models.class_names)}
-    return fingerprint("gan-baseline-evaluation", [method.name, method.family, method.rule], gan, protocol)
-
-
-def _frame_state(frame: pd.DataFrame) -> dict:
-    """A table as plain lists (for ``torch_save`` / ``weights_only`` loading), its column types and index kept."""
-    return {"columns": list(frame.columns), "dtypes": [str(t) for t in frame.dtypes],
-            "values": [frame[c].tolist() for c in frame.columns], "index": frame.index.tolist(),
-            "index_name": frame.index.name}
-
-
-def _frame_from(state: dict) -> pd.DataFrame:
-    columns = {c: pd.Series(v, dtype=t) for c, v, t in zip(state["columns"], state["values"], state["dtypes"])}
-    index = pd.Index(state["index"], name=state["index_name"])
-    return pd.DataFrame({c: s.set_axis(index) for c, s in columns.items()}, index=index, columns=state["columns"])
-
-
-def save_evaluated(path, key: str, result: Evaluated) -> None:
-    """Keep one method's evaluation (atomically), with the ``key`` it was made under."""
-    torch_save(path, {"key": key, "row": json.dumps(result.row, default=lambda v: v.item()),
-                      "curve": _frame_state(result.curve), "selected": _frame_state(result.selected),
-                      "per_image": _frame_state(result.per_image),
-                      "top1": {k: v.detach().cpu() for k, v in result.top1.items()}})
-
-
-def load_evaluated(path, key: str) -> Evaluated | None:
-    """A method's kept evaluation when it was made under ``key``; None when there is none, or another."""
-    if not path.exists():
-        return None
-    try:
-        state = torch_load(path)
-    except Exception as exc:  # a damaged file: evaluated again
-        log.warning("ignoring %s (%s): the method is evaluated again", path, exc)
-        return None
-    if state.get("key") != key:
-        log.info("%s was made from other inputs: the method is evaluated again", path)
-        return None
-    return Evaluated(json.loads(state["row"]), _frame_from(state["curve"]), _frame_from(state["selected"]),
-                     state["top1"], _frame_from(state["per_image"]))
 
 
 def method_table(rows: list[dict]) -> pd.DataFrame:
