@@ -283,6 +283,7 @@ def test_cache_key_follows_what_the_effects_depend_on(models, encoded) -> None:
     assert key(AttFindConfig(shift="std")) != key(AttFindConfig())
     assert key(AttFindConfig(include_torgb=True)) != key(AttFindConfig())
     assert key(AttFindConfig(), "other images") != key(AttFindConfig())
+    assert key(AttFindConfig(stats_images=500)) != key(AttFindConfig())  # another shift range
     stats = StyleStats.of(styles)
     floats = lambda s: effects.float_key(s, stats, models.generator, AttFindConfig())  # noqa: E731
     assert floats(styles) != floats(styles + 1e-7)  # without an identity, the bits are all there is

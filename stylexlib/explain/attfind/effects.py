@@ -346,12 +346,13 @@ def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
 
 
 def cache_key(generator: Generator, cfg: AttFindConfig, identity: str) -> str:
-    """A fingerprint of what the effects depend on: ``identity`` (the inverted images and the statistics, named by
-    what made them, never by their floats: a GPU refinement is not bit-reproducible), the coordinates, the shifts and
+    """A fingerprint of what the effects depend on: ``identity`` (the inverted images, named by what made them, never by
+    their floats: a GPU refinement is not bit-reproducible), the statistics' images, the coordinates, the shifts and
     the screening."""
     coords = searched_coordinates(generator, cfg.include_torgb)
     screening = [cfg.screen_fraction, cfg.output] if cfg.screen_fraction is not None else None  # logits are output-free
-    plain = [identity, coords.tolist(), cfg.shift, cfg.shift_std, cfg.include_torgb, screening]
+    stats = [cfg.stats_images, cfg.seed]  # the encoder's statistics the shift range starts from (train images)
+    plain = [identity, coords.tolist(), cfg.shift, cfg.shift_std, cfg.include_torgb, screening, stats]
     return hashlib.sha1(json.dumps(plain).encode()).hexdigest()
 
 

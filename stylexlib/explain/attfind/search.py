@@ -109,7 +109,7 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
     identity = inverted_identity(models, images)
     stats = run_statistics(run, data, models, cfg, inverted.styles, identity)
     final = run.path(ATTFIND_DIR, "effects.pt")
-    key = cache_key(models.generator, cfg, identity)  # the statistics follow from the same identity
+    key = cache_key(models.generator, cfg, identity)
     saved = torch_load(final) if final.exists() else {}
     if saved.get("key") == key:
         effects, seconds = Effects(**saved["effects"]), float(saved["seconds_per_image"])
