@@ -101,6 +101,9 @@ def run_store(run: Run, models: StylexModels) -> InversionStore | None:
         return None
     settings = {"per_image_steps": cfg.per_image_steps, "per_image_lr": cfg.per_image_lr,
                 "per_image_space": cfg.per_image_space, "weight_kl": cfg.weight_kl}
+    source = Path(run.cfg.classifier.source)
+    if run.cfg.classifier.source != "train" and source.is_file():  # a user's model: its weights may be no parameters
+        settings["classifier_file"] = [str(source.resolve()), source.stat().st_size, source.stat().st_mtime_ns]
     return InversionStore(run.dir / STORE_DIR, store_identity(models, settings))
 
 
