@@ -101,11 +101,16 @@ def mean_across_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
     """True on every rank when ``flag`` is true on at least one."""
+    return any_ranks([flag], device, info)[0]
+
+
+def any_ranks(flags: list[bool], device: torch.device, info: DistInfo) -> list[bool]:
+    """Each flag True on every rank when it is true on at least one: one all-reduce (one host sync) for them all."""
     if not info.enabled:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
+        return [bool(flag) for flag in flags]
+    value = torch.tensor([float(flag) for flag in flags], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return [bool(v) for v in value.tolist()]
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stylexlib.core.distributed import any_rank
+from stylexlib.core.distributed import any_rank, any_ranks
 from stylexlib.core.interrupt import Interrupted, stop_requests
 from stylexlib.core.progress import tqdm
 from stylexlib.gan.pace import PaceAnnouncer
@@ -67,8 +67,7 @@ class TrainingLoop:
                     shown = {k: f"{v:.3g}" for k, v in self._log(window, window_start).items() if k in SHOWN_ON_BAR}
                     bar.set_postfix({**shown, **({"COLLAPSE": t.collapse.flag} if t.collapse.flag else {})})
                     window_start = (state.step, time.perf_counter())
-                stopped_by_time = any_rank(state.train_seconds > limit, device, dist)
-                interrupted = any_rank(stop.requested, device, dist)
+                stopped_by_time, interrupted = any_ranks([state.train_seconds > limit, stop.requested], device, dist)
                 if stopped_by_time or interrupted or state.step == total:
                     break
                 self._callbacks(window)
