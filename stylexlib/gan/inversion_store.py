@@ -86,9 +86,6 @@ class InversionStore:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.rows
-
     def add(self, keys: list[str], columns: tuple[Tensor, ...]) -> None:
         """Keep the inversions ``columns`` (w, c, styles, logits; each (N, ...)) of the images ``keys``: a new part."""
         name = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.pt"
@@ -100,12 +97,12 @@ class InversionStore:
             self.rows[key] = tuple(values[n].detach().cpu() for values in columns)
 
     def invert(self, images: Tensor, compute: Callable[[Tensor], tuple[Tensor, ...]], batch_size: int = 64,
-               dist: DistInfo = SINGLE, keys: list[str] | None = None, desc: str = "invert",
+               dist: DistInfo = SINGLE, desc: str = "invert",
                progress: bool = True) -> tuple[Tensor, ...]:
         """The columns (w, c, styles, logits) of ``images``: the stored ones read, the others computed by ``compute``
         (images -> columns) batch by batch and stored as they finish. Under ``torch.distributed`` each rank computes
         every world_size-th missing image and all ranks return them all."""
-        keys = image_keys(images) if keys is None else keys
+        keys = image_keys(images)
         missing = sorted({key: n for n, key in enumerate(keys) if key not in self.rows}.values())
         mine = missing[dist.rank :: dist.world_size]
         if missing:
