@@ -42,7 +42,7 @@ STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_ever
 STYLEX_RUNTIME_KEYS = ("precision", "channels_last", "encoder_fit_minutes", "encoder_fit_lr")
 # StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
 STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle",
-                     "weight_class_sparsity")
+                     "weight_class_sparsity", "weight_class_share_cap", "class_share_cap")
 # StylEx keys removed since (core.config.STYLEX_REMOVED_KEYS) that checkpoints were first fingerprinted with: they
 # count at the one value left, so that fingerprints made before their removal stay valid.
 STYLEX_REMOVED_FINGERPRINTED = {"encoder_ema": False, "weight_w_prior": 0.0, "w_prior": "moments",
