@@ -40,9 +40,14 @@ STYLEX_SCHEDULE_KEYS = ("steps", "time_limit_minutes", "log_every", "sample_ever
 # defaults, so that records made with the defaults keep their value, and the earlier formula's value is accepted too
 # (see _ALIASES): run folders made before keep resuming.
 STYLEX_RUNTIME_KEYS = ("precision", "channels_last", "encoder_fit_minutes", "encoder_fit_lr")
-# StylEx keys added after run folders existed: fingerprinted only when set, so that earlier checkpoints stay valid.
-STYLEX_ADDED_KEYS = ("weight_mapping_match", "encoder_fit_minutes", "encoder_fit_lr", "weight_sample_cycle",
-                     "weight_class_sparsity", "weight_class_share_cap", "class_share_cap")
+# The StylEx keys checkpoints were first fingerprinted with: always counted. A key added since counts only when set
+# (not at its default), so that adding a key, e.g. a loss term's weight, leaves every existing checkpoint valid.
+STYLEX_FIRST_FINGERPRINTED = frozenset({
+    "latent_dim", "mapping_layers", "channel_base", "channel_max", "condition_on", "batch_size", "lr_g", "lr_d", "lr_e",
+    "beta1", "beta2", "r1_gamma", "r1_every", "pl_weight", "pl_every", "ema_half_life_images", "encoder_ema",
+    "weight_adv", "weight_l1", "weight_lpips", "weight_latent", "weight_kl", "weight_sample_kl", "weight_w_prior",
+    "w_prior", "path_mode", "encoder_every", "warmup_steps", "mixing_prob", "discriminator", "augment", "lpips_net",
+    "precision", "channels_last", "seed"})
 # StylEx keys removed since (core.config.STYLEX_REMOVED_KEYS) that checkpoints were first fingerprinted with: they
 # count at the one value left, so that fingerprints made before their removal stay valid.
 STYLEX_REMOVED_FINGERPRINTED = {"encoder_ema": False, "weight_w_prior": 0.0, "w_prior": "moments",
@@ -162,12 +167,13 @@ def stylex_fingerprint(cfg: Config) -> str:
 
 def _stylex_section(stylex: Any) -> dict[str, Any]:
     """The StylEx section as fingerprinted: under the keys first fingerprinted (removed keys at their one value left,
-    ``mapping_match`` as the ``weight_mapping_match`` it was), schedule keys aside, added keys only when set."""
+    ``mapping_match`` as the ``weight_mapping_match`` it was), schedule keys aside, keys added since
+    (not in STYLEX_FIRST_FINGERPRINTED) only when set."""
     defaults = {**to_dict(type(stylex)()), "weight_mapping_match": 0.0}
     named = {**to_dict(stylex), **STYLEX_REMOVED_FINGERPRINTED}
     named["weight_mapping_match"] = float(named.pop("mapping_match"))
     return {k: v for k, v in named.items()
-            if k not in STYLEX_SCHEDULE_KEYS and not (k in STYLEX_ADDED_KEYS and v == defaults[k])}
+            if k not in STYLEX_SCHEDULE_KEYS and (k in STYLEX_FIRST_FINGERPRINTED or v != defaults[k])}
 
 
 def accepts(found: Any, expected: Any) -> bool:

@@ -1,6 +1,7 @@
 """The loss as a registry of named terms: each term's weight (from the config), the phase it trains in, its function.
 
-A new loss term is one :func:`register` call with its function here; the phase sums it (weighted), backpropagates it and
+A new loss term is one :func:`register` call with its function here and its weight a ``StylexConfig`` field (off at
+its default, it leaves every checkpoint's fingerprint as it was); the phase sums it (weighted), backpropagates it and
 logs it to ``stats.jsonl`` under its name. Terms run in registration order, which fixes the order of their random
 draws and of autograd's gradient sums (the G terms below reproduce the monolithic trainer's weights bit for bit:
 tests/test_train_equivalence.py)."""
