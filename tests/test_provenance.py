@@ -95,7 +95,7 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     mapping_on = provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.mapping_match=true"]))
     assert mapping_on == provenance.fingerprint("stylex", base[0], {**without, "weight_mapping_match": 1.0})
     assert set(without) == provenance.STYLEX_FIRST_FINGERPRINTED
-    for added in ("stylex.mapping_match=true", "stylex.weight_class_sparsity=1", "stylex.weight_class_share_cap=1"):
+    for added in ("stylex.mapping_match=true", "stylex.weight_class_sparsity=1"):
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
 
     @dataclasses.dataclass

@@ -137,8 +137,6 @@ class StylexConfig:
     weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns
     # (losses.class_pathway_sparsity), so that the classifier's output reaches few StyleSpace coordinates, which
     # AttFind can then find
-    weight_class_share_cap: float = 0.0  # not in the paper: no coordinate carries more than class_share_cap of the
-    class_share_cap: float = 0.2  # class's pathway (losses.class_pathway_share_excess): the class over >= 1/cap of them
     mapping_match: bool = False  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
     # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
     # moves the mapping network only, never E; its own Adam at lr_g / 0.01 sets the step size (a switch: Adam's steps

@@ -156,17 +156,6 @@ def class_pathway_sparsity(generator: torch.nn.Module) -> Tensor:
     return generator.class_columns().norm(dim=1).mean()
 
 
-def class_pathway_share_excess(generator: torch.nn.Module, max_share: float) -> Tensor:
-    """How far the coordinates the class input moves most exceed ``max_share`` of its pathway: the sum over StyleSpace
-    coordinates of max(0, share - max_share), a coordinate's share being its part of the summed row norms of the
-    class columns centred over classes (what a change of class, not the columns' common part, moves). Zero when at
-    least ``1 / max_share`` coordinates carry the class; beside :func:`class_pathway_sparsity`, which pulls it into
-    few coordinates, it keeps one coordinate from becoming the whole class."""
-    columns = generator.class_columns()
-    norms = (columns - columns.mean(dim=1, keepdim=True)).norm(dim=1)
-    return (norms / norms.sum().clamp_min(1e-12) - max_share).clamp_min(0).sum()
-
-
 def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:
     """The unbiased MMD^2 estimate from kernel matrices k(x, x), k(y, y) and k(x, y) (diagonals left out)."""
     m, n = len(kxx), len(kyy)

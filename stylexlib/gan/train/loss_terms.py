@@ -15,7 +15,7 @@ from torch import Tensor
 
 from stylexlib.core.config import StylexConfig
 from stylexlib.core.distributed import mean_across_ranks
-from stylexlib.gan.losses import (class_pathway_share_excess, class_pathway_sparsity, classifier_kl_loss, d_logistic_loss, d_r1_loss,
+from stylexlib.gan.losses import (class_pathway_sparsity, classifier_kl_loss, d_logistic_loss, d_r1_loss,
                                   g_nonsaturating_loss, g_path_length_loss, latent_mmd_loss, lpips_distance)
 from stylexlib.gan.train.forward import StepContext
 
@@ -129,11 +129,6 @@ def reconstruction_lpips(c: StepContext) -> Tensor | None:
 @register("class_sparsity", "G", lambda cfg: cfg.weight_class_sparsity)
 def class_sparsity(c: StepContext) -> Tensor:
     return class_pathway_sparsity(c.state.G)
-
-
-@register("class_share_cap", "G", lambda cfg: cfg.weight_class_share_cap)
-def class_share_cap(c: StepContext) -> Tensor:
-    return class_pathway_share_excess(c.state.G, c.cfg.class_share_cap)
 
 
 # ------------------------------------------------------------------ regularisers with phases of their own
