@@ -81,15 +81,16 @@ def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
     folder = {"data": {"source": "folder", "root": "/x"}}
     cfg = from_dict(folder)
     assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes == REAL["encoder_fit_minutes"] > 0
-    assert cfg.stylex.weight_kl == REAL["weight_kl"] != StylexConfig().weight_kl
-    cfg = from_dict({**folder, "stylex": {"weight_kl": 0.5, "mixing_prob": 0.5}})
-    assert cfg.stylex.weight_kl == 0.5 and cfg.stylex.mixing_prob == 0.5 != REAL["mixing_prob"]
+    assert cfg.stylex.weight("kl") == REAL["loss"]["kl"] != StylexConfig().weight("kl")
+    cfg = from_dict({**folder, "stylex": {"loss": {"kl": 0.5}, "mixing_prob": 0.5}})
+    assert cfg.stylex.weight("kl") == 0.5 and cfg.stylex.mixing_prob == 0.5 != REAL["mixing_prob"]
+    assert cfg.stylex.weight("lpips") == REAL["loss"]["lpips"] and cfg.stylex.weight("l1") == 1.0  # entry by entry
     assert cfg.stylex.warmup_steps == REAL["warmup_steps"]
     assert cfg.inversion.per_image_steps == REAL_INVERSION["per_image_steps"] > 0  # the preset's other section
     own = from_dict({**folder, "inversion": {"per_image_steps": 0, "num_images": 8}})
     assert own.inversion.per_image_steps == 0 and own.inversion.num_images == 8
     plain = from_dict({**folder, "stylex": {"preset": "none"}})
-    assert plain.stylex.encoder_fit_minutes == 0 and plain.stylex.weight_kl == StylexConfig().weight_kl
+    assert plain.stylex.encoder_fit_minutes == 0 and plain.stylex.weight("kl") == StylexConfig().weight("kl")
     assert plain.inversion == InversionConfig()
     assert from_dict({}).stylex == StylexConfig() and from_dict({}).inversion == InversionConfig()  # synthetic data
     assert from_dict(dataclasses.asdict(cfg)) == cfg  # a resolved config reads back unchanged

@@ -157,19 +157,20 @@ def test_a_run_folders_config_is_its_record_and_a_preset_key_added_later_does_no
     from stylexlib.core.run import open_run
     from stylexlib.pipeline.runner import _prepare_run_dir
 
-    monkeypatch.delitem(presets.REAL, "weight_class_sparsity")  # the preset as it was before it gained the key
+    gained = presets.REAL["loss"]
+    monkeypatch.setitem(presets.REAL, "loss", {k: v for k, v in gained.items() if k != "class_sparsity"})  # as it was
     written = tmp_path / "photos.yaml"
     written.write_text("data: {source: folder, root: /x}\n")
     run = open_run(tmp_path / "run", written)
     before = stylex_fingerprint(run.cfg)
     saved = tmp_path / "run" / "config.yaml"  # as written before the key existed
     saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True)
-                             if "weight_class_sparsity" not in line))
-    monkeypatch.setitem(presets.REAL, "weight_class_sparsity", 10.0)  # the preset gains a key after the run was made
-    assert load_config(written).stylex.weight_class_sparsity == 10.0  # a config someone writes gets it
+                             if "class_sparsity" not in line))
+    monkeypatch.setitem(presets.REAL, "loss", {**gained, "class_sparsity": 10.0})  # the preset gains an entry later
+    assert load_config(written).stylex.weight("class_sparsity") == 10.0  # a config someone writes gets it
     reopened = open_run(tmp_path / "run")  # the run folder keeps what it was trained with
-    assert reopened.cfg.stylex.weight_class_sparsity == 0.0 and stylex_fingerprint(reopened.cfg) == before
-    with pytest.raises(ConfigError, match="weight_class_sparsity"):  # asking the old folder for the new settings
+    assert reopened.cfg.stylex.weight("class_sparsity") == 0.0 and stylex_fingerprint(reopened.cfg) == before
+    with pytest.raises(ConfigError, match="class_sparsity"):  # asking the old folder for the new settings
         _prepare_run_dir(tmp_path / "run", load_config(written), force=False)
 
 
@@ -183,18 +184,19 @@ def test_a_preset_or_data_source_given_as_an_override_fills_in_the_presets_value
     synthetic = tmp_path / "synthetic.yaml"
     synthetic.write_text("stylex:\n  warmup_steps: 7\n")
     real = load_config(synthetic, ["stylex.preset=real"])
-    assert real.stylex.preset == "real" and real.stylex.weight_kl == REAL["weight_kl"] != StylexConfig().weight_kl
+    assert real.stylex.preset == "real"
+    assert real.stylex.weight("kl") == REAL["loss"]["kl"] != StylexConfig().weight("kl")
     assert real.inversion.per_image_steps == REAL_INVERSION["per_image_steps"]  # the preset's other section too
     assert real.stylex.warmup_steps == 7  # the file's own keys stay above the preset
     assert load_config(synthetic, ["stylex.preset=real", "stylex.warmup_steps=3"]).stylex.warmup_steps == 3
     folder = load_config(synthetic, ["data.source=folder", f"data.root={tmp_path / 'images'}"])
-    assert folder.stylex.preset == "real" and folder.stylex.weight_kl == REAL["weight_kl"]  # folder data's default
+    assert folder.stylex.preset == "real" and folder.stylex.weight("kl") == REAL["loss"]["kl"]  # folder data's default
     photos = tmp_path / "photos.yaml"
     photos.write_text(f"data: {{source: folder, root: {tmp_path / 'images'}}}\nstylex: {{preset: real}}\n")
     plain = load_config(photos, ["stylex.preset=none"])
     assert plain.stylex == StylexConfig() and plain.inversion == InversionConfig()
     assert main(["config", str(synthetic), "--set", "stylex.preset=real"]) == 0  # what `stylex run --set` loads
-    assert f"weight_kl: {REAL['weight_kl']}" in capsys.readouterr().out
+    assert f"    kl: {REAL['loss']['kl']}" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="stylex.preset"):  # a built config has no keys left for a preset to fill
         apply_overrides(Config(), ["stylex.preset=real"])
 
@@ -266,3 +268,28 @@ def test_a_run_folders_record_with_removed_or_renamed_stylex_keys_still_loads(tm
     assert checkpoint_record == cfg.stylex
     with pytest.raises(ConfigError, match="unknown config key 'stylex.encoder_ema'"):
         load_config(None, ["stylex.encoder_ema=true"])  # a new command names today's keys
+
+
+def test_loss_weights_are_one_mapping_by_term_name_and_the_flat_keys_still_read(tmp_path) -> None:
+    """#40: `stylex.loss` holds each loss term's weight by its registered name; the `weight_<term>` keys of files,
+    overrides and run-folder records written before read into it."""
+    assert StylexConfig().weight("kl") == 1.0 and StylexConfig().weight("class_sparsity") == 0.0  # not named: off
+    own = tmp_path / "own.yaml"
+    own.write_text("stylex:\n  loss: {kl: 0.5}\n")
+    cfg = load_config(own, ["stylex.loss.class_sparsity=2"])
+    assert cfg.stylex.loss == {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 0.5, "class_sparsity": 2.0}
+    old = tmp_path / "old.yaml"
+    old.write_text("stylex:\n  weight_kl: 0.5\n")  # a file written before
+    assert load_config(old, ["stylex.weight_class_sparsity=2"]).stylex == cfg.stylex  # and an override as it was
+    record = yaml.safe_load(dump_config(cfg))
+    stylex = record["stylex"]
+    stylex.update({f"weight_{term}": weight for term, weight in stylex.pop("loss").items()})  # a record from before
+    assert from_dict(record, presets=False).stylex == cfg.stylex
+    assert from_dict(stylex, StylexConfig, "stylex") == cfg.stylex  # a checkpoint's record
+    assert from_dict(yaml.safe_load(dump_config(cfg))).stylex == cfg.stylex  # today's record reads back
+    with pytest.raises(ConfigError, match="stylex.loss.kl: expected float"):
+        load_config(None, ["stylex.loss.kl=high"])
+    with pytest.raises(ConfigError, match="stylex.loss: expected a mapping"):
+        load_config(None, ["stylex.loss=0.5"])
+    with pytest.raises(ConfigError, match="unknown config key 'stylex.kl'"):  # a term's name is no key of its own
+        load_config(None, ["stylex.kl=0.5"])

@@ -269,3 +269,10 @@ def test_the_default_notebook_folder_is_defined_once() -> None:
     defined = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
                if re.search(r"^DEFAULT_NOTEBOOKS\s*[:=]", p.read_text(), re.M)]
     assert defined == ["core/install.py"]
+
+
+def test_a_misspelt_loss_weight_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+    """The loss terms are known only to the trainer's registry; `stylex run` asks it before stage 01, not at stage 03."""
+    with pytest.raises(ConfigError, match="no loss term named 'kll'"):
+        run_pipeline(None, ["stylex.loss.kll=1"], tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ RESOLUTION = 16
 
 def test_plain_gan_is_trained_without_the_classifier(data, lpips_model) -> None:  # noqa: F811
     cfg = dataclasses.replace(plain_gan_config(TINY, steps=3), checkpoint_every=0)
-    assert cfg.steps == 3 and cfg.time_limit_minutes is None and cfg.weight_kl == 0 == cfg.weight_sample_kl
+    assert cfg.steps == 3 and cfg.time_limit_minutes is None and cfg.weight("kl") == 0 == cfg.weight("sample_kl")
     weights = []
     for seed in (1, 2):  # two different classifiers give the same GAN: neither enters the losses or the condition
         torch.manual_seed(seed)

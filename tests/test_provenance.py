@@ -8,7 +8,7 @@ import torch
 
 from stylexlib.classifier.training import fit_run_classifier, load_run_classifier
 from stylexlib.core import provenance
-from stylexlib.core.config import apply_overrides, save_config, to_dict
+from stylexlib.core.config import apply_overrides, from_dict, save_config, to_dict
 from stylexlib.core.run import CONFIG_FILE, open_run
 from stylexlib.data import load_dataset
 from stylexlib.gan.models import load_stylex
@@ -80,6 +80,23 @@ def test_stylex_checkpoints_continue_only_with_the_same_model_config(tmp_path) -
 
 
 # The stylex keys that checkpoints were first fingerprinted with (keys added later are fingerprinted only when set).
+# StylEx fingerprints as the code that wrote today's run folders computed them (be8056a, before `stylex.loss`): the
+# checkpoints of those folders carry them, so a new formula must give the same values
+LEGACY_STYLEX_FINGERPRINTS = [
+    ({}, "f187591fd68e3a70"),
+    ({"stylex": {"preset": "real"}}, "0b2f73eb0afa175d"),
+    ({"stylex": {"weight_kl": 0.5, "weight_class_sparsity": 2, "mapping_match": True}}, "6ed91192a96970ad"),
+]
+
+
+@pytest.mark.parametrize("raw, recorded", LEGACY_STYLEX_FINGERPRINTS)
+def test_checkpoints_written_before_keep_their_fingerprints(raw, recorded) -> None:
+    assert provenance.stylex_fingerprint(from_dict(raw)) == recorded
+    if "weight_kl" in raw.get("stylex", {}):  # the same, written as today's `loss` entries
+        today = {"loss": {"kl": 0.5, "class_sparsity": 2}, "mapping_match": True}
+        assert provenance.stylex_fingerprint(from_dict({"stylex": today})) == recorded
+
+
 def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     cfg = open_run(tmp_path / "run", None, TINY).cfg
     base = (provenance.classifier_fingerprint(cfg), provenance.stylex_fingerprint(cfg))
@@ -87,15 +104,17 @@ def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["stylex.lr_g=0.1"])) == base[0]
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
     assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
-    # keys added later count only when set, and keys removed since (#40) at the one value left: fingerprints made
-    # before stay valid
-    without = {**{k: v for k, v in to_dict(cfg.stylex).items() if k in provenance.STYLEX_FIRST_FINGERPRINTED},
+    # keys added later count only when set, keys removed since (#40) at the one value left, and the loss weights as
+    # the weight_<term> keys they were: fingerprints made before stay valid
+    flat = {k: v for k, v in to_dict(cfg.stylex).items() if k in provenance.STYLEX_FIRST_FINGERPRINTED}
+    without = {**flat, **{f"weight_{t}": cfg.stylex.weight(t) for t in ("adv", "l1", "lpips", "latent", "kl",
+                                                                         "sample_kl")},
                **provenance.STYLEX_REMOVED_FINGERPRINTED}
     assert base[1] == provenance.fingerprint("stylex", base[0], without)
     mapping_on = provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.mapping_match=true"]))
     assert mapping_on == provenance.fingerprint("stylex", base[0], {**without, "weight_mapping_match": 1.0})
     assert set(without) == provenance.STYLEX_FIRST_FINGERPRINTED
-    for added in ("stylex.mapping_match=true", "stylex.weight_class_sparsity=1"):
+    for added in ("stylex.mapping_match=true", "stylex.loss.class_sparsity=1"):
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
 
     @dataclasses.dataclass

@@ -20,8 +20,9 @@ def test_folder_configs_use_the_real_preset(name: str) -> None:
     assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes > 0
     assert cfg.stylex.encoder_fit_minutes < cfg.stylex.time_limit_minutes
     if not name.endswith("_gpu"):  # the CPU configs keep the preset's sizes and schedule
-        assert {k: getattr(cfg.stylex, k) for k in REAL if k != "time_limit_minutes"} == \
-            {k: v for k, v in REAL.items() if k != "time_limit_minutes"}
+        assert {k: getattr(cfg.stylex, k) for k in REAL if k not in ("time_limit_minutes", "loss")} == \
+            {k: v for k, v in REAL.items() if k not in ("time_limit_minutes", "loss")}
+        assert {term: cfg.stylex.weight(term) for term in REAL["loss"]} == REAL["loss"]
 
 
 @needs_data

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from stylexlib.classifier.model import build_classifier, save_classifier
-from stylexlib.core.config import StylexConfig
+from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.run import open_run
 from stylexlib.data import ImageDataset
 from stylexlib.gan import encoder_fit, train
@@ -127,7 +127,7 @@ def test_time_limit_stops_and_checkpoints(tmp_path, data, classifier, lpips_mode
 
 def test_alternate_mode_runs_one_path_per_step(data, classifier, lpips_model) -> None:
     cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0,
-                              weight_sample_kl=1.0)
+                              loss={**TINY.loss, "sample_kl": 1.0})
     assert StylexConfig().path_mode == "alternate"  # the shipped default
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     encoder_step, random_step = trainer.train_step(), trainer.train_step()
@@ -280,7 +280,8 @@ def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifi
 
 def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> None:
     mix = dataclasses.replace(TINY, path_mode="mix")  # both paths in one step
-    cfg = dataclasses.replace(mix, weight_sample_kl=1.0, augment="color,translation,cutout", mixing_prob=0.9)
+    cfg = dataclasses.replace(mix, loss={**TINY.loss, "sample_kl": 1.0}, augment="color,translation,cutout",
+                              mixing_prob=0.9)
     losses = make_trainer(cfg, data, classifier, lpips_model, None).train_step()
     assert losses["sample_kl"] >= 0 and np.isfinite(losses["g"])
     assert "sample_kl" not in make_trainer(mix, data, classifier, lpips_model, None).train_step()
@@ -294,7 +295,8 @@ def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, clas
 
     cfg = dataclasses.replace(TINY, warmup_steps=1, lr_g=0.05)  # Adam moves a weight by about lr_g per step
     plain = make_trainer(cfg, data, classifier, lpips_model, None)
-    sparse = make_trainer(dataclasses.replace(cfg, weight_class_sparsity=10.0), data, classifier, lpips_model, None)
+    sparse_cfg = dataclasses.replace(cfg, loss={**cfg.loss, "class_sparsity": 10.0})
+    sparse = make_trainer(sparse_cfg, data, classifier, lpips_model, None)
     assert torch.equal(class_columns(plain), class_columns(sparse))
     for _ in range(5):
         assert "class_sparsity" not in plain.train_step()
@@ -314,7 +316,7 @@ def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model)
             module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.2, 0.2)
     # No path-length term: it is a Jacobian norm, which jumps when rounding flips one leaky ReLU's side (0.2% here).
-    cfg = dataclasses.replace(TINY, path_mode="mix", warmup_steps=1, weight_sample_kl=1.0,
+    cfg = dataclasses.replace(TINY, path_mode="mix", warmup_steps=1, loss={**TINY.loss, "sample_kl": 1.0},
                               augment="color,translation,cutout", mixing_prob=0.9, mapping_match=True,
                               pl_weight=0.0)
     runs, few = {}, tiny_dataset(10)  # 8 training images: the 4 steps draw each twice (the cached C(x) is reused)
@@ -337,7 +339,7 @@ def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lp
     """The GPU path: autocast (bf16, or fp16 with its scaler), channels_last, the step's speed-ups and optionally
     stylex.compile; a warm-up step and adversarial steps with R1 stay finite and train D."""
     cfg = dataclasses.replace(TINY, device="cuda", precision="auto", channels_last=True, compile=compile,
-                              warmup_steps=1, weight_sample_kl=1.0, augment="color,translation,cutout",
+                              warmup_steps=1, loss={**TINY.loss, "sample_kl": 1.0}, augment="color,translation,cutout",
                               mixing_prob=0.9, mapping_match=True)
     trainer = train.StylexTrainer(cfg, data, copy.deepcopy(classifier), lpips_model=copy.deepcopy(lpips_model).cuda())
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
@@ -418,3 +420,22 @@ def test_a_resumed_stage_03_trains_only_the_minutes_left_before_the_encoder_fit(
     again = train.train_stylex(run, data, progress=False)  # 75 s of 120: the training minutes are spent, not the fit's
     assert again.stopped_by_time_limit and (again.session_steps, again.steps) == (0, 3)
     assert fits == [(3, 1.0), (3, 1.0)]  # the fit keeps its minutes (and skips itself when it is done)
+
+
+def test_a_new_loss_term_is_one_registration(data, classifier, lpips_model, monkeypatch) -> None:
+    """#40: register a term (its name, phase and function): `stylex.loss.<name>` weights it, the phase adds it to the
+    loss and stats.jsonl logs it; a weight for a term nobody registered is an error naming the terms there are."""
+    monkeypatch.setattr(loss_terms, "LOSS_TERMS", dict(loss_terms.LOSS_TERMS))  # registered for this test only
+
+    @loss_terms.register("mean_brightness", "G")
+    def mean_brightness(c):  # a toy term: the generated images' mean
+        return c.generated.images.mean()
+
+    cfg = dataclasses.replace(TINY, warmup_steps=0, checkpoint_every=0)
+    assert "mean_brightness" not in make_trainer(cfg, data, classifier, lpips_model, None).train_step()  # off: 0
+    weighted = dataclasses.replace(cfg, loss={**cfg.loss, "mean_brightness": 2.0})
+    assert loss_terms.loss_weights(weighted)["mean_brightness"] == 2.0
+    step = make_trainer(weighted, data, classifier, lpips_model, None).train_step()
+    assert "mean_brightness" in step and np.isfinite(step["mean_brightness"])
+    with pytest.raises(ConfigError, match="no loss term named 'brightnes'.*mean_brightness"):
+        make_trainer(dataclasses.replace(cfg, loss={"brightnes": 1.0}), data, classifier, lpips_model, None)

@@ -29,8 +29,8 @@ BASE = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_m
                     device="cpu", seed=3)
 CONFIGS = {  # the default path schedule with a warm-up, the mapping match and class sparsity; then the "mix" path
     "alternate": dataclasses.replace(BASE, steps=6, warmup_steps=2, mapping_match=True,
-                                     weight_class_sparsity=1.0),
-    "mix": dataclasses.replace(BASE, steps=4, path_mode="mix", weight_sample_kl=1.0, mixing_prob=0.9,
+                                     loss={**BASE.loss, "class_sparsity": 1.0}),
+    "mix": dataclasses.replace(BASE, steps=4, path_mode="mix", loss={**BASE.loss, "sample_kl": 1.0}, mixing_prob=0.9,
                                augment="color,translation,cutout"),
 }
 

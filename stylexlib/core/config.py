@@ -99,6 +99,9 @@ class ClassifierConfig:
     seed: int = 0
 
 
+PAPER_LOSS_WEIGHTS = {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0}  # Lang et al. 2021, Sec. 3
+
+
 @dataclass
 class StylexConfig:
     """StylEx model sizes, losses and training schedule (defaults: paper weights)."""
@@ -128,15 +131,11 @@ class StylexConfig:
     preset: Literal["none", "real"] = "none"  # settings filled in beneath the file's own stylex keys (core.presets):
     # "real" for photographs (the default for folder data), "none" (the defaults here) for the synthetic data
     collapse_every: int = 250  # steps between encoder-collapse checks (gan.collapse) in stats.jsonl; 0: none
-    weight_adv: float = 1.0
-    weight_l1: float = 1.0  # paper: reconstruction L1
-    weight_lpips: float = 0.1  # paper: LPIPS
-    weight_latent: float = 0.1  # paper: L1(E(x'), E(x))
-    weight_kl: float = 1.0  # paper: KL(C(x) || C(x'))
-    weight_sample_kl: float = 0.0  # not in the paper: KL(c || C(G(mapping(z), c))) on the random path's samples
-    weight_class_sparsity: float = 0.0  # not in the paper: group lasso on the generator's class columns
-    # (losses.class_pathway_sparsity), so that the classifier's output reaches few StyleSpace coordinates, which
-    # AttFind can then find
+    loss: dict[str, float] = field(default_factory=lambda: dict(PAPER_LOSS_WEIGHTS))  # each loss term's weight, by
+    # its name in gan.train.loss_terms (a term not named here: 0, off); a file's entries replace these one by one.
+    # The paper's: adv, l1, lpips, latent, kl. Ours: sample_kl, KL(c || C(G(mapping(z), c))) on the random path's
+    # samples; class_sparsity, a group lasso on the generator's class columns (losses.class_pathway_sparsity), so that
+    # the classifier's output reaches few StyleSpace coordinates, which AttFind can then find
     mapping_match: bool = False  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
     # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
     # moves the mapping network only, never E; its own Adam at lr_g / 0.01 sets the step size (a switch: Adam's steps
@@ -162,6 +161,10 @@ class StylexConfig:
     compile: bool = False  # torch.compile G's synthesis layers, E, D's trunk and the classifier for training (compile
     # time counts against the time limit; benchmarks/train_step.py --variants measures whether it wins)
     seed: int = 0
+
+    def weight(self, term: str) -> float:
+        """The weight of the loss term ``term`` (0 when ``loss`` does not name it)."""
+        return float(self.loss.get(term, 0.0))
 
 
 @dataclass
@@ -296,12 +299,14 @@ STYLEX_REMOVED_KEYS: dict[str, Any] = {
     "encoder": "residual", "encoder_offset": False, "beta1_e": None, "encoder_ema": False, "weight_w_prior": 0.0,
     "w_prior": "moments", "kl_noise_std": 0.0, "discriminator": "residual", "adv_on_reconstructions": True}
 STYLEX_RENAMED_KEYS = {"weight_mapping_match": ("mapping_match", lambda weight: float(weight) > 0)}
+# The loss weights that were keys of their own (``weight_kl: 0.1``), now entries of ``loss`` (``loss: {kl: 0.1}``).
+STYLEX_FLAT_LOSS_WEIGHTS = ("adv", "l1", "lpips", "latent", "kl", "sample_kl", "class_sparsity")
 
 
 def migrate_stylex(raw: dict[str, Any], where: str = "stylex") -> dict[str, Any]:
     """A ``stylex`` section as today's StylexConfig reads it: removed keys dropped (a warning when one was set to what
-    no longer exists), renamed keys renamed."""
-    migrated = {}
+    no longer exists), renamed keys renamed, ``weight_<term>`` keys moved into ``loss``."""
+    migrated, flat_weights = {}, {}
     for key, value in raw.items():
         if key in STYLEX_REMOVED_KEYS:
             if value != STYLEX_REMOVED_KEYS[key]:
@@ -310,8 +315,14 @@ def migrate_stylex(raw: dict[str, Any], where: str = "stylex") -> dict[str, Any]
         elif key in STYLEX_RENAMED_KEYS:
             new, convert = STYLEX_RENAMED_KEYS[key]
             migrated[new] = convert(value)
+        elif key.startswith("weight_") and key.removeprefix("weight_") in STYLEX_FLAT_LOSS_WEIGHTS:
+            flat_weights[key.removeprefix("weight_")] = value
         else:
             migrated[key] = value
+    if flat_weights:
+        if not isinstance(migrated.get("loss") or {}, dict):
+            raise ConfigError(f"{where}.loss: expected a mapping of loss-term weights, got {migrated['loss']!r}")
+        migrated["loss"] = {**flat_weights, **(migrated.get("loss") or {})}  # `loss`'s own entries win
     return migrated
 
 
@@ -340,6 +351,8 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = from_dict(value or {}, hint, path)
+        elif typing.get_origin(hint) is dict and isinstance(value, dict):  # entries replace the default's one by one
+            kwargs[key] = _coerce({**_field_default(cls, key), **value}, hint, path)
         else:
             kwargs[key] = _coerce(value, hint, path)
     built = cls(**kwargs)
@@ -350,6 +363,12 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets:
     if cls is Config and presets and (problem := source_problem(built.data)):
         raise ConfigError(problem)
     return built
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The default value of the dataclass field ``name`` of ``cls``."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
 def find_config(path: str | Path) -> Path:
@@ -448,6 +467,8 @@ def set_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. data.resolution=64")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        if len(parts) == 2 and parts[0] == "stylex" and parts[1] in {f"weight_{t}" for t in STYLEX_FLAT_LOSS_WEIGHTS}:
+            parts = ["stylex", "loss", parts[1].removeprefix("weight_")]  # stylex.weight_kl=... as it was written
         node, cls = raw, Config
         for depth, part in enumerate(parts):
             if cls is not None:  # inside a config section (free-form below `extra`)
@@ -456,7 +477,8 @@ def set_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
                     raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, names))
                 hint = typing.get_type_hints(cls)[part]
                 cls = hint if dataclasses.is_dataclass(hint) else None
-                if depth < len(parts) - 1 and cls is None and part != "extra":
+                mapping = typing.get_origin(hint) is dict and depth == len(parts) - 2  # e.g. stylex.loss.kl
+                if depth < len(parts) - 1 and cls is None and part != "extra" and not mapping:
                     raise ConfigError(f"override '{item}': {'.'.join(parts[: depth + 1])} is a value, not a section")
             if depth == len(parts) - 1:
                 node[part] = yaml.safe_load(text) if text.strip() else None
@@ -550,7 +572,7 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
+        return {str(k): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()} if args else dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):

@@ -23,17 +23,15 @@ REAL: dict[str, Any] = {
     "encoder_fit_minutes": 8,
     # the demo's time-to-quality levers that carry over
     "warmup_steps": 1000,
-    "weight_lpips": 1.0,
-    "weight_kl": 0.1,
-    "weight_sample_kl": 0.1,
     "mapping_match": True,
     "mixing_prob": 0.9,
     "augment": "color,translation,cutout",
     "r1_every": 16,
-    # route the classifier's output through few StyleSpace coordinates (a group lasso on the class columns of A([w, c])):
-    # on UTKFace AttFind's top-10 flip rate 0.19 -> 1.00 and age on reconstructions 0.87x -> 0.83x of the originals
-    # (docs/experiments.md, "the class-sparsity lever"; weight 10 cost age: 0.79x)
-    "weight_class_sparsity": 3.0,
+    # loss weights, entry by entry beneath a file's own: the demo's time-to-quality levers (lpips, kl, sample_kl), and
+    # class_sparsity routes the classifier's output through few StyleSpace coordinates (a group lasso on the class
+    # columns of A([w, c])): on UTKFace AttFind's top-10 flip rate 0.19 -> 1.00 and age on reconstructions 0.87x ->
+    # 0.83x of the originals (docs/experiments.md, "the class-sparsity lever"; weight 10 cost age: 0.79x)
+    "loss": {"lpips": 1.0, "kl": 0.1, "sample_kl": 0.1, "class_sparsity": 3.0},
     # a 2-core CPU budget: the time limit ends training (a GPU config raises both)
     "steps": 20000,
     "time_limit_minutes": 60,
@@ -68,6 +66,15 @@ def with_preset(raw: dict[str, Any]) -> dict[str, Any]:
     stylex = dict(raw.get("stylex") or {})
     data_source = (raw.get("data") or {}).get("source", "synthetic")
     name = preset_name(stylex, data_source)
-    filled = {**raw, **{section: {**keys, **(raw.get(section) or {})} for section, keys in PRESETS[name].items()}}
+    filled = {**raw, **{section: _beneath(keys, raw.get(section) or {}) for section, keys in PRESETS[name].items()}}
     filled["stylex"] = {**filled.get("stylex", {}), "preset": name}
     return filled
+
+
+def _beneath(preset: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """A section's own keys over the preset's; a mapping (``loss``) entry by entry."""
+    merged = {**preset, **own}
+    for key, value in preset.items():
+        if isinstance(value, dict) and isinstance(own.get(key), dict):
+            merged[key] = {**value, **own[key]}
+    return merged

@@ -169,11 +169,20 @@ def _stylex_section(stylex: Any) -> dict[str, Any]:
     """The StylEx section as fingerprinted: under the keys first fingerprinted (removed keys at their one value left,
     ``mapping_match`` as the ``weight_mapping_match`` it was), schedule keys aside, keys added since
     (not in STYLEX_FIRST_FINGERPRINTED) only when set."""
-    defaults = {**to_dict(type(stylex)()), "weight_mapping_match": 0.0}
-    named = {**to_dict(stylex), **STYLEX_REMOVED_FINGERPRINTED}
+    defaults = {**_flat_loss(type(stylex)()), "weight_mapping_match": 0.0}
+    named = {**_flat_loss(stylex), **STYLEX_REMOVED_FINGERPRINTED}
     named["weight_mapping_match"] = float(named.pop("mapping_match"))
     return {k: v for k, v in named.items()
-            if k not in STYLEX_SCHEDULE_KEYS and (k in STYLEX_FIRST_FINGERPRINTED or v != defaults[k])}
+            if k not in STYLEX_SCHEDULE_KEYS and (k in STYLEX_FIRST_FINGERPRINTED or v != defaults.get(k, 0.0))}
+
+
+def _flat_loss(stylex: Any) -> dict[str, Any]:
+    """The StylEx section with its ``loss`` entries as the ``weight_<term>`` keys they once were (every term first
+    fingerprinted, named or not, and the others ``loss`` names)."""
+    flat = to_dict(stylex)
+    loss = flat.pop("loss")
+    first = ("adv", "l1", "lpips", "latent", "kl", "sample_kl")
+    return {**flat, **{f"weight_{term}": float(loss.get(term, 0.0)) for term in (*first, *loss)}}
 
 
 def accepts(found: Any, expected: Any) -> bool:

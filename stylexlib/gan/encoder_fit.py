@@ -71,10 +71,10 @@ class EncoderFitter:
         condition = class_input(logits, cfg.condition_on)
         rec = self.generator(self.encoder(x), condition, noise_mode="const")
         terms = {"l1": (x - rec).abs().mean(), "lpips": lpips_distance(self.lpips, x, rec).mean()}
-        loss = cfg.weight_l1 * terms["l1"] + cfg.weight_lpips * terms["lpips"]
-        if cfg.weight_kl > 0:
+        loss = cfg.weight("l1") * terms["l1"] + cfg.weight("lpips") * terms["lpips"]
+        if cfg.weight("kl") > 0:
             terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
-            loss = loss + cfg.weight_kl * terms["kl"]
+            loss = loss + cfg.weight("kl") * terms["kl"]
         if cfg.weight_sample_cycle > 0:
             with torch.no_grad():
                 z = torch.randn(len(x), cfg.latent_dim, generator=self.rng).to(self.device)

@@ -25,7 +25,7 @@ PLAIN_GAN_DIR = ("baselines", "plain_gan")
 
 def plain_gan_config(cfg: StylexConfig, steps: int) -> StylexConfig:
     """StylEx's config with the classifier taken out, trained for exactly ``steps`` steps (no time limit)."""
-    return dataclasses.replace(cfg, condition_on="none", weight_kl=0.0, weight_sample_kl=0.0, steps=steps,
+    return dataclasses.replace(cfg, condition_on="none", loss={**cfg.loss, "kl": 0.0, "sample_kl": 0.0}, steps=steps,
                                time_limit_minutes=None)
 
 

@@ -178,7 +178,10 @@ def run_pipeline(
 ) -> Path:
     """Execute the selected stages into a run folder; return the folder. Finished stages are skipped unless forced or
     run with other notebook ``parameters`` (``NAME=VALUE``, each passed to the stages that declare it)."""
+    from stylexlib.gan.train.loss_terms import check_loss_names  # torch and the networks: only when a run starts
+
     cfg = load_config(config, overrides)
+    check_loss_names(cfg.stylex)  # before any stage: a misspelt weight fails now, not at stage 03
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
     stages = select_stages(discover_stages(notebook_dir), only)
     given = parse_parameters(parameters or [], stages)

@@ -106,9 +106,9 @@ class StepContext:
         one pass over all the images when both are needed (``options.batched_classifier``), else one each."""
         generated, cfg = self.generated, self.cfg
         rec = samples = None
-        if generated.reconstructions is not None and cfg.weight_kl > 0:
+        if generated.reconstructions is not None and cfg.weight("kl") > 0:
             rec = generated.images[: len(generated.reconstructions)]
-        if generated.w_sampled is not None and cfg.weight_sample_kl > 0:
+        if generated.w_sampled is not None and cfg.weight("sample_kl") > 0:
             samples = generated.images[-len(generated.w_sampled):]
         if rec is not None and samples is not None and self.options.batched_classifier:
             both = self.step_classifier(generated.images)  # the reconstructions, then the samples

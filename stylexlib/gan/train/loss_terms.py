@@ -1,10 +1,10 @@
 """The loss as a registry of named terms: each term's weight (from the config), the phase it trains in, its function.
 
-A new loss term is one :func:`register` call with its function here and its weight a ``StylexConfig`` field (off at
-its default, it leaves every checkpoint's fingerprint as it was); the phase sums it (weighted), backpropagates it and
-logs it to ``stats.jsonl`` under its name. Terms run in registration order, which fixes the order of their random
-draws and of autograd's gradient sums (the G terms below reproduce the monolithic trainer's weights bit for bit:
-tests/test_train_equivalence.py)."""
+A new loss term is one :func:`register` call with its function here: its weight is ``stylex.loss.<name>`` in a config
+(0, off, where none names it, which leaves every checkpoint's fingerprint as it was); the phase sums it (weighted),
+backpropagates it and logs it to ``stats.jsonl`` under its name. Terms run in registration order, which fixes the
+order of their random draws and of autograd's gradient sums (the G terms below reproduce the monolithic trainer's
+weights bit for bit: tests/test_train_equivalence.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from stylexlib.core.config import StylexConfig
+from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.distributed import mean_across_ranks
 from stylexlib.gan.losses import (class_pathway_sparsity, classifier_kl_loss, d_logistic_loss, d_r1_loss,
                                   g_nonsaturating_loss, g_path_length_loss, latent_mmd_loss, lpips_distance)
@@ -31,20 +31,33 @@ class LossTerm:
     weight: Callable[[StylexConfig], float]
     compute: TermFunction
     skip_at_zero_weight: bool = True  # False: computed and logged even at weight 0 (the paper's terms)
+    weighted_by_config: bool = True  # weighted by stylex.loss.<name> (False: by other settings, e.g. r1_gamma)
 
 
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def register(name: str, phase: str, weight: Callable[[StylexConfig], float], skip_at_zero_weight: bool = True
-             ) -> Callable[[TermFunction], TermFunction]:
-    """Decorator: add a loss term to :data:`LOSS_TERMS`."""
+def register(name: str, phase: str, weight: Callable[[StylexConfig], float] | None = None,
+             skip_at_zero_weight: bool = True) -> Callable[[TermFunction], TermFunction]:
+    """Decorator: add a loss term to :data:`LOSS_TERMS`, weighted by ``stylex.loss.<name>`` (or by ``weight(cfg)``
+    for the regularisers whose weight follows other settings)."""
     def add(compute: TermFunction) -> TermFunction:
         if name in LOSS_TERMS:
             raise ValueError(f"loss term '{name}' is registered twice")
-        LOSS_TERMS[name] = LossTerm(name, phase, weight, compute, skip_at_zero_weight)
+        LOSS_TERMS[name] = LossTerm(name, phase, weight or (lambda cfg: cfg.weight(name)), compute,
+                                    skip_at_zero_weight, weighted_by_config=weight is None)
         return compute
     return add
+
+
+def check_loss_names(cfg: StylexConfig) -> None:
+    """Raise ConfigError when ``stylex.loss`` names a term that is not registered, or one whose weight follows other
+    settings."""
+    known = sorted(name for name, term in LOSS_TERMS.items() if term.weighted_by_config)
+    unknown = sorted(set(cfg.loss) - set(known))
+    if unknown:
+        raise ConfigError(f"stylex.loss: no loss term named {', '.join(map(repr, unknown))}; the terms a weight can be "
+                          f"given: {', '.join(known)} (gan/train/loss_terms.py)")
 
 
 def loss_weights(cfg: StylexConfig) -> dict[str, float]:
@@ -81,7 +94,7 @@ def r1_penalty(c: StepContext) -> Tensor:
 
 
 # ------------------------------------------------------------------ G and E (Lang et al. 2021, Sec. 3; our additions)
-@register("adv", "G", lambda cfg: cfg.weight_adv, skip_at_zero_weight=False)
+@register("adv", "G", skip_at_zero_weight=False)
 def adversarial(c: StepContext) -> Tensor | None:
     if c.judged is None:
         return None
@@ -89,14 +102,14 @@ def adversarial(c: StepContext) -> Tensor | None:
     return g_nonsaturating_loss(c.state.D(c.augment(images), probs))
 
 
-@register("kl", "G", lambda cfg: cfg.weight_kl)
+@register("kl", "G")
 def reconstruction_kl(c: StepContext) -> Tensor | None:
     """KL(C(x) || C(x'))."""
     rec_logits = c.generated_logits[0]
     return None if rec_logits is None else classifier_kl_loss(c.batch.logits, rec_logits)
 
 
-@register("sample_kl", "G", lambda cfg: cfg.weight_sample_kl)
+@register("sample_kl", "G")
 def sample_kl(c: StepContext) -> Tensor | None:
     """KL(c || C(G(mapping(z), c))) on the random path's samples (not in the paper)."""
     sample_logits = c.generated_logits[1]
@@ -106,7 +119,7 @@ def sample_kl(c: StepContext) -> Tensor | None:
     return classifier_kl_loss(wanted, sample_logits)
 
 
-@register("latent", "G", lambda cfg: cfg.weight_latent, skip_at_zero_weight=False)
+@register("latent", "G", skip_at_zero_weight=False)
 def latent_cycle(c: StepContext) -> Tensor | None:
     """|E(x') - E(x)|, E(x) detached."""
     if c.generated.reconstructions is None:
@@ -114,19 +127,19 @@ def latent_cycle(c: StepContext) -> Tensor | None:
     return (c.encoded_reconstructions - c.generated.w_encoded.detach()).abs().mean()
 
 
-@register("l1", "G", lambda cfg: cfg.weight_l1, skip_at_zero_weight=False)
+@register("l1", "G", skip_at_zero_weight=False)
 def reconstruction_l1(c: StepContext) -> Tensor | None:
     rec = c.generated.reconstructions
     return None if rec is None else (c.batch.x - rec).abs().mean()
 
 
-@register("lpips", "G", lambda cfg: cfg.weight_lpips, skip_at_zero_weight=False)
+@register("lpips", "G", skip_at_zero_weight=False)
 def reconstruction_lpips(c: StepContext) -> Tensor | None:
     rec = c.generated.reconstructions
     return None if rec is None else lpips_distance(c.lpips, c.batch.x, rec).mean()
 
 
-@register("class_sparsity", "G", lambda cfg: cfg.weight_class_sparsity)
+@register("class_sparsity", "G")
 def class_sparsity(c: StepContext) -> Tensor:
     return class_pathway_sparsity(c.state.G)
 

@@ -18,6 +18,7 @@ from stylexlib.gan.step_options import StepOptions
 from stylexlib.gan.train.batches import RealBatches
 from stylexlib.gan.train.callbacks import PREVIEW_COUNT, Checkpoints, CollapseCheck, Previews
 from stylexlib.gan.train.forward import StepContext, generate
+from stylexlib.gan.train.loss_terms import check_loss_names
 from stylexlib.gan.train.loop import TrainingLoop, TrainSummary
 from stylexlib.gan.train.phases import run_phases
 from stylexlib.gan.train.schedule import PathSchedule
@@ -42,6 +43,7 @@ class StylexTrainer:
                  fingerprint: str | None = None, options: StepOptions = StepOptions()) -> None:
         self.schedule = PathSchedule(cfg)
         parse_policy(cfg.augment)
+        check_loss_names(cfg)
         self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
         self.options, self.device = options, device or pick_device(cfg.device)
         self.resolution, self.num_classes = data.resolution, data.num_classes
