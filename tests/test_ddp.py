@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
@@ -173,3 +174,51 @@ def test_averaged_gradients_equal_single_process_training_on_the_global_batch(tm
         assert torch.equal(a, b)
         assert torch.allclose(a, s, atol=1e-6, rtol=1e-5)
     assert any(s.abs().max() > 1e-4 for s in single)
+
+
+SELECTION_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from stylexlib.core.distributed import init_distributed, shutdown_distributed
+    from stylexlib.core.run import open_run
+    from stylexlib.data import load_dataset
+    from stylexlib.explain.attfind import search
+    from stylexlib.gan.models import load_stylex
+
+    out = Path(sys.argv[1])
+    info, device = init_distributed("cpu")
+    calls = []
+    real = search._select_and_score
+    search._select_and_score = lambda *a, **k: calls.append(1) or real(*a, **k)
+    run = open_run(out / "run")
+    data = load_dataset(run.cfg.data)
+    result = search.run_attfind(run, data, load_stylex(run, "cpu", data), dist=info, progress=False)
+    result.attributes.to_csv(out / f"attributes_rank{info.rank}.csv", index=False)
+    (out / f"selections_rank{info.rank}.txt").write_text(str(len(calls)))
+    shutdown_distributed()
+    """
+)
+
+
+def test_under_torchrun_one_rank_selects_and_scores_and_every_rank_returns_its_result(tmp_path: Path) -> None:
+    """#41: the effects and inversions are sharded; the selection, visibility checks and sufficiency ran on every rank."""
+    from stylexlib.classifier.training import fit_run_classifier
+    from stylexlib.core.run import open_run
+    from stylexlib.data import load_dataset
+    from stylexlib.gan.train import train_stylex
+
+    tiny = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
+            "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
+            "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
+            "stylex.checkpoint_every=0", "stylex.device=cpu", "attfind.stats_images=16", "attfind.num_images=4",
+            "attfind.top_k=2", "attfind.sufficiency_k=2", "attfind.random_trials=1", "attfind.drop_inconsistent=false"]
+    run = open_run(tmp_path / "run", None, tiny)
+    data = load_dataset(run.cfg.data)
+    fit_run_classifier(run, data)
+    train_stylex(run, data, progress=False)
+    run_two_gloo_ranks(SELECTION_WORKER, tmp_path)
+    assert [(tmp_path / f"selections_rank{r}.txt").read_text() for r in (0, 1)] == ["1", "0"]
+    rank0, rank1 = (pd.read_csv(tmp_path / f"attributes_rank{r}.csv") for r in (0, 1))
+    assert len(rank0) and rank0.equals(rank1)  # rank 1 read back what rank 0 selected and wrote

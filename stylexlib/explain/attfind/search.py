@@ -1,6 +1,7 @@
 """Stage 05 in a run folder: AttFind end to end, cached and resumable, and what later stages read back.
 
-``stylex attfind RUN_DIR`` runs it outside the notebooks; under ``torchrun`` the images are sharded over the ranks.
+``stylex attfind RUN_DIR`` runs it outside the notebooks; under ``torchrun`` the images are sharded over the ranks (their
+inversion and their effects), and the main rank selects and scores while the others wait and read its results.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from stylexlib.core.config import AttFindConfig
-from stylexlib.core.distributed import SINGLE, DistInfo
+from stylexlib.core.distributed import SINGLE, DistInfo, barrier
 from stylexlib.core.io import torch_load, torch_save, write_table
 from stylexlib.core.provenance import accepts, fingerprint, stylex_fingerprint
 from stylexlib.explain.attfind.editor import AttributeEditor
@@ -121,11 +122,17 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
         if dist.is_main:
             torch_save(final, {"key": key, "effects": effects.state_dict(), "seconds_per_image": seconds})
             remove_partials(final)
-    return _select_and_score(run, data, models, cfg, stats, effects, inverted.styles, seconds, dist)
+    held_out_styles = invert(models, data.images[held_out_indices(data, cfg)], dist=dist).styles  # sharded too
+    if not dist.is_main:  # the main rank selects, scores and writes; the others read what it wrote
+        barrier(dist)
+        return load_attfind(run)
+    result = _select_and_score(run, data, models, cfg, stats, effects, inverted.styles, held_out_styles, seconds)
+    barrier(dist)
+    return result
 
 
 def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats: StyleStats, effects: Effects,
-                      styles: Tensor, seconds: float, dist: DistInfo) -> AttFindResult:
+                      styles: Tensor, held_out_styles: Tensor, seconds: float) -> AttFindResult:
     max_effect, affected = default_thresholds(cfg)
     stable = effects.consistent if cfg.drop_inconsistent else torch.ones_like(effects.consistent)
     usable = effects.subset(stable)
@@ -157,7 +164,6 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
     attributes = attributes[leading]
     per_image = pd.concat([image_attributes(effects, i, 5, cfg.output) for i in range(len(effects.base_logits))],
                           ignore_index=True)
-    held_out_styles = invert(models, data.images[held_out_indices(data, cfg)], dist=dist).styles
     scores = sufficiency(models.generator, models.classifier, held_out_styles,
                          shift_targets(held_out_styles, stats, cfg.shift, cfg.shift_std), attributes,
                          searched_coordinates(models.generator, cfg.include_torgb), cfg.sufficiency_k,
@@ -166,11 +172,10 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
                             shift_targets(styles, stats, cfg.shift, cfg.shift_std), effects, cfg.sufficiency_k,
                             cfg.output, cfg.batch_size)
     scores = scores.merge(own, on="k", how="outer")
-    if dist.is_main:
-        for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
-            write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)
-        torch_save(run.path(ATTFIND_DIR, "styles.pt"), {"styles": styles, "image_indices": effects.image_indices})
-        write_name_template(run.path(ATTFIND_DIR, NAMES_FILE), attributes, stylex_fingerprint(run.cfg))
+    for name, table in (("attributes", attributes), ("image_attributes", per_image), ("sufficiency", scores)):
+        write_table(run.path(ATTFIND_DIR, f"{name}.csv"), table)
+    torch_save(run.path(ATTFIND_DIR, "styles.pt"), {"styles": styles, "image_indices": effects.image_indices})
+    write_name_template(run.path(ATTFIND_DIR, NAMES_FILE), attributes, stylex_fingerprint(run.cfg))
     attributes = with_names(attributes, read_attribute_names(run.dir / ATTFIND_DIR / NAMES_FILE,
                                                              stylex_fingerprint(run.cfg)))
     return AttFindResult(effects, styles, stats, attributes, per_image, scores, seconds)
