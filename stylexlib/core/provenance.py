@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stylexlib.core.config import Config, to_dict
+from stylexlib.core.config import STYLEX_FLAT_LOSS_WEIGHTS, Config, to_dict
 from stylexlib.core.data_identity import folder_identity
 from stylexlib.core.install import default_cache
 from stylexlib.core.io import read_json, torch_load, write_json
@@ -181,7 +181,7 @@ def _flat_loss(stylex: Any) -> dict[str, Any]:
     fingerprinted, named or not, and the others ``loss`` names)."""
     flat = to_dict(stylex)
     loss = flat.pop("loss")
-    first = ("adv", "l1", "lpips", "latent", "kl", "sample_kl")
+    first = [term for term in STYLEX_FLAT_LOSS_WEIGHTS if f"weight_{term}" in STYLEX_FIRST_FINGERPRINTED]
     return {**flat, **{f"weight_{term}": float(loss.get(term, 0.0)) for term in (*first, *loss)}}
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from stylexlib.core.io import torch_load, torch_save
 from stylexlib.core.provenance import fingerprint
 from stylexlib.core.run import Run
-from stylexlib.gan.inversion_store import weights_digest
+from stylexlib.gan.inversion_store import tensor_bytes, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,7 @@ def _content(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, Tensor):
-        flat = value.detach().cpu().contiguous().view(-1)
-        digest = hashlib.sha1(f"{tuple(value.shape)}{value.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return hashlib.sha1(f"{tuple(value.shape)}{value.dtype}".encode() + tensor_bytes(value)).hexdigest()[:16]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _content(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):

@@ -33,6 +33,7 @@ from stylexlib.evaluate.quality import lpips_features
 
 log = logging.getLogger(__name__)
 
+
 def csv_columns(data: ImageDataset) -> list[str]:
     """The columns of a folder dataset's labels CSV (none without one)."""
     csv = data.info.get("labels_csv")

@@ -41,13 +41,18 @@ def image_keys(images: Tensor) -> list[str]:
             for image in flat]
 
 
+def tensor_bytes(tensor: Tensor) -> bytes:
+    """A tensor's bits, in memory order of a contiguous copy on the CPU (what the digests here hash)."""
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
 def weights_digest(*modules: nn.Module) -> str:
     """A digest of the modules' parameters and buffers (their names, shapes and bits)."""
     digest = hashlib.sha1()
     for module in modules:
         for name, tensor in module.state_dict().items():
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor_bytes(tensor))
     return digest.hexdigest()[:16]
 
 
