@@ -19,6 +19,7 @@ from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stat
 from stylexlib.gan.losses import latent_mmd_loss, load_lpips
 from stylexlib.gan.models import load_stylex
 from stylexlib.gan.train import forward, loop, loss_terms
+from stylexlib.gan.train.batches import BatchSampler
 from stylexlib.gan.train.phases import PHASES
 from stylexlib.pipeline import cli
 from stylexlib.stylespace.inversion import (evaluate_reconstruction, invert, reconstruction_table, refinement_comparison,
@@ -439,3 +440,37 @@ def test_a_new_loss_term_is_one_registration(data, classifier, lpips_model, monk
     assert "mean_brightness" in step and np.isfinite(step["mean_brightness"])
     with pytest.raises(ConfigError, match="no loss term named 'brightnes'.*mean_brightness"):
         make_trainer(dataclasses.replace(cfg, loss={"brightnes": 1.0}), data, classifier, lpips_model, None)
+
+
+def test_sampling_by_kl_draws_the_images_whose_reconstructions_lose_the_decision() -> None:
+    """stylex.kl_sampling: the prioritised share of a batch follows each image's last recorded KL; the rest, and every
+    batch at share 0, is the uniform permutation as before (recording scores does not move those draws)."""
+    positions = torch.arange(100, 140)
+    plain, scored = BatchSampler(positions, 8, seed=1), BatchSampler(positions, 8, seed=1)
+    scored.record(positions, torch.full((40,), 0.01))
+    scored.record(torch.tensor([117]), torch.tensor([5.0]))  # one image's reconstruction loses the class
+    assert all(torch.equal(plain.next(), scored.next()) for _ in range(12))  # share 0: uniform, as before
+    drawn = torch.cat([scored.next(prioritised=4) for _ in range(50)])
+    hard = (drawn == 117).sum().item()
+    assert hard >= 45  # in nearly every batch (4 of 8 drawn by a score 500x the others'), against ~10 uniformly
+    assert len(drawn) == 400 and set(drawn.tolist()) <= set(positions.tolist())
+    state = scored.state_dict()
+    restored = BatchSampler(positions, 8, seed=9)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.next(prioritised=4), scored.next(prioritised=4))  # the scores resume with the state
+
+
+def test_kl_sampling_records_each_reconstructions_kl_and_needs_the_kl_term(data, classifier, lpips_model) -> None:
+    cfg = dataclasses.replace(TINY, warmup_steps=0, checkpoint_every=0, kl_sampling=0.5,
+                              loss={**TINY.loss, "kl": 1.0})
+    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
+    drawn = []
+    real_next = trainer.batches.next
+    trainer.batches.next = lambda prioritised=0: drawn.append(prioritised) or real_next(prioritised)
+    for _ in range(4):
+        trainer.train_step()
+    assert drawn == [2, 0, 2, 0]  # half of each encoder-path batch (alternate: steps 0 and 2), none on random steps
+    scores = trainer.batches.sampler.scores
+    assert 0 < (~scores.isnan()).sum() <= 8 and (scores[~scores.isnan()] >= 0).all()
+    with pytest.raises(ConfigError, match="kl_sampling.*stylex.loss.kl"):
+        make_trainer(dataclasses.replace(cfg, loss={**TINY.loss, "kl": 0.0}), data, classifier, lpips_model, None)

@@ -148,6 +148,9 @@ class StylexConfig:
     # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
     warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
     mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
+    kl_sampling: float = 0.0  # the share of each encoder-path batch drawn in proportion to the image's last
+    # reconstruction KL(C(x) || C(x')) (the rest uniformly): the images whose reconstructions lose what the classifier
+    # reads (a rare attribute it leans on) come back more often (docs/experiments.md, "Sampling by the KL")
     augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
     lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"

@@ -16,7 +16,11 @@ from stylexlib.gan.models import class_input
 
 
 class BatchSampler:
-    """Endless seeded batches of dataset positions: a fresh permutation each epoch; saveable state."""
+    """Endless seeded batches of dataset positions: a fresh permutation each epoch; saveable state.
+
+    ``next(prioritised=k)`` draws ``k`` of the batch in proportion to each image's last recorded score (``record``:
+    its reconstruction's KL(C(x) || C(x')); an image not yet scored counts as the mean of those scored) and the rest
+    from the permutation."""
 
     def __init__(self, positions: Tensor, batch_size: int, seed: int) -> None:
         if len(positions) == 0:
@@ -26,10 +30,20 @@ class BatchSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.cursor = 0
+        self.scores = torch.full((len(positions),), float("nan"))  # per training image, in ``positions``' order
+        self.slot = {int(position): i for i, position in enumerate(positions)}
 
-    def next(self) -> Tensor:
-        """The positions of the next batch."""
+    def record(self, positions: Tensor, scores: Tensor) -> None:
+        """Remember each image's latest score (dataset positions, one score each)."""
+        slots = torch.tensor([self.slot[int(p)] for p in positions], dtype=torch.long)
+        self.scores[slots] = scores.detach().float().cpu().clamp_min(0)  # a KL, rounding aside
+
+    def next(self, prioritised: int = 0) -> Tensor:
+        """The positions of the next batch: ``prioritised`` of them drawn by score, the rest from the permutation."""
         parts, needed = [], self.batch_size
+        if prioritised > 0:
+            parts.append(self._by_score(min(prioritised, self.batch_size, len(self.positions))))
+            needed -= len(parts[0])
         while needed > 0:
             if self.cursor >= len(self.order):
                 self.order, self.cursor = torch.randperm(len(self.positions), generator=self.generator), 0
@@ -39,12 +53,21 @@ class BatchSampler:
             parts.append(part)
         return self.positions[torch.cat(parts)]
 
+    def _by_score(self, count: int) -> Tensor:
+        known = ~self.scores.isnan()
+        fill = self.scores[known].mean() if known.any() else torch.tensor(1.0)
+        weights = torch.where(known, self.scores, fill) + 1e-6  # every image keeps a chance
+        return torch.multinomial(weights, count, replacement=False, generator=self.generator)
+
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order.clone(), "cursor": self.cursor}
+        return {"generator": self.generator.get_state(), "order": self.order.clone(), "cursor": self.cursor,
+                "scores": self.scores.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.order, self.cursor = state["order"].clone(), int(state["cursor"])
+        if "scores" in state:  # checkpoints before stylex.kl_sampling have none
+            self.scores = state["scores"].clone()
 
 
 @dataclass
@@ -55,6 +78,7 @@ class RealBatch:
     logits: Tensor
     probs: Tensor
     condition: Tensor
+    positions: Tensor  # the images' dataset positions
 
 
 class RealBatches:
@@ -71,22 +95,27 @@ class RealBatches:
         self.logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
         self.known = torch.zeros(0, dtype=torch.bool)
 
+    def __len__(self) -> int:
+        """The batch size."""
+        return self.sampler.batch_size
+
     def compile_classifier(self) -> None:
         """torch.compile the step's classifier (a copy: the frozen classifier itself stays eager)."""
         if self.step_classifier is self.classifier:
             self.step_classifier = copy.deepcopy(self.classifier)
         self.step_classifier.compile(dynamic=True)
 
-    def next(self) -> RealBatch:
-        """The next batch with C(x), D's class weights (uniform without a classifier) and G's class input."""
-        positions = self.sampler.next()
+    def next(self, prioritised: int = 0) -> RealBatch:
+        """The next batch with C(x), D's class weights (uniform without a classifier) and G's class input;
+        ``prioritised`` of its images drawn by their last reconstruction KL (:meth:`BatchSampler.record`)."""
+        positions = self.sampler.next(prioritised)
         x = to_float(self.images[positions]).to(self.device, non_blocking=True).contiguous(
             memory_format=self.memory_format)
         logits = self._logits(positions, x)
         probs, condition = logits.softmax(dim=1), class_input(logits, self.condition_on)
         if self.condition_on == "none":  # no classifier: D's class heads averaged (unconditional)
             probs = torch.full_like(probs, 1 / probs.shape[1])
-        return RealBatch(x, logits, probs, condition)
+        return RealBatch(x, logits, probs, condition, positions)
 
     @torch.no_grad()
     def _logits(self, positions: Tensor, x: Tensor) -> Tensor:

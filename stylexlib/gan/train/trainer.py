@@ -6,13 +6,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from stylexlib.core.config import StylexConfig
+from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.run import pick_device
 from stylexlib.data import ImageDataset
 from stylexlib.gan.augment import parse_policy
 from stylexlib.gan.collapse import COLLAPSE_IMAGES
-from stylexlib.gan.losses import load_lpips
+from stylexlib.gan.losses import classifier_kl_loss, load_lpips
 from stylexlib.gan.models import StylexModels
 from stylexlib.gan.step_options import StepOptions
 from stylexlib.gan.train.batches import RealBatches
@@ -44,6 +44,9 @@ class StylexTrainer:
         self.schedule = PathSchedule(cfg)
         parse_policy(cfg.augment)
         check_loss_names(cfg)
+        if not 0 <= cfg.kl_sampling <= 1 or (cfg.kl_sampling > 0 and cfg.weight("kl") == 0):
+            raise ConfigError(f"stylex.kl_sampling must be in [0, 1] and needs stylex.loss.kl > 0 (it draws images by "
+                              f"their reconstruction's KL); got {cfg.kl_sampling} with kl {cfg.weight('kl')}")
         self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
         self.options, self.device = options, device or pick_device(cfg.device)
         self.resolution, self.num_classes = data.resolution, data.num_classes
@@ -89,13 +92,16 @@ class StylexTrainer:
     def run_step(self) -> dict[str, Tensor]:
         """One step: every phase due (D, R1, G+E, path length, mapping match), the EMA update; the losses, detached and
         on the device (unchecked: :meth:`train_step` reads them)."""
-        batch = self.batches.next()
         paths = self.schedule.paths(self.state.step)
+        batch = self.batches.next(round(self.cfg.kl_sampling * len(self.batches)) if paths.encoder else 0)
         with self.state.autocast():
             generated = generate(self.state, batch, paths)
         context = StepContext(self.state, batch, generated, self.batches.step_classifier, self.lpips, self.options,
                               self.warming_up)
         losses = run_phases(context, self.schedule)
+        if self.cfg.kl_sampling > 0 and paths.encoder:  # each image's KL, for the next draws by KL
+            reconstructed = context.generated_logits[0]
+            self.batches.sampler.record(batch.positions, classifier_kl_loss(batch.logits, reconstructed, "none"))
         self.state.update_ema()
         self.state.step += 1
         return losses
