@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import AttFindConfig, StylexConfig
-from stylexlib.explain.attfind import effects, selection
+from stylexlib.core.config import AttFindConfig, StylexConfig, from_dict
+from stylexlib.explain.attfind import effects, screen, selection
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import Effects, StyleStats
 from stylexlib.gan import Encoder, Generator
@@ -63,22 +63,52 @@ def test_compiled_channels_last_copies_give_the_same_effects(models, encoded) ->
 def test_screened_mode_evaluates_the_chosen_edits_exactly(models, encoded) -> None:
     styles, logits = encoded
     stats = StyleStats.of(styles)
-    exhaustive = effects.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
+    exhaustive = effects.compute_effects(models, styles[:4], logits[:4], torch.arange(4), stats,
                                          AttFindConfig(), progress=False)
-    screened = effects.compute_effects(models, styles[:3], logits[:3], torch.arange(3), stats,
-                                       AttFindConfig(screen_fraction=0.25), progress=False)
-    targets = effects.shift_targets(styles[:3], stats)
-    estimates = effects.estimated_effects(models.generator, models.classifier, styles[:3], targets, exhaustive.coords)
-    chosen = effects.screen(estimates, 0.25)
-    assert chosen.shape == (3, len(exhaustive.coords), 2)
-    assert chosen.flatten(1).sum(1).tolist() == [int(torch.tensor(0.25 * chosen[0].numel()).ceil())] * 3
+    cfg = AttFindConfig(screen=True, screen_candidates=3, screen_per_image=2)
+    screened = effects.compute_effects(models, styles[:4], logits[:4], torch.arange(4), stats, cfg, progress=False)
+    chosen = screened.evaluated
+    assert exhaustive.evaluated is None and chosen.shape == (4, len(exhaustive.coords), 2)
+    assert 0 < chosen.sum() < chosen.numel()
     assert torch.allclose(screened.edited_logits[chosen], exhaustive.edited_logits[chosen], atol=1e-5)
     skipped = screened.edited_logits[~chosen]
     assert torch.equal(skipped, screened.base_logits[:, None, None].expand_as(screened.edited_logits)[~chosen])
-    true_change = exhaustive.toward(1)  # the estimate is first order: it agrees in sign with most real changes
-    estimated = estimates[..., 1]  # class 1 probability
+    targets = effects.shift_targets(styles[:4], stats)
+    estimates = screen.estimated_effects(models.generator, models.classifier, styles[:4], targets, exhaustive.coords,
+                                         cfg.output)
+    pools = screen.class_pools(exhaustive.base_logits, exhaustive.input_logits, cfg.drop_inconsistent)
+    assert torch.equal(chosen, screen.screen_mask(estimates, pools, 3, 2))
+    # completion: the picked coordinates evaluated on every image, exactly; the rest untouched
+    flats = exhaustive.coords[[0, 5]].tolist()
+    completed = screen.complete(screened, models, styles[:4], targets, flats, cfg)
+    assert completed.evaluated[:, [0, 5]].all() and completed.evaluated.sum() > chosen.sum()
+    assert torch.allclose(completed.edited_logits[:, [0, 5]], exhaustive.edited_logits[:, [0, 5]], atol=1e-5)
+    assert torch.equal(completed.edited_logits[chosen], screened.edited_logits[chosen])
+    assert screen.complete(completed, models, styles[:4], targets, flats, cfg) is completed  # nothing left to do
+    true_change = exhaustive.toward(1, "logits")  # the estimate is first order: it agrees in sign with most changes
     big = true_change.abs() > true_change.abs().quantile(0.75)
-    assert (torch.sign(estimated[big]) == torch.sign(true_change[big])).float().mean() > 0.7
+    assert (torch.sign(estimates[..., 1][big]) == torch.sign(true_change[big])).float().mean() > 0.7
+
+
+def test_screen_mask_keeps_each_class_candidates_and_each_image_own_best() -> None:
+    """Per class the top mean gains over its pool go to every image; each image adds its own best per class (the
+    greedy coverage's late picks matter for a few images only)."""
+    estimates = torch.zeros(3, 4, 2, 2)  # 3 images, 4 coordinates, 2 directions, 2 classes
+    estimates[:, 1, 1, 0] = 1.0  # coordinate 1 up raises class 0 on every image
+    estimates[2, 3, 0, 0] = 5.0  # coordinate 3 down raises class 0 a lot, on image 2 only
+    estimates[:, 2, 0, 1] = torch.tensor([0.5, 0.4, 0.3])  # coordinate 2 down raises class 1
+    pools = torch.tensor([[True, True, False], [True, True, True]])  # image 2 is class 0's own
+    mask = screen.screen_mask(estimates, pools, candidates=1, per_image=1)
+    assert mask[:, 1, 1].all() and mask[:, 2, 0].all()  # each class's candidate, on every image
+    assert mask[2, 3, 0] and not mask[:2, 3, 0].any()  # image 2's own best, not the others'
+    assert mask.sum() == 7  # 3 + 3 + image 2's own (images 0, 1: their own best are the candidates)
+
+
+def test_the_per_image_screen_of_old_configs_migrates(caplog) -> None:
+    assert from_dict({"screen_fraction": None}, AttFindConfig) == AttFindConfig()  # a run folder's own record
+    with caplog.at_level("WARNING"):
+        assert from_dict({"screen_fraction": 0.1}, AttFindConfig).screen
+    assert "screen_fraction is replaced by attfind.screen" in caplog.text
 
 
 def test_shift_targets_and_apply(encoded) -> None:
@@ -279,7 +309,8 @@ def test_cache_key_follows_what_the_effects_depend_on(models, encoded) -> None:
     styles, _ = encoded
     key = lambda cfg, identity="run images": effects.cache_key(models.generator, cfg, identity)  # noqa: E731
     assert key(AttFindConfig(output="probs")) == key(AttFindConfig(output="logits"))  # effects are logits either way
-    assert key(AttFindConfig(screen_fraction=0.1, output="probs")) != key(AttFindConfig(screen_fraction=0.1))
+    assert key(AttFindConfig(screen=True, output="probs")) != key(AttFindConfig(screen=True))
+    assert key(AttFindConfig(screen=True)) != key(AttFindConfig(screen=True, screen_per_image=8)) != key(AttFindConfig())
     assert key(AttFindConfig(shift="std")) != key(AttFindConfig())
     assert key(AttFindConfig(include_torgb=True)) != key(AttFindConfig())
     assert key(AttFindConfig(), "other images") != key(AttFindConfig())

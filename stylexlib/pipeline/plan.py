@@ -112,10 +112,11 @@ def plan(cfg: Config, say: Callable[[str], None] = print, timed_steps: int = TIM
     coords = searched_coordinates(generator, a.include_torgb)
     edits = a.num_images * len(coords) * 2
     per_edit = _attfind_seconds_per_edit(generator, classifier, coords, a.batch_size or 64, a.fast, device)
-    exact = a.screen_fraction if a.screen_fraction is not None else 1.0
+    exact = min(1.0, trainer.num_classes * (a.screen_candidates + a.screen_per_image) / (2 * len(coords))) \
+        if a.screen else 1.0  # at most this share of each image's edits
     seconds = edits * exact * per_edit
     total += seconds
-    screened = f", {a.screen_fraction:g} of them evaluated (screening)" if a.screen_fraction is not None else ""
+    screened = f", at most {exact:.0%} of them evaluated (attfind.screen)" if a.screen else ""
     say(f"[stylex]   05 AttFind: {a.num_images} images x {len(coords)} coordinates x 2 edits = {edits} edits"
         f"{screened} at {per_edit * 1000:.3g} ms/edit ({min(len(coords), TIMED_EDITS // 2) * 2} timed): "
         f"~{duration(seconds)}")

@@ -4,7 +4,7 @@ For every image, every searched coordinate and both directions, the coordinate i
 (the dataset min / max, or +- k std) and the classifier is run on the re-rendered image. The fast path
 exploits the explicit StyleSpace: an edit in layer ``l`` leaves every activation before ``l`` unchanged, so
 the prefix is computed once per image and batches of edits go through the suffix and the classifier only.
-The screened mode evaluates exactly only the edits a first-order (gradient x shift) estimate ranks highest.
+The screened mode (:mod:`.screen`) evaluates exactly only the edits first-order estimates choose.
 
 Effects hold the classifier's *logits* on every edit; scores toward a class are derived from them, as
 probability changes or as one-vs-rest log-odds changes (``output``).
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -178,33 +177,6 @@ def search_precision(device: torch.device, precision: str = "auto") -> torch.dty
     raise ValueError(f"attfind.precision must be one of auto, fp32, bf16, got '{precision}'")
 
 
-def estimated_effects(generator: Generator, classifier: nn.Module, styles: Tensor, targets: Tensor, coords: Tensor,
-                      output: str = "probs") -> Tensor:
-    """First-order estimates (N, K, 2, C) of every edit's change of each class's output: gradient x shift."""
-    device = next(generator.parameters()).device
-    estimates = []
-    for n in range(len(styles)):
-        s = styles[n : n + 1].to(device).requires_grad_(True)
-        logits = classifier(generator.synthesize(s)).float()
-        grads = torch.stack([
-            torch.autograd.grad(class_score(logits, torch.tensor([c], device=device), output).sum(), s,
-                                retain_graph=c + 1 < logits.shape[1])[0][0]
-            for c in range(logits.shape[1])
-        ], dim=-1).cpu()  # (S, C)
-        shift = targets[:, n][:, coords] - styles[n, coords]  # (2, K)
-        estimates.append(grads[coords][:, None, :] * shift.T[:, :, None])
-    return torch.stack(estimates)
-
-
-def screen(estimates: Tensor, fraction: float) -> Tensor:
-    """The edits (N, K, 2) bool worth evaluating exactly: per image, the ``fraction`` with the largest |estimate|."""
-    flat = estimates.abs().amax(-1).flatten(1)  # (N, K*2)
-    keep = max(1, math.ceil(fraction * flat.shape[1]))
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask.scatter_(1, flat.topk(keep, dim=1).indices, True)
-    return mask.view(estimates.shape[:-1])
-
-
 def _materialise(state: SynthesisState, batch: int) -> SynthesisState:
     """A batch-1 state repeated ``batch`` times as real (channels_last) memory: compiled layers want no zero strides."""
     x = state.x.expand(batch, -1, -1, -1).contiguous(memory_format=torch.channels_last)
@@ -238,6 +210,8 @@ class Effects:
     input_logits: Tensor  # (N, C): C(x), the real image
     coords: Tensor  # (K,) flat StyleSpace indices
     image_indices: Tensor  # (N,) dataset indices
+    evaluated: Tensor | None = None  # (N, K, 2) bool: the edits evaluated (a screened search; None: all). The others
+    # hold the unedited logits (no effect)
 
     @property
     def predicted(self) -> Tensor:
@@ -260,7 +234,7 @@ class Effects:
     def subset(self, mask: Tensor) -> Effects:
         """The effects of the images where ``mask`` (N,) is True."""
         return Effects(self.edited_logits[mask], self.base_logits[mask], self.input_logits[mask], self.coords,
-                       self.image_indices[mask])
+                       self.image_indices[mask], None if self.evaluated is None else self.evaluated[mask])
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -301,12 +275,13 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
         fast_generator, fast_classifier = inference_copies(generator, classifier, cfg.compile)
         autocast = search_precision(models.device, cfg.precision)
         batch_size = edit_batch_size(fast_generator, fast_classifier, cfg.batch_size)
+    screened = None
+    if cfg.screen and len(done) < len(mine):
+        from stylexlib.explain.attfind.screen import screened_edits  # it reads this module's scores
+        screened = screened_edits(models, styles, targets, coords, input_logits, cfg, dist)
     for start in range(len(done), len(mine), chunk):
         todo = mine[start : start + chunk]
-        only = None
-        if cfg.screen_fraction is not None:
-            estimates = estimated_effects(generator, classifier, styles[todo], targets[:, todo], coords, cfg.output)
-            only = screen(estimates, cfg.screen_fraction)
+        only = screened[todo] if screened is not None else None
         if cfg.fast:
             logits = edited_logits_fast(fast_generator, fast_classifier, styles[todo], targets[:, todo], coords,
                                         batch_size, only, autocast=autocast)
@@ -321,7 +296,8 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
     base = predict_styles(generator, classifier, styles, cfg.batch_size or 64)
     unevaluated = edited.isnan().any(-1)  # screened out: counted as no effect
     edited[unevaluated] = base[:, None, None, :].expand_as(edited)[unevaluated]
-    return Effects(edited, base, input_logits.float().cpu(), coords, torch.as_tensor(image_indices))
+    return Effects(edited, base, input_logits.float().cpu(), coords, torch.as_tensor(image_indices),
+                   ~unevaluated if cfg.screen else None)
 
 
 def partial_files(cache: str | Path | None, rank: int) -> Path | None:
@@ -350,7 +326,8 @@ def cache_key(generator: Generator, cfg: AttFindConfig, identity: str) -> str:
     their floats: a GPU refinement is not bit-reproducible), the statistics' images, the coordinates, the shifts and
     the screening."""
     coords = searched_coordinates(generator, cfg.include_torgb)
-    screening = [cfg.screen_fraction, cfg.output] if cfg.screen_fraction is not None else None  # logits are output-free
+    screening = ([cfg.screen_candidates, cfg.screen_per_image, cfg.output, cfg.drop_inconsistent] if cfg.screen
+                 else None)  # the exhaustive logits are free of the output and the pools
     stats = [cfg.stats_images, cfg.seed]  # the encoder's statistics the shift range starts from (train images)
     plain = [identity, coords.tolist(), cfg.shift, cfg.shift_std, cfg.include_torgb, screening, stats]
     return hashlib.sha1(json.dumps(plain).encode()).hexdigest()

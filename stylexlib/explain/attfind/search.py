@@ -21,6 +21,7 @@ from stylexlib.core.provenance import accepts, fingerprint, stylex_fingerprint
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, edit_batch_size,
                                                remove_partials, searched_coordinates, shift_targets, style_statistics)
+from stylexlib.explain.attfind.screen import complete
 from stylexlib.explain.attfind.names import NAMES_FILE, read_attribute_names, with_names, write_name_template
 from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
                                                  image_sufficiency, realism_check, sufficiency)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 ATTFIND_DIR = "attfind"
+MAX_COMPLETIONS = 5  # rounds of select -> evaluate the picks on every image (a screened search; 1-3 on six runs)
 
 
 @dataclass
@@ -127,6 +129,8 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
         barrier(dist)
         return load_attfind(run)
     result = _select_and_score(run, data, models, cfg, stats, effects, inverted.styles, held_out_styles, seconds)
+    if result.effects is not effects:  # a screened search's picks, evaluated on every image since
+        torch_save(final, {"key": key, "effects": result.effects.state_dict(), "seconds_per_image": seconds})
     barrier(dist)
     return result
 
@@ -134,30 +138,20 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
 def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats: StyleStats, effects: Effects,
                       styles: Tensor, held_out_styles: Tensor, seconds: float) -> AttFindResult:
     max_effect, affected = default_thresholds(cfg)
-    stable = effects.consistent if cfg.drop_inconsistent else torch.ones_like(effects.consistent)
-    usable = effects.subset(stable)
+    all_targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
+    rule = lpips_model = None
     if cfg.visible_only:  # judged as the gallery flags attributes
         lpips_model = load_lpips(models.cfg.lpips_net, models.device)
         rule = visibility_rule(class_swap_yardstick(models, data.images[effects.image_indices], lpips_model))
-        all_targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
         log.info("attfind.visible_only: an attribute is rejected when its %s", rule.describe())
-    tables = []
-    for index, name in enumerate(models.class_names):
-        if not (usable.predicted != index).any():
-            log.warning("no image of another class than '%s': no attributes for it", name)
-            continue
-        checks = []
-        if cfg.realism_filter:
-            pool = stable & (effects.predicted != index)
-            targets = shift_targets(styles[pool], stats, cfg.shift, cfg.shift_std)
-            checks.append(realism_check(models, styles[pool], targets, cfg.realism_quantile, cfg.realism_max_fraction,
-                                        cfg.batch_size))
-        if cfg.visible_only:
-            checks.append(visibility_check(models.generator, models.classifier, lpips_model, styles, all_targets,
-                                           effects, index, rule, cfg.examples_per_attribute))  # all images, as shown
-        accept = (lambda flat, direction: all(check(flat, direction) for check in checks)) if checks else None
-        table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected, accept)
-        tables.append(table.assign(class_index=index, class_name=name, method=cfg.method))
+    for rounds in range(MAX_COMPLETIONS + 1):  # a screened search: select, evaluate the picks everywhere, again
+        tables = _class_tables(models, cfg, stats, effects, styles, all_targets, max_effect, affected, lpips_model,
+                               rule)
+        picked = sorted({int(flat) for table in tables for flat in table["flat"]})
+        completed = complete(effects, models, styles, all_targets, picked, cfg)
+        if completed is effects or rounds == MAX_COMPLETIONS:
+            break
+        effects = completed
     attributes = describe(pd.concat(tables, ignore_index=True), models.generator)
     leading = ["class_index", "class_name", "rank", "flat", "layer", "layer_name", "channel", "resolution",
                "is_torgb", "direction", "mean_effect", "fraction_affected", "flip_fraction", "pool_images", "method"]
@@ -179,6 +173,31 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
     attributes = with_names(attributes, read_attribute_names(run.dir / ATTFIND_DIR / NAMES_FILE,
                                                              stylex_fingerprint(run.cfg)))
     return AttFindResult(effects, styles, stats, attributes, per_image, scores, seconds)
+
+
+def _class_tables(models: StylexModels, cfg: AttFindConfig, stats: StyleStats, effects: Effects, styles: Tensor,
+                  all_targets: Tensor, max_effect: float, affected: float, lpips_model, rule) -> list[pd.DataFrame]:
+    """Each class's attributes from ``effects``, vetted by the realism and visibility checks the config asks for."""
+    stable = effects.consistent if cfg.drop_inconsistent else torch.ones_like(effects.consistent)
+    usable = effects.subset(stable)
+    tables = []
+    for index, name in enumerate(models.class_names):
+        if not (usable.predicted != index).any():
+            log.warning("no image of another class than '%s': no attributes for it", name)
+            continue
+        checks = []
+        if cfg.realism_filter:
+            pool = stable & (effects.predicted != index)
+            targets = shift_targets(styles[pool], stats, cfg.shift, cfg.shift_std)
+            checks.append(realism_check(models, styles[pool], targets, cfg.realism_quantile, cfg.realism_max_fraction,
+                                        cfg.batch_size))
+        if cfg.visible_only:
+            checks.append(visibility_check(models.generator, models.classifier, lpips_model, styles, all_targets,
+                                           effects, index, rule, cfg.examples_per_attribute))  # all images, as shown
+        accept = (lambda flat, direction: all(check(flat, direction) for check in checks)) if checks else None
+        table = class_attributes(usable, index, cfg.top_k, cfg.output, cfg.method, max_effect, affected, accept)
+        tables.append(table.assign(class_index=index, class_name=name, method=cfg.method))
+    return tables
 
 
 def load_attfind(run) -> AttFindResult:
