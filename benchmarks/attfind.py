@@ -7,13 +7,15 @@ reference and the max absolute difference of the effects (classifier logits) fro
 on the same models (only its batched generator suffixes and classifier passes, the prefixes and edit batches made
 beforehand and not timed) and the exact search's ratio to it (``exact_vs_floor``: the eager fast path, AttFind's
 default; ``exact_compiled_vs_floor``: the compiled one against its own floor); then the screened mode
-(gradient estimates choose ``--screen-fraction`` of the edits, evaluated exactly): its speedup and how many of each
-class's top-10 attributes (greedy selection) it shares with the exhaustive search on the same images.
+(``attfind.screen``: gradient estimates choose the edits, evaluated exactly): its speedup and how many of each class's
+top-10 attributes (greedy selection, without the completion of stage 05) it shares with the exhaustive search on the
+same images.
 
 With ``--stored-inversion``: stage 05's work per searched image with the real preset (E(x) refined for 50 steps per
 image; AttFind searches an image and scores one held-out image) when the run's store already holds the inversions
 (stage 04 made them) against re-inverting both as before the store, in the same run at each ``--resolutions``:
-``stored_inversion_speedup_<px>`` and the seconds of each part.
+``stored_inversion_speedup_<px>``, with the screened search as well (``attfind.screen``: its estimates and its exact
+edits) ``stored_screened_speedup_<px>``, and the seconds of each part.
 
     python benchmarks/attfind.py                       # demo-sized random models at 32x32
     python benchmarks/attfind.py --run runs/demo       # the trained models of a run folder
@@ -31,11 +33,11 @@ from pathlib import Path
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import InversionConfig, StylexConfig, load_config
+from stylexlib.core.config import AttFindConfig, InversionConfig, StylexConfig, load_config
 from stylexlib.core.presets import REAL_INVERSION
 from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset
-from stylexlib.explain.attfind import effects
+from stylexlib.explain.attfind import effects, screen
 from stylexlib.explain.attfind import search as attfind
 from stylexlib.explain.attfind import selection
 from stylexlib.gan import Encoder, Generator
@@ -71,10 +73,17 @@ def stage05_seconds(models: StylexModels, images: torch.Tensor, held_out: torch.
     coords = effects.searched_coordinates(models.generator, include_torgb=False)
     fast_G, fast_C = inference_copies(models.generator, models.classifier, compile=False)
     _, search_s = timed(lambda: effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, batch_size))
-    n = len(images)
+    cfg = AttFindConfig(screen=True, batch_size=batch_size)
+    only, estimate_s = timed(lambda: screen.screened_edits(models, styles, targets, coords, inverted[0].logits, cfg))
+    _, screened_s = timed(lambda: effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, batch_size, only))
+    n, before = len(images), invert_s + search_s
     return {"invert_seconds_per_image": round(invert_s / n, 3), "read_stored_seconds_per_image": round(stored_s / n, 4),
             "search_seconds_per_image": round(search_s / n, 3),
-            "stored_inversion_speedup": round((invert_s + search_s) / (stored_s + search_s), 2)}
+            "stored_inversion_speedup": round(before / (stored_s + search_s), 2),
+            "screen_estimate_seconds_per_image": round(estimate_s / n, 3),
+            "screened_search_seconds_per_image": round(screened_s / n, 3),
+            "screened_edit_fraction": round(float(only.float().mean()), 3),
+            "stored_screened_speedup": round(before / (stored_s + estimate_s + screened_s), 2)}
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
@@ -115,7 +124,10 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=2, help="images for the (slow) reference")
     parser.add_argument("--fast-images", type=int, default=16, help="images for the fast paths and the screened agreement")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--screen-fraction", type=float, default=0.1, help="screened mode: edits evaluated exactly")
+    parser.add_argument("--screen-candidates", type=int, default=AttFindConfig.screen_candidates,
+                        help="screened mode: edits per class evaluated on every image")
+    parser.add_argument("--screen-per-image", type=int, default=AttFindConfig.screen_per_image,
+                        help="screened mode: each image's own best edits per class")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
     parser.add_argument("--stored-inversion", action="store_true",
@@ -179,12 +191,15 @@ def main() -> None:
     # Screened mode: gradient estimates pick a fraction of the edits, evaluated exactly on the compiled path.
     exhaustive = effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size)
 
+    screen_cfg = AttFindConfig(screen=True, screen_candidates=args.screen_candidates,
+                               screen_per_image=args.screen_per_image, output="probs")
+
     def screened() -> torch.Tensor:
-        estimates = effects.estimated_effects(G, C, styles, targets, coords)
-        return effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size,
-                                          effects.screen(estimates, args.screen_fraction))
+        only = screen.screened_edits(models, styles, targets, coords, effects.predict_styles(G, C, styles), screen_cfg)
+        return effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size, only)
 
     partial, screened_s = timed(screened)
+    partial_nan = partial.isnan().any(-1)
     base = effects.predict_styles(G, C, styles)
     partial = torch.where(partial.isnan(), base[:, None, None, :].expand_as(partial), partial)
     agreement = []
@@ -194,7 +209,8 @@ def main() -> None:
                           for c in range(base.shape[1]) if (found.predicted != c).any()])
     overlap = [len(a & b) / max(len(a), 1) for a, b in zip(*agreement)]
     report.update({
-        "screen_fraction": args.screen_fraction,
+        "screen_candidates": args.screen_candidates, "screen_per_image": args.screen_per_image,
+        "screened_edit_fraction": round(float((~partial_nan).float().mean()), 3),
         "screened_seconds_per_image": round(screened_s / len(styles), 4),
         "screened_speedup": round((naive_s / n) / (screened_s / len(styles)), 2),
         "screened_top10_agreement_per_class": [round(o, 2) for o in overlap],

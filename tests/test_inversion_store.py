@@ -13,7 +13,7 @@ from stylexlib.classifier.training import fit_run_classifier
 from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset, to_float
 from stylexlib.explain import StylEx
-from stylexlib.explain.attfind import effects
+from stylexlib.explain.attfind import effects, selection
 from stylexlib.explain.attfind import search as attfind
 from stylexlib.gan.models import load_stylex, run_store
 from stylexlib.gan.training import train_stylex
@@ -146,3 +146,22 @@ def test_stage_05_resumes_its_effects_after_an_interruption_even_from_a_refineme
     assert (widened.minimum <= result.styles.amin(0)).all()
     encoder = effects.StyleStats.from_state_dict(stats["encoder_stats"])
     assert (widened.maximum > encoder.maximum).any() or (widened.minimum < encoder.minimum).any()
+
+
+def test_a_screened_stage_05_evaluates_what_it_selects_on_every_image(run) -> None:
+    """attfind.screen: fewer edits evaluated than the exhaustive search, and each selected attribute's edits evaluated
+    on every image (the completion), so that selecting again from the saved effects gives the same attributes."""
+    run.cfg.attfind = dataclasses.replace(run.cfg.attfind, screen=True, screen_candidates=2, screen_per_image=1)
+    data = load_dataset(run.cfg.data)
+    result = attfind.run_attfind(run, data, load_stylex(run, "cpu", data), progress=False)
+    saved = effects.Effects(**torch.load(run.dir / "attfind" / "effects.pt", weights_only=False)["effects"])
+    assert saved.evaluated is not None and 0 < saved.evaluated.float().mean() < 0.5
+    picked = torch.tensor(result.attributes["flat"].tolist())
+    columns = (saved.coords[:, None] == picked[None]).any(1)
+    assert columns.sum() == len(set(picked.tolist())) > 0 and saved.evaluated[:, columns].all()
+    assert torch.equal(saved.edited_logits, result.effects.edited_logits)
+    cfg = run.cfg.attfind
+    for index, table in result.attributes.groupby("class_index"):
+        again = selection.class_attributes(saved, int(index), cfg.top_k, cfg.output, cfg.method,
+                                           *selection.default_thresholds(cfg))
+        assert again["flat"].tolist() == table["flat"].tolist()
