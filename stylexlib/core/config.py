@@ -150,7 +150,8 @@ class StylexConfig:
     mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
     kl_sampling: float = 0.0  # the share of each encoder-path batch drawn in proportion to the image's last
     # reconstruction KL(C(x) || C(x')) (the rest uniformly): the images whose reconstructions lose what the classifier
-    # reads (a rare attribute it leans on) come back more often (docs/experiments.md, "Sampling by the KL")
+    # reads (a rare attribute it leans on) come back more often; one host sync per encoder step (docs/experiments.md,
+    # "Sampling by the KL": one run on the shortcut task, not yet told apart from its extra steps)
     augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
     lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
@@ -221,7 +222,8 @@ class AttFindConfig:
     screen: bool = False  # a screened search (explain.attfind.screen): first-order (gradient x shift) estimates
     # choose the edits evaluated exactly, per class the `screen_candidates` of largest mean estimate (on every image)
     # and each image's own `screen_per_image` per class; the selected attributes are then evaluated on every image.
-    # On six runs: the same top 5 per class, 15-20% of the exhaustive work (docs/experiments.md, "A screened search")
+    # On five runs: every class's top 5 as the exhaustive search's, 9 of 10 top 10s, 15-19% of its edits
+    # (docs/experiments.md, "A screened search")
     screen_candidates: int = 64
     screen_per_image: int = 32
     compile: bool = False  # fast path: torch.compile the synthesis layers and the classifier (CPU: ~36 s once for

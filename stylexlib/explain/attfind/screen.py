@@ -5,7 +5,7 @@ reads exact effects wherever it picks.
 Which edits an image gets: per class, the ``screen_candidates`` edits with the largest mean estimated gain over the
 class's pool (the images AttFind searches that class's attributes on), on every image; and the image's own
 ``screen_per_image`` largest estimated gains toward each class (the greedy coverage picks edits that matter for the
-few images the first picks leave). Measured against the exhaustive search on six runs: docs/experiments.md, "A
+few images the first picks leave). Measured against the exhaustive search on five runs: docs/experiments.md, "A
 screened search".
 """
 from __future__ import annotations

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 ATTFIND_DIR = "attfind"
-MAX_COMPLETIONS = 5  # rounds of select -> evaluate the picks on every image (a screened search; 1-3 on six runs)
+MAX_COMPLETIONS = 5  # rounds of select -> evaluate the picks on every image (a screened search; 2 on five runs)
 
 
 @dataclass

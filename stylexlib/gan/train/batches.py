@@ -95,10 +95,6 @@ class RealBatches:
         self.logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
         self.known = torch.zeros(0, dtype=torch.bool)
 
-    def __len__(self) -> int:
-        """The batch size."""
-        return self.sampler.batch_size
-
     def compile_classifier(self) -> None:
         """torch.compile the step's classifier (a copy: the frozen classifier itself stays eager)."""
         if self.step_classifier is self.classifier:

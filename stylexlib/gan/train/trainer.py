@@ -93,7 +93,7 @@ class StylexTrainer:
         """One step: every phase due (D, R1, G+E, path length, mapping match), the EMA update; the losses, detached and
         on the device (unchecked: :meth:`train_step` reads them)."""
         paths = self.schedule.paths(self.state.step)
-        batch = self.batches.next(round(self.cfg.kl_sampling * len(self.batches)) if paths.encoder else 0)
+        batch = self.batches.next(round(self.cfg.kl_sampling * self.cfg.batch_size) if paths.encoder else 0)
         with self.state.autocast():
             generated = generate(self.state, batch, paths)
         context = StepContext(self.state, batch, generated, self.batches.step_classifier, self.lpips, self.options,
