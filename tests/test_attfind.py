@@ -66,14 +66,16 @@ def test_screened_mode_evaluates_the_chosen_edits_exactly(models, encoded) -> No
     exhaustive = effects.compute_effects(models, styles[:4], logits[:4], torch.arange(4), stats,
                                          AttFindConfig(), progress=False)
     cfg = AttFindConfig(screen=True, screen_candidates=3, screen_per_image=2)
-    screened = effects.compute_effects(models, styles[:4], logits[:4], torch.arange(4), stats, cfg, progress=False)
+    targets = effects.shift_targets(styles[:4], stats)
+    mask = screen.screened_edits(models, styles[:4], targets, exhaustive.coords, logits[:4], cfg)
+    screened = effects.compute_effects(models, styles[:4], logits[:4], torch.arange(4), stats, cfg, progress=False,
+                                       screen=mask)
     chosen = screened.evaluated
-    assert exhaustive.evaluated is None and chosen.shape == (4, len(exhaustive.coords), 2)
+    assert exhaustive.evaluated is None and torch.equal(chosen, mask) and chosen.shape == (4, len(exhaustive.coords), 2)
     assert 0 < chosen.sum() < chosen.numel()
     assert torch.allclose(screened.edited_logits[chosen], exhaustive.edited_logits[chosen], atol=1e-5)
     skipped = screened.edited_logits[~chosen]
     assert torch.equal(skipped, screened.base_logits[:, None, None].expand_as(screened.edited_logits)[~chosen])
-    targets = effects.shift_targets(styles[:4], stats)
     estimates = screen.estimated_effects(models.generator, models.classifier, styles[:4], targets, exhaustive.coords,
                                          cfg.output)
     pools = screen.class_pools(exhaustive.base_logits, exhaustive.input_logits, cfg.drop_inconsistent)

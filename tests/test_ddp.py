@@ -38,7 +38,7 @@ WORKER = textwrap.dedent(
     trainer = StylexTrainer(cfg, data, classifier, out_dir=out, device=device, dist=info)
     batches = []
     draw = trainer.batches.sampler.next
-    trainer.batches.sampler.next = lambda: batches.append(draw()) or batches[-1]
+    trainer.batches.sampler.next = lambda prioritised=0: batches.append(draw(prioritised)) or batches[-1]
     trainer.train(progress=False)
     nets = (trainer.G, trainer.G_ema, trainer.E, trainer.D)
     flat = torch.cat([t.detach().flatten().float() for net in nets for t in net.state_dict().values()])
@@ -203,7 +203,7 @@ SELECTION_WORKER = textwrap.dedent(
 
 
 def test_under_torchrun_one_rank_selects_and_scores_and_every_rank_returns_its_result(tmp_path: Path) -> None:
-    """#41: the effects and inversions are sharded; the selection, visibility checks and sufficiency ran on every rank."""
+    """#41: the effects, the screen's estimates and the inversions are sharded; the main rank alone selects and scores."""
     from stylexlib.classifier.training import fit_run_classifier
     from stylexlib.core.run import open_run
     from stylexlib.data import load_dataset
@@ -213,7 +213,8 @@ def test_under_torchrun_one_rank_selects_and_scores_and_every_rank_returns_its_r
             "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
             "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
             "stylex.checkpoint_every=0", "stylex.device=cpu", "attfind.stats_images=16", "attfind.num_images=4",
-            "attfind.top_k=2", "attfind.sufficiency_k=2", "attfind.random_trials=1", "attfind.drop_inconsistent=false"]
+            "attfind.top_k=2", "attfind.sufficiency_k=2", "attfind.random_trials=1", "attfind.drop_inconsistent=false",
+            "attfind.screen=true", "attfind.screen_candidates=4", "attfind.screen_per_image=2"]  # estimates sharded too
     run = open_run(tmp_path / "run", None, tiny)
     data = load_dataset(run.cfg.data)
     fit_run_classifier(run, data)
@@ -222,3 +223,7 @@ def test_under_torchrun_one_rank_selects_and_scores_and_every_rank_returns_its_r
     assert [(tmp_path / f"selections_rank{r}.txt").read_text() for r in (0, 1)] == ["1", "0"]
     rank0, rank1 = (pd.read_csv(tmp_path / f"attributes_rank{r}.csv") for r in (0, 1))
     assert len(rank0) and rank0.equals(rank1)  # rank 1 read back what rank 0 selected and wrote
+    saved = torch.load(tmp_path / "run" / "attfind" / "effects.pt", weights_only=False)["effects"]
+    evaluated, picked = saved["evaluated"], (saved["coords"][:, None] == torch.tensor(rank0["flat"].tolist())).any(1)
+    assert evaluated is not None and 0 < evaluated.float().mean() < 1  # screened, on both ranks' shards
+    assert evaluated[:, picked].all()  # the picks, completed on every image

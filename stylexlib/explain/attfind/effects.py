@@ -254,13 +254,16 @@ def class_score(logits: Tensor, target: Tensor, output: str) -> Tensor:
 
 def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, image_indices: Tensor,
                     stats: StyleStats, cfg: AttFindConfig, cache: str | Path | None = None, dist: DistInfo = SINGLE,
-                    progress: bool = True, chunk: int = 8, identity: str | None = None) -> Effects:
+                    progress: bool = True, chunk: int = 8, identity: str | None = None,
+                    screen: Tensor | None = None) -> Effects:
     """Effects of every searched coordinate on every image; resumable through ``cache``, sharded over ranks.
 
     Images are processed in chunks; each chunk's result is appended to ``cache`` as a part file (one series per
     rank), so an interrupted run continues where it stopped. The parts are keyed by ``identity`` (what the styles and
     statistics were made from: a run's inversion store and images, see :func:`cache_key`), else by the styles' bits.
     Under ``torch.distributed`` rank r takes images r, r + world, ...; every rank returns the whole result.
+    ``screen`` (N, K, 2) bool: evaluate only those edits (:func:`stylexlib.explain.attfind.screen.screened_edits`, for
+    ``attfind.screen``); the others hold the unedited logits, and the result's ``evaluated`` marks which is which.
     """
     generator, classifier = models.generator, models.classifier
     coords = searched_coordinates(generator, cfg.include_torgb)
@@ -275,13 +278,9 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
         fast_generator, fast_classifier = inference_copies(generator, classifier, cfg.compile)
         autocast = search_precision(models.device, cfg.precision)
         batch_size = edit_batch_size(fast_generator, fast_classifier, cfg.batch_size)
-    screened = None
-    if cfg.screen and len(done) < len(mine):
-        from stylexlib.explain.attfind.screen import screened_edits  # it reads this module's scores
-        screened = screened_edits(models, styles, targets, coords, input_logits, cfg, dist)
     for start in range(len(done), len(mine), chunk):
         todo = mine[start : start + chunk]
-        only = screened[todo] if screened is not None else None
+        only = screen[todo] if screen is not None else None
         if cfg.fast:
             logits = edited_logits_fast(fast_generator, fast_classifier, styles[todo], targets[:, todo], coords,
                                         batch_size, only, autocast=autocast)
@@ -297,7 +296,7 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
     unevaluated = edited.isnan().any(-1)  # screened out: counted as no effect
     edited[unevaluated] = base[:, None, None, :].expand_as(edited)[unevaluated]
     return Effects(edited, base, input_logits.float().cpu(), coords, torch.as_tensor(image_indices),
-                   ~unevaluated if cfg.screen else None)
+                   ~unevaluated if screen is not None else None)
 
 
 def partial_files(cache: str | Path | None, rank: int) -> Path | None:

@@ -21,7 +21,7 @@ from stylexlib.core.provenance import accepts, fingerprint, stylex_fingerprint
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (Effects, StyleStats, cache_key, compute_effects, edit_batch_size,
                                                remove_partials, searched_coordinates, shift_targets, style_statistics)
-from stylexlib.explain.attfind.screen import complete
+from stylexlib.explain.attfind.screen import complete, screened_edits
 from stylexlib.explain.attfind.names import NAMES_FILE, read_attribute_names, with_names, write_name_template
 from stylexlib.explain.attfind.selection import (class_attributes, default_thresholds, describe, image_attributes,
                                                  image_sufficiency, realism_check, sufficiency)
@@ -118,8 +118,12 @@ def run_attfind(run, data, models: StylexModels, dist: DistInfo = SINGLE, progre
         effects, seconds = Effects(**saved["effects"]), float(saved["seconds_per_image"])
     else:
         started = time.perf_counter()
+        targets = shift_targets(inverted.styles, stats, cfg.shift, cfg.shift_std)
+        coords = searched_coordinates(models.generator, cfg.include_torgb)
+        screen = screened_edits(models, inverted.styles, targets, coords, inverted.logits, cfg, dist) \
+            if cfg.screen else None
         effects = compute_effects(models, inverted.styles, inverted.logits, indices, stats, cfg, cache=final,
-                                  dist=dist, progress=progress, identity=identity)
+                                  dist=dist, progress=progress, identity=identity, screen=screen)
         seconds = (time.perf_counter() - started) * dist.world_size / max(len(indices), 1)
         if dist.is_main:
             torch_save(final, {"key": key, "effects": effects.state_dict(), "seconds_per_image": seconds})
