@@ -188,7 +188,7 @@ def main() -> None:
         prefix = "exact" if name == "fast_eager" else "exact_compiled"
         report.update({f"{name}_floor_seconds_per_image": round(floor_s / m, 4),
                        f"{prefix}_vs_floor": round(fast_s / floor_s, 3)})
-    # Screened mode: gradient estimates pick a fraction of the edits, evaluated exactly on the compiled path.
+    # Screened mode (attfind.screen): gradient estimates pick the edits, evaluated exactly on the compiled path.
     exhaustive = effects.edited_logits_fast(fast_G, fast_C, styles, targets, coords, args.batch_size)
 
     screen_cfg = AttFindConfig(screen=True, screen_candidates=args.screen_candidates,
