@@ -106,6 +106,14 @@ def test_screen_mask_keeps_each_class_candidates_and_each_image_own_best() -> No
     assert mask.sum() == 7  # 3 + 3 + image 2's own (images 0, 1: their own best are the candidates)
 
 
+def test_a_negative_screen_count_names_its_key(models, encoded) -> None:
+    styles, logits = encoded
+    targets = effects.shift_targets(styles[:2], StyleStats.of(styles))
+    coords = effects.searched_coordinates(models.generator, include_torgb=False)
+    with pytest.raises(ValueError, match="attfind.screen_per_image must be 0 or more"):
+        screen.screened_edits(models, styles[:2], targets, coords, logits[:2], AttFindConfig(screen_per_image=-1))
+
+
 def test_the_per_image_screen_of_old_configs_migrates(caplog) -> None:
     assert from_dict({"screen_fraction": None}, AttFindConfig) == AttFindConfig()  # a run folder's own record
     with caplog.at_level("WARNING"):

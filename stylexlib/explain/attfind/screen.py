@@ -65,6 +65,9 @@ def screened_edits(models: StylexModels, styles: Tensor, targets: Tensor, coords
                    cfg: AttFindConfig, dist: DistInfo = SINGLE) -> Tensor:
     """The screen of every image (N, K, 2) bool; under ``torch.distributed`` the estimates are sharded and gathered,
     so that every rank holds the same screen."""
+    for name in ("screen_candidates", "screen_per_image"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"attfind.{name} must be 0 or more (edits per class), got {getattr(cfg, name)}")
     mine = torch.arange(dist.rank, len(styles), dist.world_size)
     estimates = estimated_effects(models.generator, models.classifier, styles[mine], targets[:, mine], coords,
                                   cfg.output)
