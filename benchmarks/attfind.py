@@ -52,7 +52,7 @@ def random_models(resolution: int, config: str) -> StylexModels:
     """Untrained models with the sizes of a config (timings do not depend on the weights)."""
     cfg: StylexConfig = load_config(config).stylex
     torch.manual_seed(0)
-    nets = (Generator(resolution, 2, cfg), Encoder(resolution, cfg.latent_dim, cfg),
+    nets = (Generator(resolution, 2, cfg), Encoder(resolution, cfg.model.latent_dim, cfg),
             build_classifier(2, resolution, load_config(config).classifier.width))
     nets = [n.eval().requires_grad_(False) for n in nets]
     return StylexModels(*nets, cfg, ["a", "b"], 0, torch.device("cpu"))
@@ -64,7 +64,7 @@ def stage05_seconds(models: StylexModels, images: torch.Tensor, held_out: torch.
     as before the store) and read from a filled store (``stored``)."""
     models.inversion = InversionConfig(**REAL_INVERSION)
     models.store = InversionStore(store_dir, store_identity(models, {"bench": True}))
-    lpips_model = load_lpips(models.cfg.lpips_net, models.device)
+    lpips_model = load_lpips(models.cfg.model.lpips_net, models.device)
     invert = lambda: [inversion.invert(models, x, lpips_model=lpips_model, progress=False) for x in (images, held_out)]  # noqa: E731
     inverted, invert_s = timed(invert)  # fills the store
     _, stored_s = timed(invert)  # every image read back

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     run = open_run(args.run_dir)
     data, editor, result = load_dataset(run.cfg.data), load_editor(run), load_attfind(run)
-    lpips_model = load_lpips(run.cfg.stylex.lpips_net, editor.models.device)
+    lpips_model = load_lpips(run.cfg.stylex.model.lpips_net, editor.models.device)
     oracle = run_label_oracle(run, data, lpips_model)
     if oracle is None:
         raise SystemExit(f"{args.run_dir}: evaluate.attribute_columns names no two-valued label column")

@@ -50,13 +50,13 @@ def images_per_second(resolution: int, batch: int, channels_last: bool, steps: i
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     G.to(memory_format=memory_format)
     D.to(memory_format=memory_format)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=(cfg.optim.beta1, cfg.optim.beta2))
     real = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=memory_format)
     probs = torch.softmax(torch.randn(batch, NUM_CLASSES), dim=1)
 
     def step() -> None:
-        fake = G(G.mapping(torch.randn(batch, cfg.latent_dim)), probs, noise_mode="random")
+        fake = G(G.mapping(torch.randn(batch, cfg.model.latent_dim)), probs, noise_mode="random")
         d_loss = d_logistic_loss(D(real, probs), D(fake.detach(), probs))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()

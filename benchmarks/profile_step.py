@@ -7,13 +7,12 @@ real frequency: use a multiple of ``r1_every``; stats.jsonl logging, 0.01 ms a s
 per phase and trainer, and the same numbers as JSON on the last line.
 
     python benchmarks/profile_step.py --resolution 32 --threads 1
-    python benchmarks/profile_step.py --resolution 64 --steps 16 --set stylex.compile=true
+    python benchmarks/profile_step.py --resolution 64 --steps 16 --set stylex.runtime.compile=true
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from stylexlib.core.config import StylexConfig, load_config  # noqa: E402
 from stylexlib.gan.step_options import StepOptions  # noqa: E402
 from stylexlib.gan.train import StylexTrainer  # noqa: E402
+from stylexlib.core.stylex_config import replace_keys  # noqa: E402
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)
@@ -172,7 +172,7 @@ def profile_phase(trainers: dict[str, StylexTrainer], timers: dict[str, SectionT
                 trainer.train_step()
             ACTIVE.pop()
             totals[name] += timer.clock() - started
-    return {name: summary(timers[name], totals[name], steps, trainers[name].cfg.batch_size) for name in trainers}
+    return {name: summary(timers[name], totals[name], steps, trainers[name].cfg.optim.batch_size) for name in trainers}
 
 
 def summary(timer: SectionTimer, total: float, steps: int, batch: int) -> dict:
@@ -191,14 +191,14 @@ def print_table(title: str, result: dict) -> None:
 
 def stylex_config(path: str, overrides: list[str], batch: int) -> StylexConfig:
     cfg = load_config(path, overrides=overrides).stylex
-    return dataclasses.replace(cfg, batch_size=batch, device="cpu", sample_every=0, checkpoint_every=0,
-                               collapse_every=0, time_limit_minutes=None)
+    return replace_keys(cfg, batch_size=batch, device="cpu", sample_every=0, checkpoint_every=0, collapse_every=0,
+                        time_limit_minutes=None)
 
 
 def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
-    parser.add_argument("--set", action="append", default=[], help="config override, e.g. stylex.compile=true")
+    parser.add_argument("--set", action="append", default=[], help="config override, e.g. stylex.runtime.compile=true")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=16, help="timed steps per phase (R1 runs every r1_every)")
@@ -220,8 +220,9 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         instrument_package()
         for name, trainer in trainers.items():
             instrument(trainer, timers[name])
-        for phase, first in (("warm-up", 0), ("adversarial", cfg.warmup_steps)):  # any r1_every steps hold one R1
-            if phase == "warm-up" and cfg.warmup_steps < args.warmup + args.steps:
+        warmup = cfg.schedule.warmup_steps
+        for phase, first in (("warm-up", 0), ("adversarial", warmup)):  # any r1_every steps hold one R1
+            if phase == "warm-up" and warmup < args.warmup + args.steps:
                 continue
             report[phase] = profile_phase(trainers, timers, first, args.steps, args.warmup)
             for name, result in report[phase].items():

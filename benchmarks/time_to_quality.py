@@ -10,7 +10,7 @@ benchmark resumes at the first unfinished variant, which trains again from the s
 ``OUT/time_to_quality.png``; prints the final table.
 
     python benchmarks/time_to_quality.py --minutes 20 --every 4 \\
-        --variant baseline= --variant "warmup=stylex.warmup_steps=300;stylex.mixing_prob=0.9"
+        --variant baseline= --variant "warmup=stylex.schedule.warmup_steps=300;stylex.regularise.mixing_prob=0.9"
 """
 from __future__ import annotations
 
@@ -86,15 +86,16 @@ def worst_factor(record: dict) -> dict:
 def run_variant(base, name: str, overrides: list[str], minutes: float, every: float, out: Path, data, classifier,
                 probe, lpips_model, count: int) -> list[dict]:
     cfg = apply_overrides(base.cfg, overrides).stylex
-    fit_minutes = cfg.encoder_fit_minutes  # stage two takes the last minutes of the budget, as in stage 03
-    cfg.time_limit_minutes, cfg.sample_every, cfg.checkpoint_every, cfg.steps = every, 0, 0, 10**9
+    fit_minutes = cfg.encoder_fit.minutes  # stage two takes the last minutes of the budget, as in stage 03
+    cfg.schedule.time_limit_minutes, cfg.schedule.steps = every, 10**9
+    cfg.runtime.sample_every, cfg.runtime.checkpoint_every = 0, 0
     trainer = StylexTrainer(cfg, data, classifier, out_dir=out / name, lpips_model=lpips_model)
     records, mark, train_minutes = [], 0.0, minutes - fit_minutes
     while mark < train_minutes - 1e-9:
         mark = min(mark + every, train_minutes)
         # the limit counts the training time of every session; a segment trains at least one step even when the last
         # one overshot its mark (a busy machine), so each evaluation follows training
-        trainer.cfg.time_limit_minutes = max(mark, trainer.train_seconds / 60 + 1e-6)
+        trainer.cfg.schedule.time_limit_minutes = max(mark, trainer.train_seconds / 60 + 1e-6)
         trainer.train(progress=False)
         records.append(record(trainer, name, overrides, trainer.train_seconds / 60, data, probe, lpips_model, count))
     if fit_minutes:
@@ -110,7 +111,7 @@ def record(trainer: StylexTrainer, name: str, overrides: list[str], minutes: flo
     """One evaluation row (printed as a JSON line); ``encoder`` replaces the trainer's (the fitted one)."""
     started = time.perf_counter()
     row = {"variant": name, "overrides": overrides, "minutes": round(minutes, 2), "steps": trainer.step,
-           "images": trainer.step * trainer.cfg.batch_size,
+           "images": trainer.step * trainer.cfg.optim.batch_size,
            **evaluate(trainer, data, probe, lpips_model, count, encoder),
            "eval_seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -174,7 +175,7 @@ def main() -> None:
         fit_run_classifier(base, data)
     classifier = load_run_classifier(base, data)
     probe = fit_run_probe(base, data) if data.factors is not None else None
-    lpips_model = load_lpips(base.cfg.stylex.lpips_net)
+    lpips_model = load_lpips(base.cfg.stylex.model.lpips_net)
     results_path = out / "time_to_quality.json"
     results = read_json(results_path, default={"records": []})
     results.update({"config": args.config, "overrides": args.overrides, "minutes": args.minutes, "every": args.every,

@@ -15,7 +15,7 @@ other work hits all alike); peak memory each in its own subprocess (so its peak 
 same steps on a GPU (the trainer's autocast; the plain step under the same autocast) without the peer, whose
 dependencies a GPU image rarely has, and reports ``stylex_vs_plain_{R}`` and CUDA peak memory instead.
 ``--variants`` adds the trainer with each lossless speed-up of stylexlib.gan.step_options off in turn, with all of
-them off ("plain_step"), and with ``stylex.compile`` on (compile time reported as its warm-up), both phases;
+them off ("plain_step"), and with ``stylex.runtime.compile`` on (compile time reported as its warm-up), both phases;
 ``speedup_vs_plain_step``.
 
     make bench        # or: python benchmarks/train_step.py --resolution 32 64 --threads 2 --variants
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import platform
@@ -45,6 +44,7 @@ from stylexlib.core.config import StylexConfig, load_config
 from stylexlib.gan import Discriminator, Generator
 from stylexlib.gan.losses import d_logistic_loss, g_nonsaturating_loss
 from stylexlib.gan.step_options import StepOptions, option_names
+from stylexlib.core.stylex_config import replace_keys
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 2
@@ -70,8 +70,8 @@ def import_peer():
 def peer_networks(peer, resolution: int, cfg: StylexConfig, capacity_g: int, capacity_d: int, fmap_max_g: int,
                   fmap_max_d: int) -> tuple[nn.Module, ...]:
     """The peer's StyleVectorizer, Generator and Discriminator (no attention layers, no quantisation)."""
-    mapping = peer.StyleVectorizer(cfg.latent_dim, cfg.mapping_layers)
-    G = peer.Generator(resolution, cfg.latent_dim, network_capacity=capacity_g, fmap_max=fmap_max_g)
+    mapping = peer.StyleVectorizer(cfg.model.latent_dim, cfg.model.mapping_layers)
+    G = peer.Generator(resolution, cfg.model.latent_dim, network_capacity=capacity_g, fmap_max=fmap_max_g)
     D = peer.Discriminator(resolution, network_capacity=capacity_d, fmap_max=fmap_max_d)
     return mapping, G, D
 
@@ -110,8 +110,8 @@ def matched_peer_size(peer, resolution: int, cfg: StylexConfig, part: str) -> tu
 def plain_step(generate: Callable[[], torch.Tensor], discriminate: Callable[[torch.Tensor], torch.Tensor],
                real: torch.Tensor, G_params, D_params, cfg: StylexConfig) -> Callable[[], None]:
     """One G forward, a D step on real vs detached fakes, a G step through D (same code for both nets)."""
-    opt_g = torch.optim.Adam(G_params, lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(D_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    opt_g = torch.optim.Adam(G_params, lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    opt_d = torch.optim.Adam(D_params, lr=cfg.optim.lr_d, betas=(cfg.optim.beta1, cfg.optim.beta2))
 
     def step() -> None:
         fake = generate()
@@ -142,7 +142,7 @@ class Measured:
 def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str | None = None) -> Measured:
     """The step function of one measurement ("plain", "peer", "stylex", "stylex_warmup", "stylex:<variant>")."""
     torch.manual_seed(0)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     real = torch.rand(batch, 3, resolution, resolution, device=DEVICE).mul(2).sub(1)
     real = real.contiguous(memory_format=memory_format)
     probs = torch.softmax(torch.randn(batch, NUM_CLASSES, device=DEVICE), dim=1)
@@ -153,7 +153,7 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str
         G, D = Generator(resolution, NUM_CLASSES, cfg), Discriminator(resolution, NUM_CLASSES, cfg)
         G.to(DEVICE, memory_format=memory_format)
         D.to(DEVICE, memory_format=memory_format)
-        step = plain_step(lambda: G(G.mapping(torch.randn(batch, cfg.latent_dim, device=DEVICE)), probs,
+        step = plain_step(lambda: G(G.mapping(torch.randn(batch, cfg.model.latent_dim, device=DEVICE)), probs,
                                     noise_mode="random"),
                           lambda images: D(images, probs), real, G.parameters(), D.parameters(), cfg)
         return Measured(autocast(step), {"params_g": count(G), "params_d": count(D)})
@@ -163,7 +163,7 @@ def build(kind: str, cfg: StylexConfig, resolution: int, batch: int, config: str
     mapping, G, D = peer_networks(peer, resolution, cfg, capacity_g, capacity_d, fmap_max_g, fmap_max_d)
 
     def generate() -> torch.Tensor:
-        w = mapping(torch.randn(batch, cfg.latent_dim))
+        w = mapping(torch.randn(batch, cfg.model.latent_dim))
         styles = peer.styles_def_to_tensor([(w, G.num_layers)])
         return G(styles, torch.rand(batch, resolution, resolution, 1))
 
@@ -190,13 +190,14 @@ def autocast(step: Callable[[], None]) -> Callable[[], None]:
 
 def variant_settings(variant: str) -> tuple[StepOptions, list[str]]:
     """The step options and config overrides of a trainer variant: "all" (the default trainer), "plain_step" (every
-    speed-up off), "without_<option>", "compile" (stylex.compile=true), or any "stylex.<key>=<value>" override."""
+    speed-up off), "without_<option>", "compile" (stylex.runtime.compile=true), or any "stylex.<group>.<key>=<value>"
+    override."""
     if variant == "all":
         return StepOptions(), []
     if variant == "plain_step":
         return StepOptions.none(), []
     if variant == "compile":
-        return StepOptions(), ["stylex.compile=true"]
+        return StepOptions(), ["stylex.runtime.compile=true"]
     if "=" in variant:
         return StepOptions(), [variant]
     if variant.startswith("without_") and variant[len("without_"):] in option_names():
@@ -221,14 +222,14 @@ def stylex_step(cfg: StylexConfig, resolution: int, batch: int, phase: str, vari
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
     data = ImageDataset(images, torch.arange(n) % NUM_CLASSES, ["a", "b"], np.array(["train"] * n))
     classifier = build_classifier(NUM_CLASSES, resolution, width=32)
-    trainer = StylexTrainer(dataclasses.replace(cfg, batch_size=batch, device=DEVICE.type), data, classifier,
+    trainer = StylexTrainer(replace_keys(cfg, batch_size=batch, device=DEVICE.type), data, classifier,
                             options=options)
     facts = {"params_g": count(trainer.G), "params_d": count(trainer.D), "params_e": count(trainer.E),
-             "path_mode": cfg.path_mode, "variant": variant}
-    r1_every = cfg.r1_every if cfg.r1_gamma > 0 else 0
+             "path_mode": cfg.schedule.path_mode, "variant": variant}
+    r1_every = cfg.regularise.r1_every if cfg.regularise.r1_gamma > 0 else 0
     if phase == "stylex_warmup":
         return Measured(trainer.train_step, facts)
-    trainer.step = cfg.warmup_steps
+    trainer.step = cfg.schedule.warmup_steps
 
     def align() -> None:  # the first timed step is an R1 step
         if r1_every:
@@ -305,7 +306,7 @@ def in_subprocess(kind: str, resolution: int, args: argparse.Namespace) -> dict:
 def kinds_to_time(cfg: StylexConfig, variants: bool, extra: list[str]) -> list[str]:
     """The measured kinds: the plain steps (the peer on CPU only), the StylEx phases, with ``variants`` each trainer
     variant, and ``extra`` variants (config overrides)."""
-    phases = ["stylex_warmup", "stylex"] if cfg.warmup_steps > 0 else ["stylex"]
+    phases = ["stylex_warmup", "stylex"] if cfg.schedule.warmup_steps > 0 else ["stylex"]
     kinds = ["plain", *(["peer"] if DEVICE.type == "cpu" else []), *phases]
     names = (["plain_step", *(f"without_{name}" for name in option_names()), "compile"] if variants else []) + extra
     if names and "plain_step" not in names:
@@ -349,7 +350,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", action="store_true", help="also time the trainer without each speed-up")
     parser.add_argument("--variant", action="append", default=[],
-                        help="also time a variant, e.g. stylex.path_mode=alternate")
+                        help="also time a variant, e.g. stylex.schedule.path_mode=alternate")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU time, for a busy machine")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: without the peer")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -366,8 +367,8 @@ def main() -> None:
             result = peak_memory(args.memory_of, cfg, args.resolution[0], args.batch)
         print(json.dumps(result))
         return
-    report = {"batch": args.batch, "threads": args.threads, "clock": args.clock, "channels_last": cfg.channels_last,
-              "config": args.config, "torch": torch.__version__, "machine": platform.machine(), "device": args.device}
+    report = {"batch": args.batch, "threads": args.threads, "clock": args.clock,
+              "channels_last": cfg.runtime.channels_last, "config": args.config, "torch": torch.__version__, "machine": platform.machine(), "device": args.device}
     if DEVICE.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
     # Peak memory first, while this process is small: Linux carries a parent's peak RSS into the subprocesses.

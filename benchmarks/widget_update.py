@@ -19,23 +19,23 @@ import pandas as pd
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import StylexConfig
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import StyleStats
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
 from stylexlib.report.widgets import AttributeBrowser
+from stylexlib.core.stylex_config import stylex_config
 
 
 def demo_editor(resolution: int) -> AttributeEditor:
-    """An editor over demo-width networks (``StylexConfig(latent_dim=64, channel_base=1024, channel_max=64)``)."""
+    """An editor over demo-width networks (``stylex_config(latent_dim=64, channel_base=1024, channel_max=64)``)."""
     torch.manual_seed(0)
-    cfg = StylexConfig(latent_dim=64, channel_base=1024, channel_max=64)
-    frozen = [m.eval().requires_grad_(False) for m in (Generator(resolution, 2, cfg), Encoder(resolution, cfg.latent_dim, cfg),
-                                                       build_classifier(2, resolution))]
+    cfg = stylex_config(latent_dim=64, channel_base=1024, channel_max=64)
+    nets = (Generator(resolution, 2, cfg), Encoder(resolution, cfg.model.latent_dim, cfg), build_classifier(2, resolution))
+    frozen = [m.eval().requires_grad_(False) for m in nets]
     models = StylexModels(*frozen, cfg, ["frown", "smile"], 0, torch.device("cpu"))
     with torch.no_grad():
-        styles = models.generator.styles(torch.randn(64, cfg.latent_dim), torch.rand(64, 2).softmax(1))
+        styles = models.generator.styles(torch.randn(64, cfg.model.latent_dim), torch.rand(64, 2).softmax(1))
     return AttributeEditor(models, StyleStats.of(styles))
 
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import AttFindConfig, StylexConfig, from_dict
+from stylexlib.core.config import AttFindConfig, from_dict
 from stylexlib.explain.attfind import effects, screen, selection
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import Effects, StyleStats
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.accelerate import inference_copies
+from stylexlib.core.stylex_config import stylex_config
 
-CFG = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+CFG = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
 RESOLUTION = 16
 
 
@@ -24,7 +25,7 @@ RESOLUTION = 16
 def models() -> StylexModels:
     torch.manual_seed(0)
     G = Generator(RESOLUTION, 2, CFG).eval().requires_grad_(False)
-    E = Encoder(RESOLUTION, CFG.latent_dim, CFG).eval().requires_grad_(False)
+    E = Encoder(RESOLUTION, CFG.model.latent_dim, CFG).eval().requires_grad_(False)
     C = build_classifier(2, RESOLUTION, width=4).eval().requires_grad_(False)
     return StylexModels(G, E, C, CFG, ["a", "b"], 0, torch.device("cpu"))
 
@@ -364,10 +365,10 @@ def test_attfind_finds_the_one_coordinate_that_moves_the_classifier() -> None:
             return torch.stack([-red, red], dim=1) * 4
 
     C = RedMean()
-    models = StylexModels(G, Encoder(RESOLUTION, CFG.latent_dim, CFG).eval(), C, CFG, ["low", "high"], 0,
+    models = StylexModels(G, Encoder(RESOLUTION, CFG.model.latent_dim, CFG).eval(), C, CFG, ["low", "high"], 0,
                           torch.device("cpu"))
     gen = torch.Generator().manual_seed(2)
-    styles = G.styles(G.mapping(torch.randn(16, CFG.latent_dim, generator=gen)), torch.rand(16, 2, generator=gen))
+    styles = G.styles(G.mapping(torch.randn(16, CFG.model.latent_dim, generator=gen)), torch.rand(16, 2, generator=gen))
     with torch.no_grad():
         C.center = float(G.synthesize(styles)[:, 0].mean(dim=(1, 2)).median())  # half the images on each side
         logits = C(G.synthesize(styles))

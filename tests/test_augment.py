@@ -48,7 +48,7 @@ def test_color_changes_each_image_differently_and_passes_gradients() -> None:
 
 def test_policy_parsing_and_errors() -> None:
     assert parse_policy("") == [] and parse_policy("color, cutout") == ["color", "cutout"]
-    with pytest.raises(ValueError, match="stylex.augment.*colour"):
+    with pytest.raises(ValueError, match="stylex.regularise.augment.*colour"):
         parse_policy("colour")
     x = images()
     assert diff_augment(x, "") is x

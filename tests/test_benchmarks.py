@@ -20,11 +20,11 @@ def time_to_quality(*args: str) -> None:
 def test_time_to_quality_scores_each_variant_resumes_and_combines(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     args = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--minutes", "0.02", "--every", "0.01",
-            "--images", "16", "--out", str(out), "--variant", "base=", "--variant", "slow=stylex.lr_g=0.0001"]
+            "--images", "16", "--out", str(out), "--variant", "base=", "--variant", "slow=stylex.optim.lr_g=0.0001"]
     time_to_quality(*args)
     records = read_json(out / "time_to_quality.json")["records"]
     assert [r["variant"] for r in records] == ["base", "base", "slow", "slow"]  # two evaluations per variant
-    assert records[1]["steps"] > records[0]["steps"] > 0 and records[3]["overrides"] == ["stylex.lr_g=0.0001"]
+    assert records[1]["steps"] > records[0]["steps"] > 0 and records[3]["overrides"] == ["stylex.optim.lr_g=0.0001"]
     for record in records:
         assert 0 < record["recon_lpips"] and 0 <= record["recon_consistency"] <= 1 and math.isfinite(record["sample_kid"])
         assert record["recon_factor_min"] == min(record[f"recon_factor_{name}"] for name in CONCEPTS)  # no jitter
@@ -41,7 +41,7 @@ def test_encoder_fit_variant_and_the_pairing_benchmark(tmp_path: Path) -> None:
 
     out = tmp_path / "bench"
     time_to_quality("--config", str(ROOT / "configs" / "tiny.yaml"), "--minutes", "0.02", "--every", "0.01",
-                    "--images", "16", "--out", str(out), "--variant", "fit=stylex.encoder_fit_minutes=0.01")
+                    "--images", "16", "--out", str(out), "--variant", "fit=stylex.encoder_fit.minutes=0.01")
     records = read_json(out / "time_to_quality.json")["records"]
     # trained for 0.01 min (at least one step, longer on a busy machine), then the encoder fit's 0.01 on the same G
     trained, fitted = records

@@ -11,6 +11,7 @@ from stylexlib.core.presets import REAL, REAL_INVERSION
 from stylexlib.gan.collapse import collapse_warning, pairwise_lpips, self_retrieval, spread_ratio
 from stylexlib.gan.encoder import Encoder
 from stylexlib.gan.losses import load_lpips, lpips_distance
+from stylexlib.core.stylex_config import replace_keys
 from tests.test_train import TINY, make_trainer
 
 
@@ -48,7 +49,7 @@ def test_spread_ratio_and_warning() -> None:
 
 
 def test_residual_encoder_keeps_its_checkpoint_keys() -> None:
-    keys = set(Encoder(16, 8, dataclasses.replace(TINY, latent_dim=8)).state_dict())
+    keys = set(Encoder(16, 8, replace_keys(TINY, latent_dim=8)).state_dict())
     assert {"fc.weight", "to_latent.weight", "conv.weight"} <= keys and "w_avg" not in keys
 
 
@@ -66,13 +67,13 @@ def test_d_judges_every_generated_image(lpips_model) -> None:
     from stylexlib.classifier.model import build_classifier
     from tests.test_train import tiny_dataset
 
-    cfg = dataclasses.replace(TINY, path_mode="mix")  # both paths in one step
+    cfg = replace_keys(TINY, path_mode="mix")  # both paths in one step
     trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, None)
     seen = []
     forward = trainer.D.forward
     trainer.D.forward = lambda images, probs: seen.append(len(images)) or forward(images, probs)
     trainer.train_step()
-    batch = TINY.batch_size
+    batch = TINY.optim.batch_size
     # D step: real batch, then the reconstructions and samples; the G step judges the same fakes
     assert seen[:2] == [batch, 2 * batch] and seen[-1] == 2 * batch
 
@@ -80,17 +81,18 @@ def test_d_judges_every_generated_image(lpips_model) -> None:
 def test_folder_data_gets_the_real_preset_beneath_its_own_keys() -> None:
     folder = {"data": {"source": "folder", "root": "/x"}}
     cfg = from_dict(folder)
-    assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes == REAL["encoder_fit_minutes"] > 0
+    assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit.minutes == REAL["encoder_fit"]["minutes"] > 0
     assert cfg.stylex.weight("kl") == REAL["loss"]["kl"] != StylexConfig().weight("kl")
-    cfg = from_dict({**folder, "stylex": {"loss": {"kl": 0.5}, "mixing_prob": 0.5}})
-    assert cfg.stylex.weight("kl") == 0.5 and cfg.stylex.mixing_prob == 0.5 != REAL["mixing_prob"]
+    cfg = from_dict({**folder, "stylex": {"loss": {"kl": 0.5}, "regularise": {"mixing_prob": 0.5}}})
+    assert cfg.stylex.weight("kl") == 0.5 and cfg.stylex.regularise.mixing_prob == 0.5 != REAL["regularise"]["mixing_prob"]
+    assert cfg.stylex.regularise.mapping_match is REAL["regularise"]["mapping_match"] is True  # the group entry by entry
     assert cfg.stylex.weight("lpips") == REAL["loss"]["lpips"] and cfg.stylex.weight("l1") == 1.0  # entry by entry
-    assert cfg.stylex.warmup_steps == REAL["warmup_steps"]
+    assert cfg.stylex.schedule.warmup_steps == REAL["schedule"]["warmup_steps"]
     assert cfg.inversion.per_image_steps == REAL_INVERSION["per_image_steps"] > 0  # the preset's other section
     own = from_dict({**folder, "inversion": {"per_image_steps": 0, "num_images": 8}})
     assert own.inversion.per_image_steps == 0 and own.inversion.num_images == 8
     plain = from_dict({**folder, "stylex": {"preset": "none"}})
-    assert plain.stylex.encoder_fit_minutes == 0 and plain.stylex.weight("kl") == StylexConfig().weight("kl")
+    assert plain.stylex.encoder_fit.minutes == 0 and plain.stylex.weight("kl") == StylexConfig().weight("kl")
     assert plain.inversion == InversionConfig()
     assert from_dict({}).stylex == StylexConfig() and from_dict({}).inversion == InversionConfig()  # synthetic data
     assert from_dict(dataclasses.asdict(cfg)) == cfg  # a resolved config reads back unchanged
@@ -106,7 +108,7 @@ def test_encoder_fit_trains_only_a_copy_of_e_and_later_stages_load_it(tmp_path, 
     from tests.test_train import tiny_dataset
 
     data, classifier = tiny_dataset(), build_classifier(2, 16, width=4).eval()
-    cfg = dataclasses.replace(TINY, steps=2, checkpoint_every=0, encoder_fit_lr=3e-3)
+    cfg = replace_keys(TINY, steps=2, checkpoint_every=0, encoder_fit_lr=3e-3)
     trainer = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
     trainer.train(progress=False)
     models = trainer.models()
@@ -136,7 +138,7 @@ def test_collapse_check_and_reconstruction_previews_read_the_live_g_with_the_liv
     from stylexlib.gan.train import callbacks
     from tests.test_train import tiny_dataset
 
-    cfg = dataclasses.replace(TINY, steps=2, checkpoint_every=0)
+    cfg = replace_keys(TINY, steps=2, checkpoint_every=0)
     trainer = make_trainer(cfg, tiny_dataset(), build_classifier(2, 16, width=4).eval(), lpips_model, tmp_path)
     trainer.train(progress=False)
     with torch.no_grad():  # make the live G differ clearly from its EMA

@@ -1,4 +1,3 @@
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,6 +6,7 @@ import yaml
 from stylexlib.core.config import (Config, ConfigError, StylexConfig, apply_overrides, dump_config, from_dict,
                                    load_config, save_config)
 
+from stylexlib.core.stylex_config import flat_stylex, replace_keys
 
 def test_defaults_and_roundtrip(tmp_path: Path) -> None:
     cfg = Config()
@@ -77,16 +77,16 @@ def test_the_eyes_task_trains_stylex_as_the_demo_does() -> None:
 
 
 @pytest.mark.parametrize("key, bad, allowed", [
-    ("stylex.condition_on", "logit", "'probs', 'logits'"),
-    ("stylex.path_mode", "both", "'mix', 'alternate'"),
-    ("stylex.precision", "fp8", "'auto', 'fp32', 'bf16', 'fp16'"),
+    ("stylex.model.condition_on", "logit", "'probs', 'logits'"),
+    ("stylex.schedule.path_mode", "both", "'mix', 'alternate'"),
+    ("stylex.runtime.precision", "fp8", "'auto', 'fp32', 'bf16', 'fp16'"),
     ("attfind.shift", "max", "'minmax', 'std'"),
     ("attfind.output", "prob", "'logits', 'probs'"),
     ("attfind.method", "topk", "'greedy', 'ranking'"),
     ("inversion.split", "validation", "'train', 'val', 'test'"),
     ("data.source", "folders", "'synthetic', 'folder'"),
-    ("stylex.device", "gpu", "auto, cpu, cuda, cuda:N or mps"),
-    ("stylex.augment", "color,flip", "color, translation, cutout"),
+    ("stylex.runtime.device", "gpu", "auto, cpu, cuda, cuda:N or mps"),
+    ("stylex.regularise.augment", "color,flip", "color, translation, cutout"),
 ])
 def test_enumerated_options_are_checked_at_load(key, bad, allowed) -> None:
     with pytest.raises(ConfigError) as info:
@@ -96,7 +96,7 @@ def test_enumerated_options_are_checked_at_load(key, bad, allowed) -> None:
 
 def test_device_accepts_every_valid_spelling() -> None:
     for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
-        assert load_config(None, [f"stylex.device={device}"]).stylex.device == device
+        assert load_config(None, [f"stylex.runtime.device={device}"]).stylex.runtime.device == device
 
 
 def test_a_relative_data_root_that_does_not_exist_names_the_paths_tried(tmp_path, monkeypatch) -> None:
@@ -112,7 +112,7 @@ def test_a_relative_data_root_that_does_not_exist_names_the_paths_tried(tmp_path
 
 
 def test_an_empty_override_of_a_text_field_is_the_empty_text() -> None:
-    assert load_config(None, ["stylex.augment=color", "stylex.augment="]).stylex.augment == ""
+    assert load_config(None, ["stylex.regularise.augment=color", "stylex.regularise.augment="]).stylex.regularise.augment == ""
     assert load_config(None, ["data.labels_csv="]).data.labels_csv is None  # optional fields: None
 
 
@@ -187,8 +187,8 @@ def test_a_preset_or_data_source_given_as_an_override_fills_in_the_presets_value
     assert real.stylex.preset == "real"
     assert real.stylex.weight("kl") == REAL["loss"]["kl"] != StylexConfig().weight("kl")
     assert real.inversion.per_image_steps == REAL_INVERSION["per_image_steps"]  # the preset's other section too
-    assert real.stylex.warmup_steps == 7  # the file's own keys stay above the preset
-    assert load_config(synthetic, ["stylex.preset=real", "stylex.warmup_steps=3"]).stylex.warmup_steps == 3
+    assert real.stylex.schedule.warmup_steps == 7  # the file's own keys stay above the preset
+    assert load_config(synthetic, ["stylex.preset=real", "stylex.schedule.warmup_steps=3"]).stylex.schedule.warmup_steps == 3
     folder = load_config(synthetic, ["data.source=folder", f"data.root={tmp_path / 'images'}"])
     assert folder.stylex.preset == "real" and folder.stylex.weight("kl") == REAL["loss"]["kl"]  # folder data's default
     photos = tmp_path / "photos.yaml"
@@ -251,18 +251,19 @@ def test_a_run_folders_record_with_removed_or_renamed_stylex_keys_still_loads(tm
     from stylexlib.core.config import STYLEX_REMOVED_KEYS
 
     record = yaml.safe_load(dump_config(load_config(None)))
-    record["stylex"].update(STYLEX_REMOVED_KEYS)  # a config.yaml written before #40 holds every key at its default
+    record["stylex"] = flat_stylex(load_config(None).stylex)  # a config.yaml written before the groups was flat
+    record["stylex"].update(STYLEX_REMOVED_KEYS)  # and one written before #40 holds every key at its default
     record["stylex"].pop("mapping_match")
     record["stylex"]["weight_mapping_match"] = 1.0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(record))
     with caplog.at_level("WARNING"):
         cfg = from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()), presets=False)
-    assert cfg.stylex.mapping_match is True and not caplog.records  # defaults: dropped quietly
-    assert cfg.stylex == dataclasses.replace(load_config(None).stylex, mapping_match=True)
+    assert cfg.stylex.regularise.mapping_match is True and not caplog.records  # defaults: dropped quietly
+    assert cfg.stylex == replace_keys(load_config(None).stylex, mapping_match=True)
     record["stylex"].update(encoder_ema=True, kl_noise_std=0.2, weight_mapping_match=0.0)
     with caplog.at_level("WARNING"):
         cfg = from_dict(record, presets=False)
-    assert not cfg.stylex.mapping_match and not hasattr(cfg.stylex, "encoder_ema")
+    assert not cfg.stylex.regularise.mapping_match and not hasattr(cfg.stylex, "encoder_ema")
     assert [r.message.split(":")[0] for r in caplog.records] == ["stylex.encoder_ema", "stylex.kl_noise_std"]
     checkpoint_record = from_dict(record["stylex"], StylexConfig, "stylex")  # what gan.models.load_models reads
     assert checkpoint_record == cfg.stylex
@@ -293,3 +294,42 @@ def test_loss_weights_are_one_mapping_by_term_name_and_the_flat_keys_still_read(
         load_config(None, ["stylex.loss=0.5"])
     with pytest.raises(ConfigError, match="unknown config key 'stylex.kl'"):  # a term's name is no key of its own
         load_config(None, ["stylex.kl=0.5"])
+
+
+def test_stylex_keys_are_grouped_and_flat_files_records_and_overrides_still_read(tmp_path, caplog) -> None:
+    """#40: `stylex:` in groups (model, optim, regularise, schedule, encoder_fit, runtime). A file or `--set` with a flat
+    key from before reads into its group with a warning naming it; a run folder's flat record reads quietly, to the same
+    config and the same fingerprint; an override wins over the file whichever way either is written."""
+    from stylexlib.core import provenance
+
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("stylex:\n  optim:\n    lr_g: 0.01\n  encoder_fit:\n    minutes: 2\n")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("stylex:\n  lr_g: 0.01\n  encoder_fit_minutes: 2\n")
+    with caplog.at_level("WARNING"):
+        from_flat = load_config(flat)
+    assert from_flat.stylex == load_config(grouped).stylex
+    assert from_flat.stylex.optim.lr_g == 0.01 and from_flat.stylex.encoder_fit.minutes == 2.0
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "stylex.encoder_fit_minutes is now stylex.encoder_fit.minutes (read as that)",
+        "stylex.lr_g is now stylex.optim.lr_g (read as that)"]
+    for path in (grouped, flat):  # an override, flat or grouped, wins over the file's key, flat or grouped
+        assert load_config(path, ["stylex.optim.lr_g=0.5"]).stylex.optim.lr_g == 0.5
+        assert load_config(path, ["stylex.lr_g=0.5"]).stylex.optim.lr_g == 0.5
+    cfg = load_config(grouped)
+    record = yaml.safe_load(dump_config(cfg))
+    record["stylex"] = flat_stylex(cfg.stylex)  # a run folder's config.yaml from before the groups
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        old = from_dict(record, presets=False)
+    assert old == cfg and not caplog.records
+    assert provenance.stylex_fingerprint(old) == provenance.stylex_fingerprint(cfg)
+    assert from_dict(flat_stylex(cfg.stylex), StylexConfig, "stylex") == cfg.stylex  # a checkpoint's flat record
+    assert from_dict(yaml.safe_load(dump_config(cfg)), presets=False) == cfg  # today's record reads back
+    assert replace_keys(cfg.stylex, lr_g=0.3, steps=7).optim.lr_g == 0.3
+    with pytest.raises(ConfigError, match="unknown config key 'stylex.optim.lr_x'"):
+        load_config(None, ["stylex.optim.lr_x=1"])
+    with pytest.raises(ConfigError, match="stylex.runtime.device: must be auto"):
+        load_config(None, ["stylex.runtime.device=gpu"])
+    with pytest.raises(ConfigError, match="stylex.optim: expected a mapping"):
+        from_dict({"stylex": {"optim": 3, "lr_g": 0.1}})

@@ -20,7 +20,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     import torch
 
-    from stylexlib.core.config import StylexConfig
+    from stylexlib.core.stylex_config import stylex_config
     from stylexlib.data import ImageDataset
     from stylexlib.core.distributed import init_distributed, shutdown_distributed
     from stylexlib.classifier.model import build_classifier
@@ -32,9 +32,9 @@ WORKER = textwrap.dedent(
     data = ImageDataset(images, torch.arange(24) % 2, ["even", "odd"], np.array(["train"] * 20 + ["val"] * 4))
     torch.manual_seed(0)
     classifier = build_classifier(2, 16, width=4)
-    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=3,
+    cfg = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=3,
                        r1_every=2, pl_weight=2.0, pl_every=2, log_every=1, sample_every=0, device="cpu")
-    info, device = init_distributed(cfg.device)
+    info, device = init_distributed(cfg.runtime.device)
     trainer = StylexTrainer(cfg, data, classifier, out_dir=out, device=device, dist=info)
     batches = []
     draw = trainer.batches.sampler.next
@@ -81,13 +81,14 @@ ATTFIND_WORKER = textwrap.dedent(
 
     from stylexlib.explain.attfind import effects
     from stylexlib.gan.models import StylexModels
-    from stylexlib.core.config import AttFindConfig, StylexConfig
+    from stylexlib.core.config import AttFindConfig
+    from stylexlib.core.stylex_config import stylex_config
     from stylexlib.core.distributed import init_distributed, shutdown_distributed
     from stylexlib.gan import Encoder, Generator
     from stylexlib.classifier.model import build_classifier
 
     out = Path(sys.argv[1])
-    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+    cfg = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
     torch.manual_seed(0)
     nets = [Generator(16, 2, cfg), Encoder(16, 16, cfg), build_classifier(2, 16, width=4)]
     models = StylexModels(*[n.eval().requires_grad_(False) for n in nets], cfg, ["a", "b"], 0, torch.device("cpu"))
@@ -140,12 +141,12 @@ GRADIENT_WORKER = textwrap.dedent(
 
     import torch
 
-    from stylexlib.core.config import StylexConfig
+    from stylexlib.core.stylex_config import stylex_config
     from stylexlib.core.distributed import average_gradients, init_distributed, shutdown_distributed
     from stylexlib.gan import Encoder
 
     out = Path(sys.argv[1])
-    cfg = StylexConfig(latent_dim=8, channel_base=64, channel_max=8)
+    cfg = stylex_config(latent_dim=8, channel_base=64, channel_max=8)
     torch.manual_seed(0)
     encoder = Encoder(16, 8, cfg)
     images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -210,9 +211,9 @@ def test_under_torchrun_one_rank_selects_and_scores_and_every_rank_returns_its_r
     from stylexlib.gan.train import train_stylex
 
     tiny = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
-            "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
-            "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
-            "stylex.checkpoint_every=0", "stylex.device=cpu", "attfind.stats_images=16", "attfind.num_images=4",
+            "classifier.batch_size=32", "stylex.model.latent_dim=8", "stylex.model.mapping_layers=1", "stylex.model.channel_base=64",
+            "stylex.model.channel_max=8", "stylex.optim.batch_size=4", "stylex.schedule.steps=2", "stylex.runtime.sample_every=0",
+            "stylex.runtime.checkpoint_every=0", "stylex.runtime.device=cpu", "attfind.stats_images=16", "attfind.num_images=4",
             "attfind.top_k=2", "attfind.sufficiency_k=2", "attfind.random_trials=1", "attfind.drop_inconsistent=false",
             "attfind.screen=true", "attfind.screen_candidates=4", "attfind.screen_per_image=2"]  # estimates sharded too
     run = open_run(tmp_path / "run", None, tiny)

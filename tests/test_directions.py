@@ -26,17 +26,17 @@ def generator() -> Generator:
 def models_of(explainer_or_generator, classifier=None) -> StylexModels:
     if isinstance(explainer_or_generator, Generator):
         G = explainer_or_generator
-        return StylexModels(G, Encoder(16, CFG.latent_dim, CFG).eval(), classifier, CFG, ["a", "b"], 0,
+        return StylexModels(G, Encoder(16, CFG.model.latent_dim, CFG).eval(), classifier, CFG, ["a", "b"], 0,
                             torch.device("cpu"))
     return explainer_or_generator.models
 
 
 def test_a_latent_direction_is_one_style_vector(generator) -> None:
-    directions, latents = torch.randn(5, CFG.latent_dim), torch.randn(100, CFG.latent_dim) * 3
+    directions, latents = torch.randn(5, CFG.model.latent_dim), torch.randn(100, CFG.model.latent_dim) * 3
     pool = latent_pool("d", generator, directions, latents)
     unit = directions / directions.norm(dim=1, keepdim=True)
     spread = (latents @ unit.T).std(0)
-    w, c = torch.randn(7, CFG.latent_dim), torch.softmax(torch.randn(7, 2), 1)
+    w, c = torch.randn(7, CFG.model.latent_dim), torch.softmax(torch.randn(7, 2), 1)
     for p in range(5):
         moved = generator.styles(w + spread[p] * unit[p], c) - generator.styles(w, c)
         assert torch.allclose(moved, pool.vectors[p].expand_as(moved), atol=1e-4)
@@ -47,7 +47,7 @@ def test_a_latent_direction_is_one_style_vector(generator) -> None:
 
 def test_coordinate_and_dense_paths_give_the_same_logits(generator) -> None:
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2)).eval()
-    styles = generator.styles(torch.randn(3, CFG.latent_dim), torch.softmax(torch.randn(3, 2), 1))
+    styles = generator.styles(torch.randn(3, CFG.model.latent_dim), torch.softmax(torch.randn(3, 2), 1))
     stats = StyleStats.of(styles)
     stats.std = torch.rand(generator.style_dim) + 0.1  # any positive stds
     coords = searched_coordinates(generator, False)[::7]
@@ -61,7 +61,7 @@ def test_coordinate_and_dense_paths_give_the_same_logits(generator) -> None:
 
 def test_sefa_matches_a_numpy_reference_and_ganspace_finds_the_widest_axis(generator) -> None:
     ours = sefa_directions(generator, 4)
-    weight = (generator.affine.weight * generator.affine.weight_gain)[:, : CFG.latent_dim].numpy().astype(np.float64)
+    weight = (generator.affine.weight * generator.affine.weight_gain)[:, : CFG.model.latent_dim].numpy().astype(np.float64)
     weight = weight[generator.style_index.exclude_torgb_mask().numpy()]
     weight = (weight / np.linalg.norm(weight, axis=1, keepdims=True)).T  # SeFa's layout: (D, styles), columns unit
     values, vectors = np.linalg.eig(weight @ weight.T)
@@ -70,9 +70,9 @@ def test_sefa_matches_a_numpy_reference_and_ganspace_finds_the_widest_axis(gener
     assert np.allclose(cosine, 1.0, atol=1e-4)
     axes = ganspace_directions(generator, 3, samples=4000)
     assert torch.allclose(axes @ axes.T, torch.eye(3), atol=1e-4)
-    w = generator.mapping(torch.randn(4000, CFG.latent_dim))
+    w = generator.mapping(torch.randn(4000, CFG.model.latent_dim))
     spread = lambda d: float(((w - w.mean(0)) @ d).var())  # noqa: E731
-    assert spread(axes[0]) >= max(spread(d / d.norm()) for d in torch.randn(20, CFG.latent_dim))
+    assert spread(axes[0]) >= max(spread(d / d.norm()) for d in torch.randn(20, CFG.model.latent_dim))
     assert spread(axes[0]) > spread(axes[1]) > spread(axes[2])
 
 
@@ -355,7 +355,7 @@ def _stage09_inputs(planted, tmp_path) -> tuple:  # noqa: F811
     control = DirectionExplainer(models_of(explainer), explainer.stats, coordinate_pool(
         "random_coordinates", explainer.generator, explainer.stats, others[others != flat][:8]), step=2.0)
     cfg = Config(name="t", compare=CompareConfig(selection_images=24, evaluation_images=12, top_k=2))
-    cfg.attfind.split, cfg.stylex.lpips_net = "train", "squeeze"
+    cfg.attfind.split, cfg.stylex.model.lpips_net = "train", "squeeze"
     images = (torch.rand(48, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 255).to(torch.uint8)
     data = ImageDataset(images, torch.zeros(48, dtype=torch.long), ["low", "high"],
                         np.array(["train"] * 32 + ["test"] * 16))

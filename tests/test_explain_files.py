@@ -21,9 +21,9 @@ from stylexlib.pipeline.cli import main
 from stylexlib.report.explain_files import unexplained_files
 
 TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
-        "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
-        "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
-        "stylex.checkpoint_every=0", "stylex.device=cpu", "stylex.log_every=1", "attfind.stats_images=16",
+        "classifier.batch_size=32", "stylex.model.latent_dim=8", "stylex.model.mapping_layers=1", "stylex.model.channel_base=64",
+        "stylex.model.channel_max=8", "stylex.optim.batch_size=4", "stylex.schedule.steps=2", "stylex.runtime.sample_every=0",
+        "stylex.runtime.checkpoint_every=0", "stylex.runtime.device=cpu", "stylex.runtime.log_every=1", "attfind.stats_images=16",
         "attfind.num_images=4", "attfind.top_k=2", "attfind.sufficiency_k=2", "attfind.random_trials=1",
         "attfind.drop_inconsistent=false"]
 
@@ -254,5 +254,5 @@ def test_attribute_names_reach_the_gallery_and_the_studies_and_survive_a_forced_
     assert (load_attfind(run).attributes["name"] == "").all()  # whose coordinates the names were not given for
     aside = run_dir / "attfind" / f"attribute_names.{stylex_fingerprint(run.cfg)}.csv"
     assert aside.exists() and "rosy cheeks" in aside.read_text()  # set aside, not lost
-    _remove_stale(run_dir, stage, apply_overrides(run.cfg, ["stylex.lr_g=0.001"]))  # --force after retraining
+    _remove_stale(run_dir, stage, apply_overrides(run.cfg, ["stylex.optim.lr_g=0.001"]))  # --force after retraining
     assert not (run_dir / "attfind" / "effects.pt").exists() and names_file.exists() and aside.exists()

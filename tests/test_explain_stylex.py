@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylexlib.core.config import StylexConfig
 from stylexlib.explain import Attribute, Direction, StylEx
 from stylexlib.explain.attfind.effects import StyleStats
 from stylexlib.gan import Encoder, Generator
+from stylexlib.core.stylex_config import stylex_config
 
-CFG = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+CFG = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
 
 
 class RedMean(torch.nn.Module):
@@ -26,13 +26,13 @@ class RedMean(torch.nn.Module):
 def planted():
     """A generator whose image depends on one StyleSpace coordinate (last toRGB, channel 3, drives red)."""
     torch.manual_seed(0)
-    G, E = Generator(16, 2, CFG).eval(), Encoder(16, CFG.latent_dim, CFG).eval()
+    G, E = Generator(16, 2, CFG).eval(), Encoder(16, CFG.model.latent_dim, CFG).eval()
     with torch.no_grad():
         for layer in G.layers:
             layer.weight.zero_()
             layer.bias.fill_(0.0 if layer in G.layers[1::3] else 0.5)  # the toRGB layers (b4, b8, b16): no bias
         G.layers[-1].weight[0, 3] = 0.5  # red stays inside [-1, 1], where the rendered images are clamped
-        G.affine.weight[:, CFG.latent_dim:] = 0.0  # styles do not depend on the classifier's output: fixed below
+        G.affine.weight[:, CFG.model.latent_dim:] = 0.0  # styles do not depend on the classifier's output: fixed below
     gen = torch.Generator().manual_seed(2)
     pool = torch.rand(64, 3, 16, 16, generator=gen) * 2 - 1
     explainer = StylEx(G, E, RedMean(), StyleStats.of(torch.zeros(2, G.style_dim)), ["low", "high"], include_torgb=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import DataConfig, StylexConfig
+from stylexlib.core.config import DataConfig
 from stylexlib.core.run import open_run
 from stylexlib.data import load_dataset
 from stylexlib.data import synthetic as syn
@@ -16,6 +16,7 @@ from stylexlib.explain.attfind.effects import StyleStats
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
+from stylexlib.core.stylex_config import stylex_config
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_factor_scores_catch_a_factor_lost_in_reconstruction(probe_and_data):
 
 def test_coordinate_map_equals_rendering_every_edit(probe_and_data, tmp_path, monkeypatch):
     probe, data = probe_and_data
-    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
+    cfg = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
     torch.manual_seed(0)
     models = StylexModels(Generator(16, 2, cfg).eval(), Encoder(16, 16, cfg).eval(),
                           build_classifier(2, 16, width=4).eval(), cfg, ["frown", "smile"], 0, torch.device("cpu"))

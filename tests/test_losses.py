@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from stylexlib.core.config import StylexConfig
 from stylexlib.gan import Discriminator, Generator, losses
+from stylexlib.core.stylex_config import stylex_config
 
-TINY = StylexConfig(channel_base=256, channel_max=32, latent_dim=32)
+TINY = stylex_config(channel_base=256, channel_max=32, latent_dim=32)
 SHARED_TORCH_HOME = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "torch"
 
 
@@ -36,7 +37,7 @@ def test_r1_positive_and_zero_for_constant_d() -> None:
 
 def test_path_length_runs() -> None:
     G = Generator(16, 2, TINY)
-    w = G.mapping(torch.randn(4, TINY.latent_dim))
+    w = G.mapping(torch.randn(4, TINY.model.latent_dim))
     c = torch.full((4, 2), 0.5)
     images = G(w, c)
     loss, mean, lengths = losses.g_path_length_loss(images, w, 0.0)
@@ -84,15 +85,15 @@ def test_class_pathway_sparsity_is_the_mean_norm_of_what_the_class_moves_each_co
     generator = Generator(16, 2, TINY)
     affine = generator.affine
     with torch.no_grad():
-        affine.weight[:, TINY.latent_dim:] = 0.0
-        affine.weight[3, TINY.latent_dim:] = torch.tensor([3.0, 4.0]) / affine.weight_gain
+        affine.weight[:, TINY.model.latent_dim:] = 0.0
+        affine.weight[3, TINY.model.latent_dim:] = torch.tensor([3.0, 4.0]) / affine.weight_gain
     loss = losses.class_pathway_sparsity(generator)
     assert loss.item() == pytest.approx(5.0 / generator.style_dim)  # one coordinate, moved by (3, 4) per unit of c
-    w = torch.randn(1, TINY.latent_dim)
+    w = torch.randn(1, TINY.model.latent_dim)
     moved = generator.styles(w, torch.tensor([[1.0, 0.0]])) - generator.styles(w, torch.tensor([[0.0, 0.0]]))
     assert moved.abs().argmax().item() == 3 and moved[0, 3].item() == pytest.approx(3.0, rel=1e-4)
     loss.backward()
-    assert affine.weight.grad[:, : TINY.latent_dim].abs().sum() == 0  # w's columns are left alone
+    assert affine.weight.grad[:, : TINY.model.latent_dim].abs().sum() == 0  # w's columns are left alone
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylexlib.core.config import StylexConfig
 from stylexlib.gan import Discriminator, Encoder, Generator, SynthesisState
+from stylexlib.core.stylex_config import stylex_config
 
-TINY = StylexConfig(channel_base=256, channel_max=32, latent_dim=32)
+TINY = stylex_config(channel_base=256, channel_max=32, latent_dim=32)
 NUM_CLASSES = 3
 
 
@@ -39,17 +39,17 @@ def G16() -> Generator:
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 def test_shapes(resolution: int) -> None:
     G = make_generator(resolution)
-    E = Encoder(resolution, TINY.latent_dim, TINY)
+    E = Encoder(resolution, TINY.model.latent_dim, TINY)
     D = Discriminator(resolution, NUM_CLASSES, TINY)
     with torch.no_grad():
         w, c = inputs(G, batch=2)
-        assert w.shape == (2, TINY.latent_dim)
+        assert w.shape == (2, TINY.model.latent_dim)
         styles = G.styles(w, c)
         assert styles.shape == (2, G.style_dim)
         images = G.synthesize(styles)
         assert images.shape == (2, 3, resolution, resolution)
         assert torch.isfinite(images).all()
-        assert E(images).shape == (2, TINY.latent_dim)
+        assert E(images).shape == (2, TINY.model.latent_dim)
         assert D(images, c).shape == (2,)
 
 
@@ -202,7 +202,7 @@ def test_discriminator_weights_class_logits() -> None:
 
 def test_channels_last_matches() -> None:
     G = make_generator(32)
-    E, D = Encoder(32, TINY.latent_dim, TINY), Discriminator(32, NUM_CLASSES, TINY)
+    E, D = Encoder(32, TINY.model.latent_dim, TINY), Discriminator(32, NUM_CLASSES, TINY)
     w, c = inputs(G)
     with torch.no_grad():
         reference = (G(w, c), E(G(w, c)), D(G(w, c), c))

@@ -167,7 +167,7 @@ def test_run_sets_notebook_parameters_and_reruns_a_stage_whose_parameters_change
 
 def test_force_keeps_the_models_a_changed_key_leaves_valid_and_removes_only_stale_ones(tmp_path: Path,
                                                                                        monkeypatch) -> None:
-    """#39: `--force` after changing stylex.steps, device or an attfind key deleted the classifier, the StylEx
+    """#39: `--force` after changing stylex.schedule.steps, device or an attfind key deleted the classifier, the StylEx
     checkpoint and attfind/ although their fingerprints still matched: hours of training lost."""
     from stylexlib.core.config import load_config
     from stylexlib.core.io import torch_save
@@ -181,7 +181,7 @@ def test_force_keeps_the_models_a_changed_key_leaves_valid_and_removes_only_stal
     monkeypatch.setattr("stylexlib.pipeline.runner.pm.execute_notebook",
                         lambda source, out, **kwargs: ran.append(Path(source).stem[:2]))
     run = tmp_path / "run"
-    base = ["name=t", "stylex.device=cpu"]
+    base = ["name=t", "stylex.runtime.device=cpu"]
     run_pipeline(None, base, run, notebook_dir=folder, progress=False)
     cfg = load_config(None, base)  # what stages 02, 03 and 05 leave, made from this config
     torch_save(run / "classifier.pt", {"fingerprint": classifier_fingerprint(cfg)})
@@ -192,21 +192,21 @@ def test_force_keeps_the_models_a_changed_key_leaves_valid_and_removes_only_stal
     made = [run / "classifier.pt", run / "checkpoints" / "stylex.pt", run / "stats.jsonl",
             run / "attfind" / "style_stats.pt", run / "attfind" / "attribute_names.csv"]
 
-    for changed in (["stylex.steps=5000"], ["stylex.steps=5000", "stylex.device=auto", "attfind.top_k=3"]):
+    for changed in (["stylex.schedule.steps=5000"], ["stylex.schedule.steps=5000", "stylex.runtime.device=auto", "attfind.top_k=3"]):
         ran.clear()
         run_pipeline(None, [*base, *changed], run, force=True, notebook_dir=folder, progress=False)
         assert ran == ["01", "02", "03", "05"] and all(path.exists() for path in made)  # re-run, resuming
 
     now = [*base, *changed]
-    with pytest.raises(ConfigError, match=r"changed: stylex.steps\); use --only 03 --force"):  # one stage meant
-        run_pipeline(None, [*now, "stylex.steps=6000"], run, notebook_dir=folder, progress=False)
+    with pytest.raises(ConfigError, match=r"changed: stylex.schedule.steps\); use --only 03 --force"):  # one stage meant
+        run_pipeline(None, [*now, "stylex.schedule.steps=6000"], run, notebook_dir=folder, progress=False)
     with pytest.raises(ConfigError, match=r"changed: attfind.top_k\); use --only 05 --force"):
         run_pipeline(None, [*now, "attfind.top_k=4"], run, notebook_dir=folder, progress=False)
-    with pytest.raises(ConfigError, match=r"changed: data.seed, stylex.steps\); use --force to"):  # two stages
-        run_pipeline(None, [*now, "data.seed=3", "stylex.steps=6000"], run, notebook_dir=folder, progress=False)
+    with pytest.raises(ConfigError, match=r"changed: data.seed, stylex.schedule.steps\); use --force to"):  # two stages
+        run_pipeline(None, [*now, "data.seed=3", "stylex.schedule.steps=6000"], run, notebook_dir=folder, progress=False)
 
     ran.clear()  # another StylEx model: its checkpoint, its log and what AttFind made with it are stale
-    retrained = [*now, "stylex.lr_g=0.001"]
+    retrained = [*now, "stylex.optim.lr_g=0.001"]
     run_pipeline(None, retrained, run, only=["03"], force=True, notebook_dir=folder, progress=False)
     assert ran == ["03"] and [path.exists() for path in made] == [True, False, False, False, True]
     assert set(read_json(run / "stages.json")) == {"01_data", "02_classifier", "03_train_stylex"}  # 05 runs next
@@ -238,7 +238,7 @@ def test_relabelled_folder_data_makes_the_classifier_stale_and_reruns_what_depen
     ran: list[str] = []
     monkeypatch.setattr("stylexlib.pipeline.runner.pm.execute_notebook",
                         lambda source, out, **kwargs: ran.append(Path(source).stem[:2]))
-    base = ["name=t", "stylex.device=cpu", "data.source=folder", f"data.root={root}", "data.labels_csv=labels.csv",
+    base = ["name=t", "stylex.runtime.device=cpu", "data.source=folder", f"data.root={root}", "data.labels_csv=labels.csv",
             "data.label_column=label", "data.resolution=8"]
     run = tmp_path / "run"
     run_pipeline(None, base, run, notebook_dir=folder, progress=False)

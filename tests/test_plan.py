@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import StylexConfig
 from stylexlib.data import ImageDataset
 from stylexlib.gan import pace
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.train import StylexTrainer
 from stylexlib.pipeline.cli import main
+from stylexlib.core.stylex_config import stylex_config
 
 NOON = datetime(2025, 3, 1, 12, 0)
 
@@ -55,7 +55,7 @@ def test_the_announcer_speaks_once_per_phase_after_the_first_steps_are_timed(mon
 
 def test_stylex_training_announces_its_pace(monkeypatch, capsys) -> None:
     monkeypatch.setattr(pace, "ESTIMATE_STEPS", 3)
-    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
+    cfg = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
                        log_every=2, sample_every=0, checkpoint_every=0, device="cpu", time_limit_minutes=30)
     images = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = ImageDataset(images, torch.arange(24) % 2, ["a", "b"], np.array(["train"] * 20 + ["val"] * 4))
@@ -81,7 +81,7 @@ def test_plan_of_a_time_limited_config_says_how_many_steps_fit(monkeypatch) -> N
     from stylexlib.pipeline import plan
 
     lines: list[str] = []
-    cfg = load_config("tiny", ["stylex.steps=100000", "stylex.time_limit_minutes=1", "stylex.warmup_steps=10"])
+    cfg = load_config("tiny", ["stylex.schedule.steps=100000", "stylex.schedule.time_limit_minutes=1", "stylex.schedule.warmup_steps=10"])
     plan.plan(cfg, say=lines.append, timed_steps=1)
     stylex = next(line for line in lines if "03 StylEx" in line)
     assert "of 100000 steps fit in the 1-minute limit" in stylex and "in the 10-step warm-up" in stylex

@@ -10,14 +10,15 @@ from stylexlib.classifier.training import fit_run_classifier, load_run_classifie
 from stylexlib.core import provenance
 from stylexlib.core.config import apply_overrides, from_dict, save_config, to_dict
 from stylexlib.core.run import CONFIG_FILE, open_run
+from stylexlib.core.stylex_config import flat_stylex, replace_keys
 from stylexlib.data import load_dataset
 from stylexlib.gan.models import load_stylex
 from stylexlib.gan.train import train_stylex
 
 TINY = ["data.num_images=120", "data.resolution=16", "classifier.width=4", "classifier.epochs=1",
-        "classifier.batch_size=32", "stylex.latent_dim=8", "stylex.mapping_layers=1", "stylex.channel_base=64",
-        "stylex.channel_max=8", "stylex.batch_size=4", "stylex.steps=2", "stylex.sample_every=0",
-        "stylex.checkpoint_every=0", "stylex.device=cpu", "stylex.log_every=1"]
+        "classifier.batch_size=32", "stylex.model.latent_dim=8", "stylex.model.mapping_layers=1", "stylex.model.channel_base=64",
+        "stylex.model.channel_max=8", "stylex.optim.batch_size=4", "stylex.schedule.steps=2", "stylex.runtime.sample_every=0",
+        "stylex.runtime.checkpoint_every=0", "stylex.runtime.device=cpu", "stylex.runtime.log_every=1"]
 
 
 def reconfigure(run, *overrides: str):
@@ -65,10 +66,10 @@ def test_stylex_checkpoints_continue_only_with_the_same_model_config(tmp_path) -
     data = load_dataset(run.cfg.data)
     fit_run_classifier(run, data)
     assert train_stylex(run, data, progress=False).steps == 2
-    reconfigure(run, "stylex.steps=3")  # training longer continues the same model
+    reconfigure(run, "stylex.schedule.steps=3")  # training longer continues the same model
     assert train_stylex(run, data, progress=False).session_steps == 1
     load_stylex(run)
-    reconfigure(run, "stylex.lr_g=0.001")
+    reconfigure(run, "stylex.optim.lr_g=0.001")
     with pytest.raises(provenance.StaleArtifact, match="re-run stage 03"):
         load_stylex(run)
     summary = train_stylex(run, data, progress=False)
@@ -100,33 +101,37 @@ def test_checkpoints_written_before_keep_their_fingerprints(raw, recorded) -> No
 def test_fingerprints_follow_the_sections_they_depend_on(tmp_path) -> None:
     cfg = open_run(tmp_path / "run", None, TINY).cfg
     base = (provenance.classifier_fingerprint(cfg), provenance.stylex_fingerprint(cfg))
-    assert provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.steps=9", "stylex.time_limit_minutes=3"])) == base[1]
-    assert provenance.classifier_fingerprint(apply_overrides(cfg, ["stylex.lr_g=0.1"])) == base[0]
+    assert provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.schedule.steps=9", "stylex.schedule.time_limit_minutes=3"])) == base[1]
+    assert provenance.classifier_fingerprint(apply_overrides(cfg, ["stylex.optim.lr_g=0.1"])) == base[0]
     assert provenance.classifier_fingerprint(apply_overrides(cfg, ["data.seed=1"])) != base[0]
     assert provenance.stylex_fingerprint(apply_overrides(cfg, ["attfind.top_k=3"])) == base[1]
     # keys added later count only when set, keys removed since (#40) at the one value left, and the loss weights as
     # the weight_<term> keys they were: fingerprints made before stay valid
-    flat = {k: v for k, v in to_dict(cfg.stylex).items() if k in provenance.STYLEX_FIRST_FINGERPRINTED}
+    flat = {k: v for k, v in flat_stylex(cfg.stylex).items() if k in provenance.STYLEX_FIRST_FINGERPRINTED}
     without = {**flat, **{f"weight_{t}": cfg.stylex.weight(t) for t in ("adv", "l1", "lpips", "latent", "kl",
                                                                          "sample_kl")},
                **provenance.STYLEX_REMOVED_FINGERPRINTED}
     assert base[1] == provenance.fingerprint("stylex", base[0], without)
-    mapping_on = provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.mapping_match=true"]))
+    mapping_on = provenance.stylex_fingerprint(apply_overrides(cfg, ["stylex.regularise.mapping_match=true"]))
     assert mapping_on == provenance.fingerprint("stylex", base[0], {**without, "weight_mapping_match": 1.0})
     assert set(without) == provenance.STYLEX_FIRST_FINGERPRINTED
-    for added in ("stylex.mapping_match=true", "stylex.loss.class_sparsity=1"):
+    for added in ("stylex.regularise.mapping_match=true", "stylex.loss.class_sparsity=1"):
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [added])) != base[1]
 
     @dataclasses.dataclass
-    class WithANewLossWeight(type(cfg.stylex)):  # a key added tomorrow (a loss term's weight) needs no list entry
-        weight_tomorrow: float = 0.0
+    class WithANewKey(type(cfg.stylex.regularise)):  # a key added to a group tomorrow needs no list entry
+        tomorrow: float = 0.0
 
-    grown = dataclasses.replace(cfg, stylex=WithANewLossWeight(**to_dict(cfg.stylex)))
+    grown = dataclasses.replace(cfg, stylex=replace_keys(cfg.stylex, regularise=WithANewKey(**to_dict(
+        cfg.stylex.regularise))))
     assert provenance.stylex_fingerprint(grown) == base[1]
-    grown.stylex.weight_tomorrow = 1.0
+    grown.stylex.regularise.tomorrow = 1.0
     assert provenance.stylex_fingerprint(grown) != base[1]
-    for runtime in ("stylex.encoder_fit_minutes=2", "stylex.encoder_fit_lr=0.01", "stylex.precision=fp32",
-                    "stylex.channels_last=false"):  # run-time keys: the same model (#40)
+    for term, same in ((0.0, True), (1.0, False)):  # so does a loss term's weight, counted only when set
+        weighted = apply_overrides(cfg, [f"stylex.loss.tomorrow={term}"])
+        assert (provenance.stylex_fingerprint(weighted) == base[1]) is same
+    for runtime in ("stylex.encoder_fit.minutes=2", "stylex.encoder_fit.lr=0.01", "stylex.runtime.precision=fp32",
+                    "stylex.runtime.channels_last=false"):  # run-time keys: the same model (#40)
         assert provenance.stylex_fingerprint(apply_overrides(cfg, [runtime])) == base[1]
     data_without = {k: v for k, v in to_dict(cfg.data).items() if k not in provenance.DATA_ADDED_KEYS}
     assert provenance.data_fingerprint(cfg) == provenance.fingerprint("data", data_without)
@@ -140,13 +145,13 @@ def test_run_time_keys_change_nothing_a_checkpoint_resumes_from(tmp_path) -> Non
     data = load_dataset(run.cfg.data)
     fit_run_classifier(run, data)
     assert train_stylex(run, data, progress=False).steps == 2
-    changes = ["stylex.precision=fp32", "stylex.channels_last=false", "stylex.encoder_fit_minutes=0.002",
-               "stylex.encoder_fit_lr=0.01"]
+    changes = ["stylex.runtime.precision=fp32", "stylex.runtime.channels_last=false", "stylex.encoder_fit.minutes=0.002",
+               "stylex.encoder_fit.lr=0.01"]
     for steps, change in enumerate(changes, start=3):
-        reconfigure(run, change, f"stylex.steps={steps}")
+        reconfigure(run, change, f"stylex.schedule.steps={steps}")
         summary = train_stylex(run, data, progress=False)
         assert (summary.session_steps, summary.steps) == (1, steps), change  # continued, not afresh
-    reconfigure(run, "stylex.encoder_fit_lr=0.02")  # the fit alone again: no step, E fitted with the new lr
+    reconfigure(run, "stylex.encoder_fit.lr=0.02")  # the fit alone again: no step, E fitted with the new lr
     assert train_stylex(run, data, progress=False).session_steps == 0
     fit = torch.load(run.path("checkpoints", "stylex.pt"), weights_only=True)["encoder_fit"]
     assert (fit["step"], fit["minutes"], fit["lr"]) == (6, 0.002, 0.02)
@@ -155,7 +160,7 @@ def test_run_time_keys_change_nothing_a_checkpoint_resumes_from(tmp_path) -> Non
 
 def _fingerprint_before_40(cfg) -> str:
     """stylex_fingerprint as it was before #40 (the run-time keys fingerprinted as set)."""
-    section = provenance._stylex_section(cfg.stylex)  # (with the keys first fingerprinted: removed ones at their value)
+    section = provenance._stylex_section(flat_stylex(cfg.stylex))  # (with the keys first fingerprinted: removed ones at their value)
     return provenance.fingerprint("stylex", provenance.classifier_fingerprint(cfg), section)
 
 
@@ -166,7 +171,7 @@ def test_checkpoints_recorded_with_the_earlier_fingerprint_still_resume(tmp_path
 
     default = open_run(tmp_path / "default", None, TINY).cfg
     assert provenance.stylex_fingerprint(default) == _fingerprint_before_40(default)  # the defaults keep their value
-    run = open_run(tmp_path / "run", None, TINY + ["stylex.precision=fp32", "stylex.encoder_fit_minutes=0.002"])
+    run = open_run(tmp_path / "run", None, TINY + ["stylex.runtime.precision=fp32", "stylex.encoder_fit.minutes=0.002"])
     data = load_dataset(run.cfg.data)
     fit_run_classifier(run, data)
     before, now = _fingerprint_before_40(run.cfg), provenance.stylex_fingerprint(run.cfg)
@@ -176,7 +181,7 @@ def test_checkpoints_recorded_with_the_earlier_fingerprint_still_resume(tmp_path
     state = torch_load(path)
     state["fingerprint"] = before  # what the trainer recorded before #40
     torch_save(path, state)
-    reconfigure(run, "stylex.steps=3")
+    reconfigure(run, "stylex.schedule.steps=3")
     assert train_stylex(run, data, progress=False).session_steps == 1  # resumed
     assert torch_load(path)["fingerprint"] == now  # and recorded with the formula of now
     load_stylex(run)
@@ -184,7 +189,7 @@ def test_checkpoints_recorded_with_the_earlier_fingerprint_still_resume(tmp_path
     assert provenance.accepts(provenance.fingerprint("voynov_babenko", before, 8),
                               provenance.fingerprint("voynov_babenko", provenance.stylex_fingerprint(run.cfg), 8))
     assert provenance.accepts({"step": 2, "stylex": before}, {"step": 2, "stylex": now})
-    other = apply_overrides(run.cfg, ["stylex.lr_g=0.001"])  # another model is still refused
+    other = apply_overrides(run.cfg, ["stylex.optim.lr_g=0.001"])  # another model is still refused
     assert not provenance.accepts(before, provenance.stylex_fingerprint(other))
     assert not provenance.accepts(_fingerprint_before_40(other), now)
 
@@ -198,7 +203,7 @@ def test_statistics_and_probe_are_redone_when_what_they_were_made_from_changes(t
     fit_run_classifier(run, data)
     train_stylex(run, data, progress=False)
     first = attfind.run_statistics(run, data, load_stylex(run), run.cfg.attfind)
-    reconfigure(run, "stylex.lr_g=0.001")  # a different StylEx model at the same step count
+    reconfigure(run, "stylex.optim.lr_g=0.001")  # a different StylEx model at the same step count
     train_stylex(run, data, progress=False)
     second = attfind.run_statistics(run, data, load_stylex(run), run.cfg.attfind)
     assert not torch.equal(first.maximum, second.maximum)  # recomputed, not the old model's (keyed on step before)
@@ -319,7 +324,7 @@ def test_the_data_identity_is_computed_once_per_process_until_a_file_changes(tmp
         Image.fromarray(pixels).save(root / "img" / f"{i}.png")
     _labels(root, [i % 2 for i in range(40)])
     folder = ["data.source=folder", f"data.root={root}", "data.labels_csv=labels.csv", "data.label_column=label",
-              "attfind.stats_images=16", "stylex.encoder_fit_minutes=0"]  # folder data: the real preset
+              "attfind.stats_images=16", "stylex.encoder_fit.minutes=0"]  # folder data: the real preset
     run = open_run(tmp_path / "run", None, [o for o in TINY if not o.startswith("data.num_images")] + folder)
     data = load_dataset(run.cfg.data)
     fit_run_classifier(run, data)

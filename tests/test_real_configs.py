@@ -17,11 +17,12 @@ needs_data = pytest.mark.skipif(not (SHARED / "data" / "utkface").exists(), reas
                                   "celeba_young", "celeba_smile_gpu", "celeba_gender_gpu"])
 def test_folder_configs_use_the_real_preset(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
-    assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit_minutes > 0
-    assert cfg.stylex.encoder_fit_minutes < cfg.stylex.time_limit_minutes
+    assert cfg.stylex.preset == "real" and cfg.stylex.encoder_fit.minutes > 0
+    assert cfg.stylex.encoder_fit.minutes < cfg.stylex.schedule.time_limit_minutes
     if not name.endswith("_gpu"):  # the CPU configs keep the preset's sizes and schedule
-        assert {k: getattr(cfg.stylex, k) for k in REAL if k not in ("time_limit_minutes", "loss")} == \
-            {k: v for k, v in REAL.items() if k not in ("time_limit_minutes", "loss")}
+        preset = {(group, k): v for group, keys in REAL.items() if group != "loss" for k, v in keys.items()
+                  if k != "time_limit_minutes"}
+        assert {(group, k): getattr(getattr(cfg.stylex, group), k) for group, k in preset} == preset
         assert {term: cfg.stylex.weight(term) for term in REAL["loss"]} == REAL["loss"]
 
 
@@ -49,8 +50,8 @@ def test_celeba_tasks_name_their_classes_and_read_every_other_label(name: str, c
 @needs_data
 def test_gpu_config_starts_on_cpu() -> None:
     cfg = load_config(REPO / "configs" / "utkface_gpu.yaml",
-                      ["data.max_images=48", "stylex.device=cpu", "stylex.batch_size=2", "stylex.warmup_steps=1",
-                       "stylex.precision=fp32"])
+                      ["data.max_images=48", "stylex.runtime.device=cpu", "stylex.optim.batch_size=2", "stylex.schedule.warmup_steps=1",
+                       "stylex.runtime.precision=fp32"])
     data = load_dataset(cfg.data)
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2))
     trainer = StylexTrainer(cfg.stylex, data, classifier)

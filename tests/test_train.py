@@ -24,9 +24,10 @@ from stylexlib.gan.train.phases import PHASES
 from stylexlib.pipeline import cli
 from stylexlib.stylespace.inversion import (evaluate_reconstruction, invert, reconstruction_table, refinement_comparison,
                                             render_inverted)
+from stylexlib.core.stylex_config import GROUPS, replace_keys, stylex_config
 
 RESOLUTION = 16
-TINY = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
+TINY = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,
                     r1_every=2, pl_weight=2.0, pl_every=2, log_every=2, sample_every=0, checkpoint_every=3,
                     device="cpu", seed=3)
 
@@ -70,7 +71,7 @@ def all_state(trainer: train.StylexTrainer) -> dict[str, torch.Tensor]:
 
 
 def test_interrupted_run_resumes_the_same_trajectory(tmp_path, data, classifier, lpips_model, monkeypatch) -> None:
-    cfg = dataclasses.replace(TINY, mapping_match=True)  # its optimizer's state must resume too
+    cfg = replace_keys(TINY, mapping_match=True)  # its optimizer's state must resume too
     straight = make_trainer(cfg, data, classifier, lpips_model, tmp_path / "straight")
     straight.train(progress=False)
 
@@ -118,7 +119,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
 
 
 def test_time_limit_stops_and_checkpoints(tmp_path, data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, time_limit_minutes=1e-6, sample_every=5)
+    cfg = replace_keys(TINY, time_limit_minutes=1e-6, sample_every=5)
     summary = make_trainer(cfg, data, classifier, lpips_model, tmp_path).train(progress=False)
     assert summary.stopped_by_time_limit and summary.steps == summary.session_steps == 1
     assert load_checkpoint(summary.checkpoint)["step"] == 1
@@ -127,22 +128,22 @@ def test_time_limit_stops_and_checkpoints(tmp_path, data, classifier, lpips_mode
 
 
 def test_alternate_mode_runs_one_path_per_step(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0,
+    cfg = replace_keys(TINY, path_mode="alternate", encoder_every=2, r1_gamma=0.0, pl_weight=0.0,
                               loss={**TINY.loss, "sample_kl": 1.0})
-    assert StylexConfig().path_mode == "alternate"  # the shipped default
+    assert StylexConfig().schedule.path_mode == "alternate"  # the shipped default
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     encoder_step, random_step = trainer.train_step(), trainer.train_step()
     assert {"l1", "lpips", "latent", "kl"} <= encoder_step.keys() and "sample_kl" not in encoder_step
     assert set(random_step) == {"d", "g", "adv", "sample_kl"}
-    mixed = make_trainer(dataclasses.replace(cfg, path_mode="mix"), data, classifier, lpips_model, None)
+    mixed = make_trainer(replace_keys(cfg, path_mode="mix"), data, classifier, lpips_model, None)
     for step in (mixed.train_step(), mixed.train_step()):  # both paths every step
         assert {"l1", "kl", "sample_kl", "adv", "d"} <= step.keys()
     with pytest.raises(ValueError, match="path_mode"):
-        make_trainer(dataclasses.replace(TINY, path_mode="both"), data, classifier, lpips_model, None)
+        make_trainer(replace_keys(TINY, path_mode="both"), data, classifier, lpips_model, None)
 
 
 def test_bf16_autocast_step_is_finite(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, precision="bf16", condition_on="logits")
+    cfg = replace_keys(TINY, precision="bf16", condition_on="logits")
     losses = make_trainer(cfg, data, classifier, lpips_model, None).train_step()
     assert all(np.isfinite(v) for v in losses.values())
 
@@ -155,8 +156,10 @@ def image_folder_run(tmp_path: Path, classifier: torch.nn.Module) -> Path:
         for i in range(12):
             pixels = rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
-    stylex = {f"stylex.{k}={v}" for k, v in dataclasses.asdict(dataclasses.replace(TINY, steps=2)).items()
-              if v is not None}
+    sections = dataclasses.asdict(replace_keys(TINY, steps=2))
+    stylex = {f"stylex.{group}.{k}={v}" for group, keys in sections.items() if group in GROUPS
+              for k, v in keys.items() if v is not None}
+    stylex |= {f"stylex.{k}={v}" for k, v in sections.items() if k not in GROUPS}
     run = open_run(tmp_path / "run", overrides=[
         "data.source=folder", f"data.root={tmp_path / 'images'}", f"data.resolution={RESOLUTION}",
         "data.val_fraction=0.25", "data.test_fraction=0", *sorted(stylex)])
@@ -176,7 +179,7 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
     assert models.step == 2 and models.class_names == ["even", "odd"]
     assert not any(p.requires_grad for p in models.generator.parameters())
     w, c = models.encode(tiny_dataset(4).images)
-    assert w.shape == (4, TINY.latent_dim) and torch.allclose(c.sum(1), torch.ones(4))
+    assert w.shape == (4, TINY.model.latent_dim) and torch.allclose(c.sum(1), torch.ones(4))
     metrics = evaluate_reconstruction(models, tiny_dataset(10).images, lpips_model, batch_size=4)
     assert set(metrics) == {"recon_consistency", "recon_lpips", "recon_l1", "recon_kl"}
     assert 0 <= metrics["recon_consistency"] <= 1 and metrics["recon_lpips"] > 0 and metrics["recon_l1"] > 0
@@ -217,7 +220,7 @@ def test_cli_trains_and_load_stylex_evaluates(tmp_path, classifier, lpips_model)
 
 
 def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, warmup_steps=2, steps=3, checkpoint_every=0)
+    cfg = replace_keys(TINY, warmup_steps=2, steps=3, checkpoint_every=0)
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     d_before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
     mapping_before = {k: v.clone() for k, v in trainer.G.mapping.state_dict().items()}
@@ -232,19 +235,19 @@ def test_warmup_trains_only_the_autoencoder(tmp_path, data, classifier, lpips_mo
 
 
 def test_mapping_match_pulls_mapping_z_onto_the_encoder_latents(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, mapping_match=True, warmup_steps=1)
+    cfg = replace_keys(TINY, mapping_match=True, warmup_steps=1)
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     mapping_before = {k: v.clone() for k, v in trainer.G.mapping.state_dict().items()}
     assert "mapping_match" in trainer.train_step()  # also during the warm-up, when nothing else trains the mapping
     assert any(not torch.equal(v, trainer.G.mapping.state_dict()[k]) for k, v in mapping_before.items())
 
-    target = torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.5  # off W
+    target = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.5  # off W
     rest = {k: v.clone() for k, v in trainer.G.state_dict().items() if not k.startswith("mapping.")}
     encoder = {k: v.clone() for k, v in trainer.E.state_dict().items()}
 
     def gap() -> float:
         with torch.no_grad():
-            return float(latent_mmd_loss(trainer.G.mapping(torch.randn(256, cfg.latent_dim)), target))
+            return float(latent_mmd_loss(trainer.G.mapping(torch.randn(256, cfg.model.latent_dim)), target))
 
     mapping_phase = next(phase for phase in PHASES if phase.name == "mapping")
 
@@ -263,10 +266,10 @@ def test_mapping_match_pulls_mapping_z_onto_the_encoder_latents(data, classifier
 
 
 def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifier, lpips_model) -> None:
-    trainer = make_trainer(dataclasses.replace(TINY, mixing_prob=1.0), data, classifier, lpips_model, None)
+    trainer = make_trainer(replace_keys(TINY, mixing_prob=1.0), data, classifier, lpips_model, None)
     G, n = trainer.G, 64
     c = torch.softmax(torch.randn(n, 2), 1)
-    styles = G.styles(G.mapping(torch.randn(n, TINY.latent_dim)), c)
+    styles = G.styles(G.mapping(torch.randn(n, TINY.model.latent_dim)), c)
     mixed = forward.mix_styles(trainer.state, styles, c)
     layers = G.style_index.layer_ids()
     for row in range(n):
@@ -275,28 +278,28 @@ def test_style_mixing_takes_the_later_layers_from_a_second_latent(data, classifi
         assert cutoff >= 1 and torch.equal(changed, layers >= cutoff)
     cutoffs = {int(layers[(mixed[r] != styles[r])].min()) for r in range(n)}
     assert len(cutoffs) > 2  # the crossover layer is drawn per sample
-    off = make_trainer(dataclasses.replace(TINY, mixing_prob=0.0), data, classifier, lpips_model, None)
+    off = make_trainer(replace_keys(TINY, mixing_prob=0.0), data, classifier, lpips_model, None)
     assert torch.equal(forward.mix_styles(off.state, styles, c), styles)
 
 
 def test_sample_kl_and_augment_enter_the_step(data, classifier, lpips_model) -> None:
-    mix = dataclasses.replace(TINY, path_mode="mix")  # both paths in one step
-    cfg = dataclasses.replace(mix, loss={**TINY.loss, "sample_kl": 1.0}, augment="color,translation,cutout",
-                              mixing_prob=0.9)
+    mix = replace_keys(TINY, path_mode="mix")  # both paths in one step
+    cfg = replace_keys(mix, loss={**TINY.loss, "sample_kl": 1.0}, augment="color,translation,cutout",
+                       mixing_prob=0.9)
     losses = make_trainer(cfg, data, classifier, lpips_model, None).train_step()
     assert losses["sample_kl"] >= 0 and np.isfinite(losses["g"])
     assert "sample_kl" not in make_trainer(mix, data, classifier, lpips_model, None).train_step()
-    with pytest.raises(ValueError, match="stylex.augment"):
-        make_trainer(dataclasses.replace(TINY, augment="flip"), data, classifier, lpips_model, None)
+    with pytest.raises(ValueError, match="stylex.regularise.augment"):
+        make_trainer(replace_keys(TINY, augment="flip"), data, classifier, lpips_model, None)
 
 
 def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, classifier, lpips_model) -> None:
     def class_columns(trainer):
         return trainer.G.class_columns().detach().norm(dim=1)
 
-    cfg = dataclasses.replace(TINY, warmup_steps=1, lr_g=0.05)  # Adam moves a weight by about lr_g per step
+    cfg = replace_keys(TINY, warmup_steps=1, lr_g=0.05)  # Adam moves a weight by about lr_g per step
     plain = make_trainer(cfg, data, classifier, lpips_model, None)
-    sparse_cfg = dataclasses.replace(cfg, loss={**cfg.loss, "class_sparsity": 10.0})
+    sparse_cfg = replace_keys(cfg, loss={**cfg.loss, "class_sparsity": 10.0})
     sparse = make_trainer(sparse_cfg, data, classifier, lpips_model, None)
     assert torch.equal(class_columns(plain), class_columns(sparse))
     for _ in range(5):
@@ -317,7 +320,7 @@ def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model)
             module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.2, 0.2)
     # No path-length term: it is a Jacobian norm, which jumps when rounding flips one leaky ReLU's side (0.2% here).
-    cfg = dataclasses.replace(TINY, path_mode="mix", warmup_steps=1, loss={**TINY.loss, "sample_kl": 1.0},
+    cfg = replace_keys(TINY, path_mode="mix", warmup_steps=1, loss={**TINY.loss, "sample_kl": 1.0},
                               augment="color,translation,cutout", mixing_prob=0.9, mapping_match=True,
                               pl_weight=0.0)
     runs, few = {}, tiny_dataset(10)  # 8 training images: the 4 steps draw each twice (the cached C(x) is reused)
@@ -338,8 +341,8 @@ def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model)
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lpips_model, compile) -> None:
     """The GPU path: autocast (bf16, or fp16 with its scaler), channels_last, the step's speed-ups and optionally
-    stylex.compile; a warm-up step and adversarial steps with R1 stay finite and train D."""
-    cfg = dataclasses.replace(TINY, device="cuda", precision="auto", channels_last=True, compile=compile,
+    stylex.runtime.compile; a warm-up step and adversarial steps with R1 stay finite and train D."""
+    cfg = replace_keys(TINY, device="cuda", precision="auto", channels_last=True, compile=compile,
                               warmup_steps=1, loss={**TINY.loss, "sample_kl": 1.0}, augment="color,translation,cutout",
                               mixing_prob=0.9, mapping_match=True)
     trainer = train.StylexTrainer(cfg, data, copy.deepcopy(classifier), lpips_model=copy.deepcopy(lpips_model).cuda())
@@ -354,7 +357,7 @@ def test_cuda_trainer_steps_with_autocast_and_channels_last(data, classifier, lp
 
 def test_lazy_r1_runs_every_r1_every_steps_after_the_warm_up(data, classifier, lpips_model) -> None:
     """D trains on every step after the warm-up; R1 joins it on every r1_every-th step."""
-    default = make_trainer(dataclasses.replace(TINY, pl_weight=0.0, warmup_steps=1), data, classifier, lpips_model,
+    default = make_trainer(replace_keys(TINY, pl_weight=0.0, warmup_steps=1), data, classifier, lpips_model,
                            None)
     steps = [default.train_step() for _ in range(5)]
     assert [i for i, losses in enumerate(steps) if "d" in losses] == [1, 2, 3, 4]
@@ -386,7 +389,7 @@ def slow_steps(monkeypatch, step_seconds: float) -> FakeClock:
 def test_the_time_limit_counts_every_session(tmp_path, data, classifier, lpips_model, monkeypatch) -> None:
     """#40: each resumed session got the whole time_limit_minutes again."""
     slow_steps(monkeypatch, 25.0)
-    cfg = dataclasses.replace(TINY, time_limit_minutes=1.0, steps=10, checkpoint_every=0)
+    cfg = replace_keys(TINY, time_limit_minutes=1.0, steps=10, checkpoint_every=0)
     first = make_trainer(cfg, data, classifier, lpips_model, tmp_path).train(steps=2, progress=False)
     assert first.train_seconds == 50.0 and not first.stopped_by_time_limit
     resumed = make_trainer(cfg, data, classifier, lpips_model, tmp_path)
@@ -398,7 +401,7 @@ def test_the_time_limit_counts_every_session(tmp_path, data, classifier, lpips_m
     assert spent.resume()
     summary = spent.train(progress=False)  # nothing left: no step
     assert summary.stopped_by_time_limit and (summary.session_steps, summary.steps) == (0, 3)
-    longer = make_trainer(dataclasses.replace(cfg, time_limit_minutes=2.0), data, classifier, lpips_model, tmp_path)
+    longer = make_trainer(replace_keys(cfg, time_limit_minutes=2.0), data, classifier, lpips_model, tmp_path)
     assert longer.resume() and longer.train(progress=False).steps == 5  # a longer limit continues: 100 s, 125 s
 
 
@@ -409,8 +412,8 @@ def test_a_resumed_stage_03_trains_only_the_minutes_left_before_the_encoder_fit(
     from stylexlib.data import load_dataset
 
     run = open_run(image_folder_run(tmp_path, classifier))
-    run.cfg = apply_overrides(run.cfg, ["stylex.steps=10", "stylex.time_limit_minutes=2",
-                                        "stylex.encoder_fit_minutes=1"])  # 60 s of training, then 60 s of fit
+    run.cfg = apply_overrides(run.cfg, ["stylex.schedule.steps=10", "stylex.schedule.time_limit_minutes=2",
+                                        "stylex.encoder_fit.minutes=1"])  # 60 s of training, then 60 s of fit
     data = load_dataset(run.cfg.data)
     fits = []
     monkeypatch.setattr(encoder_fit, "fit_checkpoint_encoder", lambda trainer, data, minutes, progress: fits.append(
@@ -432,18 +435,18 @@ def test_a_new_loss_term_is_one_registration(data, classifier, lpips_model, monk
     def mean_brightness(c):  # a toy term: the generated images' mean
         return c.generated.images.mean()
 
-    cfg = dataclasses.replace(TINY, warmup_steps=0, checkpoint_every=0)
+    cfg = replace_keys(TINY, warmup_steps=0, checkpoint_every=0)
     assert "mean_brightness" not in make_trainer(cfg, data, classifier, lpips_model, None).train_step()  # off: 0
-    weighted = dataclasses.replace(cfg, loss={**cfg.loss, "mean_brightness": 2.0})
+    weighted = replace_keys(cfg, loss={**cfg.loss, "mean_brightness": 2.0})
     assert loss_terms.loss_weights(weighted)["mean_brightness"] == 2.0
     step = make_trainer(weighted, data, classifier, lpips_model, None).train_step()
     assert "mean_brightness" in step and np.isfinite(step["mean_brightness"])
     with pytest.raises(ConfigError, match="no loss term named 'brightnes'.*mean_brightness"):
-        make_trainer(dataclasses.replace(cfg, loss={"brightnes": 1.0}), data, classifier, lpips_model, None)
+        make_trainer(replace_keys(cfg, loss={"brightnes": 1.0}), data, classifier, lpips_model, None)
 
 
 def test_sampling_by_kl_draws_the_images_whose_reconstructions_lose_the_decision() -> None:
-    """stylex.kl_sampling: the prioritised share of a batch follows each image's last recorded KL; the rest, and every
+    """stylex.schedule.kl_sampling: the prioritised share of a batch follows each image's last recorded KL; the rest, and every
     batch at share 0, is the uniform permutation as before (recording scores does not move those draws)."""
     positions = torch.arange(100, 140)
     plain, scored = BatchSampler(positions, 8, seed=1), BatchSampler(positions, 8, seed=1)
@@ -461,7 +464,7 @@ def test_sampling_by_kl_draws_the_images_whose_reconstructions_lose_the_decision
 
 
 def test_kl_sampling_records_each_reconstructions_kl_and_needs_the_kl_term(data, classifier, lpips_model) -> None:
-    cfg = dataclasses.replace(TINY, warmup_steps=0, checkpoint_every=0, kl_sampling=0.5,
+    cfg = replace_keys(TINY, warmup_steps=0, checkpoint_every=0, kl_sampling=0.5,
                               loss={**TINY.loss, "kl": 1.0})
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     drawn = []
@@ -473,4 +476,4 @@ def test_kl_sampling_records_each_reconstructions_kl_and_needs_the_kl_term(data,
     scores = trainer.batches.sampler.scores
     assert 0 < (~scores.isnan()).sum() <= 8 and (scores[~scores.isnan()] >= 0).all()
     with pytest.raises(ConfigError, match="kl_sampling.*stylex.loss.kl"):
-        make_trainer(dataclasses.replace(cfg, loss={**TINY.loss, "kl": 0.0}), data, classifier, lpips_model, None)
+        make_trainer(replace_keys(cfg, loss={**TINY.loss, "kl": 0.0}), data, classifier, lpips_model, None)

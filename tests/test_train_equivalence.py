@@ -7,7 +7,6 @@ Regenerate (only for an intended change of what training learns): ``python tests
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,16 +20,17 @@ from stylexlib.core.config import StylexConfig
 from stylexlib.data import ImageDataset
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.training import StylexTrainer
+from stylexlib.core.stylex_config import replace_keys, stylex_config
 
 GOLDEN = Path(__file__).parent / "data" / "train_equivalence.json"
 RESOLUTION = 16
-BASE = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, r1_every=2,
+BASE = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, r1_every=2,
                     pl_weight=2.0, pl_every=2, log_every=2, sample_every=0, checkpoint_every=0, collapse_every=0,
                     device="cpu", seed=3)
 CONFIGS = {  # the default path schedule with a warm-up, the mapping match and class sparsity; then the "mix" path
-    "alternate": dataclasses.replace(BASE, steps=6, warmup_steps=2, mapping_match=True,
+    "alternate": replace_keys(BASE, steps=6, warmup_steps=2, mapping_match=True,
                                      loss={**BASE.loss, "class_sparsity": 1.0}),
-    "mix": dataclasses.replace(BASE, steps=4, path_mode="mix", loss={**BASE.loss, "sample_kl": 1.0}, mixing_prob=0.9,
+    "mix": replace_keys(BASE, steps=4, path_mode="mix", loss={**BASE.loss, "sample_kl": 1.0}, mixing_prob=0.9,
                                augment="color,translation,cutout"),
 }
 
@@ -43,11 +43,11 @@ def tiny_dataset(n: int = 40) -> ImageDataset:
 
 
 def trained(cfg: StylexConfig, lpips_model: torch.nn.Module) -> tuple[StylexTrainer, list[dict[str, float]]]:
-    """A trainer after ``cfg.steps`` train steps, and each step's losses."""
+    """A trainer after ``cfg.schedule.steps`` train steps, and each step's losses."""
     torch.manual_seed(0)
     classifier = build_classifier(2, RESOLUTION, width=4).eval()
     trainer = StylexTrainer(cfg, tiny_dataset(), classifier, lpips_model=lpips_model)
-    return trainer, [trainer.train_step() for _ in range(cfg.steps)]
+    return trainer, [trainer.train_step() for _ in range(cfg.schedule.steps)]
 
 
 def summary(trainer: StylexTrainer, losses: list[dict[str, float]]) -> dict:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import StylexConfig
 from stylexlib.explain.attfind.visibility import (VisibilityRule, class_swap_yardstick, invisible_attributes,
                                                   measure_visibility, saved_rule, swapped_top_two, visibility_metrics,
                                                   visibility_rule)
@@ -16,6 +15,7 @@ from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels
 from stylexlib.report.gallery import write_gallery
+from stylexlib.core.stylex_config import stylex_config
 
 SWAP = {"mean_prob_change": 0.81, "mean_lpips": 0.050, "prob_change_per_lpips": 16.2}  # runs/demo_now's class swap
 
@@ -45,9 +45,9 @@ def test_swapped_top_two_exchanges_the_predicted_and_runner_up_classes() -> None
 
 def tiny_models(condition_on: str = "probs") -> StylexModels:
     torch.manual_seed(0)
-    cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8, condition_on=condition_on)
+    cfg = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8, condition_on=condition_on)
     G = Generator(16, 2, cfg).eval().requires_grad_(False)
-    E = Encoder(16, cfg.latent_dim, cfg).eval().requires_grad_(False)
+    E = Encoder(16, cfg.model.latent_dim, cfg).eval().requires_grad_(False)
     C = build_classifier(2, 16, width=4).eval().requires_grad_(False)
     return StylexModels(G, E, C, cfg, ["a", "b"], 0, torch.device("cpu"))
 

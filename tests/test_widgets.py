@@ -14,11 +14,11 @@ from test_study import make_examples
 
 import stylexlib.core.io
 from stylexlib.classifier.model import build_classifier
-from stylexlib.core.config import StylexConfig
 from stylexlib.data import to_float
 from stylexlib.gan import Encoder, Generator
 from stylexlib.report.study import StudyError, generate_studies, read_responses, score_responses
 from stylexlib.report.widgets import AttributeBrowser, StudyRunner, load_image_bytes
+from stylexlib.core.stylex_config import stylex_config
 
 RES = 16
 
@@ -28,9 +28,9 @@ class TinyEditor:
 
     def __init__(self, num_classes: int = 2, shift: float = 4.0) -> None:
         torch.manual_seed(0)
-        cfg = StylexConfig(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
+        cfg = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
         self.generator = Generator(RES, num_classes, cfg).eval()
-        self.encoder = Encoder(RES, cfg.latent_dim, cfg).eval()
+        self.encoder = Encoder(RES, cfg.model.latent_dim, cfg).eval()
         self.classifier = build_classifier(num_classes, RES, width=8).eval()
         self.class_names = [f"class{i}" for i in range(num_classes)]
         self.resolution, self.shift = RES, shift

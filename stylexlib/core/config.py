@@ -15,12 +15,10 @@ import yaml
 
 from stylexlib.core.install import shipped
 from stylexlib.core.presets import with_preset
+from stylexlib.core.stylex_config import (FLAT_KEYS, GROUPED_KEYS, PAPER_LOSS_WEIGHTS, ConfigError,  # noqa: F401
+                                          StylexConfig, group_flat_keys)
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the fix."""
 
 
 @dataclass
@@ -97,78 +95,6 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     augment: bool = True  # random horizontal flips
     seed: int = 0
-
-
-PAPER_LOSS_WEIGHTS = {"adv": 1.0, "l1": 1.0, "lpips": 0.1, "latent": 0.1, "kl": 1.0}  # Lang et al. 2021, Sec. 3
-
-
-@dataclass
-class StylexConfig:
-    """StylEx model sizes, losses and training schedule (defaults: paper weights)."""
-
-    latent_dim: int = 128
-    mapping_layers: int = 4
-    channel_base: int = 2048  # channels(res) = min(channel_base // res, channel_max)
-    channel_max: int = 128
-    condition_on: Literal["probs", "logits", "none"] = "probs"  # "probs" or "logits" of the classifier, concatenated
-    # to w; "none": a GAN trained without the classifier (c = 0, D unconditional, no KL terms; stage 09's baseline)
-    steps: int = 2000
-    batch_size: int = 16
-    lr_g: float = 2e-3
-    lr_d: float = 2e-3
-    lr_e: float = 2e-3
-    beta1: float = 0.0
-    beta2: float = 0.99
-    r1_gamma: float = 1.0
-    r1_every: int = 16
-    pl_weight: float = 0.0  # path-length regularisation weight (0 disables)
-    pl_every: int = 4
-    ema_half_life_images: float = 2000.0
-    encoder_fit_minutes: float = 0.0  # stage two (gan.encoder_fit): the last minutes of the time limit fit E alone to
-    # the frozen G_ema that later stages render with (0: off; without a time limit, these minutes after training)
-    encoder_fit_lr: float = 1e-3
-    weight_sample_cycle: float = 0.1  # the fit's latent cycle |E(G_ema(w, c)) - w| on fresh samples
-    preset: Literal["none", "real"] = "none"  # settings filled in beneath the file's own stylex keys (core.presets):
-    # "real" for photographs (the default for folder data), "none" (the defaults here) for the synthetic data
-    collapse_every: int = 250  # steps between encoder-collapse checks (gan.collapse) in stats.jsonl; 0: none
-    loss: dict[str, float] = field(default_factory=lambda: dict(PAPER_LOSS_WEIGHTS))  # each loss term's weight, by
-    # its name in gan.train.loss_terms (a term not named here: 0, off); a file's entries replace these one by one.
-    # The paper's: adv, l1, lpips, latent, kl. Ours: sample_kl, KL(c || C(G(mapping(z), c))) on the random path's
-    # samples; class_sparsity, a group lasso on the generator's class columns (losses.class_pathway_sparsity), so that
-    # the classifier's output reaches few StyleSpace coordinates, which AttFind can then find
-    mapping_match: bool = False  # not in the paper: each step, mapping(z) also steps towards E(x)'s distribution
-    # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
-    # moves the mapping network only, never E; its own Adam at lr_g / 0.01 sets the step size (a switch: Adam's steps
-    # do not scale with a loss weight; it was `weight_mapping_match`, any value > 0 on)
-    # "alternate": the encoder path (x -> E -> G, reconstruction losses) on steps where step % encoder_every == 0,
-    # the random path (z -> mapping -> G) on the others, as the public StylEx reproduction trains: each step half the
-    # work; "mix": both paths every step (docs/experiments.md, "Training throughput")
-    path_mode: Literal["mix", "alternate"] = "alternate"
-    encoder_every: int = 2  # path_mode "alternate" only
-    # Levers measured by benchmarks/time_to_quality.py (defaults off: the plain StylEx trainer):
-    warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
-    mixing_prob: float = 0.0  # style-mixing regularisation on the random path (StyleGAN2: 0.9)
-    kl_sampling: float = 0.0  # the share of each encoder-path batch drawn in proportion to the image's last
-    # reconstruction KL(C(x) || C(x')) (the rest uniformly): the images whose reconstructions lose what the classifier
-    # reads (a rare attribute it leans on) come back more often; one host sync per encoder step (docs/experiments.md,
-    # "Sampling by the KL": one run on the shortcut task, not yet told apart from its extra steps)
-    augment: str = ""  # DiffAugment policy for D's inputs, a comma-separated subset of "color,translation,cutout"
-    lpips_net: Literal["squeeze", "alex", "vgg"] = "squeeze"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 elsewhere), "fp32", "bf16", "fp16"
-    log_every: int = 10  # steps between progress-bar updates and stats.jsonl lines
-    sample_every: int = 250  # steps between preview grids (samples, reconstructions); 0: none
-    checkpoint_every: int = 250
-    time_limit_minutes: float | None = None  # stop (and checkpoint) after this much training time, all sessions
-    # together (a resumed run trains the minutes left)
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    channels_last: bool = True
-    compile: bool = False  # torch.compile G's synthesis layers, E, D's trunk and the classifier for training (compile
-    # time counts against the time limit; benchmarks/train_step.py --variants measures whether it wins)
-    seed: int = 0
-
-    def weight(self, term: str) -> float:
-        """The weight of the loss term ``term`` (0 when ``loss`` does not name it)."""
-        return float(self.loss.get(term, 0.0))
 
 
 @dataclass
@@ -312,9 +238,10 @@ STYLEX_RENAMED_KEYS = {"weight_mapping_match": ("mapping_match", lambda weight: 
 STYLEX_FLAT_LOSS_WEIGHTS = ("adv", "l1", "lpips", "latent", "kl", "sample_kl", "class_sparsity")
 
 
-def migrate_stylex(raw: dict[str, Any], where: str = "stylex") -> dict[str, Any]:
+def migrate_stylex(raw: dict[str, Any], where: str = "stylex", warn_flat: bool = False) -> dict[str, Any]:
     """A ``stylex`` section as today's StylexConfig reads it: removed keys dropped (a warning when one was set to what
-    no longer exists), renamed keys renamed, ``weight_<term>`` keys moved into ``loss``."""
+    no longer exists), renamed keys renamed, ``weight_<term>`` keys moved into ``loss``, flat keys into their groups
+    (``lr_g`` into ``optim``; ``warn_flat``: say so, for a file a person edits)."""
     migrated, flat_weights = {}, {}
     for key, value in raw.items():
         if key in STYLEX_REMOVED_KEYS:
@@ -332,7 +259,7 @@ def migrate_stylex(raw: dict[str, Any], where: str = "stylex") -> dict[str, Any]
         if not isinstance(migrated.get("loss") or {}, dict):
             raise ConfigError(f"{where}.loss: expected a mapping of loss-term weights, got {migrated['loss']!r}")
         migrated["loss"] = {**flat_weights, **(migrated.get("loss") or {})}  # `loss`'s own entries win
-    return migrated
+    return group_flat_keys(migrated, where, warn=warn_flat)
 
 
 def migrate_attfind(raw: dict[str, Any], where: str = "attfind") -> dict[str, Any]:
@@ -354,7 +281,7 @@ def from_dict(raw: dict[str, Any], cls: type = Config, where: str = "", presets:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
     if cls is Config and isinstance(raw.get("stylex"), dict):  # before the preset: a file's renamed key wins over it
-        raw = {**raw, "stylex": migrate_stylex(raw["stylex"])}
+        raw = {**raw, "stylex": migrate_stylex(raw["stylex"], warn_flat=presets)}
     if cls is Config and presets and isinstance(raw.get("stylex") or {}, dict):
         try:
             raw = with_preset(raw)
@@ -492,6 +419,11 @@ def set_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         if len(parts) == 2 and parts[0] == "stylex" and parts[1] in {f"weight_{t}" for t in STYLEX_FLAT_LOSS_WEIGHTS}:
             parts = ["stylex", "loss", parts[1].removeprefix("weight_")]  # stylex.weight_kl=... as it was written
+        if len(parts) == 2 and parts[0] == "stylex" and parts[1] in FLAT_KEYS:  # stylex.lr_g=..., before the groups
+            log.warning("stylex.%s is now stylex.%s (read as that)", parts[1], ".".join(FLAT_KEYS[parts[1]]))
+            parts = ["stylex", *FLAT_KEYS[parts[1]]]
+        if len(parts) == 3 and parts[0] == "stylex" and isinstance(raw.get("stylex"), dict):
+            raw["stylex"].pop(GROUPED_KEYS.get((parts[1], parts[2]), ""), None)  # the file's flat key: overridden
         node, cls = raw, Config
         for depth, part in enumerate(parts):
             if cls is not None:  # inside a config section (free-form below `extra`)
@@ -553,7 +485,7 @@ def _columns_problem(value: list[str] | str) -> str | None:
 
 
 # Checks beyond the field types, run when a config is loaded: each returns the problem or None.
-FIELD_CHECKS = {"StylexConfig": {"device": _device_problem, "augment": augment_problem},
+FIELD_CHECKS = {"RuntimeConfig": {"device": _device_problem}, "RegulariseConfig": {"augment": augment_problem},
                 "EvaluateConfig": {"attribute_columns": _columns_problem},
                 "CompareConfig": {"methods": _methods_problem}}
 
@@ -583,7 +515,7 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if hint is Any:
         return value
     if hint is str and value is None:
-        return ""  # `--set stylex.augment=` (an empty value) on a text field: the empty text
+        return ""  # `--set stylex.regularise.augment=` (an empty value) on a text field: the empty text
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: must be one of {', '.join(map(repr, args))}, got {value!r}")

@@ -14,31 +14,21 @@ from typing import Any
 
 REAL: dict[str, Any] = {
     # sizes for 2 CPU cores at 32-64 px
-    "latent_dim": 64,
-    "mapping_layers": 4,
-    "channel_base": 2048,
-    "channel_max": 64,
-    "batch_size": 16,
+    "model": {"latent_dim": 64, "mapping_layers": 4, "channel_base": 2048, "channel_max": 64},
+    "optim": {"batch_size": 16},
     # the encoder path on real images (docs/experiments.md, "Real photographs"): E is fitted to the frozen G_ema in the
     # last minutes of the budget, since during the adversarial game E co-adapts with the live G and drifts from G_ema
-    "encoder_fit_minutes": 8,
-    # the demo's time-to-quality levers that carry over
-    "warmup_steps": 1000,
-    "mapping_match": True,
-    "mixing_prob": 0.9,
-    "augment": "color,translation,cutout",
-    "r1_every": 16,
+    "encoder_fit": {"minutes": 8},
+    # the demo's time-to-quality levers that carry over (the warm-up below too)
+    "regularise": {"mapping_match": True, "mixing_prob": 0.9, "augment": "color,translation,cutout", "r1_every": 16},
     # loss weights, entry by entry beneath a file's own: the demo's time-to-quality levers (lpips, kl, sample_kl), and
     # class_sparsity routes the classifier's output through few StyleSpace coordinates (a group lasso on the class
     # columns of A([w, c])): on UTKFace AttFind's top-10 flip rate 0.19 -> 1.00 and age on reconstructions 0.87x ->
     # 0.83x of the originals (docs/experiments.md, "the class-sparsity lever"; weight 10 cost age: 0.79x)
     "loss": {"lpips": 1.0, "kl": 0.1, "sample_kl": 0.1, "class_sparsity": 3.0},
     # a 2-core CPU budget: the time limit ends training (a GPU config raises both)
-    "steps": 20000,
-    "time_limit_minutes": 60,
-    "log_every": 50,
-    "sample_every": 500,
-    "checkpoint_every": 250,
+    "schedule": {"warmup_steps": 1000, "steps": 20000, "time_limit_minutes": 60},
+    "runtime": {"log_every": 50, "sample_every": 500, "checkpoint_every": 250},
 }
 
 REAL_INVERSION: dict[str, Any] = {
@@ -81,7 +71,7 @@ def with_preset(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _beneath(preset: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
-    """A section's own keys over the preset's; a mapping (``loss``) entry by entry."""
+    """A section's own keys over the preset's; a mapping (``loss``, a ``stylex`` group) entry by entry."""
     merged = {**preset, **own}
     for key, value in preset.items():
         if isinstance(value, dict) and isinstance(own.get(key), dict):

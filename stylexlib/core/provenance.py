@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stylexlib.core.config import STYLEX_FLAT_LOSS_WEIGHTS, Config, to_dict
+from stylexlib.core.stylex_config import StylexConfig, flat_stylex
 from stylexlib.core.data_identity import folder_identity
 from stylexlib.core.install import default_cache
 from stylexlib.core.io import read_json, torch_load, write_json
@@ -156,30 +157,31 @@ def stylex_fingerprint(cfg: Config) -> str:
     run-time keys at their defaults (STYLEX_RUNTIME_KEYS); the value the earlier formula (run-time keys as set) gives is
     accepted too (:func:`accepts`)."""
     upstream = classifier_fingerprint(cfg)
-    defaults = type(cfg.stylex)()
-    runtime_at_defaults = dataclasses.replace(cfg.stylex, **{k: getattr(defaults, k) for k in STYLEX_RUNTIME_KEYS})
+    defaults = flat_stylex(type(cfg.stylex)())
+    flat = flat_stylex(cfg.stylex)
+    runtime_at_defaults = {**flat, **{k: defaults[k] for k in STYLEX_RUNTIME_KEYS}}
     made = fingerprint("stylex", upstream, _stylex_section(runtime_at_defaults))
-    before = fingerprint("stylex", upstream, _stylex_section(cfg.stylex))
+    before = fingerprint("stylex", upstream, _stylex_section(flat))
     if before != made:
         _ALIASES.setdefault(made, set()).add(before)
     return made
 
 
-def _stylex_section(stylex: Any) -> dict[str, Any]:
-    """The StylEx section as fingerprinted: under the keys first fingerprinted (removed keys at their one value left,
-    ``mapping_match`` as the ``weight_mapping_match`` it was), schedule keys aside, keys added since
-    (not in STYLEX_FIRST_FINGERPRINTED) only when set."""
-    defaults = {**_flat_loss(type(stylex)()), "weight_mapping_match": 0.0}
-    named = {**_flat_loss(stylex), **STYLEX_REMOVED_FINGERPRINTED}
+def _stylex_section(flat: dict[str, Any]) -> dict[str, Any]:
+    """The StylEx section (:func:`flat_stylex`) as fingerprinted: under the flat keys first fingerprinted (removed keys
+    at their one value left, ``mapping_match`` as the ``weight_mapping_match`` it was), schedule keys aside, keys added
+    since (not in STYLEX_FIRST_FINGERPRINTED) only when set."""
+    defaults = {**_flat_loss(flat_stylex(StylexConfig())), "weight_mapping_match": 0.0}
+    named = {**_flat_loss(flat), **STYLEX_REMOVED_FINGERPRINTED}
     named["weight_mapping_match"] = float(named.pop("mapping_match"))
     return {k: v for k, v in named.items()
             if k not in STYLEX_SCHEDULE_KEYS and (k in STYLEX_FIRST_FINGERPRINTED or v != defaults.get(k, 0.0))}
 
 
-def _flat_loss(stylex: Any) -> dict[str, Any]:
-    """The StylEx section with its ``loss`` entries as the ``weight_<term>`` keys they once were (every term first
+def _flat_loss(flat: dict[str, Any]) -> dict[str, Any]:
+    """The flat StylEx section with its ``loss`` entries as the ``weight_<term>`` keys they once were (every term first
     fingerprinted, named or not, and the others ``loss`` names)."""
-    flat = to_dict(stylex)
+    flat = dict(flat)
     loss = flat.pop("loss")
     first = [term for term in STYLEX_FLAT_LOSS_WEIGHTS if f"weight_{term}" in STYLEX_FIRST_FINGERPRINTED]
     return {**flat, **{f"weight_{term}": float(loss.get(term, 0.0)) for term in (*first, *loss)}}

@@ -77,7 +77,7 @@ def evaluation_key(method, gan: str, weights: str, protocol: dict) -> str:
     GAN (``gan``: its name; the weights that invert, render and classify, its checkpoint step) and the ``protocol``
     (:func:`protocol_key`)."""
     models = method.explainer.models
-    gan = {"name": gan, "weights": weights, "step": models.step, "condition_on": models.cfg.condition_on,
+    gan = {"name": gan, "weights": weights, "step": models.step, "condition_on": models.cfg.model.condition_on,
            "class_names": list(models.class_names)}
     return fingerprint("gan-baseline-evaluation", [method.name, method.family, method.rule], gan, protocol)
 

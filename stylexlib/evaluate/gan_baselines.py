@@ -87,12 +87,12 @@ class Method:
 
 def gan_of(method: Method) -> str:
     """"stylex" or "plain": the GAN a method edits."""
-    return "plain" if method.explainer.models.cfg.condition_on == "none" else "stylex"
+    return "plain" if method.explainer.models.cfg.model.condition_on == "none" else "stylex"
 
 
 def load_gans(run: Run, data, device=None, progress: bool = True) -> list[Gan]:
     """StylEx's GAN and the classifier-free GAN (trained here for as many steps as StylEx, or resumed)."""
-    device = device or pick_device(run.cfg.stylex.device)
+    device = device or pick_device(run.cfg.stylex.runtime.device)
     classifier = load_run_classifier(run, data)
     stylex = load_stylex(run, device, data)
     train_plain_gan(run, data, classifier, stylex.step, device, progress)  # StylEx's number of steps: the budget
@@ -278,7 +278,7 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     rows = data.indices("test")[: cfg.evaluation_images]
     evaluation = to_float(data.images[torch.as_tensor(rows)])
     with_factors = data.factors is not None and probe is not None
-    protocol = protocol_key(run, data, selection, rows, [run.cfg.stylex.lpips_net, KID_NET],
+    protocol = protocol_key(run, data, selection, rows, [run.cfg.stylex.model.lpips_net, KID_NET],
                             probe if with_factors else None, oracle)
     weights: dict[int, str] = {}  # per GAN (its models): the digest of its weights, computed once
     keys, results = {}, {}
@@ -297,8 +297,8 @@ def evaluate_all(run: Run, data, methods: list[Method], probe=None, progress: bo
     if todo:
         classifier = todo[0].explainer.models.classifier
         device = todo[0].explainer.models.device
-        lpips_model = load_lpips(run.cfg.stylex.lpips_net, device)
-        feature_model = lpips_model if run.cfg.stylex.lpips_net == KID_NET else load_lpips(KID_NET, device)
+        lpips_model = load_lpips(run.cfg.stylex.model.lpips_net, device)
+        feature_model = lpips_model if run.cfg.stylex.model.lpips_net == KID_NET else load_lpips(KID_NET, device)
         real_features = lpips_features(feature_model, to_float(data.images[torch.as_tensor(data.indices("test"))]))
         masks = sensitivity = groups = None
         if with_factors:

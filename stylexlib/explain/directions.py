@@ -94,7 +94,7 @@ class DirectionExplainer(StylEx):
     def __init__(self, models: StylexModels, stats: StyleStats, pool: EditPool, step: float = 3.0,
                  batch_size: int = 64) -> None:
         super().__init__(models.generator, models.encoder, models.classifier, stats, models.class_names,
-                         models.cfg.condition_on, batch_size=batch_size, device=models.device)
+                         models.cfg.model.condition_on, batch_size=batch_size, device=models.device)
         self.pool, self.step = pool, step
 
     def _candidates(self, styles: Tensor, target: Tensor) -> tuple[Tensor, Callable, Callable]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylexlib.core.config import AttFindConfig, InversionConfig, StylexConfig
+from stylexlib.core.config import AttFindConfig, InversionConfig
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score,
                                                compute_effects, edited_logits_fast, predict_styles,
@@ -29,6 +29,7 @@ from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.losses import load_lpips, visible_change
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
+from stylexlib.core.stylex_config import stylex_config
 
 
 class Direction(str, Enum):
@@ -93,7 +94,7 @@ class StylEx:
         names = class_names or [str(i) for i in range(generator.num_classes)]
         nets = [m.to(device).eval().requires_grad_(False) for m in (generator, encoder, classifier)]
         # inversion: how images are inverted (None: E(x) alone; a run's refines each image, see stylespace.inversion)
-        self.models = StylexModels(*nets, StylexConfig(condition_on=condition_on, latent_dim=generator.latent_dim),
+        self.models = StylexModels(*nets, stylex_config(condition_on=condition_on, latent_dim=generator.latent_dim),
                                    names, 0, device, inversion=inversion or InversionConfig())
         self.editor = AttributeEditor(self.models, stats, shift, shift_std, batch_size)  # renders, reads C, edits
         self.include_torgb, self.batch_size = include_torgb, batch_size
@@ -126,7 +127,7 @@ class StylEx:
         run = open_run(run_dir)
         editor = load_editor(run, device)
         m, a = editor.models, run.cfg.attfind
-        explainer = cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.condition_on,
+        explainer = cls(m.generator, m.encoder, m.classifier, editor.stats, m.class_names, m.cfg.model.condition_on,
                         editor.shift, editor.shift_std, a.include_torgb, a.batch_size or 64, m.device, visible_only,
                         saved_rule(run.metrics), m.inversion)
         explainer.models.store = m.store
@@ -219,7 +220,7 @@ class StylEx:
     def lpips(self) -> nn.Module:
         """The LPIPS model visible changes are measured with (loaded on first use)."""
         if self._lpips is None:
-            self._lpips = load_lpips(self.models.cfg.lpips_net, self.models.device)
+            self._lpips = load_lpips(self.models.cfg.model.lpips_net, self.models.device)
         return self._lpips
 
     def visibility_rule(self, inputs: Tensor) -> VisibilityRule:

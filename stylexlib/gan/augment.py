@@ -14,7 +14,7 @@ def parse_policy(policy: str) -> list[str]:
     """``"color,translation"`` -> ["color", "translation"]; an empty string is no augmentation."""
     problem = augment_problem(policy)
     if problem:
-        raise ValueError(f"stylex.augment: {problem}")
+        raise ValueError(f"stylex.regularise.augment: {problem}")
     return [name.strip() for name in policy.split(",") if name.strip()]
 
 

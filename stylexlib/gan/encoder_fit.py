@@ -5,7 +5,7 @@ galleries render with the averaged G_ema: on photographs the pair drifts apart (
 G + E against 0.25 with G_ema + E, and reconstructions turn into one average face; docs/experiments.md, "Real
 photographs"). As the inversion encoders pSp, e4e and ReStyle do, this stage trains E against a frozen generator:
 L1 + LPIPS + KL(C(x) || C(x')) on real images, plus the latent cycle |E(G(w, c)) - w| on fresh samples
-(``stylex.weight_sample_cycle``). Adam with momentum (beta1 0.9), at ``stylex.encoder_fit_lr``.
+(``stylex.encoder_fit.weight_sample_cycle``). Adam with momentum (beta1 0.9), at ``stylex.encoder_fit.lr``.
 """
 from __future__ import annotations
 
@@ -55,12 +55,12 @@ class EncoderFitter:
         self.images = data.images
         self.rng = torch.Generator().manual_seed(seed * 1000 + 17)
         params = [p for p in self.encoder.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.encoder_fit_lr, betas=(0.9, 0.99))
+        self.optimizer = torch.optim.Adam(params, lr=cfg.encoder_fit.lr, betas=(0.9, 0.99))
         self.step = 0
 
     def _batch(self) -> Tensor:
         count = len(self.train_positions)
-        picks = self.train_positions[torch.randint(count, (self.cfg.batch_size,), generator=self.rng)]
+        picks = self.train_positions[torch.randint(count, (self.cfg.optim.batch_size,), generator=self.rng)]
         return to_float(self.images[picks]).to(self.device)
 
     def train_step(self) -> dict[str, Tensor]:
@@ -68,20 +68,20 @@ class EncoderFitter:
         cfg, x = self.cfg, self._batch()
         with torch.no_grad():
             logits = self.classifier(x).float()
-        condition = class_input(logits, cfg.condition_on)
+        condition = class_input(logits, cfg.model.condition_on)
         rec = self.generator(self.encoder(x), condition, noise_mode="const")
         terms = {"l1": (x - rec).abs().mean(), "lpips": lpips_distance(self.lpips, x, rec).mean()}
         loss = cfg.weight("l1") * terms["l1"] + cfg.weight("lpips") * terms["lpips"]
         if cfg.weight("kl") > 0:
             terms["kl"] = classifier_kl_loss(logits, self.classifier(rec))
             loss = loss + cfg.weight("kl") * terms["kl"]
-        if cfg.weight_sample_cycle > 0:
+        if cfg.encoder_fit.weight_sample_cycle > 0:
             with torch.no_grad():
-                z = torch.randn(len(x), cfg.latent_dim, generator=self.rng).to(self.device)
+                z = torch.randn(len(x), cfg.model.latent_dim, generator=self.rng).to(self.device)
                 w = self.generator.mapping(z)
                 samples = self.generator(w, condition[torch.randperm(len(x), generator=self.rng)], noise_mode="const")
             terms["sample_cycle"] = (self.encoder(samples) - w).abs().mean()
-            loss = loss + cfg.weight_sample_cycle * terms["sample_cycle"]
+            loss = loss + cfg.encoder_fit.weight_sample_cycle * terms["sample_cycle"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -107,7 +107,7 @@ class EncoderFitter:
         losses = {k: float(torch.stack([t[k] for t in recent]).mean()) for k in (recent[-1] if recent else {})}
         for name, value in losses.items():
             if not math.isfinite(value):
-                raise RuntimeError(f"fitting the encoder diverged: '{name}' is {value}; lower stylex.encoder_fit_lr")
+                raise RuntimeError(f"fitting the encoder diverged: '{name}' is {value}; lower stylex.encoder_fit.lr")
         self.encoder.eval().requires_grad_(False)
         return FitSummary(self.step, time.perf_counter() - started, losses, self.encoder)
 
@@ -116,7 +116,7 @@ def fit_checkpoint_encoder(trainer, data: ImageDataset, minutes: float, progress
     """Fit the trainer's encoder to its G_ema for ``minutes`` and store it in the checkpoint as ``E_fit`` (which
     :func:`stylexlib.gan.models.load_models` prefers); skipped when the checkpoint already holds a fit of this step with
     these minutes and ``encoder_fit_lr`` (keys outside the GAN's fingerprint: a change fits again, never retrains G)."""
-    path, lr = trainer.checkpoint_file, trainer.cfg.encoder_fit_lr
+    path, lr = trainer.checkpoint_file, trainer.cfg.encoder_fit.lr
     state = load_checkpoint(path)
     done = state.get("encoder_fit", {})
     same = done.get("minutes", minutes) == minutes and done.get("lr", lr) == lr  # (fits recorded before: as now)

@@ -24,7 +24,7 @@ NOISE_MODES = ("const", "random", "none")
 
 def channels_at(resolution: int, cfg: StylexConfig) -> int:
     """Feature channels at a resolution: ``min(channel_base // resolution, channel_max)``."""
-    return max(1, min(cfg.channel_base // resolution, cfg.channel_max))
+    return max(1, min(cfg.model.channel_base // resolution, cfg.model.channel_max))
 
 
 def check_resolution(resolution: int) -> int:
@@ -192,8 +192,8 @@ class Generator(nn.Module):
         log2 = check_resolution(resolution)
         self.resolution = resolution
         self.num_classes = num_classes
-        self.latent_dim = cfg.latent_dim
-        self.mapping = MappingNetwork(cfg.latent_dim, cfg.mapping_layers)
+        self.latent_dim = cfg.model.latent_dim
+        self.mapping = MappingNetwork(cfg.model.latent_dim, cfg.model.mapping_layers)
         ch = channels_at(4, cfg)
         self.const = nn.Parameter(torch.randn(1, ch, 4, 4))
 
@@ -215,7 +215,7 @@ class Generator(nn.Module):
             StyleLayer(name, module.in_channels, module.resolution, isinstance(module, ToRGB)) for name, module in named
         ])
         # All per-layer affine maps A_l([w, c]) stacked into one linear layer (bias 1, as StyleGAN2).
-        self.affine = EqualLinear(cfg.latent_dim + num_classes, self.style_index.size, bias_init=1.0)
+        self.affine = EqualLinear(cfg.model.latent_dim + num_classes, self.style_index.size, bias_init=1.0)
 
     @property
     def style_dim(self) -> int:

@@ -59,7 +59,7 @@ def weights_digest(*modules: nn.Module) -> str:
 def store_identity(models, settings: dict) -> str:
     """The identity of a store for ``models`` (a StylexModels) inverting with ``settings``."""
     plain = {"weights": weights_digest(models.generator, models.encoder, models.classifier),
-             "condition_on": models.cfg.condition_on, "lpips_net": models.cfg.lpips_net, **settings}
+             "condition_on": models.cfg.model.condition_on, "lpips_net": models.cfg.model.lpips_net, **settings}
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -26,14 +26,14 @@ def build_networks(resolution: int, num_classes: int, cfg: StylexConfig
     """Fresh G, E and D for images of ``resolution`` and a classifier with ``num_classes`` outputs."""
     return (
         Generator(resolution, num_classes, cfg),
-        Encoder(resolution, cfg.latent_dim, cfg),
+        Encoder(resolution, cfg.model.latent_dim, cfg),
         Discriminator(resolution, num_classes, cfg),
     )
 
 
 def class_input(logits: Tensor, condition_on: str) -> Tensor:
     """The generator's class input c for classifier logits: the probabilities, the logits, or zeros for a GAN trained
-    without the classifier (``stylex.condition_on``: "probs", "logits", "none")."""
+    without the classifier (``stylex.model.condition_on``: "probs", "logits", "none")."""
     if condition_on == "none":
         return torch.zeros_like(logits)
     return logits.softmax(dim=1) if condition_on == "probs" else logits
@@ -55,8 +55,8 @@ class StylexModels:
     store: InversionStore | None = None  # where refined inversions are kept and read back (a run's, or none)
 
     def condition(self, logits: Tensor) -> Tensor:
-        """The generator's class input for classifier logits (``cfg.condition_on``)."""
-        return class_input(logits, self.cfg.condition_on)
+        """The generator's class input for classifier logits (``cfg.model.condition_on``)."""
+        return class_input(logits, self.cfg.model.condition_on)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 or [-1, 1] images -> float images on the models' device."""
@@ -116,7 +116,7 @@ def load_models(path: Path, classifier: nn.Module, expected: str | None, stage: 
     if expected is not None:
         check(state.get("fingerprint"), expected, path, stage)
     cfg = from_dict(state["config"], StylexConfig, "stylex")
-    device = torch.device(device) if device is not None else pick_device(cfg.device)
+    device = torch.device(device) if device is not None else pick_device(cfg.runtime.device)
     generator, encoder, discriminator = build_networks(state["resolution"], state["num_classes"], cfg)
     generator.load_state_dict(state["G_ema"])
     # the encoder fitted to G_ema (gan.encoder_fit) when there is one, else the encoder EMA, else E as trained

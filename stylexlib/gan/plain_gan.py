@@ -19,13 +19,14 @@ from stylexlib.data import ImageDataset
 from stylexlib.gan.checkpoint import CHECKPOINT_FILE
 from stylexlib.gan.models import StylexModels, load_models
 from stylexlib.gan.train import StylexTrainer, TrainSummary
+from stylexlib.core.stylex_config import replace_keys
 
 PLAIN_GAN_DIR = ("baselines", "plain_gan")
 
 
 def plain_gan_config(cfg: StylexConfig, steps: int) -> StylexConfig:
     """StylEx's config with the classifier taken out, trained for exactly ``steps`` steps (no time limit)."""
-    return dataclasses.replace(cfg, condition_on="none", loss={**cfg.loss, "kl": 0.0, "sample_kl": 0.0}, steps=steps,
+    return replace_keys(cfg, condition_on="none", loss={**cfg.loss, "kl": 0.0, "sample_kl": 0.0}, steps=steps,
                                time_limit_minutes=None)
 
 

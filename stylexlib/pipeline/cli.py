@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="folder for the pair PNGs and attributes.csv")
     explain.add_argument("-k", "--top", type=int, default=5, help="attributes per image (default 5)")
     explain.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
-    explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's stylex.device)")
+    explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's stylex.runtime.device)")
     explain.add_argument("--visible-only", action="store_true",
                          help="rank the edits the visibility rule calls invisible last (column invisible)")
 
@@ -87,7 +87,7 @@ def run_step(step: str, run_dir: Path) -> int:
         raise FileNotFoundError(f"{run_dir} has no config.yaml: run stages 01-02 first "
                                 f"(stylex run CONFIG --only 01 02 --out {run_dir})")
     run = open_run(run_dir)
-    info, device = init_distributed(run.cfg.stylex.device)
+    info, device = init_distributed(run.cfg.stylex.runtime.device)
     try:
         data = load_dataset(run.cfg.data)
         if step == "train":
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             from stylexlib.core.run import open_run, pick_device
             from stylexlib.report.explain_files import explain_files, unexplained_files
 
-            device = args.device or (open_run(args.run_dir).cfg.stylex.device
+            device = args.device or (open_run(args.run_dir).cfg.stylex.runtime.device
                                      if (Path(args.run_dir) / "config.yaml").is_file() else "auto")
             table = explain_files(args.run_dir, args.images, args.out, args.top, args.target, pick_device(device),
                                   args.visible_only)

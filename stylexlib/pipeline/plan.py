@@ -19,6 +19,7 @@ from stylexlib.explain.attfind.effects import edited_logits_fast, edited_logits_
 from stylexlib.gan.pace import duration, training_time
 from stylexlib.gan.train import StylexTrainer
 from stylexlib.stylespace.accelerate import inference_copies
+from stylexlib.core.stylex_config import replace_keys
 
 TIMED_STEPS = 4  # timed StylEx steps (and warm-up steps), each after one untimed step (allocations, autotuning)
 TIMED_CLASSIFIER_STEPS = 2  # the classifier's steps vary little
@@ -53,7 +54,7 @@ def data_size(cfg: Config) -> DataSize:
 def plan(cfg: Config, say: Callable[[str], None] = print, timed_steps: int = TIMED_STEPS) -> float:
     """Print (through ``say``) the estimated cost of stages 02, 03 and 05 of ``cfg`` on this machine; returns their
     total seconds."""
-    device = pick_device(cfg.stylex.device)
+    device = pick_device(cfg.stylex.runtime.device)
     size = data_size(cfg)
     res = cfg.data.resolution
     where = f"{device}, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
@@ -79,33 +80,33 @@ def plan(cfg: Config, say: Callable[[str], None] = print, timed_steps: int = TIM
         say(f"[stylex]   02 classifier: your model ({c.source}): loaded and checked only")
     classifier.eval().requires_grad_(False)
 
-    s = dataclasses.replace(cfg.stylex, compile=False)  # compiling takes a minute and changes little on CPUs
-    images = max(2 * s.batch_size, 64)
+    s = replace_keys(cfg.stylex, compile=False)  # compiling takes a minute and changes little on CPUs
+    images = max(2 * s.optim.batch_size, 64)
     data = ImageDataset(images=torch.randint(0, 256, (images, 3, res, res), dtype=torch.uint8),
                         labels=torch.arange(images) % size.classes,
                         class_names=[str(i) for i in range(size.classes)],
                         split=np.array(["train"] * (images - 16) + ["val"] * 16))
     trainer = StylexTrainer(s, data, classifier, out_dir=None, device=device)
-    warmup = (0, 0.0)
-    if s.warmup_steps > 0:
+    warmup, schedule, every = (0, 0.0), s.schedule, s.regularise.r1_every
+    if schedule.warmup_steps > 0:
         trainer.step = 0
-        warmup = (s.warmup_steps, _time(trainer.train_step, timed_steps, device))
-    first_full = math.ceil(s.warmup_steps / s.r1_every) * s.r1_every + 1  # the lazy R1 steps left out (1 in 16)
-    trainer.step = first_full
+        warmup = (schedule.warmup_steps, _time(trainer.train_step, timed_steps, device))
+    trainer.step = math.ceil(schedule.warmup_steps / every) * every + 1  # the lazy R1 steps left out (1 in 16)
     per_step = _time(trainer.train_step, timed_steps, device)
-    limit = s.time_limit_minutes * 60 if s.time_limit_minutes else None
-    fit = s.encoder_fit_minutes * 60 if s.encoder_fit_minutes and limit else 0.0
-    end, seconds = training_time(0, s.steps, per_step, limit - fit if limit else None, warmup)
-    speeds = f"{per_step:.3g} s/step" + (f", {warmup[1]:.3g} s/step in the {s.warmup_steps}-step warm-up"
-                                         if s.warmup_steps else "") + f"; {timed_steps} timed"
-    if end < s.steps:
-        what = f"about {end} of {s.steps} steps fit in the {s.time_limit_minutes:g}-minute limit ({speeds})"
+    limit = schedule.time_limit_minutes * 60 if schedule.time_limit_minutes else None
+    fit = s.encoder_fit.minutes * 60 if s.encoder_fit.minutes and limit else 0.0
+    end, seconds = training_time(0, schedule.steps, per_step, limit - fit if limit else None, warmup)
+    speeds = f"{per_step:.3g} s/step" + (f", {warmup[1]:.3g} s/step in the {schedule.warmup_steps}-step warm-up"
+                                         if schedule.warmup_steps else "") + f"; {timed_steps} timed"
+    if end < schedule.steps:
+        what = (f"about {end} of {schedule.steps} steps fit in the {schedule.time_limit_minutes:g}-minute limit "
+                f"({speeds})")
     else:
-        what = f"{s.steps} steps ({speeds})"
+        what = f"{schedule.steps} steps ({speeds})"
     total += seconds + fit
     say(f"[stylex]   03 StylEx: {what}: ~{duration(seconds)}"
         + (f", then {duration(fit)} of encoder fit" if fit else "")
-        + (" (stylex.compile is on: not timed compiled)" if cfg.stylex.compile else ""))
+        + (" (stylex.runtime.compile is on: not timed compiled)" if cfg.stylex.runtime.compile else ""))
 
     a = cfg.attfind
     generator = trainer.G_ema

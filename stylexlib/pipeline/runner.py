@@ -75,9 +75,9 @@ def _probe_fingerprint(cfg: Config) -> str:
     return probe_fingerprint(cfg)
 
 
-# What --force removes when stale (_remove_stale): a changed schedule key (stylex.steps, device) keeps the models. The
-# caches inside attfind/ and baselines/ carry keys of their own, checked where they are read; attribute names and study
-# answers are never removed.
+# What --force removes when stale (_remove_stale): a changed schedule or run-time key (stylex.schedule.steps,
+# stylex.runtime.device) keeps the models. The caches inside attfind/ and baselines/ carry keys of their own, checked
+# where they are read; attribute names and study answers are never removed.
 RESUMABLE = (
     Resumable("02", "checkpoints/classifier_train_state.pt", classifier_fingerprint),
     Resumable("02", "classifier.pt", classifier_fingerprint),

@@ -45,7 +45,7 @@ def invert(models: StylexModels, images: Tensor, batch_size: int = 64, refine: b
     ``torch.distributed`` the missing ones are shared out over the ranks (``dist``)."""
     steps = models.inversion.per_image_steps if refine else 0
     if steps and lpips_model is None:
-        lpips_model = load_lpips(models.cfg.lpips_net, models.device)
+        lpips_model = load_lpips(models.cfg.model.lpips_net, models.device)
     kl = models.inversion.weight_kl if weight_kl is None else weight_kl
 
     def compute(batch: Tensor) -> tuple[Tensor, ...]:
@@ -100,7 +100,7 @@ def reconstruction_table(models: StylexModels, images: Tensor, lpips_model: nn.M
     ``styles`` default to :func:`invert`'s (refined as ``models.inversion`` says unless not ``refine``); pass
     StyleSpace vectors to score them instead.
     """
-    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
+    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.model.lpips_net, models.device)
     if styles is None:
         styles = invert(models, images, batch_size, refine=refine, lpips_model=lpips_model).styles
     rows: list[pd.DataFrame] = []
@@ -169,7 +169,7 @@ def _fit(render, start: Tensor, models: StylexModels, x: Tensor, logits: Tensor,
          ) -> tuple[Tensor, list[dict[str, float]]]:
     """Adam on ``start`` (w or StyleSpace vectors) per image, minimising LPIPS + L1 + weight_kl * KL(C(x) ||
     C(render(variable))) for prepared images ``x`` with logits C(x); returns (the variable on the CPU, history)."""
-    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.lpips_net, models.device)
+    lpips_model = lpips_model if lpips_model is not None else load_lpips(models.cfg.model.lpips_net, models.device)
     variable = start.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([variable], lr=lr)
     history = []

@@ -145,7 +145,7 @@ def _select_and_score(run, data, models: StylexModels, cfg: AttFindConfig, stats
     all_targets = shift_targets(styles, stats, cfg.shift, cfg.shift_std)
     rule = lpips_model = None
     if cfg.visible_only:  # judged as the gallery flags attributes
-        lpips_model = load_lpips(models.cfg.lpips_net, models.device)
+        lpips_model = load_lpips(models.cfg.model.lpips_net, models.device)
         rule = visibility_rule(class_swap_yardstick(models, data.images[effects.image_indices], lpips_model))
         log.info("attfind.visible_only: an attribute is rejected when its %s", rule.describe())
     for rounds in range(MAX_COMPLETIONS + 1):  # a screened search: select, evaluate the picks everywhere, again

@@ -92,7 +92,7 @@ def class_swap_yardstick(models: StylexModels, images: Tensor, lpips_model: nn.M
     predicted and runner-up classes swapped in C(x); the mean |change of p(predicted class)| over the two renders, the
     mean :func:`visible_change` and their ratio, on the renders clamped to [-1, 1] as the gallery shows them. None for
     a generator without a class input."""
-    if models.cfg.condition_on == "none":
+    if models.cfg.model.condition_on == "none":
         return None
     x = models.prepare(images[:count])
     logits = models.classifier(x).float()

@@ -6,7 +6,8 @@ the phases (:mod:`.phases`: D, lazy R1, G+E, lazy path length, the mapping match
 from the registry (:mod:`.loss_terms`); the EMA update (:mod:`.state`). :mod:`.loop` runs the steps with the time limit
 and calls :mod:`.callbacks` (checkpoints, previews, the collapse check); :mod:`.stats` reads the losses once per log
 tick. Where a change goes: a new loss term, :mod:`.loss_terms`; a new path, :mod:`.schedule` and :mod:`.forward`;
-another encoder fit, a module of ``gan/`` called from :mod:`.stage` after training.
+another encoder fit, a module of ``gan/`` called from :mod:`.stage` after training; a new setting, a field of its
+group in :mod:`stylexlib.core.stylex_config`.
 Single process, or data parallel under ``torchrun`` (see :mod:`stylexlib.core.distributed`)::
 
     torchrun --nproc_per_node=4 -m stylexlib train runs/demo

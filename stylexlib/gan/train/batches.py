@@ -66,7 +66,7 @@ class BatchSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.order, self.cursor = state["order"].clone(), int(state["cursor"])
-        if "scores" in state:  # checkpoints before stylex.kl_sampling have none
+        if "scores" in state:  # checkpoints before stylex.schedule.kl_sampling have none
             self.scores = state["scores"].clone()
 
 

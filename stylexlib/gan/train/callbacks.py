@@ -89,7 +89,7 @@ class Previews:
 
     def __init__(self, trainer: Trainer, images: Tensor) -> None:
         self.trainer, self.images = trainer, images
-        self.z = torch.randn(PREVIEW_COUNT, trainer.cfg.latent_dim,
+        self.z = torch.randn(PREVIEW_COUNT, trainer.cfg.model.latent_dim,
                              generator=torch.Generator().manual_seed(trainer.cfg.seed))
 
     @torch.no_grad()

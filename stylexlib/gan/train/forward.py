@@ -44,7 +44,7 @@ def generate(state: TrainingState, batch: RealBatch, paths: Paths) -> Generated:
         conditions.append(condition[shuffle])
         d_probs.append(probs[shuffle])
     styles = state.G.styles(torch.cat(latents), torch.cat(conditions))
-    if paths.random and state.cfg.mixing_prob > 0:
+    if paths.random and state.cfg.regularise.mixing_prob > 0:
         n = len(styles) - len(x)
         styles = torch.cat([styles[:n], mix_styles(state, styles[n:], conditions[-1])])
     images = state.G.synthesize(styles, noise_mode="random")
@@ -57,7 +57,7 @@ def mix_styles(state: TrainingState, styles: Tensor, condition: Tensor) -> Tenso
     n, layers = len(styles), state.G.style_index.num_layers
     other = state.G.styles(state.random_w(n), condition)
     cutoff = torch.randint(1, layers, (n, 1), device=state.device)
-    cutoff = torch.where(torch.rand(n, 1, device=state.device) < state.cfg.mixing_prob, cutoff, layers)
+    cutoff = torch.where(torch.rand(n, 1, device=state.device) < state.cfg.regularise.mixing_prob, cutoff, layers)
     style_layers = state.G.style_index.layer_ids().to(state.device)  # layer number of every style coordinate
     return torch.where(style_layers[None] >= cutoff, other, styles)
 
@@ -79,8 +79,8 @@ class StepContext:
         return self.state.cfg
 
     def augment(self, images: Tensor) -> Tensor:
-        """D's view of images (DiffAugment with ``stylex.augment``)."""
-        return diff_augment(images, self.cfg.augment) if self.cfg.augment else images
+        """D's view of images (DiffAugment with ``stylex.regularise.augment``)."""
+        return diff_augment(images, self.cfg.regularise.augment) if self.cfg.regularise.augment else images
 
     def discriminate(self, batches: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
         """D's outputs for several (images, class weights) batches: one trunk pass (``options.batched_discriminator``)

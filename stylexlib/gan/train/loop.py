@@ -43,16 +43,16 @@ class TrainingLoop:
         self.stats = StatsFile(trainer.out_dir, trainer.dist.is_main)
 
     def run(self, steps: int | None = None, progress: bool = True) -> TrainSummary:
-        """Train until ``steps`` (default ``cfg.steps``) or the time limit; see :meth:`StylexTrainer.train`."""
-        t, cfg = self.trainer, self.trainer.cfg
+        """Train until ``steps`` (default ``cfg.schedule.steps``) or the time limit; see :meth:`StylexTrainer.train`."""
+        t, schedule = self.trainer, self.trainer.cfg.schedule
         state, dist, device = t.state, t.dist, t.device
-        total = steps if steps is not None else cfg.steps
+        total = steps if steps is not None else schedule.steps
         first_step, seconds_before, started = state.step, state.train_seconds, time.perf_counter()
-        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else math.inf  # for all sessions together
+        limit = schedule.time_limit_minutes * 60 if schedule.time_limit_minutes else math.inf  # all sessions together
         self.stats.trim(state.step)
         bar = tqdm(total=total, initial=state.step, desc="stylex", disable=not (progress and dist.is_main))
-        pace = PaceAnnouncer(total, limit - seconds_before if cfg.time_limit_minutes else None, cfg.warmup_steps,
-                             enabled=dist.is_main)  # "about N steps fit in the limit; training ends at ~HH:MM"
+        pace = PaceAnnouncer(total, limit - seconds_before if schedule.time_limit_minutes else None,
+                             schedule.warmup_steps, enabled=dist.is_main)  # "about N steps fit; ends at ~HH:MM"
         window, interrupted = LossWindow(dist, t.checkpoints.kept), False
         window_start = (state.step, time.perf_counter())
         stopped_by_time = state.step < total and any_rank(seconds_before >= limit, device, dist)  # spent already
@@ -63,7 +63,7 @@ class TrainingLoop:
                 state.train_seconds = seconds_before + time.perf_counter() - started
                 bar.update(1)
                 pace.step_done(state.step, warming_up)
-                if state.step % cfg.log_every == 0 or state.step == total:
+                if state.step % t.cfg.runtime.log_every == 0 or state.step == total:
                     shown = {k: f"{v:.3g}" for k, v in self._log(window, window_start).items() if k in SHOWN_ON_BAR}
                     bar.set_postfix({**shown, **({"COLLAPSE": t.collapse.flag} if t.collapse.flag else {})})
                     window_start = (state.step, time.perf_counter())
@@ -79,20 +79,21 @@ class TrainingLoop:
             raise Interrupted(f"StylEx training stopped by {stop.name or 'a signal on another rank'} after step "
                               f"{state.step}; checkpoint {t.checkpoint_file} (it resumes there)", stop.signum or 0)
         if state.step > first_step or t.checkpoints.step is None:
-            if cfg.sample_every:
+            if t.cfg.runtime.sample_every:
                 t.save_previews()
             t.save_checkpoint()
         if stopped_by_time:
-            log.warning("time limit of %.1f min (all sessions) reached after %d steps (of %d)", cfg.time_limit_minutes,
-                        state.step, total)
-        images = state.step * cfg.batch_size * dist.world_size
+            log.warning("time limit of %.1f min (all sessions) reached after %d steps (of %d)",
+                        schedule.time_limit_minutes, state.step, total)
+        images = state.step * t.cfg.optim.batch_size * dist.world_size
         return TrainSummary(state.step, state.step - first_step, state.train_seconds, time.perf_counter() - started,
                             images / max(state.train_seconds, 1e-9), stopped_by_time, t.checkpoint_file)
 
     def _callbacks(self, window: LossWindow) -> None:
         """Previews, the collapse check and the checkpoint when due (after checking the losses of the steps so far)."""
-        t, cfg, step = self.trainer, self.trainer.cfg, self.trainer.step
-        due = [every and step % every == 0 for every in (cfg.sample_every, cfg.collapse_every, cfg.checkpoint_every)]
+        t, runtime, step = self.trainer, self.trainer.cfg.runtime, self.trainer.step
+        due = [every and step % every == 0
+               for every in (runtime.sample_every, runtime.collapse_every, runtime.checkpoint_every)]
         if any(due):
             window.check()  # nothing is saved from a diverged step
         if due[0]:
@@ -107,9 +108,9 @@ class TrainingLoop:
         state, cfg, world = self.trainer.state, self.trainer.cfg, self.trainer.dist.world_size
         means = window.means()
         steps, seconds = state.step - window_start[0], time.perf_counter() - window_start[1]
-        record = {"step": state.step, "images": state.step * cfg.batch_size * world,
+        record = {"step": state.step, "images": state.step * cfg.optim.batch_size * world,
                   "seconds": round(state.train_seconds, 3),
-                  "images_per_second": steps * cfg.batch_size * world / max(seconds, 1e-9), **means}
+                  "images_per_second": steps * cfg.optim.batch_size * world / max(seconds, 1e-9), **means}
         self.stats.append(record)
         log.debug("step %d: %s", state.step, record)
         return means

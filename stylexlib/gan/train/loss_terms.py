@@ -87,7 +87,7 @@ def discriminator_logistic(c: StepContext) -> Tensor | None:
     return d_logistic_loss(real, fake)
 
 
-@register("r1", "D_reg", lambda cfg: cfg.r1_gamma / 2 * cfg.r1_every)
+@register("r1", "D_reg", lambda cfg: cfg.regularise.r1_gamma / 2 * cfg.regularise.r1_every)
 def r1_penalty(c: StepContext) -> Tensor:
     x = c.batch.x.detach().requires_grad_(True)
     return d_r1_loss(c.state.D(c.augment(x), c.batch.probs), x)
@@ -145,7 +145,7 @@ def class_sparsity(c: StepContext) -> Tensor:
 
 
 # ------------------------------------------------------------------ regularisers with phases of their own
-@register("pl", "G_reg", lambda cfg: cfg.pl_weight * cfg.pl_every)
+@register("pl", "G_reg", lambda cfg: cfg.regularise.pl_weight * cfg.regularise.pl_every)
 def path_length(c: StepContext) -> Tensor:
     """StyleGAN2's path-length penalty on half a batch of fresh samples; updates the running mean path length."""
     condition = c.batch.condition
@@ -158,7 +158,7 @@ def path_length(c: StepContext) -> Tensor:
     return penalty
 
 
-@register("mapping_match", "mapping", lambda cfg: float(cfg.mapping_match))
+@register("mapping_match", "mapping", lambda cfg: float(cfg.regularise.mapping_match))
 def mapping_match(c: StepContext) -> Tensor | None:
     """mapping(z) towards E(x)'s distribution (kernel MMD; four latents per image: a batch alone is a noisy sample)."""
     w_encoded = c.generated.w_encoded

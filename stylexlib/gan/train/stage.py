@@ -4,7 +4,6 @@ Another post-training encoder fit goes here, after :meth:`StylexTrainer.train`, 
 :mod:`stylexlib.gan.encoder_fit`."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -18,21 +17,23 @@ from stylexlib.data import ImageDataset
 from stylexlib.gan import encoder_fit
 from stylexlib.gan.train.loop import TrainSummary
 from stylexlib.gan.train.trainer import StylexTrainer
+from stylexlib.core.stylex_config import replace_keys
 
 
 def train_stylex(run: Run, data: ImageDataset, classifier: nn.Module | None = None, device: torch.device | None = None,
                  dist: DistInfo = SINGLE, progress: bool = True) -> TrainSummary:
     """Stage 03: train StylEx into the run folder, resuming from its checkpoint; then, with
-    ``stylex.encoder_fit_minutes``, fit the encoder to the frozen G_ema (:mod:`stylexlib.gan.encoder_fit`) in the last
+    ``stylex.encoder_fit.minutes``, fit the encoder to the frozen G_ema (:mod:`stylexlib.gan.encoder_fit`) in the last
     minutes of the time limit. The loss curves are :func:`stylexlib.report.plots.loss_curves` of ``stats.jsonl``."""
     classifier = classifier if classifier is not None else load_run_classifier(run, data)
     cfg = run.cfg.stylex
-    fit_minutes = cfg.encoder_fit_minutes
-    if fit_minutes and cfg.time_limit_minutes:
-        if fit_minutes >= cfg.time_limit_minutes:
-            raise ValueError(f"stylex.encoder_fit_minutes ({fit_minutes}) must be less than stylex.time_limit_minutes "
-                             f"({cfg.time_limit_minutes}): the fit takes its minutes from the time limit")
-        cfg = dataclasses.replace(cfg, time_limit_minutes=cfg.time_limit_minutes - fit_minutes)
+    fit_minutes = cfg.encoder_fit.minutes
+    if fit_minutes and cfg.schedule.time_limit_minutes:
+        if fit_minutes >= cfg.schedule.time_limit_minutes:
+            raise ValueError(f"stylex.encoder_fit.minutes ({fit_minutes}) must be less than "
+                             f"stylex.schedule.time_limit_minutes ({cfg.schedule.time_limit_minutes}): the fit takes "
+                             "its minutes from the time limit")
+        cfg = replace_keys(cfg, time_limit_minutes=cfg.schedule.time_limit_minutes - fit_minutes)
     trainer = StylexTrainer(cfg, data, classifier, out_dir=run.dir, device=device, dist=dist,
                             fingerprint=stylex_fingerprint(run.cfg))
     trainer.resume()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.core.config import StylexConfig, to_dict
+from stylexlib.core.stylex_config import OptimConfig
 from stylexlib.core.distributed import DistInfo, average_gradients, broadcast_modules
 from stylexlib.gan.generator import MAPPING_LR_MUL
 from stylexlib.gan.models import build_networks
@@ -19,9 +20,9 @@ NETWORKS = ("G", "G_ema", "E", "D")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``stylex.precision`` on a device (None: full precision)."""
+    """The autocast dtype for ``stylex.runtime.precision`` on a device (None: full precision)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"stylex.precision must be auto, fp32, bf16 or fp16, got '{precision}'")
+        raise ValueError(f"stylex.runtime.precision must be auto, fp32, bf16 or fp16, got '{precision}'")
     if precision == "auto":
         if device.type != "cuda":
             return None
@@ -29,14 +30,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def adam(params: Iterator[nn.Parameter], lr: float, cfg: StylexConfig, reg_every: int | None,
+def adam(params: Iterator[nn.Parameter], lr: float, optim: OptimConfig, reg_every: int | None,
          fused: bool = False) -> torch.optim.Adam:
     """Adam with StyleGAN2's lazy-regularisation correction of lr and betas (when ``reg_every`` is set); ``fused``: one
     fused kernel (CPU and CUDA parameters) instead of a per-tensor loop."""
     ratio = reg_every / (reg_every + 1) if reg_every else 1.0
     params = [p for p in params if p.requires_grad]  # frozen trunks never step
     fused = fused and bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(cfg.beta1**ratio, cfg.beta2**ratio), fused=fused or None)
+    betas = (optim.beta1**ratio, optim.beta2**ratio)
+    return torch.optim.Adam(params, lr=lr * ratio, betas=betas, fused=fused or None)
 
 
 class TrainingState:
@@ -46,7 +48,7 @@ class TrainingState:
     def __init__(self, cfg: StylexConfig, resolution: int, num_classes: int, device: torch.device, dist: DistInfo,
                  options: StepOptions) -> None:
         self.cfg, self.device, self.dist, self.options = cfg, device, dist, options
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.E, self.D = build_networks(resolution, num_classes, cfg)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -54,11 +56,12 @@ class TrainingState:
             net.to(device, memory_format=self.memory_format)
         broadcast_modules(self.networks(), dist)
         fused = options.fused_adam
-        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg, cfg.pl_every if cfg.pl_weight > 0 else None, fused)
-        self.opt_e = adam(self.E.parameters(), cfg.lr_e, cfg, None, fused)
-        self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg, cfg.r1_every if cfg.r1_gamma > 0 else None, fused)
-        self.opt_mapping = adam(self.G.mapping.parameters(), cfg.lr_g / MAPPING_LR_MUL, cfg, None, fused)
-        self.amp_dtype = autocast_dtype(cfg.precision, device)
+        optim, reg = cfg.optim, cfg.regularise
+        self.opt_g = adam(self.G.parameters(), optim.lr_g, optim, reg.pl_every if reg.pl_weight > 0 else None, fused)
+        self.opt_e = adam(self.E.parameters(), optim.lr_e, optim, None, fused)
+        self.opt_d = adam(self.D.parameters(), optim.lr_d, optim, reg.r1_every if reg.r1_gamma > 0 else None, fused)
+        self.opt_mapping = adam(self.G.mapping.parameters(), optim.lr_g / MAPPING_LR_MUL, optim, None, fused)
+        self.amp_dtype = autocast_dtype(cfg.runtime.precision, device)
         fp16 = self.amp_dtype == torch.float16
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
@@ -70,14 +73,14 @@ class TrainingState:
         return [self.G, self.E, self.D, self.G_ema]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast to ``stylex.precision`` (a no-op at full precision)."""
+        """Autocast to ``stylex.runtime.precision`` (a no-op at full precision)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def random_w(self, count: int) -> Tensor:
         """mapping(z) for ``count`` fresh z (with gradients to the mapping network)."""
-        return self.G.mapping(torch.randn(count, self.cfg.latent_dim, device=self.device))
+        return self.G.mapping(torch.randn(count, self.cfg.model.latent_dim, device=self.device))
 
     def optimize(self, loss: Tensor, nets: list[tuple[nn.Module, torch.optim.Optimizer]],
                  scaler: torch.amp.GradScaler) -> None:
@@ -92,13 +95,14 @@ class TrainingState:
 
     def update_ema(self) -> None:
         """G_ema moves towards G with a half-life of ``ema_half_life_images`` images."""
-        beta = 0.5 ** (self.cfg.batch_size * self.dist.world_size / max(self.cfg.ema_half_life_images, 1e-8))
+        optim = self.cfg.optim
+        beta = 0.5 ** (optim.batch_size * self.dist.world_size / max(optim.ema_half_life_images, 1e-8))
         update_ema(self.G_ema, self.G, 1.0 - beta, self.options.foreach_ema)
 
     def compile(self) -> None:
         """torch.compile (in place: state dicts keep their keys) E and G's synthesis layers unless the path-length
         penalty needs their double backward (which compiled graphs lack; so does R1, and D stays eager)."""
-        layers = [*self.G.layers] if self.cfg.pl_weight == 0 else []
+        layers = [*self.G.layers] if self.cfg.regularise.pl_weight == 0 else []
         dynamo = torch._dynamo.config  # the layers share code objects: one compiled graph each
         dynamo.recompile_limit = max(dynamo.recompile_limit, 8 * len(self.G.layers))
         for module in [*layers, self.E]:

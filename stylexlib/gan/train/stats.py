@@ -33,7 +33,8 @@ def finite_values(steps: list[tuple[int, dict[str, Tensor]]], dist: DistInfo, ke
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"StylEx training diverged: loss '{name}' is {value} at step {step}; {kept()}. Lower the learning "
-                    "rates (stylex.lr_g, lr_d, lr_e), raise stylex.r1_gamma, or use stylex.precision=fp32.")
+                    "rates (stylex.optim.lr_g, lr_d, lr_e), raise stylex.regularise.r1_gamma, or use "
+                    "stylex.runtime.precision=fp32.")
     return values
 
 

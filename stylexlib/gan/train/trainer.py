@@ -42,24 +42,25 @@ class StylexTrainer:
                  device: torch.device | None = None, dist: DistInfo = SINGLE, lpips_model: nn.Module | None = None,
                  fingerprint: str | None = None, options: StepOptions = StepOptions()) -> None:
         self.schedule = PathSchedule(cfg)
-        parse_policy(cfg.augment)
+        parse_policy(cfg.regularise.augment)
         check_loss_names(cfg)
-        if not 0 <= cfg.kl_sampling <= 1 or (cfg.kl_sampling > 0 and cfg.weight("kl") == 0):
-            raise ConfigError(f"stylex.kl_sampling must be in [0, 1] and needs stylex.loss.kl > 0 (it draws images by "
-                              f"their reconstruction's KL); got {cfg.kl_sampling} with kl {cfg.weight('kl')}")
+        kl_sampling = cfg.schedule.kl_sampling
+        if not 0 <= kl_sampling <= 1 or (kl_sampling > 0 and cfg.weight("kl") == 0):
+            raise ConfigError(f"stylex.schedule.kl_sampling must be in [0, 1] and needs stylex.loss.kl > 0 (it draws "
+                              f"images by their reconstruction's KL); got {kl_sampling} with kl {cfg.weight('kl')}")
         self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
-        self.options, self.device = options, device or pick_device(cfg.device)
+        self.options, self.device = options, device or pick_device(cfg.runtime.device)
         self.resolution, self.num_classes = data.resolution, data.num_classes
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.state = TrainingState(cfg, data.resolution, data.num_classes, self.device, dist, options)
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
-        self.batches = RealBatches(data, self.classifier, cfg.batch_size, cfg.seed * 1000 + dist.rank, cfg.condition_on,
-                                   self.device, self.state.memory_format, options.folded_classifier,
-                                   options.cached_real_logits, self.state.autocast)
-        self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.lpips_net, self.device)
-        if cfg.compile:
+        self.batches = RealBatches(data, self.classifier, cfg.optim.batch_size, cfg.seed * 1000 + dist.rank,
+                                   cfg.model.condition_on, self.device, self.state.memory_format,
+                                   options.folded_classifier, options.cached_real_logits, self.state.autocast)
+        self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.model.lpips_net, self.device)
+        if cfg.runtime.compile:
             self.state.compile()
             self.batches.compile_classifier()
         self.checkpoints = Checkpoints(self)
@@ -80,7 +81,7 @@ class StylexTrainer:
 
     @property
     def warming_up(self) -> bool:
-        """True during the reconstruction-first warm-up (``stylex.warmup_steps``)."""
+        """True during the reconstruction-first warm-up (``stylex.schedule.warmup_steps``)."""
         return self.schedule.warming_up(self.state.step)
 
     @property
@@ -93,13 +94,14 @@ class StylexTrainer:
         """One step: every phase due (D, R1, G+E, path length, mapping match), the EMA update; the losses, detached and
         on the device (unchecked: :meth:`train_step` reads them)."""
         paths = self.schedule.paths(self.state.step)
-        batch = self.batches.next(round(self.cfg.kl_sampling * self.cfg.batch_size) if paths.encoder else 0)
+        prioritised = round(self.cfg.schedule.kl_sampling * self.cfg.optim.batch_size) if paths.encoder else 0
+        batch = self.batches.next(prioritised)
         with self.state.autocast():
             generated = generate(self.state, batch, paths)
         context = StepContext(self.state, batch, generated, self.batches.step_classifier, self.lpips, self.options,
                               self.warming_up)
         losses = run_phases(context, self.schedule)
-        if self.cfg.kl_sampling > 0 and paths.encoder:  # each image's KL, for the next draws by KL
+        if self.cfg.schedule.kl_sampling > 0 and paths.encoder:  # each image's KL, for the next draws by KL
             reconstructed = context.generated_logits[0]
             self.batches.sampler.record(batch.positions, classifier_kl_loss(batch.logits, reconstructed, "none"))
         self.state.update_ema()
@@ -111,8 +113,8 @@ class StylexTrainer:
         return finite_values([(self.state.step + 1, self.run_step())], self.dist, self.checkpoints.kept)[0]
 
     def train(self, steps: int | None = None, progress: bool = True) -> TrainSummary:
-        """Train until ``steps`` (default ``cfg.steps``) or the time limit; checkpoint and preview on schedule. The time
-        limit counts the training time of every session (kept in the checkpoint): a resumed run trains only the
+        """Train until ``steps`` (default ``schedule.steps``) or the time limit; checkpoint and preview when due. The
+        time limit counts the training time of every session (kept in the checkpoint): a resumed run trains only the
         minutes left. Ctrl-C or SIGTERM stops it after the current step: it writes a checkpoint there, then raises
         :class:`~stylexlib.core.interrupt.Interrupted` (a ``KeyboardInterrupt``)."""
         return TrainingLoop(self).run(steps, progress)
