@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stylexlib.core.config import StylexConfig, load_config  # noqa: E402
+from stylexlib.core.stylex_config import replace_keys  # noqa: E402
 from stylexlib.gan.step_options import StepOptions  # noqa: E402
 from stylexlib.gan.train import StylexTrainer  # noqa: E402
-from stylexlib.core.stylex_config import replace_keys  # noqa: E402
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU time (a busy machine)

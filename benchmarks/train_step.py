@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from stylexlib.core.config import StylexConfig, load_config
+from stylexlib.core.stylex_config import replace_keys
 from stylexlib.gan import Discriminator, Generator
 from stylexlib.gan.losses import d_logistic_loss, g_nonsaturating_loss
 from stylexlib.gan.step_options import StepOptions, option_names
-from stylexlib.core.stylex_config import replace_keys
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 2

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 
 from stylexlib.classifier.model import build_classifier
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import StyleStats
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
 from stylexlib.report.widgets import AttributeBrowser
-from stylexlib.core.stylex_config import stylex_config
 
 
 def demo_editor(resolution: int) -> AttributeEditor:

@@ -9,13 +9,13 @@ import torch
 
 from stylexlib.classifier.model import build_classifier
 from stylexlib.core.config import AttFindConfig, from_dict
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.explain.attfind import effects, screen, selection
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import Effects, StyleStats
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.accelerate import inference_copies
-from stylexlib.core.stylex_config import stylex_config
 
 CFG = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
 RESOLUTION = 16

@@ -8,10 +8,10 @@ import torch
 
 from stylexlib.core.config import ConfigError, InversionConfig, StylexConfig, from_dict
 from stylexlib.core.presets import REAL, REAL_INVERSION
+from stylexlib.core.stylex_config import replace_keys
 from stylexlib.gan.collapse import collapse_warning, pairwise_lpips, self_retrieval, spread_ratio
 from stylexlib.gan.encoder import Encoder
 from stylexlib.gan.losses import load_lpips, lpips_distance
-from stylexlib.core.stylex_config import replace_keys
 from tests.test_train import TINY, make_trainer
 
 

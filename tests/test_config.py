@@ -5,8 +5,8 @@ import yaml
 
 from stylexlib.core.config import (Config, ConfigError, StylexConfig, apply_overrides, dump_config, from_dict,
                                    load_config, save_config)
-
 from stylexlib.core.stylex_config import flat_stylex, replace_keys
+
 
 def test_defaults_and_roundtrip(tmp_path: Path) -> None:
     cfg = Config()

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.explain import Attribute, Direction, StylEx
 from stylexlib.explain.attfind.effects import StyleStats
 from stylexlib.gan import Encoder, Generator
-from stylexlib.core.stylex_config import stylex_config
 
 CFG = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=8)
 

@@ -8,6 +8,7 @@ import torch
 from stylexlib.classifier.model import build_classifier
 from stylexlib.core.config import DataConfig
 from stylexlib.core.run import open_run
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.data import load_dataset
 from stylexlib.data import synthetic as syn
 from stylexlib.evaluate import factor_probe as fp
@@ -16,7 +17,6 @@ from stylexlib.explain.attfind.effects import StyleStats
 from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
-from stylexlib.core.stylex_config import stylex_config
 
 
 @pytest.fixture(scope="module")

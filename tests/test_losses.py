@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from stylexlib.core.config import StylexConfig
-from stylexlib.gan import Discriminator, Generator, losses
 from stylexlib.core.stylex_config import stylex_config
+from stylexlib.gan import Discriminator, Generator, losses
 
 TINY = stylex_config(channel_base=256, channel_max=32, latent_dim=32)
 SHARED_TORCH_HOME = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "torch"

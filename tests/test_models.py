@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylexlib.gan import Discriminator, Encoder, Generator, SynthesisState
 from stylexlib.core.stylex_config import stylex_config
+from stylexlib.gan import Discriminator, Encoder, Generator, SynthesisState
 
 TINY = stylex_config(channel_base=256, channel_max=32, latent_dim=32)
 NUM_CLASSES = 3

@@ -5,9 +5,9 @@ import torch
 from test_train import TINY, data, lpips_model, tiny_dataset  # noqa: F401 (fixtures)
 
 from stylexlib.classifier.model import build_classifier
+from stylexlib.core.stylex_config import replace_keys
 from stylexlib.gan import train
 from stylexlib.gan.plain_gan import plain_gan_config
-from stylexlib.core.stylex_config import replace_keys
 
 RESOLUTION = 16
 

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from stylexlib.classifier.model import build_classifier
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.data import ImageDataset
 from stylexlib.gan import pace
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.train import StylexTrainer
 from stylexlib.pipeline.cli import main
-from stylexlib.core.stylex_config import stylex_config
 
 NOON = datetime(2025, 3, 1, 12, 0)
 

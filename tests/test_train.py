@@ -13,6 +13,7 @@ from PIL import Image
 from stylexlib.classifier.model import build_classifier, save_classifier
 from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.run import open_run
+from stylexlib.core.stylex_config import GROUPS, replace_keys, stylex_config
 from stylexlib.data import ImageDataset
 from stylexlib.gan import encoder_fit, train
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
@@ -24,7 +25,6 @@ from stylexlib.gan.train.phases import PHASES
 from stylexlib.pipeline import cli
 from stylexlib.stylespace.inversion import (evaluate_reconstruction, invert, reconstruction_table, refinement_comparison,
                                             render_inverted)
-from stylexlib.core.stylex_config import GROUPS, replace_keys, stylex_config
 
 RESOLUTION = 16
 TINY = stylex_config(latent_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4, steps=6,

@@ -17,10 +17,10 @@ import torch
 
 from stylexlib.classifier.model import build_classifier
 from stylexlib.core.config import StylexConfig
+from stylexlib.core.stylex_config import replace_keys, stylex_config
 from stylexlib.data import ImageDataset
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.training import StylexTrainer
-from stylexlib.core.stylex_config import replace_keys, stylex_config
 
 GOLDEN = Path(__file__).parent / "data" / "train_equivalence.json"
 RESOLUTION = 16

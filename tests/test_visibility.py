@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from stylexlib.classifier.model import build_classifier
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.explain.attfind.visibility import (VisibilityRule, class_swap_yardstick, invisible_attributes,
                                                   measure_visibility, saved_rule, swapped_top_two, visibility_metrics,
                                                   visibility_rule)
@@ -15,7 +16,6 @@ from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.losses import load_lpips
 from stylexlib.gan.models import StylexModels
 from stylexlib.report.gallery import write_gallery
-from stylexlib.core.stylex_config import stylex_config
 
 SWAP = {"mean_prob_change": 0.81, "mean_lpips": 0.050, "prob_change_per_lpips": 16.2}  # runs/demo_now's class swap
 

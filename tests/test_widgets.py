@@ -14,11 +14,11 @@ from test_study import make_examples
 
 import stylexlib.core.io
 from stylexlib.classifier.model import build_classifier
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.data import to_float
 from stylexlib.gan import Encoder, Generator
 from stylexlib.report.study import StudyError, generate_studies, read_responses, score_responses
 from stylexlib.report.widgets import AttributeBrowser, StudyRunner, load_image_bytes
-from stylexlib.core.stylex_config import stylex_config
 
 RES = 16
 

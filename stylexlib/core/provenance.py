@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from stylexlib.core.config import STYLEX_FLAT_LOSS_WEIGHTS, Config, to_dict
-from stylexlib.core.stylex_config import StylexConfig, flat_stylex
 from stylexlib.core.data_identity import folder_identity
 from stylexlib.core.install import default_cache
 from stylexlib.core.io import read_json, torch_load, write_json
+from stylexlib.core.stylex_config import StylexConfig, flat_stylex
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylexlib.core.config import AttFindConfig, InversionConfig
+from stylexlib.core.stylex_config import stylex_config
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import (DIRECTIONS, Effects, StyleStats, apply_attributes, class_score,
                                                compute_effects, edited_logits_fast, predict_styles,
@@ -29,7 +30,6 @@ from stylexlib.gan import Encoder, Generator
 from stylexlib.gan.losses import load_lpips, visible_change
 from stylexlib.gan.models import StylexModels
 from stylexlib.stylespace.inversion import invert
-from stylexlib.core.stylex_config import stylex_config
 
 
 class Direction(str, Enum):

@@ -15,11 +15,11 @@ from torch import nn
 from stylexlib.core.config import StylexConfig
 from stylexlib.core.provenance import stylex_fingerprint
 from stylexlib.core.run import Run
+from stylexlib.core.stylex_config import replace_keys
 from stylexlib.data import ImageDataset
 from stylexlib.gan.checkpoint import CHECKPOINT_FILE
 from stylexlib.gan.models import StylexModels, load_models
 from stylexlib.gan.train import StylexTrainer, TrainSummary
-from stylexlib.core.stylex_config import replace_keys
 
 PLAIN_GAN_DIR = ("baselines", "plain_gan")
 

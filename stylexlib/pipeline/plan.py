@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from stylexlib.classifier.model import build_classifier, load_user_classifier
 from stylexlib.core.config import Config
 from stylexlib.core.run import pick_device
+from stylexlib.core.stylex_config import replace_keys
 from stylexlib.data import ImageDataset
 from stylexlib.explain.attfind.effects import edited_logits_fast, edited_logits_naive, searched_coordinates
 from stylexlib.gan.pace import duration, training_time
 from stylexlib.gan.train import StylexTrainer
 from stylexlib.stylespace.accelerate import inference_copies
-from stylexlib.core.stylex_config import replace_keys
 
 TIMED_STEPS = 4  # timed StylEx steps (and warm-up steps), each after one untimed step (allocations, autotuning)
 TIMED_CLASSIFIER_STEPS = 2  # the classifier's steps vary little

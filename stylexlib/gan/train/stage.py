@@ -13,11 +13,11 @@ from stylexlib.classifier.training import load_run_classifier
 from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.provenance import stylex_fingerprint
 from stylexlib.core.run import Run
+from stylexlib.core.stylex_config import replace_keys
 from stylexlib.data import ImageDataset
 from stylexlib.gan import encoder_fit
 from stylexlib.gan.train.loop import TrainSummary
 from stylexlib.gan.train.trainer import StylexTrainer
-from stylexlib.core.stylex_config import replace_keys
 
 
 def train_stylex(run: Run, data: ImageDataset, classifier: nn.Module | None = None, device: torch.device | None = None,

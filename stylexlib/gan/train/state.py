@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.core.config import StylexConfig, to_dict
-from stylexlib.core.stylex_config import OptimConfig
 from stylexlib.core.distributed import DistInfo, average_gradients, broadcast_modules
+from stylexlib.core.stylex_config import OptimConfig
 from stylexlib.gan.generator import MAPPING_LR_MUL
 from stylexlib.gan.models import build_networks
 from stylexlib.gan.step_options import StepOptions, update_ema
