@@ -291,7 +291,7 @@ def compute_effects(models: StylexModels, styles: Tensor, input_logits: Tensor, 
             torch_save(parts.parent / f"{parts.name}{start:07d}.pt", {"key": key, "start": start, "logits": logits})
         bar.update(len(todo))
     bar.close()
-    edited = _assemble(gather_objects(torch.stack(done) if done else None, dist), len(styles), dist.world_size)
+    edited = interleave_shards(gather_objects(torch.stack(done) if done else None, dist), len(styles), dist.world_size)
     base = predict_styles(generator, classifier, styles, cfg.batch_size or 64)
     unevaluated = edited.isnan().any(-1)  # screened out: counted as no effect
     edited[unevaluated] = base[:, None, None, :].expand_as(edited)[unevaluated]
@@ -310,7 +310,7 @@ def remove_partials(cache: str | Path) -> None:
         part.unlink(missing_ok=True)
 
 
-def _assemble(parts: list[Tensor | None], total: int, world: int) -> Tensor:
+def interleave_shards(parts: list[Tensor | None], total: int, world: int) -> Tensor:
     """Interleave the ranks' shards (rank r holds images r, r + world, ...) back into image order."""
     shape = next(p for p in parts if p is not None).shape[1:]
     out = torch.empty(total, *shape)

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from stylexlib.core.config import AttFindConfig
 from stylexlib.core.distributed import SINGLE, DistInfo, gather_objects
-from stylexlib.explain.attfind.effects import (Effects, _assemble, class_score, edited_logits_fast, predict_styles,
-                                               search_precision)
+from stylexlib.explain.attfind.effects import (Effects, class_score, edited_logits_fast, interleave_shards,
+                                               predict_styles, search_precision)
 from stylexlib.gan.generator import Generator
 from stylexlib.gan.models import StylexModels
 
@@ -71,7 +71,7 @@ def screened_edits(models: StylexModels, styles: Tensor, targets: Tensor, coords
     mine = torch.arange(dist.rank, len(styles), dist.world_size)
     estimates = estimated_effects(models.generator, models.classifier, styles[mine], targets[:, mine], coords,
                                   cfg.output)
-    estimates = _assemble(gather_objects(estimates, dist), len(styles), dist.world_size)
+    estimates = interleave_shards(gather_objects(estimates, dist), len(styles), dist.world_size)
     base = predict_styles(models.generator, models.classifier, styles, cfg.batch_size or 64)
     pools = class_pools(base, input_logits.float().cpu(), cfg.drop_inconsistent)
     return screen_mask(estimates, pools, cfg.screen_candidates, cfg.screen_per_image)
