@@ -8,8 +8,10 @@ not the model (device, precision, logging, checkpoints) in ``runtime``; a loss t
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,8 +135,9 @@ class StylexConfig:
         return float(self.loss.get(term, 0.0))
 
 
-GROUPS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
-                           for f in dataclasses.fields(StylexConfig) if f.name not in ("preset", "seed", "loss")}
+GROUPS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(StylexConfig).items()
+                           if dataclasses.is_dataclass(hint)}
+TOP_KEYS = tuple(f.name for f in dataclasses.fields(StylexConfig) if f.name not in GROUPS)  # preset, seed, loss
 # The flat key each grouped key had before the groups (its name, except the encoder fit's).
 _RENAMED = {("encoder_fit", "minutes"): "encoder_fit_minutes", ("encoder_fit", "lr"): "encoder_fit_lr"}
 FLAT_KEYS: dict[str, tuple[str, str]] = {
@@ -167,7 +170,7 @@ def group_flat_keys(raw: dict[str, Any], where: str = "stylex", warn: bool = Tru
 def flat_stylex(stylex: StylexConfig) -> dict[str, Any]:
     """The section as the flat mapping it was before the groups (``{"lr_g": ..., "loss": {...}, ...}``): what
     checkpoints were fingerprinted with (core.provenance)."""
-    flat = {"preset": stylex.preset, "seed": stylex.seed, "loss": dict(stylex.loss)}
+    flat = {key: copy.copy(getattr(stylex, key)) for key in TOP_KEYS}
     for group in GROUPS:
         for f in dataclasses.fields(getattr(stylex, group)):  # a key added to a group later counts too
             flat[GROUPED_KEYS.get((group, f.name), f.name)] = getattr(getattr(stylex, group), f.name)
@@ -182,7 +185,7 @@ def replace_keys(stylex: StylexConfig, **keys: Any) -> StylexConfig:
         if key in FLAT_KEYS:
             group, name = FLAT_KEYS[key]
             groups.setdefault(group, {})[name] = value
-        elif key in GROUPS or key in ("preset", "seed", "loss"):
+        elif key in GROUPS or key in TOP_KEYS:
             top[key] = value
         else:
             raise ConfigError(f"stylex.{key}: unknown key (known: {', '.join([*FLAT_KEYS, *GROUPS])})")
