@@ -13,6 +13,7 @@ import torch
 from stylexlib.core.figures import image_grid, save_figure, to_hwc
 from stylexlib.data.synthetic import FACTORS, render_interventions
 from stylexlib.evaluate.ground_truth import intervention_values
+from stylexlib.evaluate.label_slices import FACET_CORRELATION
 from stylexlib.gan.checkpoint import read_stats
 
 
@@ -165,6 +166,24 @@ def label_change_heatmap(changes: pd.DataFrame, readings: pd.DataFrame) -> plt.F
                                        f"{r['main_change']:+.2f}" for _, r in readings.iterrows()], fontsize=7)
     fig.colorbar(image, ax=ax, label="mean change of p(label)", shrink=0.6)
     ax.set_title("What each attribute changes (the label oracle)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def label_slice_bars(slices: pd.DataFrame, top: int = 12) -> plt.Figure:
+    """The ``top`` labels of :func:`stylexlib.evaluate.label_slices.slice_table` that move the classifier most within
+    the classes: mean change of p(class) with a 95% interval, candidate shortcuts red, facets of the class grey."""
+    shown = slices.head(top).iloc[::-1]
+    colours = ["tab:red" if c else ("0.6" if r >= FACET_CORRELATION else "tab:blue")
+               for c, r in zip(shown["candidate"], shown["class_correlation"])]
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.3 * len(shown)))
+    ax.barh(range(len(shown)), shown["push"], xerr=1.96 * shown["push"] / shown["z"].clip(lower=1e-6), color=colours)
+    ax.set_yticks(range(len(shown)), [f"{c} (toward {t}, |r| {r:.2f})" for c, t, r in
+                                      zip(shown["column"], shown["toward"], shown["class_correlation"])], fontsize=7)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("change of p(class) with the label, within the true classes (95% interval)")
+    ax.set_title("Which labels move the decision on real images (red: candidate shortcut; grey: a facet of the class)",
+                 fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,104 @@
+"""Which labelled attributes move the classifier's decision on real images, within each class? A data-side audit.
+
+StylEx explains a classifier through what its generator can draw; a shortcut the generator does not draw (a rare
+accessory after an hour of training) cannot show in any attribute. The labels CSV can still show it: within each true
+class, compare the classifier's probability of each class on the held-out images with a label against those without.
+A label that moves the decision inside the classes is something the classifier reads. When the data ties the label to
+the class (a smile and high cheekbones), it is a facet of the class; when it barely does (a smile and glasses), it is
+a candidate shortcut. :func:`slice_verdict` then says whether the explanation's top attributes change that label,
+or miss it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from stylexlib.classifier.predict import classify
+from stylexlib.data import ImageDataset
+from stylexlib.evaluate.attribute_probe import attribute_table
+from stylexlib.evaluate.label_columns import binary_values
+
+MIN_IMAGES = 10  # a class's images with (and without) a label needed to compare them
+MIN_PUSH = 0.1  # a candidate moves a class's mean probability by at least this much within the classes
+MIN_Z = 3.5  # ... by this many standard errors (the 5% two-sided level over 40 columns, Bonferroni, is 3.2)
+FACET_CORRELATION = 0.3  # a label correlated with a class at least this much in the data is a facet, not a shortcut
+SHOWN = 0.1  # an explanation shows the label when one of its top attributes changes it by at least this much
+
+
+def welch(with_label: np.ndarray, without: np.ndarray) -> tuple[float, float]:
+    """The difference of two groups' means and its standard error (Welch's, unequal variances)."""
+    difference = float(with_label.mean() - without.mean())
+    error = float(np.sqrt(with_label.var(ddof=1) / len(with_label) + without.var(ddof=1) / len(without)))
+    return difference, error
+
+
+def slice_table(probabilities: np.ndarray, classes: np.ndarray, labels: pd.DataFrame, class_names: list[str],
+                min_images: int = MIN_IMAGES) -> pd.DataFrame:
+    """Per binary column of ``labels`` (one row per image of ``probabilities``, N x classes; ``classes`` the true
+    ones): ``push``, the mean over true classes of the change of one class's probability between the images with the
+    label and those without (the class it raises most, ``toward``), its ``z`` (push over its standard error),
+    ``within_<class>`` (that change inside each true class), ``images_with`` and ``class_correlation`` (the label's
+    largest |correlation| with one class in these images). ``candidate``: push >= MIN_PUSH, z >= MIN_Z and a class
+    correlation under FACET_CORRELATION. Columns with fewer than ``min_images`` images on either side in a class are
+    left out. Sorted by |push|."""
+    rows, present = [], [k for k in range(len(class_names)) if (classes == k).any()]
+    for column in labels.columns:
+        values = binary_values(labels[column])
+        if values is None:
+            continue
+        known = labels[column].notna().to_numpy()
+        has = (labels[column] == values[1]).to_numpy()
+        groups = [(known & has & (classes == k), known & ~has & (classes == k)) for k in present]
+        if not present or any(a.sum() < min_images or b.sum() < min_images for a, b in groups):
+            continue
+        pushes = np.array([[welch(probabilities[a, j], probabilities[b, j]) for a, b in groups]
+                           for j in range(len(class_names))])  # (classes, true classes, difference / error)
+        push = pushes[:, :, 0].mean(axis=1)
+        error = np.sqrt((pushes[:, :, 1] ** 2).sum(axis=1)) / len(present)
+        toward = int(np.argmax(push))
+        correlation = max(abs(np.corrcoef(has[known], classes[known] == k)[0, 1]) for k in present)
+        rows.append({"column": column, "toward": class_names[toward], "push": float(push[toward]),
+                     "z": float(push[toward] / max(error[toward], 1e-12)),
+                     **{f"within_{class_names[k]}": float(pushes[toward, n, 0]) for n, k in enumerate(present)},
+                     "images_with": int((known & has).sum()), "class_correlation": float(correlation)})
+    within = [f"within_{class_names[k]}" for k in present]
+    table = pd.DataFrame(rows, columns=["column", "toward", "push", "z", *within, "images_with", "class_correlation"])
+    table["candidate"] = ((table["push"] >= MIN_PUSH) & (table["z"] >= MIN_Z)
+                          & (table["class_correlation"] < FACET_CORRELATION))
+    return table.sort_values("push", ascending=False, ignore_index=True)
+
+
+def classifier_slices(classifier: nn.Module, data: ImageDataset, columns: list[str], split: str = "test") -> pd.DataFrame:
+    """:func:`slice_table` of ``classifier`` (its outputs in the dataset's class order) on a split of a folder dataset
+    with a labels CSV, for its ``columns``."""
+    rows = data.indices(split)
+    probabilities = classify(classifier, data.images[rows]).softmax(1).numpy()
+    labels = attribute_table(data, columns).iloc[rows].reset_index(drop=True)
+    return slice_table(probabilities, data.labels[rows].numpy(), labels, list(data.class_names))
+
+
+def slice_verdict(slices: pd.DataFrame, reliance: pd.DataFrame | None = None) -> tuple[dict[str, object], str]:
+    """The metrics (``label_slice_shortcut``: the candidate that moves the decision most, or ``none``;
+    ``label_slice_push``; ``label_slice_shown``: the largest |change| of that label among the explanation's top
+    attributes, from :func:`stylexlib.evaluate.label_readings.label_reliance`) and a sentence saying so."""
+    candidates = slices[slices["candidate"]] if not slices.empty else slices
+    if candidates.empty:
+        lead = slices.iloc[0] if not slices.empty else None
+        most = f" (the most: {lead['column']}, {lead['push']:+.2f} toward {lead['toward']})" if lead is not None else ""
+        return {"label_slice_shortcut": "none"}, f"no label moves the decision within the classes unlike the class{most}"
+    lead = candidates.iloc[0]
+    metrics = {"label_slice_shortcut": lead["column"], "label_slice_push": float(lead["push"])}
+    said = (f"{lead['column']} moves the classifier toward {lead['toward']} within the classes ({lead['push']:+.2f}, "
+            f"z {lead['z']:.1f}) though the data barely ties it to the class (|r| {lead['class_correlation']:.2f}): "
+            "a candidate shortcut")
+    row = reliance[reliance["column"] == lead["column"]] if reliance is not None and len(reliance) else None
+    if row is not None and len(row):
+        shown = float(row.filter(like="toward_").abs().to_numpy().max())
+        metrics["label_slice_shown"] = shown
+        said += (f"; the top attributes change it by up to {shown:.2f}: " +
+                 ("the explanation shows it" if shown >= SHOWN else "the explanation MISSES it (the generator may not "
+                  "draw it: compare the label's AUC on originals and reconstructions, evaluate/label_oracle*.csv)"))
+    elif reliance is not None:
+        said += "; the oracle does not trust this label, so whether the attributes change it is not read"
+    return metrics, said
