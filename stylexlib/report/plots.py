@@ -181,7 +181,7 @@ def label_slice_bars(slices: pd.DataFrame, top: int = 12) -> plt.Figure:
     ax.set_yticks(range(len(shown)), [f"{c} (toward {t}, |r| {r:.2f})" for c, t, r in
                                       zip(shown["column"], shown["toward"], shown["class_correlation"])], fontsize=7)
     ax.axvline(0, color="k", lw=0.5)
-    ax.set_xlabel("change of p(class) with the label, within the true classes (95% interval)")
+    ax.set_xlabel("change of p(the class named) with the label, within the true classes (95% interval)")
     ax.set_title("Which labels move the decision on real images (red: candidate shortcut; grey: a facet of the class)",
                  fontsize=8)
     fig.tight_layout()
