@@ -232,7 +232,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 # warning (the lever is gone).
 STYLEX_REMOVED_KEYS: dict[str, Any] = {
     "encoder": "residual", "encoder_offset": False, "beta1_e": None, "encoder_ema": False, "weight_w_prior": 0.0,
-    "w_prior": "moments", "kl_noise_std": 0.0, "discriminator": "residual", "adv_on_reconstructions": True}
+    "w_prior": "moments", "kl_noise_std": 0.0, "discriminator": "residual", "adv_on_reconstructions": True,
+    "weight_class_share_cap": 0.0, "class_share_cap": 0.2}  # the cap: on main for one afternoon, never on
 STYLEX_RENAMED_KEYS = {"weight_mapping_match": ("mapping_match", lambda weight: float(weight) > 0)}
 # The loss weights that were keys of their own (``weight_kl: 0.1``), now entries of ``loss`` (``loss: {kl: 0.1}``).
 STYLEX_FLAT_LOSS_WEIGHTS = ("adv", "l1", "lpips", "latent", "kl", "sample_kl", "class_sparsity")
