@@ -9,7 +9,7 @@ from scipy import stats
 from torch import nn
 
 from stylexlib.data import ImageDataset
-from stylexlib.evaluate.label_slices import classifier_slices, slice_table, slice_verdict, welch
+from stylexlib.evaluate.label_slices import classifier_slices, explanation_shows, slice_table, slice_verdict, welch
 
 NAMES = ["not smiling", "smiling"]
 
@@ -58,19 +58,36 @@ def test_a_shortcut_is_a_candidate_a_facet_is_not_and_a_coin_is_silent() -> None
     assert coin["images_with"] == int((labels["coin"] == 1).sum())
 
 
-def test_the_verdict_says_whether_the_explanation_shows_the_shortcut() -> None:
+def test_the_verdict_says_whether_the_explanation_shows_each_candidate() -> None:
     probabilities, classes, labels = _audit_data()
     table = slice_table(probabilities, classes, labels, NAMES)
     missed = pd.DataFrame({"column": ["glasses", "cheeks"], "toward_not smiling": [0.01, -0.3],
                            "toward_smiling": [0.03, 0.2]})
-    metrics, said = slice_verdict(table, missed)
-    assert metrics["label_slice_shortcut"] == "glasses" and metrics["label_slice_shown"] == pytest.approx(0.03)
-    assert "MISSES" in said
+    read = explanation_shows(table, missed).set_index("column")
+    assert read.loc["glasses", "shown"] == pytest.approx(0.03) and read.loc["cheeks", "shown"] == pytest.approx(0.3)
+    assert np.isnan(read.loc["coin", "shown"])  # the oracle does not read it
+    metrics, said = slice_verdict(explanation_shows(table, missed))
+    assert metrics == {"label_slice_shortcut": "glasses", "label_slice_push": pytest.approx(read.loc["glasses", "push"]),
+                       "label_slice_candidates": 1, "label_slice_missed": 1, "label_slice_shown": pytest.approx(0.03)}
+    assert "glasses" in said and "MISSED" in said
     shown = missed.assign(**{"toward_not smiling": [-0.25, -0.3]})
-    assert "shows it" in slice_verdict(table, shown)[1]
-    assert "does not trust" in slice_verdict(table, missed[missed["column"] != "glasses"])[1]
+    metrics, said = slice_verdict(explanation_shows(table, shown))
+    assert metrics["label_slice_missed"] == 0 and "shown" in said and "MISSED" not in said
+    assert "not read by the oracle" in slice_verdict(explanation_shows(table, missed[missed["column"] != "glasses"]))[1]
+    assert "label_slice_missed" not in slice_verdict(table)[0]  # no oracle: nothing said of the explanation
     honest = slice_table(probabilities, classes, labels.drop(columns="glasses"), NAMES)
-    assert slice_verdict(honest)[0] == {"label_slice_shortcut": "none"}
+    assert slice_verdict(honest)[0] == {"label_slice_shortcut": "none", "label_slice_candidates": 0}
+
+
+def test_a_category_with_more_values_is_audited_value_by_value() -> None:
+    probabilities, classes, labels = _audit_data()
+    rng = np.random.default_rng(3)
+    race = rng.integers(0, 3, len(classes))
+    race[labels["glasses"].to_numpy() == 1] = 3  # the shortcut is one value of a category
+    table = slice_table(probabilities, classes, pd.DataFrame({"race": race, "age": rng.integers(1, 90, len(race))}),
+                        NAMES).set_index("column")
+    assert list(table.index)[0] == "race=3" and table.loc["race=3", "candidate"]
+    assert set(table.index) == {"race=0", "race=1", "race=2", "race=3"}  # a number with many values is left out
 
 
 def test_classifier_slices_reads_the_test_split_in_the_datasets_class_order(tmp_path) -> None:

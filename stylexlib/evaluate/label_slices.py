@@ -16,7 +16,7 @@ from torch import nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
-from stylexlib.evaluate.attribute_probe import attribute_table
+from stylexlib.evaluate.attribute_probe import attribute_table, is_categorical
 from stylexlib.evaluate.label_columns import binary_values
 
 MIN_IMAGES = 10  # a class's images with (and without) a label needed to compare them
@@ -33,22 +33,32 @@ def welch(with_label: np.ndarray, without: np.ndarray) -> tuple[float, float]:
     return difference, error
 
 
+def label_slices(labels: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The binary slices of a labels table: (known, has) masks per binary column (its positive value), and per value
+    of a categorical column with more values (``race=2``); numbers with many values (age) are left out."""
+    slices = {}
+    for column in labels.columns:
+        values, known = labels[column], labels[column].notna().to_numpy()
+        positive = binary_values(values)
+        if positive is not None:
+            slices[column] = known, (values == positive[1]).to_numpy()
+        elif is_categorical(values):
+            for value in sorted(values.dropna().unique().tolist()):
+                slices[f"{column}={value}"] = known, (values == value).to_numpy()
+    return slices
+
+
 def slice_table(probabilities: np.ndarray, classes: np.ndarray, labels: pd.DataFrame, class_names: list[str],
                 min_images: int = MIN_IMAGES) -> pd.DataFrame:
-    """Per binary column of ``labels`` (one row per image of ``probabilities``, N x classes; ``classes`` the true
-    ones): ``push``, the mean over true classes of the change of one class's probability between the images with the
-    label and those without (the class it raises most, ``toward``), its ``z`` (push over its standard error),
-    ``within_<class>`` (that change inside each true class), ``images_with`` and ``class_correlation`` (the label's
-    largest |correlation| with one class in these images). ``candidate``: push >= MIN_PUSH, z >= MIN_Z and a class
-    correlation under FACET_CORRELATION. Columns with fewer than ``min_images`` images on either side in a class are
-    left out. Sorted by |push|."""
+    """Per slice of ``labels`` (:func:`label_slices`; one row per image of ``probabilities``, N x classes, and of
+    ``classes``, the true ones): ``push``, the mean over true classes of the change of one class's probability between
+    the images in the slice and the others (the class it raises most: ``toward``), its ``z`` (push over its standard
+    error), ``within_<class>`` (that change inside each true class), ``images_with`` and ``class_correlation`` (the
+    slice's largest |correlation| with one class in these images). ``candidate``: push >= MIN_PUSH, z >= MIN_Z and a
+    class correlation under FACET_CORRELATION. Slices with fewer than ``min_images`` images in or out of them in a
+    class are left out. Sorted by push."""
     rows, present = [], [k for k in range(len(class_names)) if (classes == k).any()]
-    for column in labels.columns:
-        values = binary_values(labels[column])
-        if values is None:
-            continue
-        known = labels[column].notna().to_numpy()
-        has = (labels[column] == values[1]).to_numpy()
+    for name, (known, has) in label_slices(labels).items():
         groups = [(known & has & (classes == k), known & ~has & (classes == k)) for k in present]
         if not present or any(a.sum() < min_images or b.sum() < min_images for a, b in groups):
             continue
@@ -58,7 +68,7 @@ def slice_table(probabilities: np.ndarray, classes: np.ndarray, labels: pd.DataF
         error = np.sqrt((pushes[:, :, 1] ** 2).sum(axis=1)) / len(present)
         toward = int(np.argmax(push))
         correlation = max(abs(np.corrcoef(has[known], classes[known] == k)[0, 1]) for k in present)
-        rows.append({"column": column, "toward": class_names[toward], "push": float(push[toward]),
+        rows.append({"column": name, "toward": class_names[toward], "push": float(push[toward]),
                      "z": float(push[toward] / max(error[toward], 1e-12)),
                      **{f"within_{class_names[k]}": float(pushes[toward, n, 0]) for n, k in enumerate(present)},
                      "images_with": int((known & has).sum()), "class_correlation": float(correlation)})
@@ -67,6 +77,13 @@ def slice_table(probabilities: np.ndarray, classes: np.ndarray, labels: pd.DataF
     table["candidate"] = ((table["push"] >= MIN_PUSH) & (table["z"] >= MIN_Z)
                           & (table["class_correlation"] < FACET_CORRELATION))
     return table.sort_values("push", ascending=False, ignore_index=True)
+
+
+def explanation_shows(slices: pd.DataFrame, reliance: pd.DataFrame) -> pd.DataFrame:
+    """``slices`` with ``shown``: the largest |change| of each label's probability among the explanation's top
+    attributes (:func:`stylexlib.evaluate.label_readings.label_reliance`; NaN where the oracle does not read it)."""
+    largest = reliance.set_index("column").filter(like="toward_").abs().max(axis=1) if len(reliance) else pd.Series()
+    return slices.assign(shown=slices["column"].map(largest).astype(float))
 
 
 def classifier_slices(classifier: nn.Module, data: ImageDataset, columns: list[str], split: str = "test") -> pd.DataFrame:
@@ -78,27 +95,35 @@ def classifier_slices(classifier: nn.Module, data: ImageDataset, columns: list[s
     return slice_table(probabilities, data.labels[rows].numpy(), labels, list(data.class_names))
 
 
-def slice_verdict(slices: pd.DataFrame, reliance: pd.DataFrame | None = None) -> tuple[dict[str, object], str]:
+def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, object], str]:
     """The metrics (``label_slice_shortcut``: the candidate that moves the decision most, or ``none``;
-    ``label_slice_push``; ``label_slice_shown``: the largest |change| of that label among the explanation's top
-    attributes, from :func:`stylexlib.evaluate.label_readings.label_reliance`) and a sentence saying so."""
+    ``label_slice_push``; ``label_slice_candidates``; with :func:`explanation_shows`' column, ``label_slice_shown``
+    for the lead and ``label_slice_missed``: candidates the oracle reads that no top attribute changes by SHOWN) and a
+    sentence naming up to ``listed`` candidates and whether the explanation shows each."""
     candidates = slices[slices["candidate"]] if not slices.empty else slices
     if candidates.empty:
         lead = slices.iloc[0] if not slices.empty else None
         most = f" (the most: {lead['column']}, {lead['push']:+.2f} toward {lead['toward']})" if lead is not None else ""
-        return {"label_slice_shortcut": "none"}, f"no label moves the decision within the classes unlike the class{most}"
+        return ({"label_slice_shortcut": "none", "label_slice_candidates": 0},
+                f"no label moves the decision within the classes unlike the class{most}")
     lead = candidates.iloc[0]
-    metrics = {"label_slice_shortcut": lead["column"], "label_slice_push": float(lead["push"])}
-    said = (f"{lead['column']} moves the classifier toward {lead['toward']} within the classes ({lead['push']:+.2f}, "
-            f"z {lead['z']:.1f}) though the data barely ties it to the class (|r| {lead['class_correlation']:.2f}): "
-            "a candidate shortcut")
-    row = reliance[reliance["column"] == lead["column"]] if reliance is not None and len(reliance) else None
-    if row is not None and len(row):
-        shown = float(row.filter(like="toward_").abs().to_numpy().max())
-        metrics["label_slice_shown"] = shown
-        said += (f"; the top attributes change it by up to {shown:.2f}: " +
-                 ("the explanation shows it" if shown >= SHOWN else "the explanation MISSES it (the generator may not "
-                  "draw it: compare the label's AUC on originals and reconstructions, evaluate/label_oracle*.csv)"))
-    elif reliance is not None:
-        said += "; the oracle does not trust this label, so whether the attributes change it is not read"
+    metrics = {"label_slice_shortcut": lead["column"], "label_slice_push": float(lead["push"]),
+               "label_slice_candidates": len(candidates)}
+    read = "shown" in candidates.columns  # the oracle read the explanation (explanation_shows)
+    if read:
+        metrics["label_slice_missed"] = int((candidates["shown"] < SHOWN).sum())
+        if np.isfinite(lead["shown"]):
+            metrics["label_slice_shown"] = float(lead["shown"])
+
+    def said_of(row) -> str:
+        shown = row.get("shown", np.nan)
+        seen = ("" if not read else " (not read by the oracle)" if not np.isfinite(shown) else
+                f" (the top attributes change it by up to {shown:.2f}: {'shown' if shown >= SHOWN else 'MISSED'})")
+        return f"{row['column']} {row['push']:+.2f} toward {row['toward']} (z {row['z']:.1f}){seen}"
+
+    said = ("candidate shortcuts, labels that move the decision within the classes though the data barely ties them "
+            "to the class: " + "; ".join(said_of(row) for _, row in candidates.head(listed).iterrows()))
+    if read and metrics["label_slice_missed"]:
+        said += (". A MISSED one is read by the classifier but drawn by no top attribute: the generator may not draw "
+                 "it (compare its AUC on originals and reconstructions, evaluate/label_oracle*.csv)")
     return metrics, said
