@@ -81,8 +81,8 @@ class ScheduleConfig:
     warmup_steps: int = 0  # reconstruction-first: E and G learn to autoencode (no D, no random path) for these steps
     kl_sampling: float = 0.0  # the share of each encoder-path batch drawn in proportion to the image's last
     # reconstruction KL(C(x) || C(x')) (the rest uniformly): the images whose reconstructions lose what the classifier
-    # reads (a rare attribute it leans on) come back more often; one host sync per encoder step (docs/experiments.md,
-    # "Sampling by the KL": one run on the shortcut task, not yet told apart from its extra steps)
+    # reads (a rare attribute it leans on) come back more often; one host sync per encoder step (docs/experiments.md:
+    # on the shortcut task no measurable difference at an equal 6,000 steps, one seed each)
 
 
 @dataclass
