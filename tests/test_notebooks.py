@@ -207,8 +207,6 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     probe_readings = pd.read_csv(run / "attfind" / "attribute_probe_readings.csv")
     assert set(probe_readings["column"]) == {"redness"}
     assert (run / "figures" / "attribute_labels.png").exists()
-    named = metrics["label_shortcut_candidate"] == "bar"  # named only when followed by 0.1 or more beyond the data
-    assert named == (metrics["label_shortcut_unexplained"] >= 0.1) and metrics["label_shortcut_candidate"] in ("bar", "none")
     assert list(pd.read_csv(run / "attfind" / "label_reliance.csv")["column"]) == ["bar"]  # the class's own left out
     assert pd.read_csv(run / "attfind" / "label_slices.csv").empty  # 8 test images: too few with and without "bar"
     assert metrics["label_slice_shortcut"] == "none"

@@ -21,7 +21,6 @@ from stylexlib.explain.attfind.effects import DIRECTIONS
 from stylexlib.explain.attfind.search import AttFindResult
 
 CHANGED = 0.1  # a column whose oracle probability moves at least this much counts as changed (MNAC)
-SHORTCUT_MIN = 0.1  # a label the top attributes follow by at least this much beyond the data is named a shortcut
 READING_COLUMNS = ["class", "rank", "attribute", "layer", "channel", "direction", "images", "class_change",
                    "main_label", "main_before", "main_after", "main_change", "second_label", "second_change", "mnac"]
 
@@ -110,13 +109,14 @@ def reading_notes(readings: pd.DataFrame) -> dict[str, str]:
 
 def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: list[str],
                    class_correlation: dict[str, float], top: int = 3, exclude: list[str] = ()) -> pd.DataFrame:
-    """Which labels does the classifier's decision follow? Per trusted column, the largest signed change of its
+    """Which labels do the explanation's top attributes follow? Per trusted column, the largest signed change of its
     probability among each class's ``top`` attributes (``toward_<class>``), and ``follows``: half the change toward the
-    second class minus the change toward the first, in [-1, 1] like a correlation (large when the attributes raise the label for one class and lower
-    it for the other; near 0 when both raise it, as an artefact would). ``class_correlation`` is each label's correlation with the class in
-    the data (two classes: the phi coefficient): a label the attributes follow far more than the data ties it to the
-    class is a candidate shortcut (``unexplained``: |follows| minus |correlation|). Columns in ``exclude`` (the class's
-    own) are left out. Sorted by ``unexplained``."""
+    second class minus the change toward the first, in [-1, 1] like a correlation (large when the attributes raise the
+    label for one class and lower it for the other; near 0 when both raise it, as an artefact would).
+    ``class_correlation`` is each label's correlation with the class in the data (two classes: the phi coefficient),
+    ``unexplained`` |follows| minus |correlation|. Columns in ``exclude`` (the class's own) are left out. Sorted by
+    ``unexplained``. Candidate shortcuts are named from the classifier itself (:mod:`.label_slices`), which reads
+    this table to say whether the attributes show each one."""
     shown = readings[readings["rank"] <= top]
     moved = changes[changes["attribute"].isin(shown["attribute"]) & ~changes["column"].isin(list(exclude))]
     rows = []
@@ -133,22 +133,6 @@ def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: l
                      "unexplained": abs(follows) - abs(correlation) if np.isfinite(correlation) else abs(follows)})
     table = pd.DataFrame(rows)
     return table.sort_values("unexplained", ascending=False, ignore_index=True) if len(table) else table
-
-
-def shortcut_verdict(reliance: pd.DataFrame, class_names: list[str]) -> tuple[dict[str, object], str]:
-    """The metrics (``label_shortcut_candidate``: the lead label of :func:`label_reliance`, or ``none`` when it is
-    followed by less than ``SHORTCUT_MIN`` beyond the data; ``label_shortcut_unexplained``) and a sentence saying so."""
-    if reliance.empty:
-        return {}, "no trusted label to follow"
-    lead = reliance.iloc[0]
-    found = lead["unexplained"] >= SHORTCUT_MIN
-    metrics = {"label_shortcut_candidate": lead["column"] if found else "none",
-               "label_shortcut_unexplained": float(lead["unexplained"])}
-    said = (f"the top 3 attributes follow {lead['column']} (follows {lead['follows']:+.2f} toward {class_names[-1]}) "
-            f"beyond its correlation with the class in the data ({lead['class_correlation']:+.2f}): a candidate "
-            "shortcut" if found else f"no label is followed by {SHORTCUT_MIN} or more beyond the data (the most: "
-            f"{lead['column']}, {lead['unexplained']:+.2f})")
-    return metrics, said
 
 
 def oracle_class_correlation(oracle: OracleColumns, data) -> dict[str, float]:

@@ -125,5 +125,5 @@ def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, obje
             "to the class: " + "; ".join(said_of(row) for _, row in candidates.head(listed).iterrows()))
     if read and metrics["label_slice_missed"]:
         said += (". A MISSED one is read by the classifier but drawn by no top attribute: the generator may not draw "
-                 "it (compare its AUC on originals and reconstructions, evaluate/label_oracle*.csv)")
+                 "it (compare its AUC on originals and reconstructions, inversion/label_auc.csv)")
     return metrics, said
