@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from stylexlib.data import DataError, ImageDataset
-from stylexlib.evaluate.attribute_probe import (attribute_scores, attribute_table, fit_probe, is_categorical,
+from stylexlib.data.labels import attribute_table
+from stylexlib.evaluate.attribute_probe import (attribute_scores, fit_probe, is_categorical,
                                                reading_change, reading_notes)
 
 

@@ -10,7 +10,6 @@ synthetic data's factor probe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,28 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stylexlib.data import DataError, ImageDataset, to_float
+from stylexlib.data.labels import attribute_table
 from stylexlib.evaluate.quality import lpips_features
 from stylexlib.stylespace.inversion import reconstruct
 
 CATEGORY_MAX_VALUES = 10
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 penalties tried per row of standardised features
-
-
-def attribute_table(data: ImageDataset, columns: list[str]) -> pd.DataFrame:
-    """The labels CSV's ``columns`` for every image of a folder dataset, in the dataset's order."""
-    csv, file_column = data.info.get("labels_csv"), data.info.get("file_column", "file")
-    if not columns:
-        return pd.DataFrame(index=range(len(data)))
-    if not csv or data.files is None:
-        raise DataError(f"evaluate.attribute_columns {columns} needs folder data with a labels CSV (data.labels_csv)")
-    table = pd.read_csv(csv)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DataError(f"evaluate.attribute_columns: {missing} not in {csv}; its columns: {', '.join(table.columns)}")
-    if file_column not in table.columns:
-        raise DataError(f"{csv} has no '{file_column}' column to match images by (data.file_column)")
-    by_file = table.drop_duplicates(file_column).set_index(table.drop_duplicates(file_column)[file_column].astype(str))
-    return by_file.reindex([Path(f).as_posix() for f in data.files])[columns].reset_index(drop=True)
 
 
 def is_categorical(values: pd.Series) -> bool:

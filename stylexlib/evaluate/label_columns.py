@@ -10,7 +10,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from stylexlib.data import DataError, ImageDataset
-from stylexlib.evaluate.attribute_probe import attribute_table
+from stylexlib.data.labels import attribute_table
 
 MIN_AUC = 0.75  # a column the oracle reads no better than this on real held-out images is not used
 MIN_POSITIVES = 10  # a column needs this many images of each value among the training images to be fitted

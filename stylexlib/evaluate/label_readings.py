@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stylexlib.evaluate.attribute_probe import attribute_table
+from stylexlib.data.labels import attribute_table
 from stylexlib.evaluate.label_columns import OracleColumns
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.attfind.effects import DIRECTIONS

@@ -16,7 +16,8 @@ from torch import nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
-from stylexlib.evaluate.attribute_probe import attribute_table, is_categorical
+from stylexlib.data.labels import attribute_table
+from stylexlib.evaluate.attribute_probe import is_categorical
 from stylexlib.evaluate.label_columns import binary_values
 
 MIN_IMAGES = 10  # a class's images with (and without) a label needed to compare them

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from stylexlib.classifier.predict import classify
-from stylexlib.data import ImageDataset
 from stylexlib.gan.collapse import COLLAPSE_IMAGES, collapse_metrics
 from stylexlib.gan.losses import lpips_input, unbiased_mmd2
 from stylexlib.gan.models import StylexModels

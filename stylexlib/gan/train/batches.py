@@ -19,10 +19,11 @@ class BatchSampler:
     """Endless seeded batches of dataset positions: a fresh permutation each epoch; saveable state.
 
     ``next(prioritised=k)`` draws ``k`` of the batch in proportion to each image's last recorded score (``record``:
-    its reconstruction's KL(C(x) || C(x')); an image not yet scored counts as the mean of those scored) and the rest
-    from the permutation."""
+    its reconstruction's KL(C(x) || C(x')); an image not yet scored counts as the mean of those scored),
+    ``next(balanced=b)`` draws ``b`` in proportion to fixed per-image ``weights`` (``positions``' order; e.g.
+    :func:`stylexlib.data.labels.balancing_weights`), and the rest come from the permutation."""
 
-    def __init__(self, positions: Tensor, batch_size: int, seed: int) -> None:
+    def __init__(self, positions: Tensor, batch_size: int, seed: int, weights: Tensor | None = None) -> None:
         if len(positions) == 0:
             raise ValueError("no training images: the train split is empty")
         self.positions = positions
@@ -32,18 +33,27 @@ class BatchSampler:
         self.cursor = 0
         self.scores = torch.full((len(positions),), float("nan"))  # per training image, in ``positions``' order
         self.slot = {int(position): i for i, position in enumerate(positions)}
+        if weights is not None and (weights.shape != (len(positions),) or not bool((weights >= 0).all())
+                                    or not weights.sum() > 0):
+            raise ValueError(f"sampler weights must be {len(positions)} non-negative numbers, not all 0")
+        self.weights = weights
 
     def record(self, positions: Tensor, scores: Tensor) -> None:
         """Remember each image's latest score (dataset positions, one score each)."""
         slots = torch.tensor([self.slot[int(p)] for p in positions], dtype=torch.long)
         self.scores[slots] = scores.detach().float().cpu().clamp_min(0)  # a KL, rounding aside
 
-    def next(self, prioritised: int = 0) -> Tensor:
-        """The positions of the next batch: ``prioritised`` of them drawn by score, the rest from the permutation."""
+    def next(self, prioritised: int = 0, balanced: int = 0) -> Tensor:
+        """The positions of the next batch: ``prioritised`` of them drawn by score, ``balanced`` by the fixed weights,
+        the rest from the permutation."""
+        if balanced > 0 and self.weights is None:
+            raise ValueError("balanced draws need the sampler's weights")
         parts, needed = [], self.batch_size
-        if prioritised > 0:
-            parts.append(self._by_score(min(prioritised, self.batch_size, len(self.positions))))
-            needed -= len(parts[0])
+        for count, weights in ((prioritised, self._score_weights), (balanced, lambda: self.weights)):
+            count = min(count, needed, len(self.positions))
+            if count > 0:
+                parts.append(torch.multinomial(weights(), count, replacement=False, generator=self.generator))
+                needed -= count
         while needed > 0:
             if self.cursor >= len(self.order):
                 self.order, self.cursor = torch.randperm(len(self.positions), generator=self.generator), 0
@@ -53,11 +63,10 @@ class BatchSampler:
             parts.append(part)
         return self.positions[torch.cat(parts)]
 
-    def _by_score(self, count: int) -> Tensor:
+    def _score_weights(self) -> Tensor:
         known = ~self.scores.isnan()
         fill = self.scores[known].mean() if known.any() else torch.tensor(1.0)
-        weights = torch.where(known, self.scores, fill) + 1e-6  # every image keeps a chance
-        return torch.multinomial(weights, count, replacement=False, generator=self.generator)
+        return torch.where(known, self.scores, fill) + 1e-6  # every image keeps a chance
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self.order.clone(), "cursor": self.cursor,
@@ -86,12 +95,12 @@ class RealBatches:
 
     def __init__(self, data: ImageDataset, classifier: nn.Module, batch_size: int, seed: int, condition_on: str,
                  device: torch.device, memory_format: torch.memory_format, folded: bool, cached: bool,
-                 autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager], weights: Tensor | None = None) -> None:
         self.images, self.num_classes, self.device = data.images, data.num_classes, device
         self.condition_on, self.memory_format, self.cached, self.autocast = condition_on, memory_format, cached, autocast
         self.classifier = classifier
         self.step_classifier = folded_copy(classifier) if folded else classifier  # what the step runs
-        self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), batch_size, seed)
+        self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), batch_size, seed, weights)
         self.logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
         self.known = torch.zeros(0, dtype=torch.bool)
 
@@ -101,10 +110,11 @@ class RealBatches:
             self.step_classifier = copy.deepcopy(self.classifier)
         self.step_classifier.compile(dynamic=True)
 
-    def next(self, prioritised: int = 0) -> RealBatch:
+    def next(self, prioritised: int = 0, balanced: int = 0) -> RealBatch:
         """The next batch with C(x), D's class weights (uniform without a classifier) and G's class input;
-        ``prioritised`` of its images drawn by their last reconstruction KL (:meth:`BatchSampler.record`)."""
-        positions = self.sampler.next(prioritised)
+        ``prioritised`` of its images drawn by their last reconstruction KL (:meth:`BatchSampler.record`), ``balanced``
+        by the sampler's fixed weights."""
+        positions = self.sampler.next(prioritised, balanced)
         x = to_float(self.images[positions]).to(self.device, non_blocking=True).contiguous(
             memory_format=self.memory_format)
         logits = self._logits(positions, x)

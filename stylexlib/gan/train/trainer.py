@@ -10,6 +10,7 @@ from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.run import pick_device
 from stylexlib.data import ImageDataset
+from stylexlib.data.labels import balancing_weights
 from stylexlib.gan.augment import parse_policy
 from stylexlib.gan.collapse import COLLAPSE_IMAGES
 from stylexlib.gan.losses import classifier_kl_loss, load_lpips
@@ -30,6 +31,17 @@ def _state_attribute(name: str) -> property:
     return property(lambda self: getattr(self.state, name), doc=f"The training state's ``{name}``.")
 
 
+def _balanced_count(cfg: StylexConfig, data: ImageDataset) -> int:
+    """How many images of each real batch ``stylex.schedule.label_balance`` draws by label (0: off)."""
+    share, columns = cfg.schedule.label_balance_share, cfg.schedule.label_balance
+    if not 0 <= share <= 1:
+        raise ConfigError(f"stylex.schedule.label_balance_share must be a share in [0, 1], got {share}")
+    if columns and (data.files is None or not data.info.get("labels_csv")):
+        raise ConfigError(f"stylex.schedule.label_balance {columns} needs folder data with a labels CSV "
+                          "(data.labels_csv)")
+    return round(share * cfg.optim.batch_size) if columns else 0
+
+
 class StylexTrainer:
     """Trains G, E and D against a frozen classifier; checkpoints, logs and previews into ``out_dir``."""
 
@@ -48,6 +60,7 @@ class StylexTrainer:
         if not 0 <= kl_sampling <= 1 or (kl_sampling > 0 and cfg.weight("kl") == 0):
             raise ConfigError(f"stylex.schedule.kl_sampling must be in [0, 1] and needs stylex.loss.kl > 0 (it draws "
                               f"images by their reconstruction's KL); got {kl_sampling} with kl {cfg.weight('kl')}")
+        self.balanced = _balanced_count(cfg, data)
         self.cfg, self.dist, self.class_names, self.fingerprint = cfg, dist, list(data.class_names), fingerprint
         self.options, self.device = options, device or pick_device(cfg.runtime.device)
         self.resolution, self.num_classes = data.resolution, data.num_classes
@@ -58,7 +71,9 @@ class StylexTrainer:
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
         self.batches = RealBatches(data, self.classifier, cfg.optim.batch_size, cfg.seed * 1000 + dist.rank,
                                    cfg.model.condition_on, self.device, self.state.memory_format,
-                                   options.folded_classifier, options.cached_real_logits, self.state.autocast)
+                                   options.folded_classifier, options.cached_real_logits, self.state.autocast,
+                                   balancing_weights(data, cfg.schedule.label_balance, torch.as_tensor(
+                                       data.indices("train"))) if self.balanced else None)
         self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.model.lpips_net, self.device)
         if cfg.runtime.compile:
             self.state.compile()
@@ -95,7 +110,7 @@ class StylexTrainer:
         on the device (unchecked: :meth:`train_step` reads them)."""
         paths = self.schedule.paths(self.state.step)
         prioritised = round(self.cfg.schedule.kl_sampling * self.cfg.optim.batch_size) if paths.encoder else 0
-        batch = self.batches.next(prioritised)
+        batch = self.batches.next(prioritised, self.balanced)
         with self.state.autocast():
             generated = generate(self.state, batch, paths)
         context = StepContext(self.state, batch, generated, self.batches.step_classifier, self.lpips, self.options,

@@ -1,0 +1,46 @@
+"""A folder dataset's extra labels-CSV columns, row by row in the dataset's order, and weights that balance them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from stylexlib.data.dataset import DataError, ImageDataset
+
+
+def attribute_table(data: ImageDataset, columns: list[str]) -> pd.DataFrame:
+    """The labels CSV's ``columns`` for every image of a folder dataset, in the dataset's order."""
+    csv, file_column = data.info.get("labels_csv"), data.info.get("file_column", "file")
+    if not columns:
+        return pd.DataFrame(index=range(len(data)))
+    if not csv or data.files is None:
+        raise DataError(f"evaluate.attribute_columns {columns} needs folder data with a labels CSV (data.labels_csv)")
+    table = pd.read_csv(csv)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"evaluate.attribute_columns: {missing} not in {csv}; its columns: {', '.join(table.columns)}")
+    if file_column not in table.columns:
+        raise DataError(f"{csv} has no '{file_column}' column to match images by (data.file_column)")
+    by_file = table.drop_duplicates(file_column).set_index(table.drop_duplicates(file_column)[file_column].astype(str))
+    return by_file.reindex([Path(f).as_posix() for f in data.files])[columns].reset_index(drop=True)
+
+
+def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor) -> Tensor:
+    """A weight per dataset position under which each column's two values are equally likely (one column), or every
+    combination of the columns' values is (several): 1 / (the combination's count among ``positions``). An image with
+    a missing value gets the mean weight. Raises DataError for a column that has not exactly two values there."""
+    table = attribute_table(data, columns).iloc[positions.numpy()].reset_index(drop=True)
+    for column in columns:
+        values = table[column].dropna().unique()
+        if len(values) != 2:
+            raise DataError(f"stylex.schedule.label_balance: column '{column}' needs exactly two values among the "
+                            f"training images, found {len(values)} ({sorted(map(str, values))[:5]}); name binary "
+                            f"columns of {data.info.get('labels_csv')}")
+    known = table.notna().all(axis=1).to_numpy()
+    weights = np.full(len(table), np.nan)
+    weights[known] = 1.0 / table[known].groupby(columns)[columns[0]].transform("size").to_numpy()
+    weights[~known] = np.nanmean(weights) if known.any() else 1.0
+    return torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
