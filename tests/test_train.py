@@ -14,7 +14,8 @@ from stylexlib.classifier.model import build_classifier, save_classifier
 from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.run import open_run
 from stylexlib.core.stylex_config import GROUPS, replace_keys, stylex_config
-from stylexlib.data import ImageDataset
+from stylexlib.data import DataError, ImageDataset
+from stylexlib.data.labels import balancing_weights
 from stylexlib.gan import encoder_fit, train
 from stylexlib.gan.checkpoint import checkpoint_path, load_checkpoint, read_stats
 from stylexlib.gan.losses import latent_mmd_loss, load_lpips
@@ -469,7 +470,7 @@ def test_kl_sampling_records_each_reconstructions_kl_and_needs_the_kl_term(data,
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     drawn = []
     real_next = trainer.batches.next
-    trainer.batches.next = lambda prioritised=0: drawn.append(prioritised) or real_next(prioritised)
+    trainer.batches.next = lambda prioritised=0, balanced=0: drawn.append(prioritised) or real_next(prioritised, balanced)
     for _ in range(4):
         trainer.train_step()
     assert drawn == [2, 0, 2, 0]  # half of each encoder-path batch (alternate: steps 0 and 2), none on random steps
@@ -477,3 +478,42 @@ def test_kl_sampling_records_each_reconstructions_kl_and_needs_the_kl_term(data,
     assert 0 < (~scores.isnan()).sum() <= 8 and (scores[~scores.isnan()] >= 0).all()
     with pytest.raises(ConfigError, match="kl_sampling.*stylex.loss.kl"):
         make_trainer(replace_keys(cfg, loss={**TINY.loss, "kl": 0.0}), data, classifier, lpips_model, None)
+
+
+def labelled_dataset(tmp_path: Path, rare: list[int], n: int = 40) -> ImageDataset:
+    """tiny_dataset with a labels CSV: ``glasses`` is 1 on the ``rare`` positions, ``coin`` alternates."""
+    plain = tiny_dataset(n)
+    files = [f"img{i}.png" for i in range(n)]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,glasses,coin,age\n" + "".join(f"{f},{int(i in rare)},{i % 2},{20 + i}\n"
+                                                      for i, f in enumerate(files)))
+    return ImageDataset(plain.images, plain.labels, plain.class_names, plain.split, files=files,
+                        info={"labels_csv": str(csv)})
+
+
+def test_label_balance_draws_a_rare_label_as_often_as_its_absence(tmp_path, classifier, lpips_model) -> None:
+    """stylex.schedule.label_balance: the balanced share of each batch holds the rare label's two values about
+    equally; the rest stays uniform; a column that is not binary, and data without a labels CSV, are clear errors."""
+    data = labelled_dataset(tmp_path, rare=[3, 8, 16, 21])  # 4 of the 32 training images
+    positions = torch.as_tensor(data.indices("train"))
+    weights = balancing_weights(data, ["glasses"], positions)
+    assert torch.isclose(weights[[3, 8, 16, 21]].sum(), torch.tensor(0.5, dtype=weights.dtype))
+    both = balancing_weights(data, ["glasses", "coin"], positions)  # each column gets half the weight, by value
+    assert torch.allclose(both, (weights + 1 / 32) / 2)  # coin: 16 of each value
+    sampler = BatchSampler(positions, 8, seed=1, weights=weights)
+    drawn = torch.cat([sampler.next(balanced=2) for _ in range(300)])
+    balanced_rate = np.isin(drawn.view(300, 8)[:, :2].numpy(), [3, 8, 16, 21]).mean()
+    uniform_rate = np.isin(drawn.view(300, 8)[:, 2:].numpy(), [3, 8, 16, 21]).mean()
+    assert 0.4 < balanced_rate < 0.6 and uniform_rate < 0.2  # 4/32 = 0.125 uniformly
+    with pytest.raises(ValueError, match="weights"):
+        BatchSampler(positions, 8, seed=1).next(balanced=2)
+    with pytest.raises(DataError, match="'age' needs exactly two values"):
+        balancing_weights(data, ["age"], positions)
+    cfg = replace_keys(TINY, warmup_steps=0, checkpoint_every=0, label_balance=["glasses"], label_balance_share=0.5)
+    trainer = make_trainer(cfg, data, classifier, lpips_model, None)
+    assert trainer.balanced == 2 and torch.equal(trainer.batches.sampler.weights, weights)
+    trainer.train_step()
+    with pytest.raises(ConfigError, match="label_balance.*labels CSV"):
+        make_trainer(cfg, tiny_dataset(), classifier, lpips_model, None)
+    with pytest.raises(ConfigError, match="label_balance_share"):
+        make_trainer(replace_keys(cfg, label_balance_share=1.5), data, classifier, lpips_model, None)

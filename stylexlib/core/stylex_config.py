@@ -84,9 +84,9 @@ class ScheduleConfig:
     # reads (a rare attribute it leans on) come back more often; one host sync per encoder step (docs/experiments.md:
     # on the shortcut task no measurable difference at an equal 6,000 steps, one seed each)
     label_balance: list[str] = field(default_factory=list)  # binary labels-CSV columns (folder data): this share
-    # of every real batch (label_balance_share) is drawn so that each combination of their values is equally likely,
-    # so that G, E and D see a rare attribute the classifier reads (the label audit's candidates) as often as its
-    # absence; the rest uniformly
+    # of every real batch (label_balance_share) is drawn column by column in turn with each column's two values
+    # equally likely, so that G, E and D see a rare attribute the classifier reads (the label audit's candidates,
+    # attfind/label_slices.csv) as often as its absence; the rest uniformly
     label_balance_share: float = 0.5
 
 

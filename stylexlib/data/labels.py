@@ -29,18 +29,17 @@ def attribute_table(data: ImageDataset, columns: list[str]) -> pd.DataFrame:
 
 
 def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor) -> Tensor:
-    """A weight per dataset position under which each column's two values are equally likely (one column), or every
-    combination of the columns' values is (several): 1 / (the combination's count among ``positions``). An image with
-    a missing value gets the mean weight. Raises DataError for a column that has not exactly two values there."""
+    """A weight per position (summing to 1) under which each column's two values are equally likely: the mean over
+    the columns of 1 / (2 x the count of the image's value among ``positions``). An image with a column's value missing
+    gets that column's mean weight. Raises DataError for a column without exactly two values there."""
     table = attribute_table(data, columns).iloc[positions.numpy()].reset_index(drop=True)
+    weights = np.zeros(len(table))
     for column in columns:
-        values = table[column].dropna().unique()
-        if len(values) != 2:
+        values = table[column]
+        if values.dropna().nunique() != 2:
             raise DataError(f"stylex.schedule.label_balance: column '{column}' needs exactly two values among the "
-                            f"training images, found {len(values)} ({sorted(map(str, values))[:5]}); name binary "
+                            f"training images, found {sorted(map(str, values.dropna().unique()))[:5]}; name binary "
                             f"columns of {data.info.get('labels_csv')}")
-    known = table.notna().all(axis=1).to_numpy()
-    weights = np.full(len(table), np.nan)
-    weights[known] = 1.0 / table[known].groupby(columns)[columns[0]].transform("size").to_numpy()
-    weights[~known] = np.nanmean(weights) if known.any() else 1.0
+        per_value = 1.0 / (2 * values.map(values.value_counts()).to_numpy(dtype=float))
+        weights += np.where(values.isna(), np.nanmean(per_value), per_value)
     return torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
