@@ -86,7 +86,8 @@ class ScheduleConfig:
     label_balance: list[str] = field(default_factory=list)  # binary labels-CSV columns (folder data): this share
     # of every real batch (label_balance_share) is drawn column by column in turn with each column's two values
     # equally likely, so that G, E and D see a rare attribute the classifier reads (the label audit's candidates,
-    # attfind/label_slices.csv) as often as its absence; the rest uniformly
+    # attfind/label_slices.csv) as often as its absence; the rest uniformly (docs/experiments.md: on the shortcut
+    # task at 2,829 steps G then draws glasses, but on the smile coordinate, not as an attribute of their own)
     label_balance_share: float = 0.5
 
 
