@@ -38,7 +38,7 @@ WORKER = textwrap.dedent(
     trainer = StylexTrainer(cfg, data, classifier, out_dir=out, device=device, dist=info)
     batches = []
     draw = trainer.batches.sampler.next
-    trainer.batches.sampler.next = lambda prioritised=0: batches.append(draw(prioritised)) or batches[-1]
+    trainer.batches.sampler.next = lambda prioritised=0, balanced=0: batches.append(draw(prioritised, balanced)) or batches[-1]
     trainer.train(progress=False)
     nets = (trainer.G, trainer.G_ema, trainer.E, trainer.D)
     flat = torch.cat([t.detach().flatten().float() for net in nets for t in net.state_dict().values()])
