@@ -509,6 +509,8 @@ def test_label_balance_draws_a_rare_label_as_often_as_its_absence(tmp_path, clas
         BatchSampler(positions, 8, seed=1).next(balanced=2)
     with pytest.raises(DataError, match="'age' needs exactly two values"):
         balancing_weights(data, ["age"], positions)
+    with pytest.raises(DataError, match="stylex.schedule.label_balance: \\['glases'\\] not in .*glasses"):
+        balancing_weights(data, ["glases"], positions)
     cfg = replace_keys(TINY, warmup_steps=0, checkpoint_every=0, label_balance=["glasses"], label_balance_share=0.5)
     trainer = make_trainer(cfg, data, classifier, lpips_model, None)
     assert trainer.balanced == 2 and torch.equal(trainer.batches.sampler.weights, weights)

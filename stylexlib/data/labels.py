@@ -11,17 +11,18 @@ from torch import Tensor
 from stylexlib.data.dataset import DataError, ImageDataset
 
 
-def attribute_table(data: ImageDataset, columns: list[str]) -> pd.DataFrame:
-    """The labels CSV's ``columns`` for every image of a folder dataset, in the dataset's order."""
+def attribute_table(data: ImageDataset, columns: list[str], key: str = "evaluate.attribute_columns") -> pd.DataFrame:
+    """The labels CSV's ``columns`` for every image of a folder dataset, in the dataset's order (errors name the
+    config ``key`` that asked for them)."""
     csv, file_column = data.info.get("labels_csv"), data.info.get("file_column", "file")
     if not columns:
         return pd.DataFrame(index=range(len(data)))
     if not csv or data.files is None:
-        raise DataError(f"evaluate.attribute_columns {columns} needs folder data with a labels CSV (data.labels_csv)")
+        raise DataError(f"{key} {columns} needs folder data with a labels CSV (data.labels_csv)")
     table = pd.read_csv(csv)
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DataError(f"evaluate.attribute_columns: {missing} not in {csv}; its columns: {', '.join(table.columns)}")
+        raise DataError(f"{key}: {missing} not in {csv}; its columns: {', '.join(table.columns)}")
     if file_column not in table.columns:
         raise DataError(f"{csv} has no '{file_column}' column to match images by (data.file_column)")
     by_file = table.drop_duplicates(file_column).set_index(table.drop_duplicates(file_column)[file_column].astype(str))
@@ -32,7 +33,8 @@ def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor)
     """A weight per position (summing to 1) under which each column's two values are equally likely: the mean over
     the columns of 1 / (2 x the count of the image's value among ``positions``). An image with a column's value missing
     gets that column's mean weight. Raises DataError for a column without exactly two values there."""
-    table = attribute_table(data, columns).iloc[positions.numpy()].reset_index(drop=True)
+    table = attribute_table(data, columns, "stylex.schedule.label_balance").iloc[positions.numpy()]
+    table = table.reset_index(drop=True)
     weights = np.zeros(len(table))
     for column in columns:
         values = table[column]
