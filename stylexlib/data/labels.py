@@ -29,6 +29,12 @@ def attribute_table(data: ImageDataset, columns: list[str], key: str = "evaluate
     return by_file.reindex([Path(f).as_posix() for f in data.files])[columns].reset_index(drop=True)
 
 
+def binary_values(values: pd.Series) -> list | None:
+    """A column's two values, the positive one last (numbers sorted, text sorted), or None when it has not two."""
+    distinct = values.dropna().unique()
+    return sorted(distinct.tolist()) if len(distinct) == 2 else None
+
+
 def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor) -> Tensor:
     """A weight per position (summing to 1) under which each column's two values are equally likely: the mean over
     the columns of 1 / (2 x the count of the image's value among ``positions``). An image with a column's value missing
@@ -38,7 +44,7 @@ def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor)
     weights = np.zeros(len(table))
     for column in columns:
         values = table[column]
-        if values.dropna().nunique() != 2:
+        if binary_values(values) is None:
             raise DataError(f"stylex.schedule.label_balance: column '{column}' needs exactly two values among the "
                             f"training images, found {sorted(map(str, values.dropna().unique()))[:5]}; name binary "
                             f"columns of {data.info.get('labels_csv')}")

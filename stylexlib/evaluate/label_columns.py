@@ -10,7 +10,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from stylexlib.data import DataError, ImageDataset
-from stylexlib.data.labels import attribute_table
+from stylexlib.data.labels import attribute_table, binary_values
 
 MIN_AUC = 0.75  # a column the oracle reads no better than this on real held-out images is not used
 MIN_POSITIVES = 10  # a column needs this many images of each value among the training images to be fitted
@@ -24,12 +24,6 @@ def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(np.asarray(scores, dtype=float))
     return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def binary_values(values: pd.Series) -> list | None:
-    """A column's two values, the positive one last (numbers sorted, text sorted), or None when it has not two."""
-    distinct = values.dropna().unique()
-    return sorted(distinct.tolist()) if len(distinct) == 2 else None
 
 
 class OracleColumns:

@@ -25,11 +25,10 @@ from stylexlib.core.io import torch_load, torch_save, write_table
 from stylexlib.core.provenance import DATA_MARK, accepts, data_fingerprint, fingerprint
 from stylexlib.data import DataError, ImageDataset, to_float
 from stylexlib.data.cache import cache_root
-from stylexlib.data.labels import attribute_table
+from stylexlib.data.labels import attribute_table, binary_values
 from stylexlib.evaluate.attribute_probe import RIDGE_GRID, LinearProbe
 from stylexlib.evaluate.cnn_oracle import CNN_ORACLE_FILE, CNN_SETTINGS, CNNLabelOracle, fit_cnn_oracle
-from stylexlib.evaluate.label_columns import (MIN_AUC, OracleColumns, binary_targets, binary_values,
-                                              oracle_rows, roc_auc)
+from stylexlib.evaluate.label_columns import MIN_AUC, OracleColumns, binary_targets, oracle_rows, roc_auc
 from stylexlib.evaluate.quality import lpips_features
 
 log = logging.getLogger(__name__)

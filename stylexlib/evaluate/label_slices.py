@@ -16,9 +16,8 @@ from torch import nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
-from stylexlib.data.labels import attribute_table
+from stylexlib.data.labels import attribute_table, binary_values
 from stylexlib.evaluate.attribute_probe import is_categorical
-from stylexlib.evaluate.label_columns import binary_values
 
 MIN_IMAGES = 10  # a class's images with (and without) a label needed to compare them
 MIN_PUSH = 0.1  # a candidate moves a class's mean probability by at least this much within the classes
