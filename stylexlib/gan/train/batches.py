@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from stylexlib.classifier.fold import folded_copy
 from stylexlib.data import ImageDataset, to_float
+from stylexlib.data.labels import balancing_weights
 from stylexlib.gan.models import class_input
 
 
@@ -91,16 +92,19 @@ class RealBatch:
 
 
 class RealBatches:
-    """Draws the real batches of the train split and classifies them (``options.cached_real_logits``: each image once)."""
+    """Draws the real batches of the train split and classifies them (``options.cached_real_logits``: each image once);
+    with ``balance`` (label columns), the sampler's weights make each column's two values equally likely."""
 
     def __init__(self, data: ImageDataset, classifier: nn.Module, batch_size: int, seed: int, condition_on: str,
                  device: torch.device, memory_format: torch.memory_format, folded: bool, cached: bool,
-                 autocast: Callable[[], contextlib.AbstractContextManager], weights: Tensor | None = None) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager], balance: list[str] | None = None) -> None:
         self.images, self.num_classes, self.device = data.images, data.num_classes, device
         self.condition_on, self.memory_format, self.cached, self.autocast = condition_on, memory_format, cached, autocast
         self.classifier = classifier
         self.step_classifier = folded_copy(classifier) if folded else classifier  # what the step runs
-        self.sampler = BatchSampler(torch.as_tensor(data.indices("train")), batch_size, seed, weights)
+        positions = torch.as_tensor(data.indices("train"))
+        weights = balancing_weights(data, balance, positions) if balance else None
+        self.sampler = BatchSampler(positions, batch_size, seed, weights)
         self.logits: Tensor | None = None  # C(x) per dataset image, filled as images are drawn
         self.known = torch.zeros(0, dtype=torch.bool)
 

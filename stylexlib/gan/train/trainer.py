@@ -10,7 +10,6 @@ from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.distributed import SINGLE, DistInfo
 from stylexlib.core.run import pick_device
 from stylexlib.data import ImageDataset
-from stylexlib.data.labels import balancing_weights
 from stylexlib.gan.augment import parse_policy
 from stylexlib.gan.collapse import COLLAPSE_IMAGES
 from stylexlib.gan.losses import classifier_kl_loss, load_lpips
@@ -72,8 +71,7 @@ class StylexTrainer:
         self.batches = RealBatches(data, self.classifier, cfg.optim.batch_size, cfg.seed * 1000 + dist.rank,
                                    cfg.model.condition_on, self.device, self.state.memory_format,
                                    options.folded_classifier, options.cached_real_logits, self.state.autocast,
-                                   balancing_weights(data, cfg.schedule.label_balance, torch.as_tensor(
-                                       data.indices("train"))) if self.balanced else None)
+                                   cfg.schedule.label_balance if self.balanced else None)
         self.lpips = lpips_model if lpips_model is not None else load_lpips(cfg.model.lpips_net, self.device)
         if cfg.runtime.compile:
             self.state.compile()
