@@ -182,7 +182,8 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     (project / "smoke.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)  # not the config's folder: the relative paths resolve against the config file
     run = tmp_path / "run"
-    assert cli.main(["run", str(project / "smoke.yaml"), "--out", str(run), "-p", "num_images=8"]) == 0
+    assert cli.main(["run", str(project / "smoke.yaml"), "--out", str(run), "-p", "num_images=8",
+                     "-p", "direction_columns=[bar]"]) == 0
     state = read_json(run / "stages.json")
     assert all(state[s.name]["status"] == "done" for s in discover_stages() if s.number <= "08")
     assert "09_gan_baselines" not in state and "skip 09_gan_baselines: compare.gan_baselines is off" in capsys.readouterr().out
@@ -210,6 +211,9 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     assert list(pd.read_csv(run / "attfind" / "label_reliance.csv")["column"]) == ["bar"]  # the class's own left out
     assert pd.read_csv(run / "attfind" / "label_slices.csv").empty  # 8 test images: too few with and without "bar"
     assert metrics["label_slice_shortcut"] == "none"
+    directions = pd.read_csv(run / "attfind" / "label_directions.csv")  # asked for: bar drawn on and taken off
+    assert list(directions["edit"]) == ["add", "remove"] and set(directions["column"]) == {"bar"}
+    assert metrics["label_direction_column"] == "bar"
     page = (run / "gallery" / "index.html").read_text()
     assert "read by the probes: main label: bar " in page and "; redness " in page  # the oracle's, then the probes'
 

@@ -113,6 +113,11 @@ def test_gallery_folder_is_self_contained_and_replaced_whole(tmp_path: Path) -> 
     assert "read by the probes: age 31-&gt;44 &lt;older&gt;</div>" in page
     assert not (out / "images" / "stale.png").exists() and len(list((out / "images").glob("*.png"))) == 12
     assert '<a href="#class1">smile (0)</a>' in page and "no attribute for this class" in page
+    drawn = tmp_path / "drawn.png"
+    drawn.write_bytes((out / "images").glob("*.png").__next__().read_bytes())
+    page = write_gallery(one, out, figures=[("Glasses <drawn on>", drawn)]).read_text()
+    assert '<h2>Glasses &lt;drawn on&gt;</h2><img src="images/figure_0.png"' in page
+    assert (out / "images" / "figure_0.png").read_bytes() == drawn.read_bytes()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not written by stylexlib"):

@@ -155,14 +155,16 @@ def replaced_dir(path: str | Path) -> Iterator[Path]:
 def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, title: str = "StylEx attributes",
                   subtitle: str = "", max_examples: int | None = None,
                   saliency: dict[int, Tensor] | None = None, saliency_names: Sequence[str] = (),
-                  rule: VisibilityRule = VisibilityRule(), notes: Mapping[str, str] | None = None) -> Path:
+                  rule: VisibilityRule = VisibilityRule(), notes: Mapping[str, str] | None = None,
+                  figures: Sequence[tuple[str, str | Path]] = ()) -> Path:
     """A standalone HTML gallery (``index.html`` + ``images/``), per class and attribute; returns index.html.
 
     ``saliency`` (dataset index -> (M, H, W) maps named ``saliency_names``) puts each example's saliency maps beside
     it: where the other explainers say the classifier looks, next to what StylEx changes. Attributes whose examples
     carry their LPIPS (:func:`~stylexlib.explain.attfind.visibility.measure_visibility`) are flagged by ``rule``; a class
     whose every attribute is flagged says so above them. ``notes`` (by :attr:`AttributeExamples.key`) adds a line
-    under an attribute's numbers, e.g. what the factor or attribute probes read in its changes."""
+    under an attribute's numbers, e.g. what the factor or attribute probes read in its changes. ``figures``
+    ((caption, PNG file) pairs, e.g. the audit's labels drawn by their directions) follow the classes, copied in."""
     if not examples:
         raise ValueError("write_gallery needs at least one attribute")
     groups = by_class(examples)
@@ -184,6 +186,10 @@ def write_gallery(examples: Sequence[AttributeExamples], out_dir: str | Path, ti
                 body.append(NO_VISIBLE_ATTRIBUTE)
             body += [_attribute_html(ex, images_dir, max_examples, strips, rule, (notes or {}).get(ex.key, ""))
                      for ex in group] or [NO_ATTRIBUTE]
+        for n, (caption, path) in enumerate(figures):
+            shutil.copyfile(path, images_dir / f"figure_{n}.png")
+            body.append(f'<h2>{html.escape(caption)}</h2><img src="images/figure_{n}.png" alt="{html.escape(caption)}" '
+                        'style="max-width:100%">')
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
         write_text(tmp / "index.html", page)

@@ -1,0 +1,110 @@
+"""Labelled directions: each label's change of w with the others held, and what the classifier does when it is drawn."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_explain_stylex import CFG, planted  # noqa: F401 (fixture)
+
+from stylexlib.evaluate.label_directions import direction_verdict, label_direction_effects, label_direction_figure
+from stylexlib.explain.attfind.editor import AttributeEditor
+from stylexlib.explain.directions import DirectionExplainer, EditPool, label_pool, style_shifts
+from stylexlib.gan import Generator
+
+D = CFG.model.latent_dim
+
+
+def _labelled_latents(shift: torch.Tensor, count: int = 600, seed: int = 0) -> tuple[torch.Tensor, pd.DataFrame]:
+    """w = noise + ``shift`` where ``glasses`` is on + a second shift where ``male`` is on; glasses come with male
+    (60% of men, 10% of women wear them), so the plain mean difference of glasses wearers carries the male shift."""
+    rng = np.random.default_rng(seed)
+    male = rng.random(count) < 0.5
+    glasses = rng.random(count) < np.where(male, 0.6, 0.1)
+    coin = rng.random(count) < 0.5
+    other = torch.zeros(D)
+    other[0] = 4.0
+    w = (torch.randn(count, D, generator=torch.Generator().manual_seed(seed)) * 0.3
+         + torch.as_tensor(glasses, dtype=torch.float32)[:, None] * shift
+         + torch.as_tensor(male, dtype=torch.float32)[:, None] * other)
+    labels = pd.DataFrame({"Male": np.where(male, 1, -1), "glasses": glasses.astype(int), "coin": coin.astype(int)})
+    return w, labels
+
+
+def test_a_label_direction_holds_the_labels_that_come_with_it() -> None:
+    torch.manual_seed(0)
+    G = Generator(16, 2, CFG).eval()
+    shift = torch.zeros(D)
+    shift[1] = 2.0
+    w, labels = _labelled_latents(shift)
+    pool = label_pool(G, w, labels)
+    assert pool.labels == ["Male", "glasses", "coin"] and pool.vectors.shape == (3, G.style_dim)
+    expected = style_shifts(G, shift[None])[0]
+    glasses = pool.vectors[1]
+    assert (glasses - expected).norm() < 0.1 * expected.norm()
+    wearers = torch.as_tensor(labels["glasses"].to_numpy() == 1)
+    naive = style_shifts(G, (w[wearers].mean(0) - w[~wearers].mean(0))[None])[0]  # confounded with Male
+    assert (naive - expected).norm() > 5 * (glasses - expected).norm()
+    assert pool.vectors[2].norm() < 0.1 * expected.norm()  # a coin moves nothing
+    # the class input is held: the style change is the same whatever the classifier said
+    c = torch.softmax(torch.randn(4, 2), 1)
+    moved = G.styles(w[:4] + shift, c) - G.styles(w[:4], c)
+    assert torch.allclose(moved, expected.expand_as(moved), atol=1e-4)
+    labels.loc[3, "coin"] = np.nan  # a missing value drops its row, not the fit
+    assert (label_pool(G, w, labels).vectors[1] - glasses).norm() < 0.02 * expected.norm()
+    with pytest.raises(ValueError, match="'age' needs a column with two values"):
+        label_pool(G, w, labels.assign(age=np.arange(len(labels)) % 7))
+    with pytest.raises(ValueError, match="'rare': 1 of .* it needs at least 2"):
+        label_pool(G, w, labels.assign(rare=(np.arange(len(labels)) == 5).astype(int)))
+
+
+def _drawn_red(explainer) -> tuple[AttributeEditor, torch.Tensor, object]:
+    """An editor on the planted generator (red follows one coordinate, the classifier reads red), a label pool whose
+    ``glasses`` moves w along that coordinate's affine row, and an oracle that reads glasses as red."""
+    G = explainer.generator
+    flat = G.style_index.flat(len(G.layers) - 1, 3)
+    row = (G.affine.weight[flat, :D] * G.affine.weight_gain).detach()
+    w, labels = _labelled_latents(row / row.norm() * 3.0, count=400, seed=1)
+    pool = label_pool(G, w, labels)
+    editor = AttributeEditor(explainer.models, explainer.stats)
+    center = float(explainer.models.classifier.center)
+
+    class RedOracle:
+        trusted = ["glasses"]
+
+        def read(self, lpips_model, images: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(8 * (images[:, 0].mean(dim=(1, 2)) - center))[:, None]
+
+    return editor, pool, RedOracle()
+
+
+def test_drawing_the_label_on_moves_the_classifier_that_reads_it(planted) -> None:  # noqa: F811
+    explainer, _, _ = planted
+    editor, pool, oracle = _drawn_red(explainer)
+    rng = np.random.default_rng(3)
+    searched = pd.DataFrame({"glasses": (rng.random(80) < 0.4).astype(int), "coin": (rng.random(80) < 0.5).astype(int)})
+    w = torch.randn(80, D, generator=torch.Generator().manual_seed(4))
+    styles = explainer.generator.styles(w, torch.full((80, 2), 0.5)).detach()
+    effects = label_direction_effects(editor, pool, styles, searched, {"glasses": 1, "coin": 1}, oracle,
+                                      strength=1.0).set_index(["column", "edit"])
+    add, remove, coin = effects.loc[("glasses", "add")], effects.loc[("glasses", "remove")], effects.loc[("coin", "add")]
+    probabilities = editor.probabilities(editor.render(styles))[:, 1]
+    lacking = (searched["glasses"].to_numpy() == 0) & (probabilities < 0.5).numpy()
+    assert add["images"] == lacking.sum() and add["p_before"] == pytest.approx(float(probabilities[lacking].mean()))
+    assert add["push"] > 0.2 and add["push_z"] > 3.5 and add["decided_after"] > add["decided_before"] + 0.3
+    assert add["drawn"] > 0.2 and add["label_after"] > add["label_before"]
+    assert remove["push"] < -0.2 and remove["decided_after"] < remove["decided_before"]
+    assert abs(coin["push"]) < 0.2 * add["push"] and np.isnan(coin["drawn"])  # the oracle does not read coin
+    metrics, said = direction_verdict(effects.reset_index())
+    assert metrics["label_direction_column"] == "glasses" and metrics["label_direction_push"] == pytest.approx(add["push"])
+    assert metrics["label_direction_drawn"] == pytest.approx(add["drawn"]) and metrics["label_direction_push_remove"] < 0
+    assert "glasses (drawn, and the classifier follows it)" in said and "coin (the classifier does not follow the edit (the oracle does not read" in said
+    weak = label_direction_effects(editor, pool, styles, searched, {"glasses": 1}, oracle, strength=0.1)
+    assert 0 < weak["push"].iloc[0] < add["push"]  # strength scales the step
+    fig = label_direction_figure(editor, pool, styles, searched, "glasses", 1, shown=4)
+    assert len([ax for ax in fig.axes if ax.images]) == 8 and "+glasses" in fig.axes[4].get_title()
+    # the pool answers the common verb: per image, the labelled edit that lowers the target most (glasses, not coin)
+    without_male = EditPool("labels", pool.vectors[1:], pool.labels[1:])
+    explained = DirectionExplainer(explainer.models, explainer.stats, without_male, step=1.0).attribute(
+        explainer.render(styles[:4]).clamp(-1, 1), target=1, k=1).to_dataframe()
+    assert (explained["label"] == "glasses").all()
