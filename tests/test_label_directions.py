@@ -99,6 +99,8 @@ def test_drawing_the_label_on_moves_the_classifier_that_reads_it(planted) -> Non
     assert metrics["label_direction_column"] == "glasses" and metrics["label_direction_push"] == pytest.approx(add["push"])
     assert metrics["label_direction_drawn"] == pytest.approx(add["drawn"]) and metrics["label_direction_push_remove"] < 0
     assert "glasses (drawn, and the classifier follows it)" in said and "coin (the classifier does not follow the edit (the oracle does not read" in said
+    faint = effects.reset_index().assign(drawn=0.01)
+    assert "glasses (not drawn at this strength: the generator does not show it)" in direction_verdict(faint)[1]
     weak = label_direction_effects(editor, pool, styles, searched, {"glasses": 1}, oracle, strength=0.1)
     assert 0 < weak["push"].iloc[0] < add["push"]  # strength scales the step
     fig = label_direction_figure(editor, pool, styles, searched, "glasses", 1, shown=4)

@@ -119,9 +119,10 @@ def direction_verdict(effects: pd.DataFrame) -> tuple[dict[str, object], str]:
         add = rows[rows["edit"] == "add"].iloc[0]
         read, drawn_on = np.isfinite(add["drawn"]), add["drawn"] >= SHOWN
         follows = add["images"] > 0 and add["push"] >= MIN_PUSH and add["push_z"] >= MIN_Z
-        verdict = ("drawn, and the classifier follows it" if drawn_on and follows else
+        verdict = ("no searched image to draw it on" if not add["images"] else
+                   "drawn, and the classifier follows it" if drawn_on and follows else
                    "drawn, but the classifier does not follow it" if drawn_on else
-                   "not drawn: this generator cannot show it" if read else
+                   "not drawn at this strength: the generator does not show it" if read else
                    "the classifier follows the edit (the oracle does not read the label)" if follows else
                    "the classifier does not follow the edit (the oracle does not read the label)")
         said.append(f"{column} ({verdict}): " + "; ".join(parts))
