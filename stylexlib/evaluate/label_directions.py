@@ -1,7 +1,7 @@
 """Does the classifier follow a label when the generator draws it? The audit's candidates as labelled directions.
 
 The audit (:mod:`.label_slices`) compares real images with and without a label. The generator can put the same
-question as a counterfactual: move searched images along the label's direction in W
+question as a counterfactual: move searched images along the label's direction in StyleSpace
 (:func:`stylexlib.explain.directions.label_pool`, the class input held), render, and read the classifier and the label
 oracle. A label the classifier reads moves its decision toward the class the audit names when drawn on (``add``, on
 images the classifier gives to another class) and away when taken off (``remove``, on images with the label that it
@@ -20,31 +20,38 @@ from torch import Tensor
 
 from stylexlib.core.figures import image_grid
 from stylexlib.data import ImageDataset
-from stylexlib.data.labels import attribute_table, binary_values
+from stylexlib.data.labels import attribute_table, balancing_weights, binary_values
 from stylexlib.evaluate.label_slices import MIN_IMAGES, MIN_PUSH, MIN_Z, SHOWN
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.directions import EditPool, label_pool
 from stylexlib.gan.models import StylexModels
+from stylexlib.stylespace.inversion import invert
 
-LATENT_IMAGES = 4000  # training images whose E(x) the directions are fitted on
+FIT_IMAGES = 256  # training images whose refined inversions the directions are fitted on
 EDITS = {"add": "drawn on", "remove": "taken off"}
 COLUMNS = ["column", "edit", "toward", "images", "p_before", "p_after", "push", "push_z", "decided_before",
            "decided_after", "label_before", "label_after", "drawn"]
 
 
 @torch.no_grad()
-def fit_label_pool(models: StylexModels, data: ImageDataset, columns: list[str], count: int = LATENT_IMAGES,
-                   seed: int = 0, batch_size: int = 256) -> EditPool:
+def fit_label_pool(models: StylexModels, data: ImageDataset, columns: list[str], drawn: list[str],
+                   count: int = FIT_IMAGES, seed: int = 0) -> EditPool:
     """:func:`~stylexlib.explain.directions.label_pool` of the binary ones among the labels-CSV ``columns`` (give them
-    all, the class's too, so that each direction holds the others; a column with fewer than 10 images of a value
-    among these is left out) on E(x) of up to ``count`` seeded training images."""
+    all, the class's too, so that each direction holds the others; a column with fewer than 10 images of a value among
+    these is left out), with the generator's class input held, on the refined inversions (what the stages render; kept
+    in the run's store) of ``count`` seeded training images. Half of the draw makes each ``drawn`` label's two values
+    equally likely (:func:`~stylexlib.data.labels.balancing_weights`): a rare label gets images enough to fit."""
     train = torch.as_tensor(data.indices("train"))
-    positions = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]].sort()[0]
+    weights = torch.full((len(train),), 0.5 / len(train), dtype=torch.float64)
+    if drawn:
+        weights += 0.5 * balancing_weights(data, drawn, train)
+    chosen = torch.multinomial(weights, min(count, len(train)), generator=torch.Generator().manual_seed(seed))
+    positions = train[chosen.sort()[0]]
     labels = attribute_table(data, columns).iloc[positions.numpy()].reset_index(drop=True)
     labels = labels[[c for c in columns if binary_values(labels[c]) is not None
                      and labels[c].value_counts().min() >= MIN_IMAGES]]
-    latents = torch.cat([models.encode(data.images[batch])[0].float().cpu() for batch in positions.split(batch_size)])
-    return label_pool(models.generator, latents, labels)
+    inverted = invert(models, data.images[positions])
+    return label_pool(inverted.styles.cpu(), labels, held=inverted.c[:, 1:].cpu())
 
 
 @torch.no_grad()

@@ -6,8 +6,8 @@ change of the styles for one step of the edit's own standard deviation over real
 - coordinates (StylEx's AttFind, Wu et al.'s StyleSpace): vector p moves coordinate c_p by its std;
 - directions in W (GANSpace, SeFa, Voynov & Babenko, random): a unit direction d in W, scaled by the std of the
   encoded latents along d, mapped through the generator's affine style layers (linear, so one vector per direction);
-- labelled directions (:func:`label_pool`, where a labels CSV names attributes): each label's change of w with the
-  other labels held, whose unit step turns the label on.
+- labelled directions (:func:`label_pool`, where a labels CSV names attributes): each label's change of the styles
+  with the other labels held, whose unit step turns the label on.
 
 :class:`DirectionExplainer` answers ``attribute(inputs, target=None, k)`` like every explainer: per image, the k
 edits (of its pool, in either sign, ``step`` stds) that lower the target's log-odds most.
@@ -60,31 +60,27 @@ def coordinate_pool(name: str, generator: Generator, stats: StyleStats, coords: 
 
 
 @torch.no_grad()
-def style_shifts(generator: Generator, shifts: Tensor) -> Tensor:
-    """Shifts of w (P, D) as style vectors (P, S), the class input held: the affine style maps are linear, so each
-    shift moves every image's styles by the same vector."""
-    affine = generator.affine
-    device = affine.weight.device
-    shifts = torch.cat([shifts.float(), torch.zeros(len(shifts), generator.num_classes)], 1).to(device)
-    return (affine(shifts) - affine(torch.zeros(1, shifts.shape[1], device=device))).cpu()
-
-
-@torch.no_grad()
 def latent_pool(name: str, generator: Generator, directions: Tensor, latents: Tensor) -> EditPool:
     """Directions (P, D) in W, made unit, each scaled by the std of ``latents`` (N, D) along it, as style vectors."""
     unit = directions.float() / directions.float().norm(dim=1, keepdim=True)
     spread = (latents.float() @ unit.T).std(0)  # (P,) the latents' own std along each direction
-    return EditPool(name, style_shifts(generator, unit * spread[:, None]), [f"{name} {p}" for p in range(len(unit))])
+    affine = generator.affine
+    device = affine.weight.device
+    shifts = torch.cat([unit * spread[:, None], torch.zeros(len(unit), generator.num_classes)], 1).to(device)
+    zero = torch.zeros(1, shifts.shape[1], device=device)
+    vectors = (affine(shifts) - affine(zero)).cpu()  # the affine maps are linear: one style vector per direction
+    return EditPool(name, vectors, [f"{name} {p}" for p in range(len(unit))])
 
 
 @torch.no_grad()
-def label_pool(generator: Generator, latents: Tensor, labels: pd.DataFrame, name: str = "labels") -> EditPool:
-    """Labelled directions (as InterFaceGAN finds them in W): one least-squares fit of the encoded ``latents`` (N, D)
-    on every binary column of ``labels`` at once (each as 0 / 1, its positive value last, and an intercept; rows with
-    a missing value left out), so each column's coefficient is the change of w with that label on and the other
-    columns held (a label that comes with the class, or with another label, does not carry it). As style vectors
-    with the class input held; the pool's unit step turns the label on, as the data has it. ValueError names a column
-    that is not binary or has too few images of either value."""
+def label_pool(styles: Tensor, labels: pd.DataFrame, held: Tensor | None = None, name: str = "labels") -> EditPool:
+    """Labelled directions in StyleSpace (as InterFaceGAN fits them, here on what the generator renders): one
+    least-squares fit of ``styles`` (N, S) on every binary column of ``labels`` at once (each as 0 / 1, its positive
+    value last), the ``held`` covariates (N, H; e.g. the generator's class input) and an intercept; rows with a missing
+    value are left out. Each column's coefficient is the change of the styles with that label on and the other columns
+    and the covariates held: a label that comes with the class, with another label, or with what the classifier says
+    does not carry it. The pool's unit step turns the label on, as the data has it. ValueError names a column that is
+    not binary or has too few images of either value."""
     columns, known = list(labels.columns), labels.notna().all(axis=1).to_numpy()
     design = []
     for column in columns:
@@ -96,10 +92,13 @@ def label_pool(generator: Generator, latents: Tensor, labels: pd.DataFrame, name
         if min(on.sum(), (~on).sum()) < 2:
             raise ValueError(f"label direction '{column}': {int(on.sum())} of {len(on)} images have it; it needs at "
                              "least 2 with and 2 without")
-        design.append(on)
-    x = torch.as_tensor(np.stack(design + [np.ones(int(known.sum()), bool)], 1), dtype=torch.float64)
-    fit = torch.linalg.lstsq(x, latents[torch.from_numpy(known.copy())].double(), driver="gelsd").solution
-    return EditPool(name, style_shifts(generator, fit[: len(columns)].float()), columns)
+        design.append(on.astype(float)[:, None])
+    rows = torch.from_numpy(known.copy())
+    if held is not None:
+        design.append(held[rows].double().numpy())
+    x = torch.as_tensor(np.concatenate(design + [np.ones((int(known.sum()), 1))], 1))
+    fit = torch.linalg.lstsq(x, styles[rows].double(), driver="gelsd").solution
+    return EditPool(name, fit[: len(columns)].float(), columns)
 
 
 @torch.no_grad()
