@@ -183,7 +183,7 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     monkeypatch.chdir(tmp_path)  # not the config's folder: the relative paths resolve against the config file
     run = tmp_path / "run"
     assert cli.main(["run", str(project / "smoke.yaml"), "--out", str(run), "-p", "num_images=8",
-                     "-p", "direction_columns=[bar]"]) == 0
+                     "-p", "direction_columns=[bar, redness]"]) == 0  # redness: a number, no direction
     state = read_json(run / "stages.json")
     assert all(state[s.name]["status"] == "done" for s in discover_stages() if s.number <= "08")
     assert "09_gan_baselines" not in state and "skip 09_gan_baselines: compare.gan_baselines is off" in capsys.readouterr().out

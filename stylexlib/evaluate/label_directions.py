@@ -39,15 +39,18 @@ def fit_label_pool(models: StylexModels, data: ImageDataset, columns: list[str],
     """:func:`~stylexlib.explain.directions.label_pool` of the binary ones among the labels-CSV ``columns`` (give them
     all, the class's too, so that each direction holds the others; a column with fewer than 10 images of a value among
     these is left out), with the generator's class input held, on the refined inversions (what the stages render; kept
-    in the run's store) of ``count`` seeded training images. Half of the draw makes each ``drawn`` label's two values
-    equally likely (:func:`~stylexlib.data.labels.balancing_weights`): a rare label gets images enough to fit."""
+    in the run's store) of ``count`` seeded training images. Half of the draw makes the two values of each binary
+    column among ``drawn`` equally likely (:func:`~stylexlib.data.labels.balancing_weights`): a rare label gets
+    images enough to fit."""
     train = torch.as_tensor(data.indices("train"))
+    table = attribute_table(data, columns)
+    balanced = [c for c in drawn if c in table.columns and binary_values(table[c].iloc[train.numpy()]) is not None]
     weights = torch.full((len(train),), 0.5 / len(train), dtype=torch.float64)
-    if drawn:
-        weights += 0.5 * balancing_weights(data, drawn, train)
+    if balanced:
+        weights += 0.5 * balancing_weights(data, balanced, train)
     chosen = torch.multinomial(weights, min(count, len(train)), generator=torch.Generator().manual_seed(seed))
     positions = train[chosen.sort()[0]]
-    labels = attribute_table(data, columns).iloc[positions.numpy()].reset_index(drop=True)
+    labels = table.iloc[positions.numpy()].reset_index(drop=True)
     labels = labels[[c for c in columns if binary_values(labels[c]) is not None
                      and labels[c].value_counts().min() >= MIN_IMAGES]]
     inverted = invert(models, data.images[positions])
