@@ -35,6 +35,13 @@ def binary_values(values: pd.Series) -> list | None:
     return sorted(distinct.tolist()) if len(distinct) == 2 else None
 
 
+def has_label(values: pd.Series) -> np.ndarray | None:
+    """Where a binary column holds its positive value (:func:`binary_values`; False where missing), or None when the
+    column has not two values."""
+    positive = binary_values(values)
+    return (values == positive[1]).to_numpy() if positive is not None else None
+
+
 def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor) -> Tensor:
     """A weight per position (summing to 1) under which each column's two values are equally likely: the mean over
     the columns of 1 / (2 x the count of the image's value among ``positions``). An image with a column's value missing

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from stylexlib.core.figures import image_grid
 from stylexlib.data import ImageDataset
-from stylexlib.data.labels import attribute_table, balancing_weights, binary_values
+from stylexlib.data.labels import attribute_table, balancing_weights, binary_values, has_label
 from stylexlib.evaluate.label_slices import MIN_IMAGES, MIN_PUSH, MIN_Z, SHOWN
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.directions import EditPool, label_pool
@@ -74,8 +74,8 @@ def label_direction_effects(editor: AttributeEditor, pool: EditPool, styles: Ten
     for column, k in toward.items():
         vector = pool.vectors[pool.labels.index(column)]
         values = labels[column]
-        positive = binary_values(values)
-        has = (values == positive[1]).to_numpy() if positive else np.zeros(len(values), bool)
+        has = has_label(values)
+        has = has if has is not None else np.zeros(len(values), bool)
         known, given = values.notna().to_numpy(), (probabilities.argmax(1) == k).numpy()
         for edit, sign in zip(EDITS, (1.0, -1.0)):
             chosen = np.flatnonzero(known & (~has & ~given if sign > 0 else has & given))[:images]
@@ -145,8 +145,8 @@ def label_direction_figure(editor: AttributeEditor, pool: EditPool, styles: Tens
     with the label drawn on (``strength`` steps of its direction), each titled with p(class ``k``); None when no
     searched image is such."""
     values = labels[column]
-    positive = binary_values(values)
-    has = (values == positive[1]).to_numpy() if positive else np.zeros(len(values), bool)
+    has = has_label(values)
+    has = has if has is not None else np.zeros(len(values), bool)
     probabilities = editor.probabilities(editor.render(styles))
     chosen = np.flatnonzero(values.notna().to_numpy() & ~has & (probabilities.argmax(1) != k).numpy())[:shown]
     if not len(chosen):

@@ -16,7 +16,7 @@ from torch import nn
 
 from stylexlib.classifier.predict import classify
 from stylexlib.data import ImageDataset
-from stylexlib.data.labels import attribute_table, binary_values
+from stylexlib.data.labels import attribute_table, has_label
 from stylexlib.evaluate.attribute_probe import is_categorical
 
 MIN_IMAGES = 10  # a class's images with (and without) a label needed to compare them
@@ -39,9 +39,9 @@ def label_slices(labels: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray
     slices = {}
     for column in labels.columns:
         values, known = labels[column], labels[column].notna().to_numpy()
-        positive = binary_values(values)
-        if positive is not None:
-            slices[column] = known, (values == positive[1]).to_numpy()
+        has = has_label(values)
+        if has is not None:
+            slices[column] = known, has
         elif is_categorical(values):
             for value in sorted(values.dropna().unique().tolist()):
                 slices[f"{column}={value}"] = known, (values == value).to_numpy()

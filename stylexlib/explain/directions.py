@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from stylexlib.data.labels import binary_values
+from stylexlib.data.labels import has_label
 from stylexlib.explain.attfind.effects import (DIRECTIONS, StyleStats, edited_logits_fast, predict_styles,
                                                searched_coordinates)
 from stylexlib.explain.stylex import StylEx
@@ -84,11 +84,10 @@ def label_pool(styles: Tensor, labels: pd.DataFrame, held: Tensor | None = None,
     columns, known = list(labels.columns), labels.notna().all(axis=1).to_numpy()
     design = []
     for column in columns:
-        values = binary_values(labels[column][known])
-        if values is None:
+        on = has_label(labels[column][known])
+        if on is None:
             raise ValueError(f"label direction '{column}' needs a column with two values, found "
                              f"{sorted(map(str, labels[column].dropna().unique()))[:5]}")
-        on = (labels[column][known] == values[1]).to_numpy()
         if min(on.sum(), (~on).sum()) < 2:
             raise ValueError(f"label direction '{column}': {int(on.sum())} of {len(on)} images have it; it needs at "
                              "least 2 with and 2 without")
