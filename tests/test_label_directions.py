@@ -90,6 +90,10 @@ def test_drawing_the_label_on_moves_the_classifier_that_reads_it(planted) -> Non
     probabilities = editor.probabilities(editor.render(styles))[:, 1]
     lacking = (searched["glasses"].to_numpy() == 0) & (probabilities < 0.5).numpy()
     assert add["images"] == lacking.sum() and add["p_before"] == pytest.approx(float(probabilities[lacking].mean()))
+    # the reconstructions' probabilities, when given (the search's base_logits), choose the images: none read again
+    given = torch.stack([1 - probabilities, probabilities], 1).flip(1)
+    swapped = label_direction_effects(editor, pool, styles, searched, {"glasses": 1}, oracle, probabilities=given)
+    assert swapped["images"].iloc[0] == ((searched["glasses"].to_numpy() == 0) & (probabilities >= 0.5).numpy()).sum()
     assert add["push"] > 0.2 and add["push_z"] > 3.5 and add["decided_after"] > add["decided_before"] + 0.3
     assert add["drawn"] > 0.2 and add["label_after"] > add["label_before"]
     assert remove["push"] < -0.2 and remove["decided_after"] < remove["decided_before"]

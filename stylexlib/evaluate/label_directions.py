@@ -60,25 +60,24 @@ def fit_label_pool(models: StylexModels, data: ImageDataset, columns: list[str],
 @torch.no_grad()
 def label_direction_effects(editor: AttributeEditor, pool: EditPool, styles: Tensor, labels: pd.DataFrame,
                             toward: Mapping[str, int], oracle=None, lpips_model: torch.nn.Module | None = None,
-                            strength: float = 1.0, images: int = 64) -> pd.DataFrame:
+                            strength: float = 1.0, images: int = 64,
+                            probabilities: Tensor | None = None) -> pd.DataFrame:
     """Per column of ``toward`` (the class index the audit says it pushes toward) and per edit: ``add`` moves up to
     ``images`` of the searched ``styles`` that lack the label and that the classifier gives to another class
     ``strength`` steps along the label's direction; ``remove`` moves back those with the label that it gives to that
     class (``labels``: the searched images' rows). Columns: ``p_before`` / ``p_after`` (mean probability of the
     class), ``push`` (their difference, with ``push_z`` over its paired standard error), ``decided_before`` /
     ``decided_after`` (the share the classifier gives to the class), and the oracle's mean probability of the label
-    before and after (``drawn``: the change; NaN where the oracle does not read the column)."""
-    probabilities = editor.probabilities(editor.render(styles))
+    before and after (``drawn``: the change; NaN where the oracle does not read the column). ``probabilities``: the
+    classifier's on the searched images' reconstructions, where known (``Effects.base_logits.softmax(1)``)."""
+    probabilities = _reconstructed_probabilities(editor, styles, probabilities)
     trusted = list(oracle.trusted) if oracle is not None else []
     rows = []
     for column, k in toward.items():
         vector = pool.vectors[pool.labels.index(column)]
-        values = labels[column]
-        has = has_label(values)
-        has = has if has is not None else np.zeros(len(values), bool)
-        known, given = values.notna().to_numpy(), (probabilities.argmax(1) == k).numpy()
+        given = (probabilities.argmax(1) == k).numpy()
         for edit, sign in zip(EDITS, (1.0, -1.0)):
-            chosen = np.flatnonzero(known & (~has & ~given if sign > 0 else has & given))[:images]
+            chosen = _editable(labels[column], given, sign > 0)[:images]
             row = {"column": column, "edit": edit, "toward": editor.class_names[k], "images": len(chosen)}
             if len(chosen):
                 before = editor.render(styles[chosen])
@@ -140,15 +139,13 @@ def direction_verdict(effects: pd.DataFrame) -> tuple[dict[str, object], str]:
 
 
 def label_direction_figure(editor: AttributeEditor, pool: EditPool, styles: Tensor, labels: pd.DataFrame,
-                           column: str, k: int, strength: float = 1.0, shown: int = 6) -> plt.Figure | None:
+                           column: str, k: int, strength: float = 1.0, shown: int = 6,
+                           probabilities: Tensor | None = None) -> plt.Figure | None:
     """Up to ``shown`` searched images without ``column`` that the classifier gives to another class, and the same
     with the label drawn on (``strength`` steps of its direction), each titled with p(class ``k``); None when no
-    searched image is such."""
-    values = labels[column]
-    has = has_label(values)
-    has = has if has is not None else np.zeros(len(values), bool)
-    probabilities = editor.probabilities(editor.render(styles))
-    chosen = np.flatnonzero(values.notna().to_numpy() & ~has & (probabilities.argmax(1) != k).numpy())[:shown]
+    searched image is such. ``probabilities`` as for :func:`label_direction_effects`."""
+    probabilities = _reconstructed_probabilities(editor, styles, probabilities)
+    chosen = _editable(labels[column], (probabilities.argmax(1) == k).numpy(), add=True)[:shown]
     if not len(chosen):
         return None
     vector = pool.vectors[pool.labels.index(column)]
@@ -159,3 +156,16 @@ def label_direction_figure(editor: AttributeEditor, pool: EditPool, styles: Tens
               + [f"+{column}\np({name}) {p:.2f}" for p in editor.probabilities(after)[:, k]])
     return image_grid(torch.cat([before, after]), titles, ncols=len(chosen), size=1.6,
                       suptitle=f"{column} drawn on by its labelled direction ({strength:g} x the label's change)")
+
+
+def _reconstructed_probabilities(editor: AttributeEditor, styles: Tensor, probabilities: Tensor | None) -> Tensor:
+    """The classifier's probabilities on the rendered ``styles``: the ones given, else rendered and read."""
+    return probabilities.cpu() if probabilities is not None else editor.probabilities(editor.render(styles))
+
+
+def _editable(values: pd.Series, given: np.ndarray, add: bool) -> np.ndarray:
+    """Positions a label can be drawn on (``add``: known to lack it and not ``given`` to the class it pushes toward)
+    or taken off (known to have it and ``given`` to that class)."""
+    has = has_label(values)
+    has = has if has is not None else np.zeros(len(values), bool)
+    return np.flatnonzero(values.notna().to_numpy() & (~has & ~given if add else has & given))
