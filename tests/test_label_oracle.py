@@ -88,7 +88,10 @@ def test_oracle_trusts_a_visible_label_and_not_a_coin_flip(tmp_path) -> None:
     assert ratio == pytest.approx(1.0) and list(scores["column"]) == ["bar"]
     barless = x.clone()
     barless[:, :, 4:9, :] = x[:, :, 12:17, :]  # reconstructions that lose the bar
-    assert label_auc_ratio(again, lpips_model, x, barless, truth)[0] < 0.75
+    lost_ratio, lost = label_auc_ratio(again, lpips_model, x, barless, truth)
+    assert lost_ratio < 0.75 and lost["mean_reconstruction"][0] < 0.5 * lost["mean_original"][0]
+    bars = truth["bar"].to_numpy() == 1
+    assert scores["mean_original"][0] == pytest.approx(float(again.read(lpips_model, x[bars])[:, 0].mean()), abs=1e-5)
 
 
 def test_main_label_leaves_out_the_class_and_mnac_counts_changes() -> None:

@@ -9,7 +9,8 @@ from scipy import stats
 from torch import nn
 
 from stylexlib.data import ImageDataset
-from stylexlib.evaluate.label_slices import classifier_slices, explanation_shows, slice_table, slice_verdict, welch
+from stylexlib.evaluate.label_slices import (classifier_slices, explanation_shows, reconstructions_keep, slice_table,
+                                             slice_verdict, welch)
 
 NAMES = ["not smiling", "smiling"]
 
@@ -77,6 +78,23 @@ def test_the_verdict_says_whether_the_explanation_shows_each_candidate() -> None
     assert "label_slice_missed" not in slice_verdict(table)[0]  # no oracle: nothing said of the explanation
     honest = slice_table(probabilities, classes, labels.drop(columns="glasses"), NAMES)
     assert slice_verdict(honest)[0] == {"label_slice_shortcut": "none", "label_slice_candidates": 0}
+
+
+def test_the_verdict_says_when_the_reconstructions_lose_a_missed_candidate() -> None:
+    probabilities, classes, labels = _audit_data()
+    table = slice_table(probabilities, classes, labels, NAMES)
+    missed = pd.DataFrame({"column": ["glasses", "cheeks"], "toward_not smiling": [0.01, -0.3],
+                           "toward_smiling": [0.03, 0.2]})
+    label_auc = pd.DataFrame({"column": ["glasses", "cheeks"], "mean_original": [0.44, 0.6],
+                              "mean_reconstruction": [0.10, 0.55]})
+    kept = reconstructions_keep(explanation_shows(table, missed), label_auc).set_index("column")["kept"]
+    assert kept["glasses"] == pytest.approx(0.10 / 0.44) and np.isnan(kept["coin"])
+    metrics, said = slice_verdict(reconstructions_keep(explanation_shows(table, missed), label_auc))
+    assert metrics["label_slice_kept"] == pytest.approx(0.10 / 0.44)
+    assert "keep 23% of it" in said and "the reconstructions lose glasses" in said
+    faithful = label_auc.assign(mean_reconstruction=[0.40, 0.55])  # kept, yet missed: the other hint
+    said = slice_verdict(reconstructions_keep(explanation_shows(table, missed), faithful))[1]
+    assert "keep 91% of it" in said and "lose" not in said and "may not draw it" in said
 
 
 def test_a_category_with_more_values_is_audited_value_by_value() -> None:

@@ -209,7 +209,9 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     assert set(probe_readings["column"]) == {"redness"}
     assert (run / "figures" / "attribute_labels.png").exists()
     assert list(pd.read_csv(run / "attfind" / "label_reliance.csv")["column"]) == ["bar"]  # the class's own left out
-    assert pd.read_csv(run / "attfind" / "label_slices.csv").empty  # 8 test images: too few with and without "bar"
+    slices = pd.read_csv(run / "attfind" / "label_slices.csv")
+    assert slices.empty and "kept" in slices  # 8 test images: too few with and without "bar"; stage 04's table read
+    assert {"mean_original", "mean_reconstruction"} <= set(pd.read_csv(run / "inversion" / "label_auc.csv"))
     assert metrics["label_slice_shortcut"] == "none"
     directions = pd.read_csv(run / "attfind" / "label_directions.csv")  # asked for: bar drawn on and taken off
     assert list(directions["edit"]) == ["add", "remove"] and set(directions["column"]) == {"bar"}

@@ -161,8 +161,9 @@ def fit_label_oracle(data: ImageDataset, lpips_model: torch.nn.Module, columns: 
 def label_auc_ratio(oracle: OracleColumns, lpips_model: torch.nn.Module, originals: Tensor, reconstructions: Tensor,
                     truth: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     """Do reconstructions keep what the labels say? Per trusted column with both values among the images, the
-    oracle's AUC on the originals and on their reconstructions (both in [-1, 1]); returns the ratio of their means
-    (``recon_label_auc_ratio``) and the per-column table."""
+    oracle's AUC on the originals and on their reconstructions (both in [-1, 1]), and its mean probability of the
+    label on the images that have it (``mean_original``, ``mean_reconstruction``: an AUC can hold while a label fades
+    from every reconstruction); returns the ratio of the mean AUCs (``recon_label_auc_ratio``) and the table."""
     before, after = (oracle.read(lpips_model, images).numpy() for images in (originals, reconstructions))
     rows = []
     for j, column in enumerate(oracle.trusted):
@@ -171,8 +172,10 @@ def label_auc_ratio(oracle: OracleColumns, lpips_model: torch.nn.Module, origina
             continue
         positive = (truth[column] == values[1]).to_numpy()
         rows.append({"column": column, "positives": int(positive.sum()), "original": roc_auc(positive, before[:, j]),
-                     "reconstruction": roc_auc(positive, after[:, j])})
-    scores = pd.DataFrame(rows, columns=["column", "positives", "original", "reconstruction"]).dropna()
+                     "reconstruction": roc_auc(positive, after[:, j]), "mean_original": float(before[positive, j].mean()),
+                     "mean_reconstruction": float(after[positive, j].mean())})
+    scores = pd.DataFrame(rows, columns=["column", "positives", "original", "reconstruction", "mean_original",
+                                         "mean_reconstruction"]).dropna()
     ratio = float(scores["reconstruction"].mean() / scores["original"].mean()) if len(scores) else float("nan")
     return ratio, scores
 

@@ -24,6 +24,7 @@ MIN_PUSH = 0.1  # a candidate moves a class's mean probability by at least this 
 MIN_Z = 3.5  # ... by this many standard errors (the 5% two-sided level over 40 columns, Bonferroni, is 3.2)
 FACET_CORRELATION = 0.3  # a label correlated with a class at least this much in the data is a facet, not a shortcut
 SHOWN = 0.1  # an explanation shows the label when one of its top attributes changes it by at least this much
+KEPT = 0.5  # reconstructions that keep less of a label than this (the oracle's mean, on the images with it) lose it
 
 
 def welch(with_label: np.ndarray, without: np.ndarray) -> tuple[float, float]:
@@ -86,6 +87,17 @@ def explanation_shows(slices: pd.DataFrame, reliance: pd.DataFrame) -> pd.DataFr
     return slices.assign(shown=slices["column"].map(largest).astype(float))
 
 
+def reconstructions_keep(slices: pd.DataFrame, label_auc: pd.DataFrame) -> pd.DataFrame:
+    """``slices`` with ``kept``: how much of each label the held-out reconstructions keep, the oracle's mean
+    probability of it on the reconstructions of the images that have it over the same on the originals (stage 04's
+    :func:`~stylexlib.evaluate.label_oracle.label_auc_ratio` table; NaN where it has no row). A shortcut the
+    reconstructions lose is one the generator does not draw: the classifier's decision on those images is then drawn
+    through other features, and no attribute can show it."""
+    table = label_auc.set_index("column")
+    kept = table["mean_reconstruction"] / table["mean_original"].where(table["mean_original"] > 0)
+    return slices.assign(kept=slices["column"].map(kept).astype(float))
+
+
 def classifier_slices(classifier: nn.Module, data: ImageDataset, columns: list[str], split: str = "test") -> pd.DataFrame:
     """:func:`slice_table` of ``classifier`` (its outputs in the dataset's class order) on a split of a folder dataset
     with a labels CSV, for its ``columns``."""
@@ -114,16 +126,24 @@ def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, obje
         metrics["label_slice_missed"] = int((candidates["shown"] < SHOWN).sum())
         if np.isfinite(lead["shown"]):
             metrics["label_slice_shown"] = float(lead["shown"])
+    if np.isfinite(lead.get("kept", np.nan)):
+        metrics["label_slice_kept"] = float(lead["kept"])
 
     def said_of(row) -> str:
-        shown = row.get("shown", np.nan)
+        shown, kept = row.get("shown", np.nan), row.get("kept", np.nan)
         seen = ("" if not read else " (not read by the oracle)" if not np.isfinite(shown) else
-                f" (the top attributes change it by up to {shown:.2f}: {'shown' if shown >= SHOWN else 'MISSED'})")
+                f" (the top attributes change it by up to {shown:.2f}: {'shown' if shown >= SHOWN else 'MISSED'}"
+                + (f"; the reconstructions keep {kept:.0%} of it" if np.isfinite(kept) else "") + ")")
         return f"{row['column']} {row['push']:+.2f} toward {row['toward']} (z {row['z']:.1f}){seen}"
 
     said = ("candidate shortcuts, labels that move the decision within the classes though the data barely ties them "
             "to the class: " + "; ".join(said_of(row) for _, row in candidates.head(listed).iterrows()))
     if read and metrics["label_slice_missed"]:
-        said += (". A MISSED one is read by the classifier but drawn by no top attribute: the generator may not draw "
-                 "it (compare its AUC on originals and reconstructions, inversion/label_auc.csv)")
+        missed = candidates[candidates["shown"] < SHOWN]
+        lost = missed["column"][missed.get("kept", pd.Series(np.nan, index=missed.index)) < KEPT].tolist()
+        said += (". A MISSED one is read by the classifier but drawn by no top attribute" + (
+            f"; the reconstructions lose {', '.join(lost)} (they keep under {KEPT:.0%} of the oracle's reading): the "
+            "generator does not draw it, so it keeps the classifier's decision on those images through other "
+            "features, and no attribute can show it" if lost else
+            ": the generator may not draw it (compare originals and reconstructions in inversion/label_auc.csv)"))
     return metrics, said
