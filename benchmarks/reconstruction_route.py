@@ -28,30 +28,23 @@ from stylexlib.gan.losses import load_lpips
 from stylexlib.stylespace.inversion import invert, render_inverted
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("--label", required=True, help="a binary labels-CSV column the oracle trusts")
-    parser.add_argument("--class-column", required=True, help="the binary column the classes are drawn from")
-    parser.add_argument("--per-group", type=int, default=32, help="held-out images per class x label group")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    run = open_run(args.run_dir)
+def route(run_dir: str, label: str, class_column: str, per_group: int = 32, seed: int = 0) -> pd.DataFrame:
+    """Per group (``class_column``, ``label``: 0 or 1) and image (original, E(x), refined), the mean classifier
+    probability of the second class and the oracle's readings of the two columns (those it trusts)."""
+    run = open_run(run_dir)
     data = load_dataset(run.cfg.data)
     editor = load_editor(run, torch.device("cpu"))
     lpips_model = load_lpips(run.cfg.stylex.model.lpips_net, torch.device("cpu"))
     oracle = run_label_oracle(run, data, lpips_model)
-    read = [c for c in (args.class_column, args.label) if c in oracle.trusted]
+    read = [c for c in (class_column, label) if c in oracle.trusted]
     test = data.indices("test")
-    table = attribute_table(data, [args.class_column, args.label]).iloc[test].reset_index(drop=True)
-    rng = np.random.default_rng(args.seed)
+    table = attribute_table(data, [class_column, label]).iloc[test].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
     chosen, groups = [], []
     for in_class in (False, True):
         for with_label in (False, True):
-            where = np.flatnonzero((has_label(table[args.class_column]) == in_class)
-                                   & (has_label(table[args.label]) == with_label))
-            pick = rng.choice(where, min(args.per_group, len(where)), replace=False)
+            where = np.flatnonzero((has_label(table[class_column]) == in_class) & (has_label(table[label]) == with_label))
+            pick = rng.choice(where, min(per_group, len(where)), replace=False)
             chosen += list(pick)
             groups += [(in_class, with_label)] * len(pick)
     images = data.images[torch.as_tensor(test[chosen])]
@@ -63,12 +56,21 @@ def main() -> None:
         p = editor.probabilities(rendered.clamp(-1, 1))[:, 1].numpy()
         readings = oracle.read(lpips_model, rendered.clamp(-1, 1))[:, [oracle.trusted.index(c) for c in read]].numpy()
         for i, (in_class, with_label) in enumerate(groups):
-            rows.append({args.class_column: int(in_class), args.label: int(with_label), "image": name,
+            rows.append({class_column: int(in_class), label: int(with_label), "image": name,
                          f"p({editor.class_names[1]})": p[i], **{f"oracle {c}": readings[i, j] for j, c in enumerate(read)}})
-    summary = pd.DataFrame(rows).groupby([args.class_column, args.label, "image"], sort=False).mean()
-    summary = summary.sort_index(level=[0, 1], sort_remaining=False)
-    print(f"{len(chosen)} held-out images of {run.dir}, {args.per_group} per group at most")
-    print(summary.round(3).to_string())
+    summary = pd.DataFrame(rows).groupby([class_column, label, "image"], sort=False).mean()
+    return summary.sort_index(level=[0, 1], sort_remaining=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--label", required=True, help="a binary labels-CSV column the oracle trusts")
+    parser.add_argument("--class-column", required=True, help="the binary column the classes are drawn from")
+    parser.add_argument("--per-group", type=int, default=32, help="held-out images per class x label group")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(route(args.run_dir, args.label, args.class_column, args.per_group, args.seed).round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from stylexlib.core.io import read_json, torch_load
 from stylexlib.evaluate.gan_baselines import baseline_explainer
 from stylexlib.pipeline import cli
 from stylexlib.pipeline.runner import discover_stages, run_pipeline
+from test_benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -216,6 +217,10 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     directions = pd.read_csv(run / "attfind" / "label_directions.csv")  # asked for: bar drawn on and taken off
     assert list(directions["edit"]) == ["add", "remove"] and set(directions["column"]) == {"bar"}
     assert metrics["label_direction_column"] == "bar"
+    route = load_benchmark("reconstruction_route").route(str(run), "bar", "label", per_group=2)
+    assert set(route.index.get_level_values("image")) == {"original", "E(x)", "refined"}
+    originals = route.xs("original", level="image")["oracle bar"]  # the trusted oracle reads the bar on the photographs
+    assert originals.xs(1, level="bar").min() > originals.xs(0, level="bar").max()
     page = (run / "gallery" / "index.html").read_text()
     assert "read by the probes: main label: bar " in page and "; redness " in page  # the oracle's, then the probes'
 
