@@ -47,14 +47,20 @@ def balancing_weights(data: ImageDataset, columns: list[str], positions: Tensor)
     the columns of 1 / (2 x the count of the image's value among ``positions``). An image with a column's value missing
     gets that column's mean weight. Raises DataError for a column without exactly two values there."""
     table = attribute_table(data, columns, "stylex.schedule.label_balance").iloc[positions.numpy()]
-    table = table.reset_index(drop=True)
-    weights = np.zeros(len(table))
     for column in columns:
         values = table[column]
         if binary_values(values) is None:
             raise DataError(f"stylex.schedule.label_balance: column '{column}' needs exactly two values among the "
                             f"training images, found {sorted(map(str, values.dropna().unique()))[:5]}; name binary "
                             f"columns of {data.info.get('labels_csv')}")
+    return table_balancing_weights(table)
+
+
+def table_balancing_weights(table: pd.DataFrame) -> Tensor:
+    """:func:`balancing_weights` of the rows of a labels table whose every column has two values."""
+    weights = np.zeros(len(table))
+    for column in table.columns:
+        values = table[column].reset_index(drop=True)
         per_value = 1.0 / (2 * values.map(values.value_counts()).to_numpy(dtype=float))
         weights += np.where(values.isna(), np.nanmean(per_value), per_value)
     return torch.as_tensor(weights / weights.sum(), dtype=torch.float64)

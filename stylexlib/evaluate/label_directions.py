@@ -20,7 +20,7 @@ from torch import Tensor
 
 from stylexlib.core.figures import image_grid
 from stylexlib.data import ImageDataset
-from stylexlib.data.labels import attribute_table, balancing_weights, binary_values, has_label
+from stylexlib.data.labels import attribute_table, binary_values, has_label, table_balancing_weights
 from stylexlib.evaluate.label_slices import MIN_IMAGES, MIN_PUSH, MIN_Z, SHOWN
 from stylexlib.explain.attfind.editor import AttributeEditor
 from stylexlib.explain.directions import EditPool, label_pool
@@ -40,14 +40,15 @@ def fit_label_pool(models: StylexModels, data: ImageDataset, columns: list[str],
     all, the class's too, so that each direction holds the others; a column with fewer than 10 images of a value among
     these is left out), with the generator's class input held, on the refined inversions (what the stages render; kept
     in the run's store) of ``count`` seeded training images. Half of the draw makes the two values of each binary
-    column among ``drawn`` equally likely (:func:`~stylexlib.data.labels.balancing_weights`): a rare label gets
+    column among ``drawn`` equally likely (:func:`~stylexlib.data.labels.table_balancing_weights`): a rare label gets
     images enough to fit."""
     train = torch.as_tensor(data.indices("train"))
     table = attribute_table(data, columns)
-    balanced = [c for c in drawn if c in table.columns and binary_values(table[c].iloc[train.numpy()]) is not None]
+    trained_on = table.iloc[train.numpy()]
+    balanced = [c for c in drawn if c in table.columns and binary_values(trained_on[c]) is not None]
     weights = torch.full((len(train),), 0.5 / len(train), dtype=torch.float64)
     if balanced:
-        weights += 0.5 * balancing_weights(data, balanced, train)
+        weights += 0.5 * table_balancing_weights(trained_on[balanced])
     chosen = torch.multinomial(weights, min(count, len(train)), generator=torch.Generator().manual_seed(seed))
     positions = train[chosen.sort()[0]]
     labels = table.iloc[positions.numpy()].reset_index(drop=True)
