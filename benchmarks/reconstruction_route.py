@@ -38,7 +38,11 @@ def route(run_dir: str, label: str, class_column: str, per_group: int = 32, seed
     oracle = run_label_oracle(run, data, lpips_model)
     read = [c for c in (class_column, label) if c in oracle.trusted]
     test = data.indices("test")
-    table = attribute_table(data, [class_column, label]).iloc[test].reset_index(drop=True)
+    table = attribute_table(data, [class_column, label], "--label / --class-column").iloc[test].reset_index(drop=True)
+    for column in (class_column, label):
+        if has_label(table[column]) is None:
+            raise SystemExit(f"reconstruction_route: column '{column}' of {data.info.get('labels_csv')} needs exactly "
+                             f"two values among the test images; name a binary column")
     rng = np.random.default_rng(seed)
     chosen, groups = [], []
     for in_class in (False, True):
