@@ -217,10 +217,14 @@ def test_every_default_stage_and_explain_run_on_real_photographs_with_a_users_to
     directions = pd.read_csv(run / "attfind" / "label_directions.csv")  # asked for: bar drawn on and taken off
     assert list(directions["edit"]) == ["add", "remove"] and set(directions["column"]) == {"bar"}
     assert metrics["label_direction_column"] == "bar"
-    route = load_benchmark("reconstruction_route").route(str(run), "bar", "label", per_group=2)
-    assert set(route.index.get_level_values("image")) == {"original", "E(x)", "refined"}
+    identities = sorted(p.name for p in (run / "inversions").iterdir())
+    route = load_benchmark("reconstruction_route").route(str(run), "bar", "label", per_group=2, refinements=[(2, 0.5)])
+    assert set(route.index.get_level_values("image")) == {"original", "E(x)", "refined", "refined 2@0.5"}
     originals = route.xs("original", level="image")["oracle bar"]  # the trusted oracle reads the bar on the photographs
     assert originals.xs(1, level="bar").min() > originals.xs(0, level="bar").max()
+    distance = route["lpips"].groupby(level="image").mean()
+    assert distance["original"] < 1e-6 < distance["refined 2@0.5"] and distance["refined 2@0.5"] != distance["refined"]
+    assert sorted(p.name for p in (run / "inversions").iterdir()) == identities  # other settings: no store of their own
     page = (run / "gallery" / "index.html").read_text()
     assert "read by the probes: main label: bar " in page and "; redness " in page  # the oracle's, then the probes'
 
