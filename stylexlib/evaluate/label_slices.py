@@ -91,8 +91,8 @@ def reconstructions_keep(slices: pd.DataFrame, label_auc: pd.DataFrame) -> pd.Da
     """``slices`` with ``kept``: how much of each label the held-out reconstructions keep, the oracle's mean
     probability of it on the reconstructions of the images that have it over the same on the originals (stage 04's
     :func:`~stylexlib.evaluate.label_oracle.label_auc_ratio` table; NaN where it has no row). A shortcut the
-    reconstructions lose is one the generator does not draw: the classifier's decision on those images is then drawn
-    through other features, and no attribute can show it."""
+    reconstructions lose is one the generator does not draw (or the refinement stops short of): the classifier's
+    decision on those images is then drawn through other features, and no attribute can show it."""
     table = label_auc.set_index("column")
     kept = table["mean_reconstruction"] / table["mean_original"].where(table["mean_original"] > 0)
     return slices.assign(kept=slices["column"].map(kept).astype(float))
@@ -143,7 +143,9 @@ def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, obje
         lost = missed["column"][missed.get("kept", pd.Series(np.nan, index=missed.index)) < KEPT].tolist()
         said += (". A MISSED one is read by the classifier but drawn by no top attribute" + (
             f"; the reconstructions lose {', '.join(lost)} (they keep under {KEPT:.0%} of the oracle's reading): the "
-            "generator does not draw it, so it keeps the classifier's decision on those images through other "
-            "features, and no attribute can show it" if lost else
+            "generator does not draw it, or the per-image refinement stops short of it, so the classifier's decision "
+            "on those images is kept through other features and no attribute can show it (levers, measured in "
+            "docs/experiments.md: a longer refinement, inversion.per_image_steps and per_image_lr; drawing it more "
+            f"often in training, stylex.schedule.label_balance: [{', '.join(lost)}])" if lost else
             ": the generator may not draw it (compare originals and reconstructions in inversion/label_auc.csv)"))
     return metrics, said
