@@ -92,7 +92,7 @@ def test_the_verdict_says_when_the_reconstructions_lose_a_missed_candidate() -> 
     metrics, said = slice_verdict(reconstructions_keep(explanation_shows(table, missed), label_auc))
     assert metrics["label_slice_kept"] == pytest.approx(0.10 / 0.44)
     assert "keep 23% of it" in said and "the reconstructions lose glasses" in said
-    assert "inversion.per_image_steps" in said and "label_balance: [glasses]" in said  # the levers, for that label
+    assert "reconstruction_route.py --refine" in said and "label_balance: [glasses]" in said  # the levers, for it
     faithful = label_auc.assign(mean_reconstruction=[0.40, 0.55])  # kept, yet missed: the other hint
     said = slice_verdict(reconstructions_keep(explanation_shows(table, missed), faithful))[1]
     assert "keep 91% of it" in said and "lose" not in said and "may not draw it" in said

@@ -144,8 +144,8 @@ def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, obje
         said += (". A MISSED one is read by the classifier but drawn by no top attribute" + (
             f"; the reconstructions lose {', '.join(lost)} (they keep under {KEPT:.0%} of the oracle's reading): the "
             "generator does not draw it, or the per-image refinement stops short of it, so the classifier's decision "
-            "on those images is kept through other features and no attribute can show it (levers, measured in "
-            "docs/experiments.md: a longer refinement, inversion.per_image_steps and per_image_lr; drawing it more "
-            f"often in training, stylex.schedule.label_balance: [{', '.join(lost)}])" if lost else
+            "on those images is kept through other features and no attribute can show it (which of the two: "
+            "benchmarks/reconstruction_route.py --refine; to draw it more often in training: "
+            f"stylex.schedule.label_balance: [{', '.join(lost)}]; both measured in docs/experiments.md)" if lost else
             ": the generator may not draw it (compare originals and reconstructions in inversion/label_auc.csv)"))
     return metrics, said
