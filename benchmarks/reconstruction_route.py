@@ -66,7 +66,8 @@ def route(run_dir: str, label: str, class_column: str, per_group: int = 32, seed
     for steps, lr in refinements:  # outside the run's store, whose identity is the run's settings
         models = dataclasses.replace(editor.models, store=None,
                                      inversion=dataclasses.replace(shipped, per_image_steps=steps, per_image_lr=lr))
-        renders[f"refined {steps}@{lr:g}"] = render_inverted(models, invert(models, images, lpips_model=lpips_model)).cpu()
+        inverted = invert(models, images, lpips_model=lpips_model)
+        renders[f"refined {steps}@{lr:g}"] = render_inverted(models, inverted).cpu()
     rows = []
     for name, rendered in renders.items():
         p = editor.probabilities(rendered.clamp(-1, 1))[:, 1].numpy()
@@ -76,7 +77,8 @@ def route(run_dir: str, label: str, class_column: str, per_group: int = 32, seed
                                   zip(rendered.split(64), renders["original"].split(64))]).numpy()
         for i, (in_class, with_label) in enumerate(groups):
             rows.append({class_column: int(in_class), label: int(with_label), "image": name,
-                         f"p({editor.class_names[1]})": p[i], **{f"oracle {c}": readings[i, j] for j, c in enumerate(read)}, "lpips": distance[i]})
+                         f"p({editor.class_names[1]})": p[i], **{f"oracle {c}": readings[i, j] for j, c in enumerate(read)},
+                         "lpips": distance[i]})
     summary = pd.DataFrame(rows).groupby([class_column, label, "image"], sort=False).mean()
     return summary.sort_index(level=[0, 1], sort_remaining=False)
 
