@@ -70,11 +70,11 @@ def route(run_dir: str, label: str, class_column: str, per_group: int = 32, seed
         renders[f"refined {steps}@{lr:g}"] = render_inverted(models, inverted).cpu()
     rows = []
     for name, rendered in renders.items():
-        p = editor.probabilities(rendered.clamp(-1, 1))[:, 1].numpy()
-        readings = oracle.read(lpips_model, rendered.clamp(-1, 1))[:, [oracle.trusted.index(c) for c in read]].numpy()
+        rendered = rendered.clamp(-1, 1)
+        p = editor.probabilities(rendered)[:, 1].numpy()
+        readings = oracle.read(lpips_model, rendered)[:, [oracle.trusted.index(c) for c in read]].numpy()
         with torch.no_grad():
-            distance = torch.cat([lpips_distance(lpips_model, a.clamp(-1, 1), b) for a, b in
-                                  zip(rendered.split(64), renders["original"].split(64))]).numpy()
+            distance = lpips_distance(lpips_model, rendered, renders["original"]).numpy()
         for i, (in_class, with_label) in enumerate(groups):
             rows.append({class_column: int(in_class), label: int(with_label), "image": name,
                          f"p({editor.class_names[1]})": p[i], **{f"oracle {c}": readings[i, j] for j, c in enumerate(read)},
