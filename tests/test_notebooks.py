@@ -59,6 +59,7 @@ def test_every_stage_runs_on_tiny_config(tmp_path: Path) -> None:
     assert (run / "inversion" / "reconstruction.csv").exists() and (run / "figures" / "inversion_pairs.png").exists()
     assert (run / "inversion" / "factor_scores.csv").exists() and 0 <= metrics["inversion_factor_hat"] <= 1
     assert 0 <= metrics["flip_rate_top1"] <= 1 and metrics["attfind_seconds_per_image"] > 0
+    assert metrics["class_pathway_coordinates"] >= 1 and 0 <= metrics["attributes_on_class_pathway_top5"] <= 1
     for name in ("attributes.csv", "image_attributes.csv", "sufficiency.csv", "effects.pt"):
         assert (run / "attfind" / name).exists(), name
     assert (run / "figures" / "attfind_summary.png").exists()
