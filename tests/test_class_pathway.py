@@ -54,7 +54,7 @@ def test_metrics_count_the_top_attributes_on_the_pathway() -> None:
     assert "2 coordinates" in note and "40%" in note and "expect bundles" in note
 
 
-def test_a_wide_pathway_warns_of_no_bundle_and_a_classless_generator_has_none() -> None:
+def test_a_wide_pathway_gives_no_bundle_warning_and_a_classless_generator_no_pathway() -> None:
     rows = {flat: (-1.2, 1.2) if flat < 5 else (-1.0, 1.0) for flat in range(25)}  # 5 x 1.2 + 20 x 1: 90% is 23.4
     found = class_pathway_metrics(planted_models(rows), attributes([0, 1, 2, 3, 4]))
     assert found["class_pathway_coordinates"] == 23 and found["attributes_on_class_pathway_top5"] == 1.0
