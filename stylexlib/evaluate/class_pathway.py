@@ -35,7 +35,7 @@ def pathway_coordinates(shares: Tensor, mass: float = PATHWAY_MASS) -> Tensor:
         return torch.zeros(0, dtype=torch.long)
     order = shares.argsort(descending=True)
     count = int((shares[order].cumsum(0) < mass * float(shares.sum())).sum()) + 1
-    return order[: min(count, len(order))]
+    return order[:count]
 
 
 def class_pathway_metrics(models: StylexModels, attributes: pd.DataFrame, top: int = 5,
