@@ -61,10 +61,15 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return info, device
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (no-op when none was joined)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(failed: bool = False) -> None:
+    """Leave the process group (no-op when none was joined). On a clean exit every rank first waits for the others, so
+    that none tears the group down while a slower one may still talk to it. After an error (``failed``) the group is
+    left as it is: a peer may never reach a collective (tearing down would hang), and torchrun ends the other ranks once
+    this one exits non-zero."""
+    if not dist.is_initialized() or failed:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def broadcast_modules(modules: Iterable[nn.Module], info: DistInfo) -> None:

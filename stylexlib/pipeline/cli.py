@@ -88,6 +88,7 @@ def run_step(step: str, run_dir: Path) -> int:
                                 f"(stylex run CONFIG --only 01 02 --out {run_dir})")
     run = open_run(run_dir)
     info, device = init_distributed(run.cfg.stylex.runtime.device)
+    failed = True
     try:
         data = load_dataset(run.cfg.data)
         if step == "train":
@@ -100,8 +101,9 @@ def run_step(step: str, run_dir: Path) -> int:
             result = {"seconds_per_image": found.seconds_per_image, **sufficiency_metrics(found.sufficiency)}
         if info.is_main:
             print(json.dumps(result))
+        failed = False
     finally:
-        shutdown_distributed()
+        shutdown_distributed(failed)
     return 0
 
 
