@@ -142,7 +142,7 @@ class CollapseCheck:
         models = t.trained_pair()
         metrics = collapse_metrics(models.generator, models.encoder, t.classifier, to_float(self.images).to(t.device),
                                    self.lpips, models.condition, seed=t.cfg.seed)
-        warning = collapse_warning(metrics)
+        warning = collapse_warning(metrics, refit=bool(t.cfg.encoder_fit.minutes))
         self.flag = f"{metrics['recon_self_retrieval']:.2f}" if warning else None
         if warning:
             log.warning("step %d: %s", t.step, warning)
