@@ -78,7 +78,7 @@ def collapse_warning(metrics: dict[str, float], refit: bool = False) -> str | No
     """A one-line warning when the detector fires, else None. ``refit``: the encoder is fitted to G_ema again after
     training (``stylex.encoder_fit.minutes``), so while training only a collapsed spread warns: the training pair's
     reconstructions are rarely recognisable on real photographs (self-retrieval 0.2-0.5 on CelebA), and the fit
-    repairs that (1.00 at stage 04, which checks the fitted encoder without ``refit``)."""
+    repairs that (1.00 at stage 04, which checks the reconstructions later stages use, without ``refit``)."""
     retrieval, spread = metrics.get("recon_self_retrieval"), metrics.get("encoder_spread_ratio")
     unrecognisable = retrieval is not None and retrieval < RETRIEVAL_WARNING and not refit
     if not unrecognisable and (spread is None or spread >= SPREAD_WARNING):
