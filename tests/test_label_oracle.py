@@ -120,9 +120,9 @@ def test_a_label_the_attributes_follow_beyond_the_data_leads_the_reliance_table(
     change = {"Mouth_Slightly_Open": [-0.5, -0.1, 0.6, 0.1],  # follows the class, as the data does
               "Eyeglasses": [-0.05, -0.4, 0.1, 0.45],  # follows the class, which the data does not
               "Blurry": [0.3, 0.0, 0.3, 0.0]}  # every edit blurs: an artefact, not a direction
-    changes = pd.DataFrame([{"attribute": a, "class": c, "column": column, "change": v}
+    changes = pd.DataFrame([{"attribute": a, "class": c, "rank": r, "column": column, "change": v}
                             for column, values in change.items()
-                            for a, c, v in zip(readings["attribute"], readings["class"], values)])
+                            for a, c, r, v in zip(readings["attribute"], readings["class"], readings["rank"], values)])
     rng = np.random.default_rng(0)
     classes = rng.random(2000) < 0.5
     labels = pd.DataFrame({"Mouth_Slightly_Open": (classes & (rng.random(2000) < 0.9)) | (rng.random(2000) < 0.1),
@@ -132,6 +132,8 @@ def test_a_label_the_attributes_follow_beyond_the_data_leads_the_reliance_table(
     table = label_reliance(changes, readings, ["no", "yes"], correlation, top=3).set_index("column")
     assert list(table.index) == ["Eyeglasses", "Blurry", "Mouth_Slightly_Open"]
     assert table.loc["Eyeglasses", "toward_no"] == pytest.approx(-0.4)
+    assert table.loc["Eyeglasses", ["rank_no", "rank_yes"]].tolist() == [2, 2]  # which attribute: the #2s
+    assert table.loc["Mouth_Slightly_Open", ["rank_no", "rank_yes"]].tolist() == [1, 1]
     assert table.loc["Eyeglasses", "follows"] == pytest.approx(0.425) and table.loc["Blurry", "follows"] == 0
 
 

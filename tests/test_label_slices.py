@@ -71,6 +71,10 @@ def test_the_verdict_says_whether_the_explanation_shows_each_candidate() -> None
     assert metrics == {"label_slice_shortcut": "glasses", "label_slice_push": pytest.approx(read.loc["glasses", "push"]),
                        "label_slice_candidates": 1, "label_slice_missed": 1, "label_slice_shown": pytest.approx(0.03)}
     assert "glasses" in said and "MISSED" in said
+    ranked = missed.assign(**{"rank_not smiling": [1, 1], "rank_smiling": [2, 3]})  # where the label_reliance has ranks
+    read = explanation_shows(table, ranked).set_index("column")
+    assert read.loc["glasses", "shown_by"] == "smiling #2" and read.loc["cheeks", "shown_by"] == "not smiling #1"
+    assert "up to 0.03, smiling #2: MISSED" in slice_verdict(explanation_shows(table, ranked))[1]
     shown = missed.assign(**{"toward_not smiling": [-0.25, -0.3]})
     metrics, said = slice_verdict(explanation_shows(table, shown))
     assert metrics["label_slice_missed"] == 0 and "shown" in said and "MISSED" not in said
@@ -95,7 +99,7 @@ def test_the_verdict_says_when_the_reconstructions_lose_a_missed_candidate() -> 
     assert "reconstruction_route.py --refine" in said and "label_balance: [glasses]" in said  # the levers, for it
     faithful = label_auc.assign(mean_reconstruction=[0.40, 0.55])  # kept, yet missed: the other hint
     said = slice_verdict(reconstructions_keep(explanation_shows(table, missed), faithful))[1]
-    assert "keep 91% of it" in said and "lose" not in said and "may not draw it" in said
+    assert "keep 91% of it" in said and "lose" not in said and "the generator draws it" in said
 
 
 def test_a_category_with_more_values_is_audited_value_by_value() -> None:

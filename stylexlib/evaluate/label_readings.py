@@ -110,7 +110,8 @@ def reading_notes(readings: pd.DataFrame) -> dict[str, str]:
 def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: list[str],
                    class_correlation: dict[str, float], top: int = 3, exclude: list[str] = ()) -> pd.DataFrame:
     """Which labels do the explanation's top attributes follow? Per trusted column, the largest signed change of its
-    probability among each class's ``top`` attributes (``toward_<class>``), and ``follows``: half the change toward the
+    probability among each class's ``top`` attributes (``toward_<class>``; ``rank_<class>``: that attribute's rank, where
+    the changes carry one), and ``follows``: half the change toward the
     second class minus the change toward the first, in [-1, 1] like a correlation (large when the attributes raise the
     label for one class and lower it for the other; near 0 when both raise it, as an artefact would).
     ``class_correlation`` is each label's correlation with the class in the data (two classes: the phi coefficient),
@@ -121,14 +122,16 @@ def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: l
     moved = changes[changes["attribute"].isin(shown["attribute"]) & ~changes["column"].isin(list(exclude))]
     rows = []
     for column, group in moved.groupby("column", sort=False):
-        toward = {}
+        toward, ranks = {}, {}
         for name in class_names:
             values = group[group["class"] == name]["change"]
             toward[name] = float(values.loc[values.abs().idxmax()]) if len(values) else 0.0
+            if "rank" in group and len(values):
+                ranks[f"rank_{name}"] = int(group.loc[values.abs().idxmax(), "rank"])
         first, second = (toward[n] for n in class_names[:2]) if len(class_names) >= 2 else (0.0, 0.0)
         follows = (second - first) / 2
         correlation = class_correlation.get(column, float("nan"))
-        rows.append({"column": column, **{f"toward_{n}": v for n, v in toward.items()}, "follows": follows,
+        rows.append({"column": column, **{f"toward_{n}": v for n, v in toward.items()}, **ranks, "follows": follows,
                      "class_correlation": correlation,
                      "unexplained": abs(follows) - abs(correlation) if np.isfinite(correlation) else abs(follows)})
     table = pd.DataFrame(rows)

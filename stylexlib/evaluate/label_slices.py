@@ -82,9 +82,19 @@ def slice_table(probabilities: np.ndarray, classes: np.ndarray, labels: pd.DataF
 
 def explanation_shows(slices: pd.DataFrame, reliance: pd.DataFrame) -> pd.DataFrame:
     """``slices`` with ``shown``: the largest |change| of each label's probability among the explanation's top
-    attributes (:func:`stylexlib.evaluate.label_readings.label_reliance`; NaN where the oracle does not read it)."""
-    largest = reliance.set_index("column").filter(like="toward_").abs().max(axis=1) if len(reliance) else pd.Series()
-    return slices.assign(shown=slices["column"].map(largest).astype(float))
+    attributes (:func:`stylexlib.evaluate.label_readings.label_reliance`; NaN where the oracle does not read it), and
+    ``shown_by``: which attribute changes it most (``<class> #<rank>``; empty where the table has no ranks)."""
+    if not len(reliance):
+        return slices.assign(shown=np.nan, shown_by="")
+    changes = reliance.set_index("column").filter(regex="^toward_").abs()
+    largest = changes.max(axis=1)
+    by_class = changes.idxmax(axis=1).str.removeprefix("toward_")
+    ranks = reliance.set_index("column")
+    shown_by = {column: f"{name} #{int(ranks.loc[column, f'rank_{name}'])}"
+                for column, name in by_class.items()
+                if f"rank_{name}" in ranks and pd.notna(ranks.loc[column, f"rank_{name}"])}
+    return slices.assign(shown=slices["column"].map(largest).astype(float),
+                         shown_by=slices["column"].map(shown_by).fillna(""))
 
 
 def reconstructions_keep(slices: pd.DataFrame, label_auc: pd.DataFrame) -> pd.DataFrame:
@@ -130,9 +140,10 @@ def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, obje
         metrics["label_slice_kept"] = float(lead["kept"])
 
     def said_of(row) -> str:
-        shown, kept = row.get("shown", np.nan), row.get("kept", np.nan)
+        shown, kept, by = row.get("shown", np.nan), row.get("kept", np.nan), row.get("shown_by", "")
         seen = ("" if not read else " (not read by the oracle)" if not np.isfinite(shown) else
-                f" (the top attributes change it by up to {shown:.2f}: {'shown' if shown >= SHOWN else 'MISSED'}"
+                f" (the top attributes change it by up to {shown:.2f}" + (f", {by}" if by else "")
+                + f": {'shown' if shown >= SHOWN else 'MISSED'}"
                 + (f"; the reconstructions keep {kept:.0%} of it" if np.isfinite(kept) else "") + ")")
         return f"{row['column']} {row['push']:+.2f} toward {row['toward']} (z {row['z']:.1f}){seen}"
 
@@ -141,11 +152,13 @@ def slice_verdict(slices: pd.DataFrame, listed: int = 5) -> tuple[dict[str, obje
     if read and metrics["label_slice_missed"]:
         missed = candidates[candidates["shown"] < SHOWN]
         lost = missed["column"][missed.get("kept", pd.Series(np.nan, index=missed.index)) < KEPT].tolist()
-        said += (". A MISSED one is read by the classifier but drawn by no top attribute" + (
+        said += (f". A MISSED one is read by the classifier but no top attribute changes it by {SHOWN} (the one that "
+                 "changes it most, named beside it, is where to look in the gallery)" + (
             f"; the reconstructions lose {', '.join(lost)} (they keep under {KEPT:.0%} of the oracle's reading): the "
             "generator does not draw it, or the per-image refinement stops short of it, so the classifier's decision "
             "on those images is kept through other features and no attribute can show it (which of the two: "
             "benchmarks/reconstruction_route.py --refine; to draw it more often in training: "
             f"stylex.schedule.label_balance: [{', '.join(lost)}]; both measured in docs/experiments.md)" if lost else
-            ": the generator may not draw it (compare originals and reconstructions in inversion/label_auc.csv)"))
+            ": the reconstructions keep it, so the generator draws it, but no top attribute changes it much on average "
+            "(it may be drawn on some faces only, or bundled with the class: open the attribute named)"))
     return metrics, said
