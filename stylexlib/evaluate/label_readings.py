@@ -111,9 +111,9 @@ def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: l
                    class_correlation: dict[str, float], top: int = 3, exclude: list[str] = ()) -> pd.DataFrame:
     """Which labels do the explanation's top attributes follow? Per trusted column, the largest signed change of its
     probability among each class's ``top`` attributes (``toward_<class>``; ``rank_<class>``: that attribute's rank, where
-    the changes carry one), and ``follows``: half the change toward the
-    second class minus the change toward the first, in [-1, 1] like a correlation (large when the attributes raise the
-    label for one class and lower it for the other; near 0 when both raise it, as an artefact would).
+    the changes carry one), and ``follows``: half the change toward the second class minus the change toward the first,
+    in [-1, 1] like a correlation (large when the attributes raise the label for one class and lower it for the other;
+    near 0 when both raise it, as an artefact would).
     ``class_correlation`` is each label's correlation with the class in the data (two classes: the phi coefficient),
     ``unexplained`` |follows| minus |correlation|. Columns in ``exclude`` (the class's own) are left out. Sorted by
     ``unexplained``. Candidate shortcuts are named from the classifier itself (:mod:`.label_slices`), which reads
