@@ -125,9 +125,10 @@ def label_reliance(changes: pd.DataFrame, readings: pd.DataFrame, class_names: l
         toward, ranks = {}, {}
         for name in class_names:
             values = group[group["class"] == name]["change"]
-            toward[name] = float(values.loc[values.abs().idxmax()]) if len(values) else 0.0
-            if "rank" in group and len(values):
-                ranks[f"rank_{name}"] = int(group.loc[values.abs().idxmax(), "rank"])
+            largest = values.abs().idxmax() if len(values) else None
+            toward[name] = float(values.loc[largest]) if largest is not None else 0.0
+            if "rank" in group and largest is not None:
+                ranks[f"rank_{name}"] = int(group.loc[largest, "rank"])
         first, second = (toward[n] for n in class_names[:2]) if len(class_names) >= 2 else (0.0, 0.0)
         follows = (second - first) / 2
         correlation = class_correlation.get(column, float("nan"))

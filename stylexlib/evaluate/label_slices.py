@@ -86,13 +86,13 @@ def explanation_shows(slices: pd.DataFrame, reliance: pd.DataFrame) -> pd.DataFr
     ``shown_by``: which attribute changes it most (``<class> #<rank>``; empty where the table has no ranks)."""
     if not len(reliance):
         return slices.assign(shown=np.nan, shown_by="")
-    changes = reliance.set_index("column").filter(regex="^toward_").abs()
+    table = reliance.set_index("column")
+    changes = table.filter(regex="^toward_").abs()
     largest = changes.max(axis=1)
     by_class = changes.idxmax(axis=1).str.removeprefix("toward_")
-    ranks = reliance.set_index("column")
-    shown_by = {column: f"{name} #{int(ranks.loc[column, f'rank_{name}'])}"
+    shown_by = {column: f"{name} #{int(table.loc[column, f'rank_{name}'])}"
                 for column, name in by_class.items()
-                if f"rank_{name}" in ranks and pd.notna(ranks.loc[column, f"rank_{name}"])}
+                if f"rank_{name}" in table and pd.notna(table.loc[column, f"rank_{name}"])}
     return slices.assign(shown=slices["column"].map(largest).astype(float),
                          shown_by=slices["column"].map(shown_by).fillna(""))
 
