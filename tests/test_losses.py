@@ -74,7 +74,8 @@ def test_weighted_sum_uses_config_weights() -> None:
 
     weights = loss_weights(StylexConfig())
     assert weights == {"d": 1.0, "r1": 8.0, "adv": 1.0, "kl": 1.0, "sample_kl": 0.0, "latent": 0.1, "l1": 1.0,
-                       "lpips": 0.1, "class_sparsity": 0.0, "pl": 0.0, "mapping_match": 0.0}
+                       "lpips": 0.1, "class_sparsity": 0.0, "class_share": 0.0, "pl": 0.0,
+                       "mapping_match": 0.0}
     total = losses.weighted_sum({"l1": torch.tensor(2.0), "lpips": torch.tensor(3.0)}, weights)
     assert torch.isclose(total, torch.tensor(2.3))
     with pytest.raises(KeyError, match="no weight"):
@@ -94,6 +95,23 @@ def test_class_pathway_sparsity_is_the_mean_norm_of_what_the_class_moves_each_co
     assert moved.abs().argmax().item() == 3 and moved[0, 3].item() == pytest.approx(3.0, rel=1e-4)
     loss.backward()
     assert affine.weight.grad[:, : TINY.model.latent_dim].abs().sum() == 0  # w's columns are left alone
+
+
+def test_class_pathway_share_excess_is_zero_when_the_class_is_spread_and_pushes_the_largest_share_down() -> None:
+    generator = Generator(16, 2, TINY)
+    affine, latent = generator.affine, TINY.model.latent_dim
+    with torch.no_grad():
+        affine.weight[:, latent:] = 1.0  # a common part: the same move for either class, no class signal
+        for row, move in ((0, 6.0), (1, 2.0), (2, 2.0)):  # (1 + move, 1 - move): a class change moves it by 2 * move
+            affine.weight[row, latent:] = torch.tensor([1.0 + move, 1.0 - move])
+    shares = torch.tensor([0.6, 0.2, 0.2])  # the common part does not count
+    loss = losses.class_pathway_share_excess(generator, max_share=0.25)
+    assert loss.item() == pytest.approx((shares - 0.25).clamp_min(0).sum().item(), rel=1e-5)  # 0.35, row 0 only
+    loss.backward()
+    grad = affine.weight.grad[:, latent:]
+    assert grad[0, 0] > 0 > grad[0, 1]  # descending shrinks row 0's class move ...
+    assert grad[1, 0] < 0 < grad[1, 1]  # ... and grows the others'
+    assert losses.class_pathway_share_excess(generator, max_share=0.6).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

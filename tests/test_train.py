@@ -307,6 +307,11 @@ def test_class_sparsity_enters_the_step_and_shrinks_the_class_columns(data, clas
         assert "class_sparsity" not in plain.train_step()
         assert sparse.train_step()["class_sparsity"] > 0
     assert class_columns(sparse).mean() < 0.9 * class_columns(plain).mean()
+    capped = make_trainer(replace_keys(cfg, loss={**cfg.loss, "class_share": 1.0}, class_share_max=0.001), data,
+                          classifier, lpips_model, None)
+    assert capped.train_step()["class_share"] > 0
+    with pytest.raises(ConfigError, match="stylex.regularise.class_share_max"):
+        make_trainer(replace_keys(cfg, loss={**cfg.loss, "class_share": 1.0}), data, classifier, lpips_model, None)
 
 
 def test_step_speedups_learn_what_the_plain_step_learns(classifier, lpips_model) -> None:

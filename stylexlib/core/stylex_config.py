@@ -64,6 +64,8 @@ class RegulariseConfig:
     # (kernel MMD against the detached encoder latents), so random samples land where the decoder renders faces. It
     # moves the mapping network only, never E; its own Adam at lr_g / 0.01 sets the step size (a switch: Adam's steps
     # do not scale with a loss weight; it was `weight_mapping_match`, any value > 0 on)
+    class_share_max: float = 1.0  # with stylex.loss.class_share > 0: the largest share of the class pathway one
+    # StyleSpace coordinate may carry (losses.class_pathway_share_excess; 0.1 spreads the class over >= 10 coordinates)
 
 
 @dataclass

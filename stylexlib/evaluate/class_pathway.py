@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from stylexlib.gan.losses import class_spread
 from stylexlib.gan.models import StylexModels
 
 PATHWAY_MASS = 0.9  # the pathway's coordinates: the fewest that hold this share of it
@@ -19,10 +20,8 @@ PATHWAY_MASS = 0.9  # the pathway's coordinates: the fewest that hold this share
 
 def class_pathway_shares(class_columns: Tensor) -> Tensor:
     """Each StyleSpace coordinate's share of the class pathway (S,), summing to 1, from A's class columns (S, classes):
-    the norm of the columns centred over the classes, i.e. how far the coordinate moves when the class input moves
-    from one class to another (what every class adds alike is a bias, not the class)."""
-    columns = class_columns.detach().float()
-    spread = (columns - columns.mean(dim=1, keepdim=True)).norm(dim=1)
+    :func:`~stylexlib.gan.losses.class_spread` over its sum (``stylex.loss.class_share`` caps the largest)."""
+    spread = class_spread(class_columns.detach().float())
     total = spread.sum()
     if total <= 0:
         return torch.zeros_like(spread)

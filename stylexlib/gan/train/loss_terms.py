@@ -15,8 +15,9 @@ from torch import Tensor
 
 from stylexlib.core.config import ConfigError, StylexConfig
 from stylexlib.core.distributed import mean_across_ranks
-from stylexlib.gan.losses import (class_pathway_sparsity, classifier_kl_loss, d_logistic_loss, d_r1_loss,
-                                  g_nonsaturating_loss, g_path_length_loss, latent_mmd_loss, lpips_distance)
+from stylexlib.gan.losses import (class_pathway_share_excess, class_pathway_sparsity, classifier_kl_loss,
+                                  d_logistic_loss, d_r1_loss, g_nonsaturating_loss, g_path_length_loss,
+                                  latent_mmd_loss, lpips_distance)
 from stylexlib.gan.train.forward import StepContext
 
 TermFunction = Callable[[StepContext], "Tensor | None"]  # None: the term does not apply on this step
@@ -58,6 +59,10 @@ def check_loss_names(cfg: StylexConfig) -> None:
     if unknown:
         raise ConfigError(f"stylex.loss: no loss term named {', '.join(map(repr, unknown))}; the terms a weight can be "
                           f"given: {', '.join(known)} (gan/train/loss_terms.py)")
+    if cfg.weight("class_share") > 0 and not 0 < cfg.regularise.class_share_max < 1:
+        raise ConfigError(f"stylex.loss.class_share is on but stylex.regularise.class_share_max is "
+                          f"{cfg.regularise.class_share_max}: set the largest share of the class pathway one coordinate "
+                          f"may carry, between 0 and 1 (0.1: the class over at least 10 coordinates)")
 
 
 def loss_weights(cfg: StylexConfig) -> dict[str, float]:
@@ -142,6 +147,12 @@ def reconstruction_lpips(c: StepContext) -> Tensor | None:
 @register("class_sparsity", "G")
 def class_sparsity(c: StepContext) -> Tensor:
     return class_pathway_sparsity(c.state.G)
+
+
+@register("class_share", "G")
+def class_share(c: StepContext) -> Tensor:
+    """No StyleSpace coordinate carries more than ``stylex.regularise.class_share_max`` of the class pathway."""
+    return class_pathway_share_excess(c.state.G, c.cfg.regularise.class_share_max)
 
 
 # ------------------------------------------------------------------ regularisers with phases of their own
