@@ -12,20 +12,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from stylexlib.gan.losses import class_spread
+from stylexlib.gan.losses import class_shares
 from stylexlib.gan.models import StylexModels
 
 PATHWAY_MASS = 0.9  # the pathway's coordinates: the fewest that hold this share of it
 
 
 def class_pathway_shares(class_columns: Tensor) -> Tensor:
-    """Each StyleSpace coordinate's share of the class pathway (S,), summing to 1, from A's class columns (S, classes):
-    :func:`~stylexlib.gan.losses.class_spread` over its sum (``stylex.loss.class_share`` caps the largest)."""
-    spread = class_spread(class_columns.detach().float())
-    total = spread.sum()
-    if total <= 0:
-        return torch.zeros_like(spread)
-    return spread / total
+    """Each StyleSpace coordinate's share of the class pathway (S,) from A's class columns (S, classes), detached:
+    :func:`~stylexlib.gan.losses.class_shares`, the shares ``stylex.loss.class_share`` caps."""
+    return class_shares(class_columns.detach().float())
 
 
 def pathway_coordinates(shares: Tensor, mass: float = PATHWAY_MASS) -> Tensor:

@@ -156,19 +156,21 @@ def class_pathway_sparsity(generator: torch.nn.Module) -> Tensor:
     return generator.class_columns().norm(dim=1).mean()
 
 
-def class_spread(class_columns: Tensor) -> Tensor:
-    """How far each StyleSpace coordinate moves when the class input moves from one class to another (S,): the norms
-    of the class columns (S, classes) centred over the classes (what every class adds alike is a bias, not the class)."""
-    return (class_columns - class_columns.mean(dim=1, keepdim=True)).norm(dim=1)
+def class_shares(class_columns: Tensor) -> Tensor:
+    """Each StyleSpace coordinate's share of the class pathway (S,), summing to 1 (all 0 for a class input that moves
+    nothing), from the class columns (S, classes): the norms of the columns centred over the classes, i.e. how far the
+    coordinate moves when the class input moves from one class to another (what every class adds alike is a bias, not
+    the class), over their sum."""
+    spread = (class_columns - class_columns.mean(dim=1, keepdim=True)).norm(dim=1)
+    return spread / spread.sum().clamp_min(1e-12)
 
 
 def class_pathway_share_excess(generator: torch.nn.Module, max_share: float) -> Tensor:
     """How far the coordinates the class moves most exceed ``max_share`` of its pathway: the sum over StyleSpace
-    coordinates of max(0, share - max_share), a coordinate's share being its part of :func:`class_spread`'s sum.
-    Zero when the class is spread over at least ``1 / max_share`` coordinates; beside :func:`class_pathway_sparsity`,
-    which gathers the class into few coordinates, it keeps any one of them from becoming the whole class."""
-    spread = class_spread(generator.class_columns())
-    return (spread / spread.sum().clamp_min(1e-12) - max_share).clamp_min(0).sum()
+    coordinates of max(0, share - max_share), shares from :func:`class_shares`. Zero when the class is spread over at
+    least ``1 / max_share`` coordinates; beside :func:`class_pathway_sparsity`, which gathers the class into few
+    coordinates, it keeps any one of them from becoming the whole class."""
+    return (class_shares(generator.class_columns()) - max_share).clamp_min(0).sum()
 
 
 def unbiased_mmd2(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> Tensor:

@@ -53,7 +53,7 @@ def register(name: str, phase: str, weight: Callable[[StylexConfig], float] | No
 
 def check_loss_names(cfg: StylexConfig) -> None:
     """Raise ConfigError when ``stylex.loss`` names a term that is not registered, or one whose weight follows other
-    settings."""
+    settings, or turns ``class_share`` on without a cap below 1 (``stylex.regularise.class_share_max``)."""
     known = sorted(name for name, term in LOSS_TERMS.items() if term.weighted_by_config)
     unknown = sorted(set(cfg.loss) - set(known))
     if unknown:
